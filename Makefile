@@ -1,0 +1,25 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv with the pins.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= demo_output
+
+.PHONY: setup demo test clean
+
+$(BIN)/synbt: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(BIN)/synbt
+
+setup: $(BIN)/synbt
+
+demo: setup
+	$(BIN)/synbt demo --out $(DEMO_OUT) --overwrite
+
+test: setup
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q Testing
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT)

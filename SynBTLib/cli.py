@@ -1,0 +1,47 @@
+"""`synbt` command line: one subcommand per module in SynBTLib.commands.
+
+Each module in SynBTLib/commands defines ``register(subparsers)``, which adds its parser and
+sets ``func`` (called with the parsed args). A SynBTError becomes one line on stderr, exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from . import __version__, commands
+from .errors import SynBTError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="synbt", description="Synthetic breast tumors in DCE-MRI (SynBT, arXiv 2509.03267)."
+    )
+    parser.add_argument("--version", action="version", version=f"synbt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except SynBTError as exc:
+        print(f"synbt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"synbt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

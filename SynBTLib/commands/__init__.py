@@ -1,0 +1,1 @@
+"""Subcommands of `synbt`; each module defines register(subparsers)."""
