@@ -1,0 +1,391 @@
+"""Read and write cases, masks and label maps with their exact geometry (SimpleITK).
+
+Formats: NIfTI, NRRD, MHA/MHD, DICOM series folders, 4D NIfTI (phases on the 4th axis), and
+Slicer .seg.nrrd segmentations (through slicerio). Every problem with an input file becomes a
+one-line SynBTError that names the file. Files are written atomically (temp name + os.replace).
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .case import Case, Geometry, check_finite
+from .datasets import CaseRef, find_phase_files, read_dataset, strip_image_extension
+from .errors import SynBTError
+
+__all__ = [
+    "CaseRef",
+    "geometry_of",
+    "prepare_output_dir",
+    "read_case",
+    "read_dataset",
+    "read_image",
+    "read_mask",
+    "resample_to",
+    "to_sitk",
+    "write_case",
+    "write_image",
+    "write_label",
+]
+
+PathLike = str | os.PathLike
+
+
+# ---------------------------------------------------------------- SimpleITK <-> arrays
+
+
+def geometry_of(image: sitk.Image) -> Geometry:
+    """The Geometry of a 3D SimpleITK image."""
+    return Geometry(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+
+def to_sitk(array_zyx: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A SimpleITK image of a (Z, Y, X) array on a grid."""
+    if tuple(array_zyx.shape) != geometry.shape:
+        raise SynBTError(f"array of shape {array_zyx.shape} does not match the grid {geometry.describe()}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx), isVector=False)
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    return image
+
+
+def _reason(exc: RuntimeError) -> str:
+    """The informative line of an ITK exception (they span many lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("Description:"):
+            return line[len("Description:"):].strip()
+    return lines[-1] if lines else "unknown error"
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    """Read an image file or a DICOM series folder; every failure is a SynBTError naming the path."""
+    if not path.exists():
+        raise SynBTError(f"file not found: {path}")
+    try:
+        if path.is_dir():
+            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise SynBTError(f"folder {path} holds no DICOM series and no phase files")
+            if len(series) > 1:
+                raise SynBTError(f"folder {path} holds {len(series)} DICOM series; pass one folder per phase")
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+            return reader.Execute()
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise SynBTError(f"cannot read {path} (unreadable or truncated file): {_reason(exc)}") from exc
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path)
+    return image
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse a truncated NIfTI: ITK's reader silently fills the missing voxels with zeros."""
+    import gzip
+
+    import nibabel
+
+    try:
+        header = nibabel.load(str(path)).header
+    except Exception:  # not readable by nibabel: SimpleITK has read it, so trust SimpleITK
+        return
+    expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    if path.name.lower().endswith(".gz"):
+        actual = 0
+        try:
+            with gzip.open(path) as stream:
+                while block := stream.read(1 << 22):
+                    actual += len(block)
+        except (EOFError, OSError, gzip.BadGzipFile):
+            actual = -1
+    else:
+        actual = path.stat().st_size
+    if actual < expected:
+        raise SynBTError(f"cannot read {path} (truncated file: the voxel data ends early)")
+
+
+def _check_3d(image: sitk.Image, path: Path) -> None:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise SynBTError(f"{path} is not a scalar image ({image.GetNumberOfComponentsPerPixel()} components per voxel)")
+    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+        raise SynBTError(f"{path} is not a 3D volume (size {'x'.join(map(str, image.GetSize()))})")
+
+
+def _split_4d(image: sitk.Image) -> list[sitk.Image]:
+    size = list(image.GetSize())
+    return [
+        sitk.Extract(image, size[:3] + [0], [0, 0, 0, k], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+        for k in range(size[3])
+    ]
+
+
+def read_image(path: PathLike) -> tuple[np.ndarray, Geometry]:
+    """One 3D volume (file or DICOM series folder) as a (Z, Y, X) array and its Geometry."""
+    path = Path(path)
+    image = _read_sitk(path)
+    _check_3d(image, path)
+    return sitk.GetArrayFromImage(image), geometry_of(image)
+
+
+# ---------------------------------------------------------------- cases
+
+
+def _phase_sources(paths: PathLike | Sequence[PathLike]) -> tuple[list[sitk.Image], list[str], Path | None]:
+    """Phase images, their names, and the case folder (if one was given)."""
+    if isinstance(paths, (str, os.PathLike)):
+        path = Path(paths)
+        if path.is_dir():
+            files = find_phase_files(path)
+            if files:
+                return _phase_sources(files)[:2] + (path,)
+        image = _read_sitk(path)
+        if image.GetDimension() == 4:
+            phases = _split_4d(image)
+            for phase in phases:
+                _check_3d(phase, path)
+            return phases, [f"{strip_image_extension(path.name)}[{k}]" for k in range(len(phases))], None
+        _check_3d(image, path)
+        raise SynBTError(
+            f"{path} holds one 3D volume; a DCE-MRI case needs at least two phases "
+            "(pass several phase files, a case folder or a 4D NIfTI)"
+        )
+    images, names = [], []
+    for item in paths:
+        path = Path(item)
+        image = _read_sitk(path)
+        if image.GetDimension() == 4:
+            raise SynBTError(f"{path} is 4D; pass a 4D file on its own, not in a list of phase files")
+        _check_3d(image, path)
+        images.append(image)
+        names.append(strip_image_extension(path.name))
+    return images, names, None
+
+
+def _phase_names_from_json(folder: Path | None, count: int) -> list[str] | None:
+    import json
+
+    meta_file = folder / "case.json" if folder else None
+    if not meta_file or not meta_file.is_file():
+        return None
+    try:
+        names = json.loads(meta_file.read_text()).get("phase_names")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) and len(names) == count else None
+
+
+def read_case(paths: PathLike | Sequence[PathLike], resample: bool = False) -> Case:
+    """A Case from a list of phase files/DICOM folders, a case folder, or a 4D NIfTI.
+
+    Phases on different grids are refused unless resample=True, which resamples them (linear)
+    onto the grid of the first phase. NaN/Inf voxels are refused.
+    """
+    images, names, folder = _phase_sources(paths)
+    if len(images) < 2:
+        raise SynBTError(f"a DCE-MRI case needs at least two phases, got {len(images)} from {paths}")
+    reference = images[0]
+    ref_geometry = geometry_of(reference)
+    arrays = []
+    for image, name in zip(images, names):
+        geometry = geometry_of(image)
+        if not geometry.matches(ref_geometry):
+            if not resample:
+                raise SynBTError(
+                    f"phases are on different grids: {names[0]} is {ref_geometry.describe()} but {name} is "
+                    f"{geometry.describe()}; resample onto the first phase with resample=True (--resample)"
+                )
+            image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+        check_finite(array, f"phase {name}")
+        arrays.append(array)
+    names = _phase_names_from_json(folder, len(arrays)) or names
+    return Case(phases=np.stack(arrays), geometry=ref_geometry, phase_names=names)
+
+
+# ---------------------------------------------------------------- resampling and masks
+
+
+def resample_to(
+    array: np.ndarray, source_geometry: Geometry, target_geometry: Geometry, nearest: bool = False
+) -> np.ndarray:
+    """Resample a (Z, Y, X) or (C, Z, Y, X) array onto another grid (linear -> float32, or nearest -> same dtype)."""
+    if array.ndim == 4:
+        return np.stack([resample_to(a, source_geometry, target_geometry, nearest) for a in array])
+    reference = to_sitk(np.zeros(target_geometry.shape, dtype=np.uint8), target_geometry)
+    image = to_sitk(array, source_geometry)
+    if nearest:
+        out = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
+        return sitk.GetArrayFromImage(out)
+    out = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def _is_segmentation_nrrd(path: Path) -> bool:
+    if not path.name.lower().endswith(".nrrd") or not path.is_file():
+        return False
+    import nrrd
+
+    try:
+        header = nrrd.read_header(str(path))
+    except (nrrd.NRRDError, OSError, UnicodeDecodeError, ValueError):
+        return False
+    return any(key.startswith("Segment0_") for key in header)
+
+
+def _read_segment(path: Path, segment: str | None) -> tuple[np.ndarray, Geometry]:
+    """One segment of a Slicer .seg.nrrd as a (Z, Y, X) uint8 array on the segmentation's own grid."""
+    import slicerio
+
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+    except Exception as exc:  # pynrrd/slicerio raise many types for broken files
+        raise SynBTError(f"cannot read segmentation {path}: {exc}") from exc
+    names = slicerio.segment_names(segmentation)
+    if segment is None:
+        if len(names) != 1:
+            raise SynBTError(f"{path} holds {len(names)} segments; choose one with segment= (available: {', '.join(names)})")
+        segment = names[0]
+    if segment not in names:
+        raise SynBTError(f"segment '{segment}' not found in {path}; available segments: {', '.join(names) or 'none'}")
+    mask_ijk = slicerio.segment_mask(segmentation, segment)  # axes (i, j, k) = (x, y, z)
+    ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=np.float64)
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    direction = ijk_to_lps[:3, :3] / spacing
+    geometry = Geometry(mask_ijk.shape, spacing, ijk_to_lps[:3, 3], direction.ravel())
+    return np.ascontiguousarray(mask_ijk.transpose(2, 1, 0)).astype(np.uint8), geometry
+
+
+def _place_on_lattice(mask: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray | None:
+    """Paste a mask whose grid is a shifted sub/super-extent of the target lattice; None if the lattices differ."""
+    if not (
+        np.allclose(source.spacing, target.spacing, rtol=1e-4)
+        and np.allclose(source.direction, target.direction, atol=1e-4)
+    ):
+        return None
+    offset = target.physical_to_index(np.asarray(source.origin))  # (x, y, z) voxels
+    if not np.allclose(offset, np.round(offset), atol=1e-3):
+        return None
+    offset_zyx = np.round(offset).astype(int)[::-1]
+    out = np.zeros(target.shape, dtype=np.uint8)
+    dst_lo = np.maximum(offset_zyx, 0)
+    dst_hi = np.minimum(offset_zyx + np.asarray(mask.shape), target.shape)
+    if np.any(dst_hi <= dst_lo):
+        return out
+    src_lo, src_hi = dst_lo - offset_zyx, dst_hi - offset_zyx
+    out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))] = mask[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
+    return out
+
+
+def read_mask(
+    path: PathLike,
+    geometry: Geometry,
+    segment: str | None = None,
+    resample: bool = False,
+    label: int | None = None,
+) -> np.ndarray:
+    """A binary uint8 (Z, Y, X) mask on `geometry` from a label image or a Slicer .seg.nrrd.
+
+    Label image: any nonzero voxel, or voxels equal to `label`. Segmentation: the segment named
+    `segment` (needed when there are several); its extent may be smaller than the grid. A mask on
+    another grid is refused unless resample=True (nearest neighbour). An empty mask is refused.
+    """
+    path = Path(path)
+    what = f"mask {path}" + (f" (segment '{segment}')" if segment else "")
+    if _is_segmentation_nrrd(path):
+        mask, source = _read_segment(path, segment)
+        placed = _place_on_lattice(mask, source, geometry)
+    else:
+        if segment is not None:
+            raise SynBTError(f"{path} is a label image, not a Slicer .seg.nrrd; segment='{segment}' does not apply")
+        values, source = read_image(path)
+        check_finite(values, what)
+        mask = (values != 0) if label is None else (values == label)
+        mask = mask.astype(np.uint8)
+        placed = mask if source.matches(geometry) else None
+    if placed is None:
+        if not resample:
+            raise SynBTError(
+                f"{what} is on grid {source.describe()} but the case is on {geometry.describe()}; "
+                "resample it with resample=True (--resample-mask)"
+            )
+        placed = resample_to(mask, source, geometry, nearest=True).astype(np.uint8)
+    if not placed.any():
+        detail = f" for label {label}" if label is not None else ""
+        raise SynBTError(f"{what} is empty{detail} on the case grid")
+    return placed
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _atomic_write(image: sitk.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temp name ends with the real name so SimpleITK picks the same writer (.nii.gz, .nrrd, ...).
+    temp = path.parent / f".tmp-{uuid.uuid4().hex[:8]}-{path.name}"
+    try:
+        sitk.WriteImage(image, str(temp), useCompression=True)
+        os.replace(temp, path)
+    except RuntimeError as exc:
+        raise SynBTError(f"cannot write {path}: {_reason(exc)}") from exc
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def write_image(array_zyx: np.ndarray, geometry: Geometry, path: PathLike) -> Path:
+    """Write a (Z, Y, X) array on `geometry` (float64 is stored as float32, bool as uint8)."""
+    array = np.asarray(array_zyx)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    elif array.dtype == bool:
+        array = array.astype(np.uint8)
+    return _atomic_write(to_sitk(array, geometry), Path(path))
+
+
+def write_label(mask_zyx: np.ndarray, geometry: Geometry, path: PathLike) -> Path:
+    """Write a label map as uint8 (values must lie in 0..255)."""
+    mask = np.asarray(mask_zyx)
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8)
+    if mask.size and (mask.min() < 0 or mask.max() > 255 or not np.array_equal(mask, np.round(mask))):
+        raise SynBTError(f"label map for {path} must hold integers in 0..255")
+    return _atomic_write(to_sitk(mask.astype(np.uint8), geometry), Path(path))
+
+
+def write_case(case: Case, out_dir: PathLike) -> list[Path]:
+    """Write a case's phases as out_dir/phase_<k>.nii.gz; returns the written paths."""
+    out_dir = Path(out_dir)
+    return [write_image(phase, case.geometry, out_dir / f"phase_{k}.nii.gz") for k, phase in enumerate(case.phases)]
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def prepare_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[PathLike] = ()) -> Path:
+    """Create (or accept) an output folder that cannot overwrite any input.
+
+    Refused: an output that is an input, that contains an input (e.g. an input file's own folder),
+    or that lies inside an input folder; an existing file; an existing non-empty folder unless
+    overwrite=True (existing files are then replaced only where new files have the same name).
+    """
+    out = Path(out).expanduser().resolve()
+    for item in inputs:
+        source = Path(item).expanduser().resolve()
+        if _is_within(source, out):
+            raise SynBTError(f"output folder {out} is or contains the input {source}; choose another output folder")
+        if source.is_dir() and _is_within(out, source):
+            raise SynBTError(f"output folder {out} is inside the input folder {source}; choose another output folder")
+    if out.exists() and not out.is_dir():
+        raise SynBTError(f"output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise SynBTError(f"output folder {out} exists and is not empty; pass overwrite=True (--overwrite) to write into it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
