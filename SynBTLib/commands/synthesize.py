@@ -1,0 +1,148 @@
+"""`synbt synthesize`: put a synthetic tumor into a DCE-MRI case, from a mask or placed automatically."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import SynBTError
+
+METHODS = ("handcrafted",)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "synthesize",
+        help="synthesize a tumor into DCE-MRI phases, inside a given mask or at an automatic place",
+        description="Writes phase_<k>.nii.gz, tumor_labels.nii.gz, preview.png and provenance.json into --out. "
+        "Input files are never modified.",
+    )
+    p.add_argument("--phases", nargs="+", required=True, metavar="P",
+                   help="phase files, pre-contrast first (or one case folder / one 4D NIfTI)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--mask", metavar="M", help="tumor mask: a label image or a Slicer .seg.nrrd")
+    where.add_argument("--auto", action="store_true", help="place a tumor inside the breast tissue automatically")
+    p.add_argument("--segment", metavar="NAME", help="segment of a .seg.nrrd mask to use")
+    p.add_argument("--label", type=int, metavar="V", help="use the voxels equal to V of a label-image mask")
+    p.add_argument("--size-mm", type=float, metavar="D", help="with --auto: tumor diameter in mm")
+    p.add_argument("--center", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="with --auto: tumor centre in LPS mm (default: drawn by the seed)")
+    p.add_argument("--method", choices=METHODS, default="handcrafted")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (for methods that have them)")
+    p.add_argument("--resample", action="store_true", help="resample phases and mask onto the first phase's grid")
+    p.add_argument("--resample-mask", action="store_true", help="resample only the mask onto the case grid")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out folder")
+    p.add_argument("--progress", choices=("tqdm", "json"), default="tqdm",
+                   help="json: one JSON line per progress update on stdout (for the Slicer module)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=run)
+
+
+def make_synthesizer(method: str, args):
+    """(synthesizer, steps) for a --method name; adding a method is one branch here.
+
+    The handcrafted method has no sampling steps: --steps is ignored (recorded as null).
+    """
+    if method == "handcrafted":
+        from ..handcrafted import HandcraftedSynthesizer
+
+        if args.steps is not None:
+            raise SynBTError("--steps does not apply to the handcrafted method")
+
+        return HandcraftedSynthesizer(), None
+    raise SynBTError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+class Progress:
+    """Overall progress 0..100: a tqdm bar, or JSON lines on stdout."""
+
+    TOTAL = 100
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.bar = None
+        if mode == "tqdm":
+            from tqdm import tqdm
+
+            # disable=None: no bar when stderr is not a terminal, so errors stay one line
+            self.bar = tqdm(total=self.TOTAL, desc="synthesize", unit="%", leave=False, disable=None)
+
+    def __call__(self, done: int, message: str) -> None:
+        done = int(min(max(done, 0), self.TOTAL))
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.set_postfix_str(message)
+            self.bar.refresh()
+        else:
+            print(json.dumps({"event": "progress", "done": done, "total": self.TOTAL, "message": message}), flush=True)
+
+    def within(self, start: int, stop: int):
+        """A synthesizer progress callback (done, total, message) mapped onto [start, stop]."""
+
+        def report(done: int, total: int, message: str = "") -> None:
+            self(start + (stop - start) * done // max(total, 1), message)
+
+        return report
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _check_options(args) -> None:
+    if args.auto:
+        if args.size_mm is None:
+            raise SynBTError("--auto needs --size-mm D (the tumor diameter in mm)")
+        if args.segment is not None or args.label is not None:
+            raise SynBTError("--segment and --label apply to --mask, not to --auto")
+    elif args.size_mm is not None or args.center is not None:
+        raise SynBTError("--size-mm and --center apply to --auto, not to --mask")
+    if args.seed < 0:
+        raise SynBTError(f"--seed must be a non-negative integer, got {args.seed}")
+
+
+def _tumor_mask(args, case):
+    """The mask (uint8 Z,Y,X) and details for provenance."""
+    if args.mask:
+        from ..io import read_mask
+
+        mask = read_mask(args.mask, case.geometry, segment=args.segment,
+                         resample=args.resample or args.resample_mask, label=args.label)
+        return mask, {"mask": {"path": str(Path(args.mask).resolve()), "segment": args.segment, "label": args.label}}
+    from ..preprocess import breast_tissue_mask
+    from ..shapes import place_tumor
+
+    allowed = breast_tissue_mask(case).breast
+    placement = place_tumor(allowed, case.geometry, args.size_mm, seed=args.seed, center_mm=args.center)
+    details = {"size_mm": args.size_mm, "center_mm": [float(v) for v in placement.center_mm], "kind": "lobulated"}
+    return placement.mask, {"auto_placement": details}
+
+
+def run(args) -> int:
+    from ..io import prepare_output_dir, read_case
+    from ..synthesis_outputs import write_synthesis_outputs
+
+    _check_options(args)
+    synthesizer, steps = make_synthesizer(args.method, args)
+    progress = Progress(args.progress)
+    try:
+        progress(0, "reading the phases")
+        case = read_case(args.phases[0] if len(args.phases) == 1 else args.phases, resample=args.resample)
+        progress(5, "reading the mask" if args.mask else "placing the tumor")
+        mask, details = _tumor_mask(args, case)
+        inputs = list(args.phases) + ([args.mask] if args.mask else [])
+        out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs)
+        result = synthesizer(case, mask, seed=args.seed, steps=steps, progress=progress.within(10, 90))
+        progress(90, "writing the outputs")
+        details["steps"] = steps
+        if hasattr(synthesizer, "describe"):
+            details["synthesizer"] = synthesizer.describe(args.seed)
+        write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case)
+        progress(100, "done")
+    finally:
+        progress.close()
+    if args.progress == "json":
+        print(json.dumps({"event": "done", "out": str(out)}), flush=True)
+    else:
+        print(f"synbt synthesize: {args.method} tumor of {int(mask.sum())} voxels written to {out}")
+    return 0

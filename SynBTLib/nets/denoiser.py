@@ -1,0 +1,139 @@
+"""Mask-conditioned latent denoiser: a MONAI DiffusionModelUNet that predicts the noise (epsilon).
+
+Conditioning is by channel concatenation, as in latent inpainting: [noisy latent, latent of the
+image with the tumor region erased, tumor mask at latent resolution]. Classifier-free guidance
+is supported by training with condition dropout (``drop_condition``) to a null condition of zeros.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from torch import nn
+
+from ..errors import SynBTError
+
+
+@dataclass
+class DenoiserConfig:
+    """Denoiser architecture, stored in a bundle's config.json."""
+
+    latent_channels: int = 4
+    channels: tuple[int, ...] = (32, 64, 64)
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    num_res_blocks: int = 1
+    num_head_channels: int = 16
+    norm_num_groups: int = 8
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        self.attention_levels = tuple(bool(a) for a in self.attention_levels)
+        if len(self.channels) != len(self.attention_levels):
+            raise SynBTError(f"denoiser has {len(self.channels)} levels but {len(self.attention_levels)} attention flags")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise SynBTError(f"denoiser channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
+
+    @property
+    def in_channels(self) -> int:
+        """Noisy latent + erased-context latent + one mask channel."""
+        return 2 * self.latent_channels + 1
+
+    @property
+    def downsampling(self) -> int:
+        """Latent sizes must be multiples of this (one halving per UNet level below the first)."""
+        return 2 ** (len(self.channels) - 1)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["channels"] = list(self.channels)
+        data["attention_levels"] = list(self.attention_levels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DenoiserConfig":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SynBTError(f"unknown denoiser config keys {unknown}")
+        return cls(**data)
+
+
+class MaskConditionedDenoiser(nn.Module):
+    """Predicts the noise in a latent, given the erased-context latent and the latent-resolution mask."""
+
+    def __init__(self, config: DenoiserConfig | None = None):
+        super().__init__()
+        self.config = config or DenoiserConfig()
+        self.unet = DiffusionModelUNet(
+            spatial_dims=3,
+            in_channels=self.config.in_channels,
+            out_channels=self.config.latent_channels,
+            num_res_blocks=self.config.num_res_blocks,
+            channels=self.config.channels,
+            attention_levels=self.config.attention_levels,
+            norm_num_groups=self.config.norm_num_groups,
+            num_head_channels=self.config.num_head_channels,
+        )
+
+    def forward(
+        self,
+        noisy_latent: torch.Tensor,
+        context_latent: torch.Tensor,
+        mask_latent: torch.Tensor,
+        timesteps: torch.Tensor | int,
+    ) -> torch.Tensor:
+        """(B, L, z, y, x) noisy latent, (B, L, z, y, x) context, (B, 1, z, y, x) mask -> predicted noise."""
+        self._check_inputs(noisy_latent, context_latent, mask_latent)
+        timesteps = torch.as_tensor(timesteps, device=noisy_latent.device).long().reshape(-1)
+        timesteps = timesteps.expand(noisy_latent.shape[0]) if timesteps.numel() == 1 else timesteps
+        x = torch.cat([noisy_latent, context_latent, mask_latent.to(noisy_latent.dtype)], dim=1)
+        return self.unet(x, timesteps)
+
+    def _check_inputs(self, noisy: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> None:
+        latent = self.config.latent_channels
+        if noisy.ndim != 5 or noisy.shape[1] != latent:
+            raise SynBTError(f"noisy latent must be (B, {latent}, z, y, x), got {tuple(noisy.shape)}")
+        if context.shape != noisy.shape:
+            raise SynBTError(f"context latent {tuple(context.shape)} does not match noisy latent {tuple(noisy.shape)}")
+        if mask.shape != (noisy.shape[0], 1, *noisy.shape[2:]):
+            raise SynBTError(f"latent mask must be (B, 1, z, y, x) matching {tuple(noisy.shape)}, got {tuple(mask.shape)}")
+        step = self.config.downsampling
+        if any(s % step for s in noisy.shape[2:]):
+            raise SynBTError(f"latent size {tuple(noisy.shape[2:])} must be a multiple of {step} for this denoiser")
+
+
+def null_condition(context_latent: torch.Tensor, mask_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 'no condition' input for classifier-free guidance: zero context and zero mask."""
+    return torch.zeros_like(context_latent), torch.zeros_like(mask_latent)
+
+
+def drop_condition(
+    context_latent: torch.Tensor,
+    mask_latent: torch.Tensor,
+    probability: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-time condition dropout: each sample's condition becomes the null condition with `probability`."""
+    if probability <= 0:
+        return context_latent, mask_latent
+    batch = context_latent.shape[0]
+    draw = torch.rand(batch, generator=generator, device=context_latent.device)
+    keep = (draw >= probability).view(batch, 1, 1, 1, 1)
+    null_context, null_mask = null_condition(context_latent, mask_latent)
+    return torch.where(keep, context_latent, null_context), torch.where(keep, mask_latent, null_mask)
+
+
+def guided_noise(
+    denoiser: MaskConditionedDenoiser,
+    noisy_latent: torch.Tensor,
+    context_latent: torch.Tensor,
+    mask_latent: torch.Tensor,
+    timesteps: torch.Tensor | int,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """Predicted noise with classifier-free guidance; scale 1.0 is the plain conditional prediction."""
+    conditional = denoiser(noisy_latent, context_latent, mask_latent, timesteps)
+    if guidance_scale == 1.0:
+        return conditional
+    unconditional = denoiser(noisy_latent, *null_condition(context_latent, mask_latent), timesteps)
+    return unconditional + guidance_scale * (conditional - unconditional)

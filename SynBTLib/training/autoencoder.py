@@ -1,0 +1,256 @@
+"""Train the patch-to-volume autoencoder on random patches; write an autoencoder-only bundle.
+
+Loss: L1 reconstruction + kl_weight * KL + consistency_weight * patch/volume consistency
+(SynBTLib.nets.autoencoder.consistency_loss) + optional patch adversarial term (MONAI
+PatchDiscriminator, off by default). At the end the latent scale (1 / std of the latents of
+training patches) is measured and stored in the bundle for the diffusion stage.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import SynBTError
+from .common import (
+    Distributed,
+    TrainSettings,
+    Trainer,
+    prepare_run_dir,
+    seed_everything,
+    setup_distributed,
+    step_torch_generator,
+    teardown_distributed,
+)
+from .data import PatchSampler, TrainingCase, load_cases, median_spacing
+
+DEFAULT_CONFIG = {
+    "autoencoder": {},  # AutoencoderConfig defaults, with in_channels set from the data
+    "training": {"steps": 2000, "batch_size": 2, "lr": 1e-4, "seed": 0, "checkpoint_every": 200, "warmup_steps": 100},
+    "data": {"patch_size": [32, 32, 32], "flip_x": True, "body_fraction": 0.9},
+    "loss": {
+        "kl_weight": 1e-6,
+        "consistency_weight": 0.1,
+        "adversarial_weight": 0.0,
+        "discriminator_channels": 16,
+        "discriminator_layers": 2,
+    },
+    "latent_scale_patches": 32,
+}
+NORMALIZATION = {"kind": "fit_normalization", "function": "SynBTLib.preprocess.fit_normalization"}
+
+
+@dataclass
+class AutoencoderRun:
+    """What a training run produced: the trained network (unwrapped), its latent scale, the files."""
+
+    autoencoder: torch.nn.Module
+    latent_scale: float
+    losses: dict[str, float]
+    bundle: Path | None
+    out: Path
+
+
+def merge_config(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s keys replaced section by section (one level deep)."""
+    merged = json.loads(json.dumps(base))
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def measure_latent_scale(autoencoder, sampler: PatchSampler, count: int, device, step: int) -> float:
+    """1 / std of the latent means of ``count`` training patches (a fixed, seeded draw)."""
+    with torch.no_grad():
+        batch = torch.from_numpy(sampler.sample(step, count, stream=7)).to(device)
+        mu, _ = autoencoder.encode(batch)
+    std = float(mu.float().std())
+    if not std > 0:
+        raise SynBTError("the autoencoder's latents are constant on the training patches; cannot set a latent scale")
+    return 1.0 / std
+
+
+def train_autoencoder(
+    data: str | Path,
+    out: str | Path,
+    config: dict | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    command: str = "",
+    verbose: bool = True,
+    progress=None,
+    write_bundle: bool = True,
+) -> AutoencoderRun:
+    """Train an autoencoder on the cases under ``data``; checkpoints, losses.csv and bundle/ go to ``out``.
+
+    ``config`` overrides DEFAULT_CONFIG section by section. ``progress(done, total, message)`` is
+    called after every step and may raise to stop (the last checkpoint stays resumable).
+    """
+    from ..bundle import save_bundle
+    from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
+
+    config = merge_config(DEFAULT_CONFIG, config or {})
+    settings = TrainSettings.from_dict(config["training"])
+    dist = setup_distributed(device)
+    try:
+        out = prepare_run_dir(out, resume, dist)
+        cases = load_cases(data, progress=verbose and dist.is_main)
+        config["autoencoder"] = {**config["autoencoder"], "in_channels": int(cases[0].image.shape[0])}
+        ae_config = AutoencoderConfig.from_dict(config["autoencoder"])
+        config["autoencoder"] = ae_config.to_dict()
+        _check_patch_size(config["data"]["patch_size"], 2 ** (len(ae_config.channels) - 1))
+        if dist.is_main:
+            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+        seed_everything(settings.seed)
+        autoencoder = PatchVolumeAutoencoder(ae_config).to(dist.device)
+        models = {"autoencoder": autoencoder}
+        optimizers = {"autoencoder": _adamw(autoencoder, settings)}
+        loss_cfg = config["loss"]
+        adversarial = float(loss_cfg.get("adversarial_weight", 0.0)) > 0
+        if adversarial:
+            models["discriminator"] = _discriminator(ae_config.in_channels, loss_cfg).to(dist.device)
+            optimizers["discriminator"] = _adamw(models["discriminator"], settings)
+
+        data_cfg = config["data"]
+        sampler = PatchSampler(
+            cases, data_cfg["patch_size"], settings.seed, dist.rank,
+            flip_x=bool(data_cfg.get("flip_x", True)), body_fraction=float(data_cfg.get("body_fraction", 0.9)),
+        )
+        fields = ["loss", "l1", "kl", "consistency"] + (["generator", "discriminator"] if adversarial else [])
+        trainer = Trainer(settings, dist, out, models, optimizers, fields, config, resume, "train-autoencoder", verbose)
+        step_fn = _step_function(trainer, models, sampler, settings, loss_cfg, dist)
+        losses = trainer.run(step_fn, progress)
+
+        autoencoder.eval()
+        scale = measure_latent_scale(
+            autoencoder, sampler, int(config.get("latent_scale_patches", 32)), dist.device, settings.steps
+        )
+        bundle_path = None
+        if write_bundle and dist.is_main:
+            meta = bundle_meta(cases, config, data, settings.steps, losses, command)
+            card = model_card("autoencoder", data, cases, command, settings.steps, losses, scale)
+            bundle_path = save_bundle(out / "bundle", autoencoder, None, None, scale, meta, card, overwrite=True)
+        dist.barrier()
+        return AutoencoderRun(autoencoder, scale, losses, bundle_path, out)
+    finally:
+        teardown_distributed()
+
+
+def _check_patch_size(patch_size, compression: int) -> None:
+    if len(patch_size) != 3 or any(int(p) % compression or int(p) < compression for p in patch_size):
+        raise SynBTError(f"patch_size {patch_size} must be three multiples of the compression factor {compression}")
+
+
+def _adamw(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def _discriminator(in_channels: int, loss_cfg: dict) -> torch.nn.Module:
+    from monai.networks.nets import PatchDiscriminator
+
+    return PatchDiscriminator(
+        spatial_dims=3,
+        channels=int(loss_cfg.get("discriminator_channels", 16)),
+        in_channels=in_channels,
+        num_layers_d=int(loss_cfg.get("discriminator_layers", 2)),
+        norm="INSTANCE",
+    )
+
+
+def _step_function(trainer: Trainer, models: dict, sampler: PatchSampler, settings: TrainSettings, loss_cfg: dict, dist: Distributed):
+    from monai.losses import PatchAdversarialLoss
+
+    from ..nets.autoencoder import consistency_loss, kl_loss
+
+    autoencoder = models["autoencoder"]
+    discriminator = models.get("discriminator")
+    adversarial = PatchAdversarialLoss(criterion="least_squares") if discriminator is not None else None
+    kl_weight = float(loss_cfg.get("kl_weight", 1e-6))
+    consistency_weight = float(loss_cfg.get("consistency_weight", 0.0))
+    adversarial_weight = float(loss_cfg.get("adversarial_weight", 0.0))
+
+    def step(index: int) -> dict[str, float]:
+        x = torch.from_numpy(sampler.sample(index, settings.batch_size)).to(dist.device)
+        generator = step_torch_generator(settings.seed, index, dist.rank, stream=1, device=dist.device)
+        with trainer.autocast():
+            mu, sigma = autoencoder.encode(x)
+            recon = autoencoder.decode(autoencoder.sample(mu, sigma, generator))
+        recon = recon.float()
+        l1 = torch.nn.functional.l1_loss(recon, x)
+        kl = kl_loss(mu.float(), sigma.float())
+        total = l1 + kl_weight * kl
+        values = {"l1": l1.item(), "kl": kl.item()}
+        consistency = torch.zeros((), device=x.device)
+        if consistency_weight > 0:
+            with trainer.autocast():
+                consistency = consistency_loss(autoencoder, x, mu, generator).float()
+            total = total + consistency_weight * consistency
+        values["consistency"] = consistency.item()
+        if discriminator is not None:
+            with trainer.autocast():
+                fake_logits = discriminator(recon.contiguous())[-1]
+            generator_loss = adversarial(fake_logits.float(), target_is_real=True, for_discriminator=False)
+            total = total + adversarial_weight * generator_loss
+            values["generator"] = generator_loss.item()
+        trainer.optimize(total, "autoencoder")
+        if discriminator is not None:
+            with trainer.autocast():
+                fake = discriminator(recon.detach().contiguous())[-1].float()
+                real = discriminator(x.contiguous())[-1].float()
+            d_loss = 0.5 * (
+                adversarial(fake, target_is_real=False, for_discriminator=True)
+                + adversarial(real, target_is_real=True, for_discriminator=True)
+            )
+            trainer.optimize(d_loss, "discriminator")
+            values["discriminator"] = d_loss.item()
+        values["loss"] = total.item()
+        return values
+
+    return step
+
+
+def bundle_meta(cases: list[TrainingCase], config: dict, data, steps: int, losses: dict, command: str) -> dict:
+    """The data-dependent part of a bundle's config.json: phases, normalization, spacing, provenance."""
+    return {
+        "phases": int(cases[0].image.shape[0]),
+        "phase_names": list(cases[0].phase_names),
+        "normalization": dict(NORMALIZATION),
+        "spacing": median_spacing(cases),
+        "training": {
+            "data": str(data),
+            "cases": len(cases),
+            "steps": int(steps),
+            "command": command,
+            "final_losses": {k: float(v) for k, v in losses.items()},
+            "config": config,
+        },
+    }
+
+
+def model_card(stage: str, data, cases: list[TrainingCase], command: str, steps: int, losses: dict, scale: float, extra: str = "") -> str:
+    """MODEL_CARD.md text: what was trained, on what, with which command, and the final losses."""
+    loss_lines = "\n".join(f"| {k} | {v:.6g} |" for k, v in losses.items())
+    spacing = " x ".join(f"{v:g}" for v in median_spacing(cases))
+    return (
+        f"# SynBT model bundle ({stage})\n\n"
+        "Latent diffusion model for synthetic breast tumors in DCE-MRI (SynBT, arXiv 2509.03267).\n\n"
+        f"## Training data\n\n- folder: `{data}`\n- cases: {len(cases)} ({', '.join(c.case_id for c in cases[:10])}"
+        f"{', ...' if len(cases) > 10 else ''})\n- phases: {', '.join(cases[0].phase_names)}\n"
+        f"- median spacing (x, y, z): {spacing} mm\n\n"
+        f"## Command\n\n```\n{command or '(Python API)'}\n```\n\n"
+        f"## Training\n\n- steps: {steps}\n- latent scale: {scale:.6g}\n{extra}\n"
+        f"## Final losses (last step)\n\n| term | value |\n|---|---|\n{loss_lines}\n"
+    )
+
+
+def latent_scale_from_cases(autoencoder, cases, patch_size, seed: int, count: int, device) -> float:
+    """Latent scale of an autoencoder checkpoint that has no bundle (measured on these cases)."""
+    sampler = PatchSampler(cases, patch_size, seed, flip_x=False)
+    return measure_latent_scale(autoencoder, sampler, count, device, step=0)
+

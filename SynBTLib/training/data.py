@@ -1,0 +1,216 @@
+"""Training data: a folder of cases, normalized and cached in memory, and seeded patch/ROI samplers.
+
+Every batch is a deterministic function of (seed, step, rank), so a resumed run sees the same
+data as an uninterrupted one and each DDP rank sees its own stream. Augmentation: flips along x
+(left/right breast).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import SynBTError
+from .common import step_rng
+
+MAX_CENTER_CANDIDATES = 200_000  # body voxels kept per case as patch-center candidates
+
+
+@dataclass
+class TrainingCase:
+    """One case, normalized: image (C, Z, Y, X) float32, tumor uint8 (Z, Y, X) or None."""
+
+    case_id: str
+    image: np.ndarray
+    tumor: np.ndarray | None
+    spacing: tuple[float, float, float]  # (x, y, z) mm
+    phase_names: list[str]
+    centers: np.ndarray  # (N, 3) z, y, x voxel indices inside the body, for patch sampling
+
+
+def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = True) -> list[TrainingCase]:
+    """Read, normalize and cache every case of a data set folder (any layout SynBTLib.io reads).
+
+    With ``need_tumors`` the cases without a tumor label are skipped, and at least one must remain.
+    """
+    from tqdm.auto import tqdm
+
+    from ..io import read_case, read_dataset, read_mask
+    from ..preprocess import body_mask, fit_normalization, normalize
+
+    refs = read_dataset(root)
+    cases: list[TrainingCase] = []
+    for ref in tqdm(refs, desc="loading cases", disable=not progress):
+        if need_tumors and ref.label_path is None:
+            continue
+        case = read_case(list(ref.phase_paths))
+        tumor = read_mask(ref.label_path, case.geometry) if need_tumors else None
+        body = np.argwhere(body_mask(case))
+        stride = max(1, len(body) // MAX_CENTER_CANDIDATES)
+        cases.append(
+            TrainingCase(
+                case_id=ref.case_id,
+                image=normalize(case.phases, fit_normalization(case)),
+                tumor=tumor,
+                spacing=case.geometry.spacing,
+                phase_names=list(case.phase_names),
+                centers=body[::stride] if len(body) else np.argwhere(np.ones(case.shape, bool))[:1],
+            )
+        )
+    if not cases:
+        what = "cases with a tumor label (tumor_labels.nii.gz)" if need_tumors else "cases"
+        raise SynBTError(f"no {what} found in {root}")
+    phases = {c.image.shape[0] for c in cases}
+    if len(phases) > 1:
+        raise SynBTError(f"cases in {root} have different numbers of phases {sorted(phases)}; train on one protocol")
+    return cases
+
+
+def median_spacing(cases: Sequence[TrainingCase]) -> list[float]:
+    """The data set's median voxel spacing (x, y, z) in mm, recorded in the bundle."""
+    return [float(v) for v in np.median([c.spacing for c in cases], axis=0)]
+
+
+def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], mode: str = "edge") -> np.ndarray:
+    """The (..., Z, Y, X) box at ``start`` of ``size``; parts outside the volume are padded (np.pad mode)."""
+    from ..conditioning import crop_padded
+
+    box = tuple(slice(int(s), int(s) + int(n)) for s, n in zip(start, size))
+    return crop_padded(array, box, mode=mode)
+
+
+class PatchSampler:
+    """Random image patches (B, C, pz, py, px) for the autoencoder; centers mostly inside the body."""
+
+    def __init__(
+        self,
+        cases: Sequence[TrainingCase],
+        patch_size: Sequence[int],
+        seed: int,
+        rank: int = 0,
+        flip_x: bool = True,
+        body_fraction: float = 0.9,
+    ):
+        self.cases, self.patch_size = list(cases), tuple(int(v) for v in patch_size)
+        self.seed, self.rank, self.flip_x, self.body_fraction = seed, rank, flip_x, body_fraction
+
+    def sample(self, step: int, batch_size: int, stream: int = 0) -> np.ndarray:
+        rng = step_rng(self.seed, step, self.rank, stream)
+        patches = []
+        for _ in range(batch_size):
+            case = self.cases[rng.integers(len(self.cases))]
+            if rng.random() < self.body_fraction:
+                center = case.centers[rng.integers(len(case.centers))]
+            else:
+                center = [rng.integers(n) for n in case.image.shape[1:]]
+            start = [int(c) - n // 2 for c, n in zip(center, self.patch_size)]
+            patch = crop(case.image, start, self.patch_size)
+            if self.flip_x and rng.random() < 0.5:
+                patch = patch[..., ::-1]
+            patches.append(patch)
+        return np.ascontiguousarray(np.stack(patches), dtype=np.float32)
+
+
+@dataclass
+class LatentCase:
+    """A case encoded once for diffusion training (per flip variant): latents and the latent mask,
+    each (L or 1, z, y, x), already multiplied by the latent scale."""
+
+    case_id: str
+    latent: np.ndarray
+    context: np.ndarray
+    mask: np.ndarray
+    tumor_centers: np.ndarray  # (N, 3) latent-grid centers of the tumor components
+
+
+def pad_to_multiple(array: np.ndarray, multiple: int, minimum: Sequence[int], mode: str) -> np.ndarray:
+    """Pad the trailing (Z, Y, X) axes at their end to a multiple of ``multiple`` and at least ``minimum``."""
+    pad = [(0, 0)] * (array.ndim - 3)
+    for dim, low in zip(array.shape[-3:], minimum):
+        target = max(-(-dim // multiple) * multiple, int(low))
+        pad.append((0, target - dim))
+    return np.pad(array, pad, mode=mode) if any(after for _, after in pad) else array
+
+
+def encode_cases(
+    cases: Sequence[TrainingCase],
+    autoencoder,
+    latent_scale: float,
+    roi_size: Sequence[int],
+    flip_x: bool = True,
+    device="cpu",
+    progress: bool = True,
+) -> list[LatentCase]:
+    """Encode every case and its tumor-erased copy once (and their x-flipped versions), for ROI sampling."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..conditioning import erase_mask
+
+    compression = 2 ** (len(autoencoder.config.channels) - 1)
+    variants = [(c, flip) for c in cases for flip in ((False, True) if flip_x else (False,))]
+    encoded = []
+    with torch.no_grad():
+        for case, flip in tqdm(variants, desc="encoding cases", disable=not progress):
+            image = pad_to_multiple(case.image, compression, roi_size, "edge")
+            tumor = pad_to_multiple(case.tumor, compression, roi_size, "constant")
+            if flip:
+                image, tumor = image[..., ::-1], tumor[..., ::-1]
+            image_t = torch.from_numpy(np.ascontiguousarray(image)).to(device)[None]
+            erased_t = erase_mask(image_t, torch.from_numpy(np.ascontiguousarray(tumor)).to(device))
+            latent = autoencoder.encode_volume(image_t) * latent_scale
+            context = autoencoder.encode_volume(erased_t) * latent_scale
+            latent_mask = _latent_mask(tumor, compression)
+            components, count = ndimage.label(latent_mask)
+            centers = np.asarray(ndimage.center_of_mass(latent_mask, components, range(1, count + 1)))
+            encoded.append(
+                LatentCase(
+                    case_id=case.case_id + (" (flipped)" if flip else ""),
+                    latent=latent[0].float().cpu().numpy(),
+                    context=context[0].float().cpu().numpy(),
+                    mask=latent_mask[None].astype(np.float32),
+                    tumor_centers=np.round(centers).astype(int).reshape(-1, 3),
+                )
+            )
+    return encoded
+
+
+def _latent_mask(tumor: np.ndarray, compression: int) -> np.ndarray:
+    import torch
+
+    from ..conditioning import mask_to_latent
+
+    return mask_to_latent(torch.from_numpy(np.ascontiguousarray(tumor))[None, None], compression)[0, 0].numpy()
+
+
+class TumorRoiSampler:
+    """Latent ROIs of a fixed size around a random tumor of a random case: (latent, context, mask),
+    each (B, ·, z, y, x); the ROI is shifted at random so the tumor is not always centered."""
+
+    def __init__(self, cases: Sequence[LatentCase], latent_roi: Sequence[int], seed: int, rank: int = 0, jitter: float = 0.25):
+        self.cases = [c for c in cases if len(c.tumor_centers)]
+        if not self.cases:
+            raise SynBTError("no case has a non-empty tumor label to train the denoiser on")
+        self.roi, self.seed, self.rank, self.jitter = tuple(int(v) for v in latent_roi), seed, rank, jitter
+
+    def sample(self, step: int, batch_size: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = step_rng(self.seed, step, self.rank, stream)
+        latents, contexts, masks = [], [], []
+        for _ in range(batch_size):
+            case = self.cases[rng.integers(len(self.cases))]
+            center = case.tumor_centers[rng.integers(len(case.tumor_centers))]
+            shift = [rng.integers(-int(n * self.jitter), int(n * self.jitter) + 1) for n in self.roi]
+            start = []
+            for c, s, n, dim in zip(center, shift, self.roi, case.latent.shape[1:]):
+                start.append(min(max(int(c) + int(s) - n // 2, 0), max(dim - n, 0)))
+            latents.append(crop(case.latent, start, self.roi))
+            contexts.append(crop(case.context, start, self.roi))
+            masks.append(crop(case.mask, start, self.roi, mode="constant"))
+        return (
+            np.ascontiguousarray(np.stack(latents), dtype=np.float32),
+            np.ascontiguousarray(np.stack(contexts), dtype=np.float32),
+            np.ascontiguousarray(np.stack(masks), dtype=np.float32),
+        )

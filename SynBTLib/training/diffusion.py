@@ -1,0 +1,169 @@
+"""Train the mask-conditioned denoiser on tumor ROIs in the latent space of a frozen autoencoder.
+
+Each case (and its x-flipped copy) is encoded once, with and without its tumors erased; a step
+crops fixed-size latent ROIs around random tumors, noises them with the DDIM scheduler's
+``add_noise`` at random timesteps and regresses the noise (epsilon MSE). The condition (erased
+context latent + latent mask) is dropped to the null condition with ``condition_dropout`` for
+classifier-free guidance. The result is a full bundle (autoencoder + denoiser + scheduler).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import SynBTError
+from .autoencoder import bundle_meta, latent_scale_from_cases, merge_config, model_card
+from .common import (
+    TrainSettings,
+    Trainer,
+    prepare_run_dir,
+    read_checkpoint,
+    seed_everything,
+    setup_distributed,
+    step_torch_generator,
+    teardown_distributed,
+)
+from .data import TumorRoiSampler, encode_cases, load_cases
+
+DEFAULT_CONFIG = {
+    "denoiser": {},  # DenoiserConfig defaults, with latent_channels set from the autoencoder
+    "scheduler": {},  # SchedulerConfig defaults
+    "training": {"steps": 4000, "batch_size": 4, "lr": 1e-4, "seed": 0, "checkpoint_every": 200, "warmup_steps": 100},
+    "data": {"roi_size": [64, 64, 64], "flip_x": True, "jitter": 0.25},
+    "condition_dropout": 0.1,
+    "latent_scale_patches": 32,
+}
+
+
+@dataclass
+class FrozenAutoencoder:
+    """The autoencoder the denoiser is trained for, where it came from, and its latent scale (None: measure it)."""
+
+    network: torch.nn.Module
+    latent_scale: float | None
+    source: str
+
+
+@dataclass
+class DiffusionRun:
+    denoiser: torch.nn.Module
+    losses: dict[str, float]
+    bundle: Path | None
+    out: Path
+
+
+def load_autoencoder(path: str | Path, device="cpu") -> FrozenAutoencoder:
+    """The autoencoder from a bundle folder, a train-autoencoder run folder, or its checkpoint.pt."""
+    from ..bundle import SUMS_FILE, load_bundle
+    from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
+
+    path = Path(path)
+    if path.is_dir() and not (path / SUMS_FILE).is_file() and (path / "bundle" / SUMS_FILE).is_file():
+        path = path / "bundle"  # a train-autoencoder output folder
+    if path.is_dir():
+        bundle = load_bundle(path, device=device)
+        return FrozenAutoencoder(bundle.autoencoder, bundle.latent_scale, f"bundle {path} (sha256 {bundle.sha256})")
+    if path.is_file():
+        state = read_checkpoint(path)
+        config = json.loads(state["config"])
+        if "autoencoder" not in state["models"]:
+            raise SynBTError(f"checkpoint {path} holds no autoencoder")
+        network = PatchVolumeAutoencoder(AutoencoderConfig.from_dict(config["autoencoder"]))
+        network.load_state_dict(state["models"]["autoencoder"])
+        return FrozenAutoencoder(network.to(device).eval(), None, f"checkpoint {path} (step {state['step']})")
+    raise SynBTError(f"--autoencoder {path} is neither a bundle folder, a train-autoencoder output folder nor a checkpoint")
+
+
+def train_diffusion(
+    data: str | Path,
+    autoencoder: str | Path,
+    out: str | Path,
+    config: dict | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    command: str = "",
+    verbose: bool = True,
+    progress=None,
+) -> DiffusionRun:
+    """Train a denoiser for the autoencoder at ``autoencoder`` on the tumor cases under ``data``;
+    checkpoints, losses.csv and the full bundle/ go to ``out``. ``progress(done, total, message)``
+    is called after every step and may raise to stop (the last checkpoint stays resumable)."""
+    from ..bundle import save_bundle
+    from ..nets.denoiser import DenoiserConfig, MaskConditionedDenoiser, drop_condition
+    from ..nets.scheduler import SchedulerConfig, make_scheduler
+
+    config = merge_config(DEFAULT_CONFIG, config or {})
+    settings = TrainSettings.from_dict(config["training"])
+    dist = setup_distributed(device)
+    try:
+        out = prepare_run_dir(out, resume, dist)
+        frozen = load_autoencoder(autoencoder, dist.device)
+        ae = frozen.network.eval().requires_grad_(False)
+        cases = load_cases(data, need_tumors=True, progress=verbose and dist.is_main)
+        if cases[0].image.shape[0] != ae.config.in_channels:
+            raise SynBTError(
+                f"the autoencoder expects {ae.config.in_channels} phases but the cases in {data} have {cases[0].image.shape[0]}"
+            )
+        config["denoiser"] = {**config["denoiser"], "latent_channels": ae.config.latent_channels}
+        den_config = DenoiserConfig.from_dict(config["denoiser"])
+        sched_config = SchedulerConfig.from_dict(config["scheduler"])
+        config.update(autoencoder=ae.config.to_dict(), denoiser=den_config.to_dict(), scheduler=sched_config.to_dict())
+        config["autoencoder_source"] = frozen.source
+        roi = [int(v) for v in config["data"]["roi_size"]]
+        multiple = ae.config.compression * den_config.downsampling
+        if len(roi) != 3 or any(v % multiple or v < multiple for v in roi):
+            raise SynBTError(f"roi_size {roi} must be three multiples of {multiple} (autoencoder x denoiser downsampling)")
+        scale = frozen.latent_scale
+        if scale is None:
+            patch = [4 * ae.config.compression] * 3
+            scale = latent_scale_from_cases(ae, cases, patch, settings.seed, int(config["latent_scale_patches"]), dist.device)
+        config["latent_scale"] = scale
+        if dist.is_main:
+            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+        encoded = encode_cases(
+            cases, ae, scale, roi, flip_x=bool(config["data"].get("flip_x", True)),
+            device=dist.device, progress=verbose and dist.is_main,
+        )
+        latent_roi = [v // ae.config.compression for v in roi]
+        sampler = TumorRoiSampler(encoded, latent_roi, settings.seed, dist.rank, float(config["data"].get("jitter", 0.25)))
+
+        seed_everything(settings.seed)
+        denoiser = MaskConditionedDenoiser(den_config).to(dist.device)
+        scheduler = make_scheduler(sched_config)
+        optimizer = torch.optim.AdamW(denoiser.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        trainer = Trainer(
+            settings, dist, out, {"denoiser": denoiser}, {"denoiser": optimizer}, ["loss"], config, resume,
+            "train-diffusion", verbose,
+        )
+        dropout = float(config["condition_dropout"])
+        timesteps_total = sched_config.num_train_timesteps
+
+        def step(index: int) -> dict[str, float]:
+            latent, context, mask = (torch.from_numpy(a).to(dist.device) for a in sampler.sample(index, settings.batch_size))
+            generator = step_torch_generator(settings.seed, index, dist.rank, stream=1, device=dist.device)
+            noise = torch.randn(latent.shape, generator=generator, device=dist.device)
+            t = torch.randint(0, timesteps_total, (latent.shape[0],), generator=generator, device=dist.device)
+            noisy = scheduler.add_noise(latent, noise, t)
+            context, mask = drop_condition(context, mask, dropout, generator)
+            with trainer.autocast():
+                prediction = denoiser(noisy, context, mask, t)
+            loss = torch.nn.functional.mse_loss(prediction.float(), noise)
+            trainer.optimize(loss, "denoiser")
+            return {"loss": loss.item()}
+
+        losses = trainer.run(step, progress)
+        bundle_path = None
+        if dist.is_main:
+            meta = bundle_meta(cases, config, data, settings.steps, losses, command)
+            meta["training"]["autoencoder"] = frozen.source
+            extra = f"- autoencoder: {frozen.source}\n- ROI size: {roi} voxels, condition dropout {dropout}\n"
+            card = model_card("autoencoder + denoiser", data, cases, command, settings.steps, losses, scale, extra)
+            bundle_path = save_bundle(out / "bundle", ae, denoiser.eval(), sched_config, scale, meta, card, overwrite=True)
+        dist.barrier()
+        return DiffusionRun(denoiser, losses, bundle_path, out)
+    finally:
+        teardown_distributed()

@@ -1,0 +1,149 @@
+"""`synbt synthesize` end to end on small NIfTI files, its JSON progress, and its one-line errors."""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SynBTLib.cli import main
+from SynBTLib.io import write_image, write_label
+from test_handcrafted import make_case, sphere_mask
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """Three phase files and a label mask (tumor value 1, a second lesion value 2) on disk."""
+    case = make_case()
+    folder = tmp_path / "in"
+    phases = [write_image(phase, case.geometry, folder / f"p{k}.nii.gz") for k, phase in enumerate(case.phases)]
+    labels = sphere_mask() + 2 * sphere_mask(centre=(10, 20, 38), radius_mm=3.0)
+    mask = write_label(labels, case.geometry, folder / "mask.nii.gz")
+    return case, [str(p) for p in phases], mask
+
+
+def run_cli(*args) -> int:
+    return main(["synthesize", *map(str, args)])
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("synbt synthesize: error:")
+    return err[0]
+
+
+def test_end_to_end_writes_outputs_and_keeps_inputs(inputs, tmp_path, capsys):
+    case, phases, mask = inputs
+    before = {p: sha256(p) for p in [*map(Path, phases), mask]}
+    out = tmp_path / "out"
+    assert run_cli("--phases", *phases, "--mask", mask, "--label", 1, "--seed", 4, "--out", out) == 0
+    assert "written to" in capsys.readouterr().out
+
+    assert {p: sha256(p) for p in before} == before
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["phase_0.nii.gz", "phase_1.nii.gz", "phase_2.nii.gz", "preview.png", "provenance.json",
+                     "tumor_labels.nii.gz"]
+    tumor = sphere_mask()
+    label = sitk.ReadImage(str(out / "tumor_labels.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(label), tumor)
+    assert np.allclose(label.GetSpacing(), case.geometry.spacing) and np.allclose(label.GetOrigin(), case.geometry.origin)
+    result = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"phase_{k}.nii.gz"))) for k in range(3)])
+    untouched = np.all(result == case.phases, axis=0)
+    assert untouched[sphere_mask(radius_mm=8.0) == 0].all()
+    assert not untouched[tumor > 0].any()
+
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["method"] == "handcrafted" and provenance["seed"] == 4
+    assert {entry["sha256"] for entry in provenance["inputs"]} == set(before.values())
+    assert provenance["versions"]["torch"] and provenance["versions"]["monai"]
+    assert provenance["tumor"]["voxels"] == int(tumor.sum())
+    assert provenance["details"]["synthesizer"]["appearance"]["kinetics"] in ("plateau", "washout")
+    assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_output_and_json_progress(inputs, tmp_path, capsys):
+    _, phases, mask = inputs
+    for name in ("a", "b"):
+        assert run_cli("--phases", *phases, "--mask", mask, "--label", 2, "--progress", "json", "--out", tmp_path / name) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert all(set(e) == {"event", "done", "total", "message"} for e in events if e["event"] == "progress")
+    first_run = events[: len(events) // 2]
+    done = [e["done"] for e in first_run if e["event"] == "progress"]
+    assert done == sorted(done) and done[-1] == first_run[-2]["total"]
+    assert events[-1] == {"event": "done", "out": str((tmp_path / "b").resolve())}
+    for k in range(3):
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / d / f"phase_{k}.nii.gz"))) for d in "ab")
+        assert np.array_equal(a, b)
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / "tumor_labels.nii.gz")))
+    assert label.sum() == (sphere_mask(centre=(10, 20, 38), radius_mm=3.0)).sum()
+
+
+def test_missing_mask_is_one_line_exit_2(inputs, tmp_path, capsys):
+    _, phases, _ = inputs
+    assert run_cli("--phases", *phases, "--mask", tmp_path / "nope.nii.gz", "--out", tmp_path / "out") == 2
+    assert "nope.nii.gz" in error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_mask_is_one_line_exit_2(inputs, tmp_path, capsys):
+    case, phases, _ = inputs
+    empty = write_label(np.zeros(case.shape, np.uint8), case.geometry, tmp_path / "empty.nii.gz")
+    assert run_cli("--phases", *phases, "--mask", empty, "--out", tmp_path / "out") == 2
+    assert "empty" in error_line(capsys)
+    assert run_cli("--phases", *phases, "--mask", empty.parent / "in" / "mask.nii.gz", "--label", 5,
+                   "--out", tmp_path / "out") == 2
+    assert "empty" in error_line(capsys)
+
+
+def test_existing_output_folder_is_refused(inputs, tmp_path, capsys):
+    _, phases, mask = inputs
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert run_cli("--phases", *phases, "--mask", mask, "--out", out) == 2
+    assert "not empty" in error_line(capsys)
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+    assert run_cli("--phases", *phases, "--mask", mask, "--out", out, "--overwrite", "--label", 1) == 0
+    assert (out / "keep.txt").exists() and (out / "tumor_labels.nii.gz").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--auto"], "--size-mm"),
+        (["--mask", "m.nii.gz", "--size-mm", "10"], "--auto"),
+        (["--mask", "m.nii.gz", "--seed", "-3"], "seed"),
+    ],
+)
+def test_option_errors(inputs, tmp_path, capsys, extra, message):
+    _, phases, mask = inputs
+    extra = [str(mask) if e == "m.nii.gz" else e for e in extra]
+    assert run_cli("--phases", *phases, *extra, "--out", tmp_path / "out") == 2
+    assert message in error_line(capsys)
+
+
+def test_auto_places_the_tumor_in_breast_tissue(tmp_path, capsys):
+    from SynBTLib.phantom import make_phantom, write_phantom
+    from SynBTLib.preprocess import breast_tissue_mask
+
+    phantom = make_phantom(seed=2, shape=(128, 128, 40))
+    write_phantom(phantom, tmp_path / "case", montage=False)
+    common = ["--phases", tmp_path / "case", "--auto", "--size-mm", 10, "--seed", 5, "--progress", "json"]
+    assert run_cli(*common, "--out", tmp_path / "auto") == 0
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "auto" / "tumor_labels.nii.gz")))
+    assert label.any() and breast_tissue_mask(phantom.case).breast[label > 0].all()
+    placement = json.loads((tmp_path / "auto" / "provenance.json").read_text())["details"]["auto_placement"]
+
+    # the drawn centre, given back explicitly with the same seed, gives the same tumor
+    assert run_cli(*common, "--center", *placement["center_mm"], "--out", tmp_path / "centred") == 0
+    again = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "centred" / "tumor_labels.nii.gz")))
+    assert np.array_equal(label, again)
+    capsys.readouterr()
+    assert run_cli(*common, "--center", 1e4, 0, 0, "--out", tmp_path / "outside") == 2
+    assert "outside" in error_line(capsys)

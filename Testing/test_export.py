@@ -1,0 +1,182 @@
+"""`synbt export` on small phantoms with the handcrafted method: layout, resumability, shards."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from SynBTLib import export
+from SynBTLib.cli import main
+from SynBTLib.errors import SynBTError
+from SynBTLib.io import read_case, read_dataset, read_image
+from SynBTLib.phantom import make_phantom, write_phantom
+
+SETTINGS = dict(num_cases=3, tumors_per_case=1, size_mm=(10.0, 16.0), seed=7)
+NUM_PHASES = 3
+FILE_OPS_PER_CASE = 2 * (NUM_PHASES + 1)  # every image and the label: written to the temp folder, then moved
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """Two phantom cases: one with a tumor (and its label), one without."""
+    root = tmp_path_factory.mktemp("source")
+    for seed, tumors in ((0, 1), (1, 0)):
+        phantom = make_phantom(seed=seed, shape=(64, 64, 24), phases=NUM_PHASES, tumors=tumors)
+        write_phantom(phantom, root / f"case{seed}", montage=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(source, tmp_path_factory):
+    """An unsharded nnU-Net export of three cases."""
+    out = tmp_path_factory.mktemp("reference") / "Dataset501_SynBT"
+    made = export.export_dataset(source, out, export.ExportSettings(**SETTINGS), log=lambda message: None)
+    assert made == ["SynBT_000", "SynBT_001", "SynBT_002"]
+    return out
+
+
+def case_content(out: Path, name: str):
+    """A case's provenance and every file's voxels and geometry."""
+    provenance = json.loads((out / "provenance" / f"{name}.json").read_text())
+    return provenance, [read_image(out / rel) for rel in provenance["files"]]
+
+
+def assert_same_cases(out_a: Path, out_b: Path, names):
+    for name in names:
+        (prov_a, files_a), (prov_b, files_b) = case_content(out_a, name), case_content(out_b, name)
+        assert prov_a == prov_b
+        for (array_a, geometry_a), (array_b, geometry_b) in zip(files_a, files_b, strict=True):
+            assert geometry_a == geometry_b and np.array_equal(array_a, array_b)
+
+
+def visible_files(out: Path):
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def test_nnunet_layout_labels_and_geometry(source, reference):
+    dataset = json.loads((reference / "dataset.json").read_text())
+    assert dataset["channel_names"] == {"0": "pre", "1": "post1", "2": "post2"}
+    assert dataset["labels"] == {"background": 0, "tumor": 1}
+    assert dataset["numTraining"] == 3 and dataset["file_ending"] == ".nii.gz"
+    assert len(list((reference / "imagesTr").iterdir())) == 3 * NUM_PHASES
+    assert len(list((reference / "labelsTr").iterdir())) == 3
+
+    sources = {ref.case_id: ref for ref in read_dataset(source)}
+    exported = read_dataset(reference)  # our own nnU-Net reader finds every case, phases and label
+    assert [ref.case_id for ref in exported] == ["SynBT_000", "SynBT_001", "SynBT_002"]
+    for ref in exported:
+        provenance = json.loads((reference / "provenance" / f"{ref.case_id}.json").read_text())
+        original = sources[provenance["source_case"]]
+        assert provenance["source_case"] == ["case0", "case1"][int(ref.case_id[-1]) % 2]
+        assert provenance["method"] == "handcrafted" and provenance["seed"] == 7
+        (tumor,) = provenance["tumors"]
+        assert 10.0 <= tumor["diameter_mm"] <= 16.0 and tumor["kind"] in ("ellipsoid", "lobulated", "spiculated")
+
+        case, before = read_case(list(ref.phase_paths)), read_case(list(original.phase_paths))
+        assert case.geometry == before.geometry
+        label, label_geometry = read_image(ref.label_path)
+        assert label_geometry == case.geometry and set(np.unique(label)) == {0, 1}
+        old_tumor = read_image(original.label_path)[0]  # the phantom without a tumor has an empty label
+        assert old_tumor.any() == (original.case_id == "case0")
+        assert np.all(label[old_tumor > 0] == 1)  # the existing tumor is kept
+        assert int(label.sum()) == int((old_tumor > 0).sum()) + tumor["voxels"]  # plus the new one, disjoint
+        centre = np.round(case.geometry.physical_to_index(tumor["center_mm"])).astype(int)[::-1]
+        new_tumor = (label > 0) & (old_tumor == 0)
+        assert new_tumor[tuple(centre)]
+        changed = np.any(case.phases != before.phases, axis=0)
+        assert changed[new_tumor].mean() > 0.9  # the synthesized tumor is in the images ...
+        near = np.argwhere(changed) - centre
+        assert np.abs(near * np.asarray(case.geometry.spacing[::-1])).max() < 40  # ... and nothing far from it changed
+
+
+def test_interrupted_case_leaves_nothing_and_rerun_completes_identically(source, reference, tmp_path):
+    out = tmp_path / "Dataset501_SynBT"
+    settings = export.ExportSettings(**SETTINGS)
+    # case 0 completes; case 1 fails after its files are written and two of them are moved into place
+    with pytest.raises(export.InjectedFault):
+        export.export_dataset(source, out, settings, log=print, fail_after_files=FILE_OPS_PER_CASE + NUM_PHASES + 3)
+    assert export.is_done(out, "SynBT_000") and not export.is_done(out, "SynBT_001")
+    assert visible_files(out) == sorted(
+        ["export.json", "provenance/SynBT_000.json", "labelsTr/SynBT_000.nii.gz"]
+        + [f"imagesTr/SynBT_000_000{k}.nii.gz" for k in range(NUM_PHASES)]
+    )
+    assert export.export_dataset(source, out, settings, log=print) == ["SynBT_001", "SynBT_002"]
+    assert visible_files(out) == visible_files(reference)
+    assert_same_cases(out, reference, ["SynBT_000", "SynBT_001", "SynBT_002"])
+
+
+def test_killed_process_leftovers_are_cleaned_by_the_rerun(source, reference, tmp_path):
+    out = tmp_path / "killed"
+    # a real crash (os._exit, no cleanup) in a child process, part-way through moving case 0 into place
+    script = (
+        "import sys; from SynBTLib import export; "
+        f"export.export_dataset(sys.argv[1], sys.argv[2], export.ExportSettings(**{SETTINGS!r}), "
+        f"fail_after_files={NUM_PHASES + 1 + 2}, fail_hard=True)"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    child = subprocess.run([sys.executable, "-c", script, str(source), str(out)], env=env, capture_output=True)
+    assert child.returncode == 137, child.stderr.decode()[-2000:]
+    assert not export.is_done(out, "SynBT_000")
+    assert list(out.glob(".tmp-SynBT_000-*"))  # the crash left its temp folder and two moved files
+    assert len(list((out / "imagesTr").iterdir())) == 2
+
+    assert main(["export", "--source", str(source), "--out", str(out), "--num-cases", "3", "--format", "nnunet",
+                 "--method", "handcrafted", "--tumors-per-case", "1", "--size-mm", "10", "16", "--seed", "7"]) == 0
+    assert not list(out.glob(".tmp-*"))
+    assert visible_files(out) == visible_files(reference)
+    assert_same_cases(out, reference, ["SynBT_000", "SynBT_001", "SynBT_002"])
+
+
+def test_shards_are_disjoint_complete_and_merge_equals_unsharded(source, reference, tmp_path, capsys):
+    assert export.shard_indices(10, (1, 3)) == [1, 4, 7]
+    parts = [export.shard_indices(10, (i, 3)) for i in range(3)]
+    assert sorted(sum(parts, [])) == list(range(10))
+    out = tmp_path / "Dataset501_SynBT"
+    args = ["export", "--source", str(source), "--out", str(out), "--num-cases", "3", "--format", "nnunet",
+            "--method", "handcrafted", "--size-mm", "10", "16", "--seed", "7"]
+    assert main(args + ["--shard", "1/2"]) == 0
+    assert not (out / "dataset.json").exists()
+    assert main(["export", "--merge", "--out", str(out), "--format", "nnunet"]) == 2
+    assert "SynBT_000, SynBT_002" in capsys.readouterr().err  # the missing cases are named
+    assert main(args + ["--shard", "0/2"]) == 0
+    assert main(["export", "--merge", "--out", str(out), "--format", "nnunet"]) == 0
+    assert visible_files(out) == visible_files(reference)
+    assert json.loads((out / "dataset.json").read_text()) == json.loads((reference / "dataset.json").read_text())
+    assert_same_cases(out, reference, ["SynBT_000", "SynBT_001", "SynBT_002"])
+
+
+def test_monai_datalist_points_at_synbt_case_folders(source, reference, tmp_path):
+    out = tmp_path / "monai"
+    settings = export.ExportSettings(**{**SETTINGS, "num_cases": 2, "format": "monai"})
+    export.export_dataset(source, out, settings, log=print)
+    training = json.loads((out / "datalist.json").read_text())["training"]
+    assert [len(item["image"]) for item in training] == [NUM_PHASES, NUM_PHASES]
+    for item in training:
+        assert all((out / path).is_file() for path in item["image"] + [item["label"]])
+    refs = read_dataset(out / "cases")  # each case folder is a SynBT case folder
+    assert [ref.case_id for ref in refs] == ["SynBT_000", "SynBT_001"] and all(ref.label_path for ref in refs)
+    # same seed and index: same tumor whatever the format
+    nnunet_label = read_image(reference / "labelsTr" / "SynBT_001.nii.gz")[0]
+    assert np.array_equal(read_image(refs[1].label_path)[0], nnunet_label)
+
+
+def test_bad_requests_are_refused(source, reference, tmp_path):
+    settings = export.ExportSettings(**SETTINGS)
+    with pytest.raises(SynBTError, match="other settings.*seed"):
+        export.export_dataset(source, reference, export.ExportSettings(**{**SETTINGS, "seed": 8}))
+    with pytest.raises(SynBTError, match="input"):
+        export.export_dataset(source, source / "export", settings)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(SynBTError, match="not empty"):
+        export.export_dataset(source, tmp_path / "busy", settings)
+    for bad in ("2/2", "x", "1/0"):
+        with pytest.raises(SynBTError, match="shard"):
+            export.parse_shard(bad)
+    with pytest.raises(SynBTError, match="size-mm"):
+        export.ExportSettings(num_cases=1, size_mm=(20, 10))
+    with pytest.raises(SynBTError, match="not monai"):
+        export.merge(reference, "monai")

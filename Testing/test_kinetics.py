@@ -1,0 +1,65 @@
+"""Contrast kinetics: Parker AIF, extended Tofts, SPGR signal and BI-RADS curve types."""
+import numpy as np
+import pytest
+
+from SynBTLib import SynBTError
+from SynBTLib import kinetics as kin
+
+
+def test_parker_aif_has_a_first_pass_peak_and_a_slow_tail():
+    t = np.arange(-30.0, 600.0, 0.5)
+    blood = kin.parker_aif(t)
+    assert np.all(blood[t <= 0] == 0)
+    peak_time = t[np.argmax(blood)]
+    assert 5.0 < peak_time < 15.0  # first pass ~0.17 min after injection
+    assert 4.0 < blood.max() < 8.0  # mM, as published
+    tail = blood[(t >= 120) & (t <= 600)]
+    assert np.all(np.diff(tail) < 0)
+    np.testing.assert_allclose(tail[-1], 1.050 * np.exp(-0.1685 * 10), rtol=1e-2)  # alpha exp(-beta t) at 10 min
+
+
+def test_extended_tofts_limits_and_broadcasting():
+    t = kin.phase_times(4)
+    plasma = kin.parker_aif(t) / (1 - kin.HEMATOCRIT)
+    np.testing.assert_allclose(kin.extended_tofts(t, 0.0, 0.3, 0.05), 0.05 * plasma)
+    conc = kin.extended_tofts([0.0, 30.0, 60.0, 90.0], np.array([0.1, 0.5, 1.0]), 0.4, 0.02)
+    assert conc.shape == (3, 4)
+    assert np.all(conc[:, 0] == 0)  # nothing at injection time (the pre-contrast phase)
+    assert np.all(np.diff(conc[:, 1]) > 0)  # more Ktrans, more early uptake
+    with pytest.raises(SynBTError):
+        kin.extended_tofts(t, 0.1, 0.0, 0.0)
+
+
+def test_signal_grows_with_concentration_and_saturates():
+    conc = np.array([0.0, 0.2, 0.5, 1.0, 2.0, 8.0])
+    signal = kin.concentration_to_signal(conc, t10_s=1.2)
+    np.testing.assert_allclose(signal[0], kin.spgr_signal(1.2))
+    gains = np.diff(signal)
+    assert np.all(gains > 0) and gains[-1] / 6.0 < gains[0] / 0.2  # sub-linear at high concentration
+    # fat (short T1) starts brighter than fibroglandular tissue (long T1) on T1-weighted images
+    assert kin.spgr_signal(0.29) > 2 * kin.spgr_signal(1.25)
+
+
+@pytest.mark.parametrize("num_phases", [3, 4])
+@pytest.mark.parametrize("curve_type", kin.CURVE_TYPES)
+def test_tumor_kinetics_give_the_requested_curve_type(curve_type, num_phases):
+    t = kin.phase_times(num_phases)
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        tissue = kin.tumor_kinetics(curve_type, rng)
+        signal = tissue.signal(t)
+        assert kin.classify_curve(signal) == curve_type
+        assert kin.relative_enhancement(signal)[1] > 0.8  # malignant: fast wash-in
+
+
+def test_classify_curve_and_phase_times_validate_input():
+    assert kin.classify_curve([100, 200, 230]) == "persistent"
+    assert kin.classify_curve([100, 200, 205]) == "plateau"
+    assert kin.classify_curve([100, 200, 170]) == "washout"
+    with pytest.raises(SynBTError):
+        kin.classify_curve([100, 200])
+    with pytest.raises(SynBTError):
+        kin.tumor_kinetics("benign", np.random.default_rng(0))
+    np.testing.assert_allclose(kin.phase_times(4, 60.0), [0, 60, 120, 180])
+    with pytest.raises(SynBTError):
+        kin.phase_times(1)

@@ -1,0 +1,135 @@
+"""The procedural breast DCE-MRI phantom, its montage and the `synbt phantom` commands."""
+import json
+
+import numpy as np
+import pytest
+
+from SynBTLib import SynBTError
+from SynBTLib import labels as L
+from SynBTLib.cli import main
+from SynBTLib.io import read_case, read_image
+from SynBTLib.phantom import make_phantom, write_phantom
+
+SMALL = (64, 64, 24)
+
+
+@pytest.fixture(scope="module")
+def washout_phantom():
+    return make_phantom(seed=5, shape=SMALL, phases=4, tumors=1, density="b", tumor_kinetics="washout",
+                        tumor_diameters_mm=30.0, necrotic=False)
+
+
+def _relative_enhancement(phases, where):
+    curve = phases[:, where].mean(axis=1)
+    return (curve - curve[0]) / curve[0]
+
+
+def test_same_seed_same_case_and_other_seed_differs():
+    a = make_phantom(seed=11, shape=SMALL, tumors=1, tumor_diameters_mm=20.0)
+    b = make_phantom(seed=11, shape=SMALL, tumors=1, tumor_diameters_mm=20.0)
+    c = make_phantom(seed=12, shape=SMALL, tumors=1, tumor_diameters_mm=20.0)
+    np.testing.assert_array_equal(a.case.phases, b.case.phases)
+    np.testing.assert_array_equal(a.tissue_labels, b.tissue_labels)
+    assert a.meta == b.meta
+    assert not np.array_equal(a.case.phases, c.case.phases)
+    assert not np.array_equal(a.tissue_labels, c.tissue_labels)
+
+
+def test_anatomy_is_in_place_and_labelled(washout_phantom):
+    ph = washout_phantom
+    tissue, tumor = ph.tissue_labels, ph.tumor_labels
+    assert ph.case.phases.shape == (4, 24, 64, 64) and ph.case.phases.dtype == np.float32
+    assert tissue.dtype == np.uint8 and tumor.dtype == np.uint8
+    assert set(np.unique(tissue)) >= {L.AIR, L.SKIN, L.FAT, L.FIBROGLANDULAR, L.MUSCLE, L.CHEST_WALL, L.THORAX, L.HEART, L.TUMOR}
+    rows = lambda label: np.argwhere(tissue == label)[:, 1].mean()  # noqa: E731
+    # breasts anterior (low Y) of the pectoralis, the heart behind the chest wall
+    assert rows(L.FIBROGLANDULAR) < rows(L.MUSCLE) < rows(L.HEART)
+    breast = np.isin(tissue, L.BREAST_TISSUE)
+    columns = np.argwhere(breast)[:, 2]
+    assert (columns < 28).sum() > 0.3 * len(columns) and (columns > 36).sum() > 0.3 * len(columns)  # two breasts
+    np.testing.assert_array_equal(tumor > 0, np.isin(tissue, (L.TUMOR, L.NECROSIS)))
+    assert np.all(breast[tumor > 0])
+
+
+def test_enhancement_order_tumor_fgt_fat_and_washout(washout_phantom):
+    ph = washout_phantom
+    phases, tissue = ph.case.phases.astype(np.float64), ph.tissue_labels
+    tumor = _relative_enhancement(phases, ph.tumor_labels > 0)
+    fgt = _relative_enhancement(phases, tissue == L.FIBROGLANDULAR)
+    fat = _relative_enhancement(phases, tissue == L.FAT)
+    assert tumor.max() > 2 * fgt.max() > 0
+    assert fgt.max() > fat.max() + 0.05
+    assert tumor[1] > 0.8  # fast wash-in
+    curve = phases[:, ph.tumor_labels > 0].mean(axis=1)
+    assert curve[-1] < 0.95 * curve[1:].max()  # washout
+    assert ph.meta["tumors"][0]["measured_curve_type"] == "washout"
+    assert ph.meta["phase_times_s"] == [0.0, 90.0, 180.0, 270.0]
+
+
+def test_necrotic_core_does_not_enhance():
+    ph = make_phantom(seed=3, shape=(96, 96, 32), tumors=1, tumor_diameters_mm=40.0, necrotic=True, density="a")
+    core = ph.tissue_labels == L.NECROSIS
+    rim = ph.tissue_labels == L.TUMOR
+    assert core.any() and rim.any() and ph.meta["tumors"][0]["necrotic"]
+    assert np.all(ph.tumor_labels[core] == 1)
+    phases = ph.case.phases.astype(np.float64)
+    assert _relative_enhancement(phases, core).max() < 0.1 < 0.8 < _relative_enhancement(phases, rim).max()
+
+
+def test_the_same_body_on_any_grid():
+    volumes = []
+    for shape in [(64, 64, 24), (96, 96, 30)]:
+        ph = make_phantom(seed=4, shape=shape)
+        voxel = np.prod(ph.case.geometry.spacing)
+        volumes.append([np.isin(ph.tissue_labels, L.BREAST_TISSUE).sum() * voxel, (ph.tissue_labels == L.HEART).sum() * voxel])
+    np.testing.assert_allclose(volumes[0], volumes[1], rtol=0.1)
+
+
+def test_density_controls_fibroglandular_fraction_and_bad_params_are_refused():
+    fatty = make_phantom(seed=8, shape=SMALL, density="a")
+    dense = make_phantom(seed=8, shape=SMALL, density="d")
+    assert fatty.meta["fgt_fraction"] < 0.2 < 0.5 < dense.meta["fgt_fraction"]
+    with pytest.raises(SynBTError, match="density"):
+        make_phantom(shape=SMALL, density="e")
+    with pytest.raises(SynBTError, match="unknown phantom parameter"):
+        make_phantom(shape=SMALL, colour="pink")
+    with pytest.raises(SynBTError, match="tumor_diameters_mm"):
+        make_phantom(shape=SMALL, tumors=2, tumor_diameters_mm=[10.0])
+
+
+def test_write_phantom_and_montage(tmp_path, washout_phantom):
+    written = write_phantom(washout_phantom, tmp_path / "case")
+    names = {p.name for p in written}
+    assert {"phase_0.nii.gz", "phase_3.nii.gz", "tissue_labels.nii.gz", "tumor_labels.nii.gz", "case.json", "montage.png"} <= names
+    assert (tmp_path / "case" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    case = read_case(tmp_path / "case")
+    assert case.geometry.matches(washout_phantom.case.geometry)
+    np.testing.assert_allclose(case.phases, washout_phantom.case.phases)
+    assert case.phase_names == ["pre", "post1", "post2", "post3"]
+    labels, _ = read_image(tmp_path / "case" / "tumor_labels.nii.gz")
+    np.testing.assert_array_equal(labels, washout_phantom.tumor_labels)
+    meta = json.loads((tmp_path / "case" / "case.json").read_text())
+    assert meta["tumors"][0]["kinetics"] == "washout" and "fibroglandular" in meta["tissue_signal"]
+
+
+def test_cli_phantom_refuses_existing_folder_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "ph"
+    args = ["phantom", "--out", str(out), "--seed", "2", "--shape", "48", "48", "16", "--phases", "4", "--tumors", "1"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["case.json", "montage.png", "tissue_labels.nii.gz", "tumor_labels.nii.gz"] + [f"phase_{k}.nii.gz" for k in range(4)]
+    )
+    assert main(args) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_cli_cohort_of_two_cases(tmp_path):
+    out = tmp_path / "cohort"
+    assert main(["phantom-cohort", "--out", str(out), "--n", "2", "--seed", "1", "--shape", "48", "48", "16", "--workers", "2"]) == 0
+    index = json.loads((out / "cohort.json").read_text())
+    assert [c["case_id"] for c in index["cases"]] == ["case_000", "case_001"]
+    assert index["cases"][0]["density"] != index["cases"][1]["density"]
+    for entry in index["cases"]:
+        assert (out / entry["path"] / "phase_2.nii.gz").is_file()
+        assert 1 <= len(entry["tumors"]) <= 3

@@ -1,0 +1,213 @@
+"""SynthesisPipeline: ROI, compositing, determinism, progress/cancel and the RePaint sampler (tiny real nets)."""
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import distance_transform_edt, gaussian_filter
+
+from SynBTLib.case import Case, Geometry
+from SynBTLib.errors import SynBTError
+from SynBTLib.bundle import save_bundle
+from SynBTLib.nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
+from SynBTLib.nets.denoiser import DenoiserConfig, MaskConditionedDenoiser
+from SynBTLib.nets.scheduler import SchedulerConfig, make_scheduler
+from SynBTLib.pipeline import SynthesisPipeline, inpaint_latent
+
+from test_denoiser import randomize_zero_parameters
+
+SPACING = (1.0, 1.0, 2.0)  # (x, y, z) mm: anisotropic, as in DCE-MRI
+STEPS = 3
+BLEND_MM = 3.0
+MARGINS = dict(context_margin_mm=6.0, blend_mm=BLEND_MM)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    torch.manual_seed(0)
+    denoiser = MaskConditionedDenoiser(DenoiserConfig(channels=(8, 16, 16), attention_levels=(False, False, True),
+                                                      num_head_channels=8, norm_num_groups=4))
+    autoencoder = PatchVolumeAutoencoder(AutoencoderConfig(channels=(8, 8, 8), norm_num_groups=1))
+    return SynthesisPipeline(autoencoder, randomize_zero_parameters(denoiser), make_scheduler(SchedulerConfig()),
+                             latent_scale=1.5, **MARGINS)
+
+
+def make_case(shape=(20, 40, 40), seed=0) -> Case:
+    rng = np.random.default_rng(seed)
+    tissue = gaussian_filter(rng.random(shape), 2.0) * 400.0 + 100.0
+    phases = np.stack([tissue, tissue * 1.4, tissue * 1.2]).astype(np.float32)
+    return Case(phases, Geometry(size=shape[::-1], spacing=SPACING, origin=(0.0, 0.0, 0.0)))
+
+
+def tumor(shape, center_zyx, radius_mm=3.5) -> np.ndarray:
+    grid = np.indices(shape).astype(float)
+    spacing_zyx = SPACING[::-1]
+    dist2 = sum(((grid[a] - center_zyx[a]) * spacing_zyx[a]) ** 2 for a in range(3))
+    return (dist2 <= radius_mm**2).astype(np.uint8)
+
+
+def distance_mm(mask):
+    return distance_transform_edt(mask == 0, sampling=SPACING[::-1])
+
+
+def test_roi_surrounds_the_mask_and_its_size_does_not_depend_on_the_fov(pipeline):
+    small, big = make_case((20, 40, 40)), make_case((48, 120, 100))
+    box_small = pipeline.region_of_interest(small, tumor(small.shape, (10, 20, 20)))
+    box_big = pipeline.region_of_interest(big, tumor(big.shape, (10, 20, 20)))
+    shape_small = [s.stop - s.start for s in box_small]
+    assert shape_small == [s.stop - s.start for s in box_big] == [16, 32, 32]
+    assert all(n % pipeline.roi_multiple == 0 for n in shape_small)
+    # bounding box (z 9..11, y/x 17..23) plus the 6 mm context margin (3 slices, 6 voxels) fits inside
+    assert box_small[0].start <= 9 - 3 and box_small[0].stop >= 12 + 3
+    assert box_small[1].start <= 17 - 6 and box_small[1].stop >= 24 + 6
+
+
+def test_only_the_blend_region_changes_and_inputs_are_untouched(pipeline):
+    case = make_case()
+    mask = tumor(case.shape, (10, 18, 22))
+    phases_before, mask_before = case.phases.copy(), mask.copy()
+    result = pipeline(case, mask, seed=0, steps=STEPS)
+
+    assert result is not case and result.phases is not case.phases
+    assert result.geometry == case.geometry and result.phase_names == case.phase_names
+    assert np.array_equal(case.phases, phases_before) and np.array_equal(mask, mask_before)
+    far = distance_mm(mask) >= BLEND_MM
+    assert np.array_equal(result.phases[:, far], case.phases[:, far])  # bit-identical
+    changed = (result.phases != case.phases).any(axis=0)
+    assert changed[mask > 0].all()
+    assert np.isfinite(result.phases).all() and result.phases.dtype == np.float32
+
+
+def test_same_seed_is_identical_and_another_seed_differs_inside(pipeline):
+    case = make_case(seed=1)
+    mask = tumor(case.shape, (10, 20, 20))
+    first = pipeline(case, mask, seed=7, steps=STEPS).phases
+    again = pipeline(case, mask, seed=7, steps=STEPS).phases
+    other = pipeline(case, mask, seed=8, steps=STEPS).phases
+    assert np.array_equal(first, again)
+    inside = mask > 0
+    assert (first[:, inside] != other[:, inside]).mean() > 0.9
+    far = distance_mm(mask) >= BLEND_MM
+    assert np.array_equal(first[:, far], other[:, far])
+
+
+def test_a_roi_larger_than_the_volume_is_padded_and_cropped_back(pipeline):
+    case = make_case((6, 24, 40))  # 6 slices: the 16-slice ROI reaches outside the volume
+    mask = tumor(case.shape, (3, 12, 20))
+    box = pipeline.region_of_interest(case, mask)
+    assert box[0].start < 0 and box[0].stop > 6
+    result = pipeline(case, mask, seed=0, steps=2)
+    assert result.phases.shape == case.phases.shape
+    far = distance_mm(mask) >= BLEND_MM
+    assert np.array_equal(result.phases[:, far], case.phases[:, far])
+    assert (result.phases[:, mask > 0] != case.phases[:, mask > 0]).all()
+
+
+def test_progress_is_reported_per_step_and_raising_cancels(pipeline):
+    case = make_case()
+    mask = tumor(case.shape, (10, 20, 20))
+    calls = []
+    pipeline(case, mask, seed=0, steps=STEPS, progress=lambda done, total, msg: calls.append((done, total)))
+    assert calls == [(k, STEPS) for k in range(1, STEPS + 1)]
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_on_second(done, total, message):
+        if done == 2:
+            raise Cancelled(message)
+
+    before = case.phases.copy()
+    with pytest.raises(Cancelled, match="denoising step 2/3"):
+        pipeline(case, mask, seed=0, steps=STEPS, progress=cancel_on_second)
+    assert np.array_equal(case.phases, before)
+
+
+@pytest.mark.parametrize(
+    "make_mask, message",
+    [
+        (lambda shape: np.zeros(shape, np.uint8), "empty"),
+        (lambda shape: np.ones((shape[0], shape[1], shape[2] + 1), np.uint8), "resample the mask onto the case grid"),
+        (lambda shape: np.where(tumor(shape, (10, 20, 20)) > 0, np.nan, 0.0), "NaN"),
+        (lambda shape: np.full(shape, "a"), "numeric"),
+    ],
+)
+def test_bad_masks_are_refused(pipeline, make_mask, message):
+    case = make_case()
+    with pytest.raises(SynBTError, match=message):
+        pipeline(case, make_mask(case.shape), seed=0, steps=1)
+
+
+def test_wrong_phase_count_bad_steps_and_bad_margins_are_refused(pipeline):
+    case = make_case()
+    mask = tumor(case.shape, (10, 20, 20))
+    with pytest.raises(SynBTError, match="expects 3 phases"):
+        pipeline(Case(case.phases[:2], case.geometry), mask, steps=1)
+    with pytest.raises(SynBTError, match="steps must be between"):
+        pipeline(case, mask, steps=0)
+    with pytest.raises(SynBTError, match="blend_mm"):
+        SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, 1.0,
+                          context_margin_mm=2.0, blend_mm=4.0)
+
+
+def _latents(pipeline, mask_latent):
+    g = torch.Generator().manual_seed(5)
+    known = torch.randn((1, 4, 4, 8, 8), generator=g)
+    context = torch.randn((1, 4, 4, 8, 8), generator=g)
+    return known, context, mask_latent
+
+
+def test_sampler_keeps_the_known_latent_outside_the_mask(pipeline):
+    with torch.no_grad():
+        known, context, empty = _latents(pipeline, torch.zeros((1, 1, 4, 8, 8)))
+        result = inpaint_latent(pipeline.denoiser, pipeline.scheduler, known, context, empty, 3,
+                                torch.Generator().manual_seed(0))
+        assert torch.equal(result, known)
+
+        mask = torch.zeros((1, 1, 4, 8, 8))
+        mask[..., 1:3, 2:6, 2:6] = 1
+        result = inpaint_latent(pipeline.denoiser, pipeline.scheduler, known, context, mask, 3,
+                                torch.Generator().manual_seed(0))
+        inside = mask.expand_as(known) > 0
+        assert torch.equal(result[~inside], known[~inside])
+        assert (result[inside] != known[inside]).all()
+        assert torch.isfinite(result).all()
+
+
+def test_a_pipeline_from_a_saved_bundle_gives_the_same_tumor(pipeline, tmp_path):
+    save_bundle(tmp_path / "bundle", pipeline.autoencoder, pipeline.denoiser, SchedulerConfig(),
+                pipeline.latent_scale, meta={"phases": 3}, card_text="# tiny test bundle\n")
+    loaded = SynthesisPipeline.from_bundle(tmp_path / "bundle", **MARGINS)
+    case = make_case(seed=2)
+    mask = tumor(case.shape, (10, 20, 20))
+    expected = pipeline(case, mask, seed=3, steps=2).phases
+    assert np.array_equal(loaded(case, mask, seed=3, steps=2).phases, expected)
+
+
+def test_an_autoencoder_only_bundle_is_refused(pipeline, tmp_path):
+    save_bundle(tmp_path / "ae", pipeline.autoencoder, None, None, 1.0, meta={}, card_text="# ae\n")
+    with pytest.raises(SynBTError, match="no denoiser"):
+        SynthesisPipeline.from_bundle(tmp_path / "ae")
+
+
+def test_the_sampler_generates_from_the_noised_known_latent_around_the_mask(pipeline):
+    """RePaint: the known latent is fed in at every step, so it shapes what is generated inside the mask."""
+    mask = torch.zeros((1, 1, 4, 8, 8))
+    mask[..., 1:3, 3:5, 3:5] = 1
+    with torch.no_grad():
+        known, context, mask = _latents(pipeline, mask)
+        results = [
+            inpaint_latent(pipeline.denoiser, pipeline.scheduler, k, context, mask, 3, torch.Generator().manual_seed(0))
+            for k in (known, torch.where(mask > 0, known, known + 2.0))
+        ]
+    inside = mask.expand_as(known) > 0
+    assert not torch.allclose(results[0][inside], results[1][inside])
+
+
+def test_classifier_free_guidance_changes_only_the_tumor(pipeline):
+    guided = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
+                               guidance_scale=3.0, **MARGINS)
+    case = make_case(seed=4)
+    mask = tumor(case.shape, (10, 20, 20))
+    plain, strong = pipeline(case, mask, seed=1, steps=2).phases, guided(case, mask, seed=1, steps=2).phases
+    assert (plain[:, mask > 0] != strong[:, mask > 0]).mean() > 0.9
+    far = distance_mm(mask) >= BLEND_MM
+    assert np.array_equal(strong[:, far], case.phases[:, far])

@@ -1,0 +1,90 @@
+"""Normalization, body mask and breast-tissue masks, scored against the phantom's ground truth."""
+import numpy as np
+import pytest
+
+from SynBTLib import labels
+from SynBTLib.case import Case, Geometry
+from SynBTLib.errors import SynBTError
+from SynBTLib.phantom import make_phantom
+from SynBTLib.preprocess import (
+    Normalization,
+    body_mask,
+    breast_tissue_mask,
+    denormalize,
+    fit_normalization,
+    normalize,
+)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(seed=0, phases=3)
+
+
+def test_normalization_is_exactly_inverted_and_keeps_enhancement(phantom):
+    case = phantom.case
+    norm = fit_normalization(case)
+    x = normalize(case.phases, norm)
+    assert x.dtype == np.float32
+    back = denormalize(x, norm)
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, case.phases, rtol=2e-7, atol=4 * np.finfo(np.float32).eps * (norm.high - norm.low))
+    body = body_mask(case)
+    inside = x[:, body]
+    assert 0.97 <= np.mean((inside >= 0) & (inside <= 1)) <= 0.995
+    fgt = phantom.tissue_labels == labels.FIBROGLANDULAR
+    assert np.median(x[-1][fgt]) > np.median(x[0][fgt])  # one map for all phases keeps the enhancement
+
+
+def test_normalization_round_trips_through_a_dict_and_refuses_bad_values():
+    norm = Normalization(12.5, 830.0)
+    assert Normalization.from_dict(norm.to_dict()) == norm
+    with pytest.raises(SynBTError, match="below high"):
+        Normalization(5.0, 5.0)
+    with pytest.raises(SynBTError, match="numeric 'low' and 'high'"):
+        Normalization.from_dict({"low": 1.0})
+
+
+def test_a_constant_image_is_refused():
+    geometry = Geometry((16, 16, 8), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    case = Case(np.full((2, 8, 16, 16), 100.0, np.float32), geometry)
+    with pytest.raises(SynBTError, match="constant"):
+        fit_normalization(case)
+
+
+def test_body_mask_fills_dark_inside_and_ignores_noise_specks():
+    rng = np.random.default_rng(0)
+    geometry = Geometry((48, 40, 12), (1.0, 1.2, 3.0), (0.0, 0.0, 0.0))
+    z, y, x = np.indices(geometry.shape)
+    body = ((x - 24) / 18.0) ** 2 + ((y - 20) / 15.0) ** 2 <= 1
+    lung = ((x - 24) / 9.0) ** 2 + ((y - 22) / 7.0) ** 2 <= 1
+    image = np.where(body & ~lung, 300.0, 5.0) + rng.normal(0, 3, geometry.shape)
+    image[3, 2, 2] = 400.0  # a bright speck in the air
+    case = Case(np.stack([image, image * 1.1]).astype(np.float32), geometry)
+    found = body_mask(case)
+    assert np.array_equal(found, body)
+
+
+@pytest.mark.parametrize(
+    "seed, params",
+    [(0, {}), (1, {"density": "a"}), (2, {"density": "d"}), (3, {"fat_suppressed": False, "density": "c"})],
+)
+def test_breast_mask_matches_the_phantom(seed, params, capsys):
+    phantom = make_phantom(seed=seed, phases=3, **params)
+    masks = breast_tissue_mask(phantom.case)
+    truth = np.isin(phantom.tissue_labels, labels.BREAST_TISSUE)
+    fgt_truth = phantom.tissue_labels == labels.FIBROGLANDULAR
+    breast_dice, fgt_dice = dice(masks.breast, truth), dice(masks.fibroglandular, fgt_truth)
+    with capsys.disabled():
+        print(f"\nphantom seed {seed} {params}: breast Dice {breast_dice:.3f}, FGT Dice {fgt_dice:.3f}")
+    assert breast_dice >= 0.90
+    assert fgt_dice >= 0.70
+    assert np.array_equal(masks.fibroglandular | masks.fat, masks.breast)
+    assert not (masks.fibroglandular & masks.fat).any()
+    assert not (masks.breast & ~masks.body).any()
+    posterior = np.isin(phantom.tissue_labels, (labels.MUSCLE, labels.CHEST_WALL, labels.THORAX, labels.HEART))
+    assert (masks.breast & posterior).sum() < 0.01 * masks.breast.sum()

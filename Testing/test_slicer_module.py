@@ -1,0 +1,233 @@
+"""The Slicer extension without the Slicer application: UI file, CMake/extension metadata, and the
+worker-process path (SynBTLib.slicer_worker) that the module runs, end to end with the real command."""
+import ast
+import json
+import re
+import struct
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from SynBTLib.case import Case, Geometry
+from SynBTLib.errors import SynBTError
+from SynBTLib import slicer_worker as sw
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "SynBTSlicer"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "SynBT.ui"
+
+
+def ui_widgets():
+    tree = ET.parse(UI_FILE)
+    return {w.get("name"): w for w in tree.iter("widget")}
+
+
+def parameter_fields():
+    tree = ast.parse((MODULE_DIR / "SynBT.py").read_text())
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SynBTParameterNode"]
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def test_ui_has_every_widget_the_module_uses():
+    widgets = ui_widgets()
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "SynBT.py").read_text()))
+    assert used and used <= set(widgets), f"missing in SynBT.ui: {sorted(used - set(widgets))}"
+
+
+def test_ui_parameter_bindings_name_parameter_node_fields():
+    bound = {
+        p.find("string").text
+        for w in ui_widgets().values()
+        for p in w.findall("property")
+        if p.get("name") == "SlicerParameterName"
+    }
+    fields = parameter_fields()
+    assert bound <= fields, f"unknown parameters: {sorted(bound - fields)}"
+    assert {"prePhase", "postPhase1", "method", "seed", "steps", "autoSizeMm", "bundlePath", "outputSuffix"} <= bound
+
+
+def test_unavailable_sections_are_disabled_with_a_reason_and_no_buttons():
+    widgets = ui_widgets()
+    for name in ("exportCollapsibleButton", "trainCollapsibleButton"):
+        section = widgets[name]
+        enabled = [p for p in section.findall("property") if p.get("name") == "enabled"]
+        assert enabled and enabled[0].find("bool").text == "false"
+        children = list(section.iter("widget"))[1:]
+        assert not [w for w in children if w.get("class") == "QPushButton"]
+        texts = [p.findtext("string") for w in children if w.get("class") == "QLabel" for p in w.findall("property")]
+        assert any(t and "Not available" in t for t in texts)
+
+
+def test_module_python_files_parse():
+    for path in MODULE_DIR.rglob("*.py"):
+        ast.parse(path.read_text(), filename=str(path))
+
+
+def expand(text: str, folder: Path) -> str:
+    name = re.search(r"set\(MODULE_NAME (\w+)\)", text)
+    return text.replace("${MODULE_NAME}", name.group(1)) if name else text
+
+
+def test_every_python_file_and_resource_is_listed_in_its_cmakelists():
+    for path in MODULE_DIR.rglob("*"):
+        if path.suffix not in (".py", ".png", ".ui") or "Screenshots" in path.parts:
+            continue
+        folder = path.parent
+        while not (folder / "CMakeLists.txt").exists():
+            folder = folder.parent
+        listed = expand((folder / "CMakeLists.txt").read_text(), folder)
+        assert path.relative_to(folder).as_posix() in listed, f"{path} is not listed in {folder / 'CMakeLists.txt'}"
+    module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    assert "GLOB_RECURSE" in module_cmake and "SynBTLib/*.py" in module_cmake
+    assert "add_subdirectory(SegmentEditorSynBT)" in module_cmake
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_extension_metadata_is_consistent():
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    project = re.search(r"project\((\w+)\)", cmake).group(1)
+    entry = json.loads((ROOT / f"{project}.json").read_text())  # the index entry is named after the project
+    assert {"$schema", "category", "scm_url", "scm_revision", "build_dependencies", "tier"} <= set(entry)
+    assert entry["build_dependencies"] == ["PyTorch"] and entry["category"] == "Segmentation"
+    assert "find_package(Slicer REQUIRED)" in cmake and "include(${Slicer_USE_FILE})" in cmake
+    assert "add_subdirectory(SynBTSlicer)" in cmake
+    s4ext = dict(
+        line.split(" ", 1) for line in (ROOT / "SynBT.s4ext").read_text().splitlines() if line and not line.startswith("#")
+    )
+    assert s4ext["scm"] == "git" and s4ext["depends"] == "PyTorch" and s4ext["category"] == "Segmentation"
+    assert s4ext["scmurl"].startswith("https://github.com/synbt/SlicerSynBT")
+    for url in (s4ext["iconurl"], s4ext["screenshoturls"]):
+        local = ROOT / url.split("/main/", 1)[1]
+        assert local.exists(), f"{url} points at {local}, which does not exist"
+    assert png_size(MODULE_DIR / "Resources" / "Icons" / "SynBT.png") == (128, 128)
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0" in license_text and "SynBT contributors" in license_text
+
+
+# ------------------------------------------------------------------ worker process (no Qt)
+
+GRID = Geometry((20, 18, 10), (1.2, 1.2, 2.0), (-12.0, -10.0, -9.0), (0, 0, 1, 1, 0, 0, 0, 1, 0))
+
+
+def small_case():
+    rng = np.random.default_rng(0)
+    base = rng.normal(400, 30, GRID.shape).round().astype(np.float32)
+    phases = np.stack([base, base * 1.2, base * 1.25]).round().astype(np.float32)
+    mask = np.zeros(GRID.shape, np.uint8)
+    mask[3:7, 6:11, 7:12] = 1
+    return Case(phases, GRID), mask
+
+
+def test_command_line_for_mask_auto_and_diffusion_requests(tmp_path):
+    inputs = sw.WorkerInputs([tmp_path / "phase_0.nii.gz", tmp_path / "phase_1.nii.gz"], tmp_path / "m.nii.gz")
+    command = sw.build_synthesize_command("py", inputs, tmp_path / "out", sw.SynthesisRequest(seed=4))
+    assert command[:4] == ["py", "-m", "SynBTLib", "synthesize"]
+    assert command[command.index("--mask") + 1] == str(tmp_path / "m.nii.gz")
+    assert command[-2:] == ["--progress", "json"] and "--seed" in command and "--steps" not in command
+    auto = sw.build_synthesize_command(
+        "py", inputs, tmp_path / "out",
+        sw.SynthesisRequest(method="diffusion", steps=20, bundle="b", auto_size_mm=12.5, center_mm=(1, 2, 3)),
+    )
+    assert "--mask" not in auto and auto[auto.index("--size-mm") + 1] == "12.5"
+    assert auto[auto.index("--steps") + 1] == "20" and auto[auto.index("--bundle") + 1] == "b"
+    assert [float(v) for v in auto[auto.index("--center") + 1:auto.index("--center") + 4]] == [1, 2, 3]
+    with pytest.raises(SynBTError, match="mask or an automatic"):
+        sw.build_synthesize_command("py", sw.WorkerInputs(inputs.phase_paths, None), "o", sw.SynthesisRequest())
+
+
+def test_progress_lines_are_parsed_and_other_lines_ignored():
+    event = sw.parse_progress_line('{"event": "progress", "done": 45, "total": 90, "message": "denoising"}\n')
+    assert (event.event, event.percent, event.message) == ("progress", 50, "denoising")
+    done = sw.parse_progress_line('{"event": "done", "out": "/tmp/x"}')
+    assert done.event == "done" and done.out == "/tmp/x"
+    for junk in ("", "UserWarning: something", "[1, 2]", '{"event": "other"}', "{broken"):
+        assert sw.parse_progress_line(junk) is None
+
+
+def test_inputs_written_and_outputs_read_back_on_the_exact_grid(tmp_path):
+    from SynBTLib.io import write_case, write_label
+
+    case, mask = small_case()
+    inputs = sw.write_worker_inputs(case, mask, tmp_path)
+    assert [p.name for p in inputs.phase_paths] == ["phase_0.nii.gz", "phase_1.nii.gz", "phase_2.nii.gz"]
+    out = tmp_path / "out"
+    out.mkdir()
+    write_case(case, out)
+    write_label(mask, case.geometry, out / sw.OUTPUT_LABEL_FILE)
+    result, back = sw.read_worker_outputs(out, case)
+    assert result.geometry == case.geometry  # the source grid, not the NIfTI-rounded one
+    np.testing.assert_array_equal(result.phases, case.phases)
+    np.testing.assert_array_equal(back, mask)
+    (out / "phase_2.nii.gz").unlink()
+    with pytest.raises(SynBTError, match="phase_2.nii.gz"):
+        sw.read_worker_outputs(out, case)
+
+
+def test_worker_job_cancel_kills_the_process_and_removes_its_files():
+    case, mask = small_case()
+    job = sw.SynthesisJob.start(case, mask, sw.SynthesisRequest(seed=1), python=sys.executable)
+    job.cancel()
+    assert job.worker.returncode is not None and job.worker.returncode != 0
+    assert job.worker.cancelled and not job.work_dir.exists()
+
+
+def test_worker_error_comes_back_as_one_line():
+    case, _ = small_case()
+    job = sw.SynthesisJob.start(case, None, sw.SynthesisRequest(auto_size_mm=55.0), python=sys.executable)
+    with pytest.raises(SynBTError) as error:
+        job.result()
+    assert "synthesize" in str(error.value) and "\n" not in str(error.value)
+    assert not job.work_dir.exists()
+
+
+def test_worker_runs_the_real_command_and_its_result_lands_as_nodes_on_the_source_grid():
+    """The module's Apply path without Qt: nodes -> NIfTI -> `python -m SynBTLib synthesize` -> new nodes."""
+    pytest.importorskip("slicer")
+    from slicer_env import headless_slicer
+
+    from SynBTLib import mrml
+
+    env = headless_slicer()
+    scene = env.new_scene()
+    case, mask = small_case()
+    nodes = []
+    for k in range(case.num_phases):
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"dce{k}")
+        node.SetAndObserveImageData(mrml._image_data(case.phases[k].astype(np.int16)))
+        mrml.set_volume_geometry(node, case.geometry)
+        nodes.append(node)
+    segmentation, segment_id = mrml.add_segmentation_node(scene, mask, nodes[0], "drawn")
+    source = mrml.case_from_volume_nodes(nodes)
+    job = sw.SynthesisJob.start(
+        source, mrml.mask_from_segment(segmentation, segment_id, source.geometry), sw.SynthesisRequest(seed=2),
+        python=sys.executable,
+    )
+    events = []
+    while job.running:
+        events += job.poll()
+        time.sleep(0.05)
+    synthesized, back = job.result()
+    events += job.poll()
+    assert events and events[-1].event == "done" and any(e.event == "progress" for e in events)
+    assert not job.work_dir.exists()
+    np.testing.assert_array_equal(back, mask)
+    count = scene.GetNumberOfNodes()
+    result = mrml.add_result_nodes(scene, nodes, synthesized, back)
+    assert scene.GetNumberOfNodes() > count
+    changed_inside = False
+    for node, original in zip(result.volume_nodes, case.phases):
+        assert mrml.geometry_from_volume_node(node) == GRID
+        out = env.slicer.util.arrayFromVolume(node)
+        assert out.dtype == np.int16
+        np.testing.assert_array_equal(out[:, :, :3], original[:, :, :3])  # far from the mask (it starts at x = 7)
+        changed_inside |= bool((out != original)[mask > 0].any())
+    assert changed_inside

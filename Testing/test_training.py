@@ -1,0 +1,217 @@
+"""Trainers: exact resume, the loss log, distributed runs (2 gloo processes) and the bundles they write."""
+import csv
+import hashlib
+import os
+import socket
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.multiprocessing as mp
+
+from SynBTLib import cli
+from SynBTLib.bundle import load_bundle
+from SynBTLib.training.autoencoder import train_autoencoder
+from SynBTLib.training.common import CHECKPOINT_FILE, LOG_FILE, read_checkpoint
+from SynBTLib.training.data import PatchSampler, load_cases
+from SynBTLib.training.diffusion import train_diffusion
+
+AE_CONFIG = {
+    "autoencoder": {"channels": [8, 16, 16], "latent_channels": 4},
+    "training": {"steps": 6, "batch_size": 2, "checkpoint_every": 2, "warmup_steps": 2, "lr": 1e-3},
+    "data": {"patch_size": [16, 16, 16]},
+    "latent_scale_patches": 4,
+}
+DIFFUSION_CONFIG = {
+    "denoiser": {"channels": [8, 16, 16], "attention_levels": [False, False, True], "num_head_channels": 8},
+    "training": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "warmup_steps": 1, "lr": 1e-3},
+    "data": {"roi_size": [16, 16, 16]},
+}
+
+
+def write_case(folder, seed, shape=(20, 32, 36)):
+    """A 3-phase case on a 1x1x2 mm grid: an ellipsoidal body with an enhancing spherical tumor."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    half = np.array(shape) / 2
+    body = ((z - half[0]) / (0.45 * shape[0])) ** 2 + ((y - half[1]) / (0.4 * shape[1])) ** 2 + (
+        (x - half[2]) / (0.4 * shape[2])
+    ) ** 2 < 1
+    center = np.array(shape) // 2 + rng.integers(-3, 4, 3)
+    tumor = ((z - center[0]) ** 2 + (y - center[1]) ** 2 + (x - center[2]) ** 2) < 9
+    folder.mkdir(parents=True)
+
+    def write(array, name):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.0, 1.0, 2.0))
+        sitk.WriteImage(image, str(folder / name))
+
+    for phase in range(3):
+        values = body * (100 + 20 * np.sin(x / 3.0 + seed)) + tumor * 80 * phase + rng.normal(0, 5, shape)
+        write(values.astype(np.float32), f"phase_{phase}.nii.gz")
+    write(tumor.astype(np.uint8), "tumor_labels.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for k in range(2):
+        write_case(root / f"case{k}", seed=k)
+    return root
+
+
+@pytest.fixture(scope="module")
+def autoencoder_run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ae") / "run"
+    return train_autoencoder(dataset, out, AE_CONFIG, verbose=False)
+
+
+def weights_of(path):
+    return read_checkpoint(path)["models"]
+
+
+def log_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after(step):
+    def progress(done, total, message):
+        if done == step:
+            raise Stop
+
+    return progress
+
+
+def test_autoencoder_resume_is_bitwise_identical_and_log_has_one_row_per_step(dataset, autoencoder_run, tmp_path):
+    out = tmp_path / "interrupted"
+    with pytest.raises(Stop):  # stops after step 3; the last checkpoint is at step 2
+        train_autoencoder(dataset, out, AE_CONFIG, verbose=False, progress=stop_after(3))
+    assert read_checkpoint(out / CHECKPOINT_FILE)["step"] == 2
+    assert [r["step"] for r in log_rows(out / LOG_FILE)] == ["1", "2", "3"]
+
+    resumed = train_autoencoder(dataset, out, AE_CONFIG, resume=True, verbose=False)
+
+    reference = weights_of(autoencoder_run.out / CHECKPOINT_FILE)["autoencoder"]
+    final = weights_of(out / CHECKPOINT_FILE)["autoencoder"]
+    assert all(torch.equal(reference[k], final[k]) for k in reference)
+    assert resumed.latent_scale == autoencoder_run.latent_scale
+    rows, reference_rows = log_rows(out / LOG_FILE), log_rows(autoencoder_run.out / LOG_FILE)
+    assert [r["step"] for r in rows] == [str(s) for s in range(1, 7)]
+    assert rows == reference_rows
+    assert float(rows[-1]["l1"]) < float(rows[0]["l1"])  # it learns
+
+
+def test_autoencoder_run_writes_a_loadable_partial_bundle(autoencoder_run):
+    bundle = load_bundle(autoencoder_run.out / "bundle")
+    assert bundle.denoiser is None
+    assert bundle.latent_scale == pytest.approx(autoencoder_run.latent_scale)
+    assert bundle.config["phase_names"] == ["phase_0", "phase_1", "phase_2"]
+    assert bundle.config["spacing"] == [1.0, 1.0, 2.0]
+    card = (autoencoder_run.out / "bundle" / "MODEL_CARD.md").read_text()
+    assert "steps: 6" in card and "| l1 |" in card
+    # the checkpoint is plain tensors and containers: loadable with weights_only=True
+    state = torch.load(autoencoder_run.out / CHECKPOINT_FILE, weights_only=True)
+    assert state["step"] == 6 and "autoencoder" in state["optimizers"]
+
+
+def test_adversarial_term_trains_a_discriminator(dataset, tmp_path):
+    config = {**AE_CONFIG, "training": {**AE_CONFIG["training"], "steps": 2}, "loss": {"adversarial_weight": 0.1}}
+    train_autoencoder(dataset, tmp_path / "gan", config, verbose=False)
+    rows = log_rows(tmp_path / "gan" / LOG_FILE)
+    assert len(rows) == 2 and all(np.isfinite(float(r["discriminator"])) for r in rows)
+    assert "discriminator" in read_checkpoint(tmp_path / "gan" / CHECKPOINT_FILE)["models"]
+
+
+def test_diffusion_resume_is_exact_and_writes_the_full_bundle(dataset, autoencoder_run, tmp_path):
+    from SynBTLib.pipeline import SynthesisPipeline
+
+    reference = train_diffusion(dataset, autoencoder_run.out, tmp_path / "a", DIFFUSION_CONFIG, verbose=False, command="synbt x")
+    with pytest.raises(Stop):
+        train_diffusion(dataset, autoencoder_run.out, tmp_path / "b", DIFFUSION_CONFIG, verbose=False, progress=stop_after(3))
+    train_diffusion(dataset, autoencoder_run.out / "bundle", tmp_path / "b", DIFFUSION_CONFIG, resume=True, verbose=False)
+    a, b = weights_of(tmp_path / "a" / CHECKPOINT_FILE)["denoiser"], weights_of(tmp_path / "b" / CHECKPOINT_FILE)["denoiser"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert log_rows(tmp_path / "a" / LOG_FILE) == log_rows(tmp_path / "b" / LOG_FILE)
+
+    bundle = load_bundle(reference.bundle)
+    assert bundle.denoiser is not None and bundle.latent_scale == pytest.approx(autoencoder_run.latent_scale)
+    assert "synbt x" in (reference.bundle / "MODEL_CARD.md").read_text()
+    pipeline = SynthesisPipeline.from_bundle(reference.bundle)
+    assert pipeline.denoiser.config.channels == (8, 16, 16)
+
+
+def test_diffusion_accepts_an_autoencoder_checkpoint(dataset, autoencoder_run, tmp_path):
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 1}, "latent_scale_patches": 2}
+    run = train_diffusion(dataset, autoencoder_run.out / CHECKPOINT_FILE, tmp_path / "d", config, verbose=False)
+    assert load_bundle(run.bundle).latent_scale > 0
+
+
+def test_samplers_depend_only_on_seed_step_and_rank(dataset):
+    cases = load_cases(dataset, progress=False)
+    first, again = PatchSampler(cases, (16, 16, 16), seed=3), PatchSampler(cases, (16, 16, 16), seed=3)
+    other_rank = PatchSampler(cases, (16, 16, 16), seed=3, rank=1)
+    assert np.array_equal(first.sample(5, 2), again.sample(5, 2))
+    assert not np.array_equal(first.sample(5, 2), other_rank.sample(5, 2))
+    assert not np.array_equal(first.sample(5, 2), first.sample(6, 2))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, dataset, out, report):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    config = {**AE_CONFIG, "training": {**AE_CONFIG["training"], "steps": 2}}
+    run = train_autoencoder(dataset, out, config, verbose=False, device="cpu")
+    digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in run.autoencoder.parameters())).hexdigest()
+    with open(os.path.join(report, f"rank{rank}.txt"), "w") as handle:
+        handle.write(f"{digest} {run.bundle is not None}")
+
+
+def test_two_gloo_processes_end_with_identical_weights_and_only_rank0_writes(dataset, tmp_path):
+    report = tmp_path / "report"
+    report.mkdir()
+    out = tmp_path / "ddp"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(dataset), str(out), str(report)), nprocs=2, join=True)
+    digest0, wrote0 = (report / "rank0.txt").read_text().split()
+    digest1, wrote1 = (report / "rank1.txt").read_text().split()
+    assert digest0 == digest1
+    assert (wrote0, wrote1) == ("True", "False")
+    assert [r["step"] for r in log_rows(out / LOG_FILE)] == ["1", "2"]
+    assert read_checkpoint(out / CHECKPOINT_FILE)["step"] == 2
+
+
+def test_cli_refuses_bad_runs_with_one_line(dataset, tmp_path, capsys):
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "x.txt").write_text("x")
+    assert cli.main(["train-autoencoder", "--data", str(dataset), "--out", str(occupied)]) == 2
+    assert "is not empty; pass --resume" in capsys.readouterr().err
+    assert cli.main(["train-autoencoder", "--data", str(dataset), "--out", str(tmp_path / "new"), "--resume"]) == 2
+    assert "no checkpoint.pt" in capsys.readouterr().err
+    assert cli.main(["train-diffusion", "--data", str(dataset), "--out", str(tmp_path / "d"), "--autoencoder", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "neither a bundle folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_trains_with_overrides(dataset, tmp_path):
+    import json
+
+    config = tmp_path / "ae.json"
+    config.write_text(json.dumps(AE_CONFIG))
+    out = tmp_path / "cli"
+    assert cli.main(["train-autoencoder", "--data", str(dataset), "--out", str(out), "--config", str(config), "--steps", "1", "--seed", "4"]) == 0
+    assert len(log_rows(out / LOG_FILE)) == 1
+    assert "--steps 1 --seed 4" in (out / "bundle" / "MODEL_CARD.md").read_text()
+    assert json.loads((out / "config.json").read_text())["training"]["seed"] == 4
