@@ -258,6 +258,8 @@ class _FileBudget:
 
 def discard_partial(out: Path, name: str, files: list[str]) -> None:
     """Remove what an interrupted run left of an unfinished case: its temp folders and moved files."""
+    for temp in out.glob(f".tmp-{name}-*"):
+        shutil.rmtree(temp, ignore_errors=True)
     if not is_done(out, name):
         for rel in files:
             (out / rel).unlink(missing_ok=True)
@@ -293,7 +295,8 @@ def write_synthetic_case(
         provenance_path(out, item.name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp / PROVENANCE_DIR / f"{item.name}.json", provenance_path(out, item.name))
     except BaseException:
-        pass
+        for path in moved:
+            path.unlink(missing_ok=True)
         raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)

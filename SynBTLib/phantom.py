@@ -7,7 +7,8 @@ thorax (lungs, heart, aorta, internal mammary vessels). Fibroglandular tissue is
 band-passed noise plus ducts radiating from the nipple, at a per-case ACR density. Each tissue
 (and each tumor, voxel by voxel) gets extended-Tofts contrast kinetics with the Parker AIF,
 turned into spoiled gradient echo signal, then a smooth bias field and Rician noise.
-Random textures live on fixed millimetre lattices and are interpolated onto the grid.
+Textures are sums of random plane waves (exact at any point, evaluated only where needed);
+the slow bias field lives on a fixed millimetre lattice and is interpolated onto the grid.
 """
 from __future__ import annotations
 
@@ -83,22 +84,14 @@ def phantom_geometry(shape=DEFAULT_SHAPE, spacing=None) -> Geometry:
 
 
 class _NoiseLattice:
-    """Seeded, band-passed Gaussian noise on a fixed millimetre lattice, sampled at any points."""
+    """Seeded smooth Gaussian noise on a fixed millimetre lattice over the field of view (for slow fields)."""
 
-    def __init__(self, rng: np.random.Generator, step_mm: float, sigma_mm: float, extent_mm=FOV_MM, low_sigma_mm=None):
+    def __init__(self, rng: np.random.Generator, step_mm: float, sigma_mm: float, extent_mm=FOV_MM):
         self.step = float(step_mm)
         self.origin = -np.asarray(extent_mm, dtype=np.float64)[::-1] / 2.0 - 2 * step_mm  # (z, y, x)
         shape = tuple(int(np.ceil(e / step_mm)) + 4 for e in np.asarray(extent_mm)[::-1])
-        white = rng.standard_normal(shape, dtype=np.float32)
-        values = ndimage.gaussian_filter(white, sigma_mm / step_mm, mode="wrap")
-        if low_sigma_mm:  # difference of Gaussians: remove the slow part too
-            values -= ndimage.gaussian_filter(white, low_sigma_mm / step_mm, mode="wrap")
+        values = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma_mm / step_mm, mode="wrap")
         self.values = (values / max(float(values.std()), 1e-12)).astype(np.float32)
-
-    def at_points(self, zyx_mm: np.ndarray) -> np.ndarray:
-        """Values at physical points (N, 3) given as (z, y, x) mm."""
-        index = (np.asarray(zyx_mm, dtype=np.float32) - self.origin.astype(np.float32)) / self.step
-        return ndimage.map_coordinates(self.values, index.T, order=1, mode="nearest")
 
     def on_grid(self, axes: _Axes) -> np.ndarray:
         """Values on the whole (Z, Y, X) grid (axis-aligned, so an affine resampling)."""
@@ -308,7 +301,7 @@ class _Anatomy:
     nipples: list
 
 
-def _build_torso(axes: _Axes, p: dict, rng: np.random.Generator):
+def _build_torso(axes: _Axes, p: dict):
     """Material and label maps of the torso (everything but the breasts)."""
     nz = axes.z.size
     depth2d, inside2d = _torso_depth(axes, p)
@@ -411,7 +404,7 @@ def _build_breasts(axes: _Axes, p: dict, rng: np.random.Generator, material, lab
     radial = np.linalg.norm(offset, axis=1) + 1e-3
     lateral = np.linalg.norm(offset[:, [0, 2]], axis=1)
     central = np.exp(-((lateral / (0.9 * p["breast_radius_x"])) ** 2))
-    texture = _WaveNoise(rng, (3.0, 14.0)).at_points(zyx)
+    texture = _WaveNoise(rng, (4.0, 16.0)).at_points(zyx)
     lobes = _WaveNoise(rng, (15.0, 45.0), waves=24).at_points(zyx)
     # ducts: noise on directions from the nipple, barely varying along the radius -> radial streaks
     duct_points = nearest + offset / radial[:, None] * (60.0 + 0.25 * radial[:, None])
@@ -433,7 +426,7 @@ def _build_breasts(axes: _Axes, p: dict, rng: np.random.Generator, material, lab
 
 def _build_anatomy(geometry: Geometry, p: dict, rng: np.random.Generator) -> _Anatomy:
     axes = _Axes.of(geometry)
-    material, labels, depth2d, fat_end = _build_torso(axes, p, rng)
+    material, labels, depth2d, fat_end = _build_torso(axes, p)
     box, fraction, nipples = _build_breasts(axes, p, rng, material, labels, depth2d, fat_end)
     return _Anatomy(material=material, labels=labels, breast_box=box, fgt_fraction=fraction, nipples=nipples)
 

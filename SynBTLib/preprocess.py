@@ -141,15 +141,15 @@ def _fat_is_bright(log_pre: np.ndarray, post: np.ndarray, tissue: np.ndarray, th
 def _chest_wall_front(solid: np.ndarray, spacing_zyx, smooth_mm: float) -> np.ndarray:
     """Per (z, x) column, the first row (Y index) of the chest wall; the row count where there is none.
 
-    `solid` is the body tissue that is not fat (muscle, ribs, lung, heart, mediastinum) away
-    from the skin. Its largest connected part, after an opening that cuts thin bridges, is the
+    `solid` is the body tissue, away from the skin, that is dark (lung) or enhances like
+    muscle (pectoralis, intercostal muscle, heart, mediastinum). Its largest connected part, after an opening that cuts thin bridges, is the
     chest wall with the thorax behind it. Its front is smoothed with a median filter so that
     fibroglandular tissue touching the muscle here and there does not pull it forward.
     """
     opened = ndimage.binary_opening(solid, structure=ndimage.generate_binary_structure(3, 1))
     wall = _largest_component(opened)
     if not wall.any():
-        raise SynBTError("no chest wall found: no non-fat tissue inside the body")
+        raise SynBTError("no chest wall found: no muscle-like or dark tissue inside the body")
     ny = solid.shape[1]
     front = np.where(wall.any(axis=1), wall.argmax(axis=1), ny).astype(np.float64)  # (Z, X)
     size = [max(1, int(round(smooth_mm / spacing_zyx[a])) | 1) for a in (0, 2)]
@@ -166,11 +166,13 @@ def breast_tissue_mask(
     as breast only where the tissue between the skin and the chest wall through it is thicker
     than subcutaneous_mm (depth below the skin + distance to the chest wall).
 
-    Tissue classes come from phase 0 (pre-contrast): dark (lung, air) below the Otsu split
-    of the body, then a second Otsu split of the remaining body tissue into fat and dense
-    tissue; whichever class enhances less in the last phase is fat, so fat-suppressed and
-    non-fat-suppressed series both work. Inside the breast the same split gives
-    fibroglandular tissue vs fat.
+    The chest wall is found from the image: body tissue that is dark before contrast (lung)
+    or enhances like muscle (Otsu split of the relative enhancement, last phase vs phase 0)
+    forms, away from the skin, one large connected block (pectoralis, ribs, thorax); its
+    front per (z, x) column, median-filtered over smooth_mm, bounds the breast posteriorly.
+    Fat does not enhance, so this holds with and without fat suppression. Inside the breast
+    an Otsu split of log phase 0 gives fibroglandular tissue vs fat; the class that enhances
+    less is fat. subcutaneous_mm (16) suits a subcutaneous layer up to ~14 mm thick.
     """
     check_finite(case.phases, "the case")
     spacing_zyx = case.geometry.spacing[::-1]
@@ -179,11 +181,12 @@ def breast_tissue_mask(
 
     log_pre = np.log1p(np.maximum(pre, 0.0))  # MR intensities are skewed: thresholds work better on a log scale
     tissue = body & (log_pre > _otsu_threshold(log_pre[body]))
-    split = _otsu_threshold(log_pre[tissue])
-    fat_bright = _fat_is_bright(log_pre, post, tissue, split)
-    fatty = tissue & ((log_pre > split) if fat_bright else (log_pre <= split))
+    # fat does not enhance while muscle does, whatever the fat suppression and the bias field;
+    # clipped so that the strongly enhancing heart and vessels do not set the split
+    enhancement = ndimage.median_filter((post - pre) / np.maximum(pre, np.expm1(log_pre[tissue].min())), size=3)
+    non_enhancing = tissue & (enhancement <= _otsu_threshold(np.clip(enhancement[tissue], -0.5, 1.0)))
     depth = _depth_mm(body, spacing_zyx)
-    front = _chest_wall_front(body & ~fatty & (depth > skin_mm + max(spacing_zyx)), spacing_zyx, smooth_mm)
+    front = _chest_wall_front(body & ~non_enhancing & (depth > skin_mm + max(spacing_zyx)), spacing_zyx, smooth_mm)
     rows = np.arange(body.shape[1])[None, :, None]
     anterior = body & (rows < front[:, None, :])
 
@@ -194,5 +197,6 @@ def breast_tissue_mask(
     if breast.sum() < 2:
         raise SynBTError("no breast tissue found in front of the chest wall")
     fgt_split = _otsu_threshold(log_pre[breast])
+    fat_bright = _fat_is_bright(log_pre, post, breast, fgt_split)
     fibroglandular = breast & ((log_pre <= fgt_split) if fat_bright else (log_pre > fgt_split))
     return BreastMasks(body=body, breast=breast, fibroglandular=fibroglandular, fat=breast & ~fibroglandular)

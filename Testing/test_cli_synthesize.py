@@ -28,7 +28,10 @@ def inputs(tmp_path):
 
 
 def run_cli(*args) -> int:
-    return main(["synthesize", *map(str, args)])
+    args = [str(a) for a in args]
+    if "--method" not in args:
+        args += ["--method", "handcrafted"]
+    return main(["synthesize", *args])
 
 
 def error_line(capsys) -> str:
@@ -147,3 +150,13 @@ def test_auto_places_the_tumor_in_breast_tissue(tmp_path, capsys):
     capsys.readouterr()
     assert run_cli(*common, "--center", 1e4, 0, 0, "--out", tmp_path / "outside") == 2
     assert "outside" in error_line(capsys)
+
+
+def test_diffusion_without_a_bundle_is_one_clear_line(inputs, tmp_path, capsys):
+    _, phases, mask = inputs
+    code = run_cli("--phases", *phases, "--mask", mask, "--method", "diffusion", "--bundle", tmp_path / "nope",
+                   "--out", tmp_path / "out")
+    assert code == 2
+    line = error_line(capsys)
+    assert "no model bundle" in line and "nope" in line
+    assert not (tmp_path / "out").exists()

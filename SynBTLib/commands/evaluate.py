@@ -118,7 +118,8 @@ def plot(rows: list[dict], path: Path) -> Path:
     left.bar(names, [row["dice"] for row in rows], color="tab:blue")
     left.set(ylim=(0, 1), ylabel="Dice", title="Dice per case")
     right.bar(names, hd, color="tab:orange")
-    right.set(ylabel="HD95 (mm)", title="HD95 per case (gaps: one mask empty)")
+    right.set(ylabel="HD95 (mm)", title="HD95 per case")  # a gap: one mask empty (infinite)
+    right.set_ylim(bottom=0)
     for axis in (left, right):
         axis.tick_params(axis="x", labelrotation=90, labelsize=7)
     fig.tight_layout()

@@ -10,7 +10,7 @@ def register(subparsers) -> None:
         help="export synthetic cases (tumors placed and synthesized) as an nnU-Net v2 or MONAI data set",
         description="Synthetic case j comes from source case j mod (number of sources). Cases are written "
         "atomically and resumably: rerunning the same command completes an interrupted export. With --shard i/n "
-        "only cases j %% n == i are made; run `synbt export --merge --out DIR --format F` after all shards.",
+        "only cases j % n == i are made; run `synbt export --merge --out DIR --format F` after all shards.",
     )
     p.add_argument("--source", metavar="DIR", help="source data set: SynBT case folders, nnU-Net raw or MAMA-MIA")
     p.add_argument("--out", required=True, metavar="DIR", help="export folder (for nnU-Net: .../Dataset501_SynBT)")

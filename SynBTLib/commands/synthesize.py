@@ -5,8 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import SynBTError
-
-METHODS = ("handcrafted",)
+from ..synthesizers import METHODS
 
 
 def register(subparsers) -> None:
@@ -26,7 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--size-mm", type=float, metavar="D", help="with --auto: tumor diameter in mm")
     p.add_argument("--center", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="with --auto: tumor centre in LPS mm (default: drawn by the seed)")
-    p.add_argument("--method", choices=METHODS, default="handcrafted")
+    p.add_argument("--method", choices=METHODS, default="diffusion",
+                   help="diffusion (default, with --bundle or the shipped phantom bundle) or the handcrafted baseline")
+    p.add_argument("--bundle", metavar="B", help="model bundle folder (default: the shipped phantom bundle)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (for methods that have them)")
     p.add_argument("--resample", action="store_true", help="resample phases and mask onto the first phase's grid")
@@ -39,18 +40,15 @@ def register(subparsers) -> None:
 
 
 def make_synthesizer(method: str, args):
-    """(synthesizer, steps) for a --method name; adding a method is one branch here.
+    """(synthesizer, steps) for the --method and --bundle options."""
+    from ..synthesizers import make_synthesizer as by_name
 
-    The handcrafted method has no sampling steps: --steps is ignored (recorded as null).
-    """
-    if method == "handcrafted":
-        from ..handcrafted import HandcraftedSynthesizer
-
-        if args.steps is not None:
-            raise SynBTError("--steps does not apply to the handcrafted method")
-
-        return HandcraftedSynthesizer(), None
-    raise SynBTError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "handcrafted" and args.steps is not None:
+        raise SynBTError("--steps does not apply to the handcrafted method")
+    if method == "handcrafted" and args.bundle is not None:
+        raise SynBTError("--bundle does not apply to the handcrafted method")
+    synthesizer, _, steps = by_name(method, bundle=args.bundle, steps=args.steps)
+    return synthesizer, steps
 
 
 class Progress:
@@ -135,6 +133,11 @@ def run(args) -> int:
         result = synthesizer(case, mask, seed=args.seed, steps=steps, progress=progress.within(10, 90))
         progress(90, "writing the outputs")
         details["steps"] = steps
+        if args.method == "diffusion":
+            from ..bundle import bundle_sha256, default_bundle_path
+
+            bundle = Path(args.bundle) if args.bundle else default_bundle_path()
+            details["bundle"] = {"path": str(bundle.resolve()), "sha256": bundle_sha256(bundle)}
         if hasattr(synthesizer, "describe"):
             details["synthesizer"] = synthesizer.describe(args.seed)
         write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case)
