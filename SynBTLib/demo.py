@@ -107,6 +107,7 @@ def run_demo(
     from .synthesizers import make_synthesizer
 
     start = time.perf_counter()
+    synthesizer, used_method, used_steps = make_synthesizer(method, steps=steps)
     out = prepare_output_dir(out, overwrite=overwrite)
     phantom = make_phantom(seed=seed, shape=shape, phases=3, tumors=0)
     write_phantom(phantom, out / "phantom", overwrite=True)
@@ -114,7 +115,6 @@ def run_demo(
 
     breast = breast_tissue_mask(case)
     placement = place_tumor(breast.breast, case.geometry, size_mm, seed=seed, kind="lobulated", margin_mm=4.0)
-    synthesizer, used_method, used_steps = make_synthesizer(method, steps=steps)
     result = synthesizer(case, placement.mask, seed=seed, steps=used_steps, progress=progress)
 
     synthetic_dir = out / "synthetic"

@@ -220,6 +220,11 @@ def print_table(rows: Sequence[dict], columns: Sequence[str]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
 
 
+def report(row: dict, columns: Sequence[str]) -> None:
+    """One measurement as a `name=value` line, flushed, so long runs show progress."""
+    print("  " + ", ".join(f"{c}={format_value(row.get(c))}" for c in columns if row.get(c) is not None), flush=True)
+
+
 def write_csv(rows: Sequence[dict], columns: Sequence[str], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:

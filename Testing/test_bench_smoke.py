@@ -1,0 +1,79 @@
+"""The benchmark scripts run end to end with --quick and write their CSV table and PNG plot.
+
+Each script spawns its own measurement processes (one thread each); the figures themselves are not
+checked, only that every measurement ran and produced sane values.
+"""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SCRIPTS = {
+    "bench_synthesis.py": "synthesis",
+    "bench_loader.py": "loader",
+    "profile_synthesis.py": "profile",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    """Run every script with --quick; {script: (completed process, output folder)}."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    results = {}
+    for script in SCRIPTS:
+        out = tmp_path_factory.mktemp(script.split(".")[0])
+        command = [sys.executable, str(BENCH / script), "--quick", "--threads", "1", "--out", str(out)]
+        results[script] = (subprocess.run(command, capture_output=True, text=True, env=env, timeout=240), out)
+    return results
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_quick_run_writes_csv_and_png(quick_runs, script):
+    completed, out = quick_runs[script]
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    name = SCRIPTS[script]
+    assert (out / f"{name}.png").read_bytes().startswith(PNG_SIGNATURE)
+    rows = read_rows(out / f"{name}.csv")
+    assert rows, f"{name}.csv has no rows"
+    assert f"wrote {out / name}.csv" in completed.stdout
+
+
+def test_synthesis_measures_both_paths(quick_runs):
+    _, out = quick_runs["bench_synthesis.py"]
+    rows = {row["path"]: row for row in read_rows(out / "synthesis.csv")}
+    assert set(rows) == {"roi", "full"}
+    for row in rows.values():
+        assert row["status"].startswith("measured"), row["status"]
+        assert float(row["total_s"]) > 0 and 0.05 < float(row["peak_rss_gb"]) < 8
+    # The ROI box is a multiple of the network's size multiple; the full path covers the padded volume.
+    assert [int(n) % 16 for n in rows["roi"]["region"].split("x")] == [0, 0, 0]
+    assert [int(n) for n in rows["full"]["region"].split("x")] == [48, 48, 32]
+    assert float(rows["roi"]["speedup"]) > 0
+
+
+def test_loader_measures_both_synthesizers(quick_runs):
+    _, out = quick_runs["bench_loader.py"]
+    rows = {row["synthesizer"]: row for row in read_rows(out / "loader.csv")}
+    assert set(rows) == {"handcrafted", "diffusion"}
+    for row in rows.values():
+        assert row["status"] == "measured", row["status"]
+        assert float(row["cases_per_min"]) == pytest.approx(60.0 / float(row["case_s"]), rel=1e-3)
+
+
+def test_profile_lists_the_pipeline_call(quick_runs):
+    _, out = quick_runs["profile_synthesis.py"]
+    rows = read_rows(out / "profile.csv")
+    assert len(rows) == 15
+    assert any("SynBTLib/pipeline.py" in row["function"] and "__call__" in row["function"] for row in rows)
+    cumulative = [float(row["cumtime_s"]) for row in rows]
+    assert cumulative == sorted(cumulative, reverse=True)

@@ -1,0 +1,46 @@
+import json
+
+import numpy as np
+import pytest
+
+from SynBTLib import SynBTError
+from SynBTLib.cli import main
+from SynBTLib.demo import run_demo
+from SynBTLib.io import read_case, read_mask
+
+
+def test_demo_writes_outputs_and_changes_only_the_tumor_region(tmp_path):
+    out = tmp_path / "demo"
+    summary = run_demo(out, seed=1, method="handcrafted", size_mm=20.0, shape=(96, 96, 32))
+    for name in ("demo.png", "demo.json", "phantom/phase_0.nii.gz", "synthetic/phase_2.nii.gz",
+                 "synthetic/tumor_labels.nii.gz"):
+        assert (out / name).is_file(), name
+    before = read_case(out / "phantom")
+    after = read_case(sorted((out / "synthetic").glob("phase_*.nii.gz")))
+    mask = read_mask(out / "synthetic" / "tumor_labels.nii.gz", before.geometry)
+    changed = np.any(after.phases != before.phases, axis=0)
+    assert changed[mask > 0].mean() > 0.95
+    # the blend margin is a few mm: nothing changes far from the tumor
+    zz, yy, xx = np.nonzero(mask)
+    far = np.ones_like(changed)
+    far[max(zz.min() - 3, 0): zz.max() + 4, max(yy.min() - 5, 0): yy.max() + 6, max(xx.min() - 5, 0): xx.max() + 6] = False
+    assert not changed[far].any()
+    # the synthetic tumor enhances
+    enh = after.phases[1][mask > 0].mean() / max(after.phases[0][mask > 0].mean(), 1e-6)
+    assert enh > 1.3
+    assert json.loads((out / "demo.json").read_text())["method"] == "handcrafted"
+    assert summary["tumor_voxels"] == int(mask.sum())
+
+
+def test_demo_refuses_an_existing_folder(tmp_path, capsys):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "keep.txt").write_text("user data")
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--method", "handcrafted"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (tmp_path / "demo" / "keep.txt").read_text() == "user data"
+
+
+def test_unknown_method_is_refused(tmp_path):
+    with pytest.raises(SynBTError, match="unknown method"):
+        run_demo(tmp_path / "x", method="magic", shape=(64, 64, 24))
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,132 @@
+"""Autoencoder reconstruction quality on held-out cases: PSNR and SSIM inside the breast.
+
+    python bench/eval_autoencoder.py --bundle /work/runs/ae/bundle --data /work/cohort_test
+
+Each case is normalized as in training (preprocess.fit_normalization), encoded and decoded whole
+with the tiled encode_volume/decode_volume, and compared with its input in normalized units
+(data range 1.0, where tissue lies roughly in [0, 1]). The breast is the ground truth
+np.isin(tissue_labels, labels.BREAST_TISSUE) from tissue_labels.nii.gz beside the phases, or,
+for cases without one, the image-derived preprocess.breast_tissue_mask. Prints a table per case
+and phase with the means, and writes eval_autoencoder.csv to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS_DIR, print_table, write_csv  # noqa: E402
+
+COLUMNS = ("case", "phase", "psnr_breast_db", "ssim_breast", "psnr_body_db", "breast_source", "encode_s", "decode_s")
+DATA_RANGE = 1.0  # normalized units
+
+
+def regions(case, case_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """(breast, body) boolean masks and where the breast came from."""
+    from SynBTLib import labels as L
+    from SynBTLib.io import read_image
+    from SynBTLib.preprocess import breast_tissue_mask
+
+    labels_path = case_dir / "tissue_labels.nii.gz"
+    if labels_path.is_file():
+        tissue, _ = read_image(labels_path)
+        if tissue.shape != case.shape:
+            from SynBTLib.errors import SynBTError
+
+            raise SynBTError(f"{labels_path} has shape {tissue.shape}, the case {case.shape}")
+        return np.isin(tissue, L.BREAST_TISSUE), tissue != L.AIR, "tissue_labels"
+    masks = breast_tissue_mask(case)
+    return masks.breast, masks.body, "breast_tissue_mask"
+
+
+def evaluate_case(autoencoder, ref) -> list[dict]:
+    """Rows for one case: all phases together, then each phase."""
+    import torch
+
+    from SynBTLib.io import read_case
+    from SynBTLib.metrics import psnr, ssim
+    from SynBTLib.preprocess import fit_normalization, normalize
+
+    case = read_case(list(ref.phase_paths))
+    breast, body, source = regions(case, Path(ref.phase_paths[0]).parent)
+    image = normalize(case.phases, fit_normalization(case))
+    start = time.perf_counter()
+    latent = autoencoder.encode_volume(torch.from_numpy(image)[None])
+    encoded = time.perf_counter()
+    recon = autoencoder.decode_volume(latent, shape=case.shape)[0].numpy()
+    decoded = time.perf_counter()
+
+    stack = lambda mask: np.broadcast_to(mask, image.shape)  # noqa: E731
+    phase_ssim = [ssim(recon[k], image[k], mask=breast, data_range=DATA_RANGE) for k in range(case.num_phases)]
+    rows = [{
+        "case": ref.case_id, "phase": "all",
+        "psnr_breast_db": psnr(recon, image, mask=stack(breast), data_range=DATA_RANGE),
+        "ssim_breast": float(np.mean(phase_ssim)),
+        "psnr_body_db": psnr(recon, image, mask=stack(body), data_range=DATA_RANGE),
+        "breast_source": source, "encode_s": encoded - start, "decode_s": decoded - encoded,
+    }]
+    for k, name in enumerate(case.phase_names):
+        rows.append({
+            "case": ref.case_id, "phase": name,
+            "psnr_breast_db": psnr(recon[k], image[k], mask=breast, data_range=DATA_RANGE),
+            "ssim_breast": phase_ssim[k],
+            "psnr_body_db": psnr(recon[k], image[k], mask=body, data_range=DATA_RANGE),
+            "breast_source": source,
+        })
+    return rows
+
+
+def mean_rows(rows: list[dict]) -> list[dict]:
+    """One 'mean' row per phase label (all, pre, post1, ...), averaged over cases."""
+    out = []
+    for phase in dict.fromkeys(row["phase"] for row in rows):
+        group = [row for row in rows if row["phase"] == phase]
+        mean = {"case": "mean", "phase": phase}
+        for column in ("psnr_breast_db", "ssim_breast", "psnr_body_db", "encode_s", "decode_s"):
+            values = [row[column] for row in group if row.get(column) is not None]
+            mean[column] = float(np.mean(values)) if values else None
+        out.append(mean)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle folder (an autoencoder-only bundle is enough)")
+    parser.add_argument("--data", type=Path, required=True, help="held-out data set folder (cases never trained on)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for eval_autoencoder.csv (default bench/results)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    args = parser.parse_args(argv)
+
+    import torch
+    from tqdm import tqdm
+
+    from SynBTLib.bundle import load_bundle
+    from SynBTLib.datasets import read_dataset
+    from SynBTLib.errors import SynBTError
+
+    torch.set_num_threads(args.threads)
+    try:
+        bundle = load_bundle(args.bundle)
+        refs = read_dataset(args.data)
+        rows = []
+        for ref in tqdm(refs, desc="autoencoder", unit="case"):
+            rows += evaluate_case(bundle.autoencoder, ref)
+    except SynBTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows += mean_rows(rows)
+    print(f"bundle {args.bundle} (sha256 {bundle.sha256[:12]}), {len(refs)} cases from {args.data}, "
+          f"data range {DATA_RANGE} (normalized units)")
+    print_table(rows, COLUMNS)
+    path = write_csv(rows, COLUMNS, args.out / "eval_autoencoder.csv")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
