@@ -32,6 +32,9 @@ class SynthesisPipeline:
     blend_mm: width of the soft transition from the generated tumor to the original image.
     guidance_scale: classifier-free guidance (1.0 = off; > 1 needs a denoiser trained with dropout).
     eta: DDIM stochasticity (0 = deterministic DDIM updates; the seed still sets the initial noise).
+    working_spacing: (x, y, z) mm the networks were trained at (a bundle's "spacing"). When the case's
+        spacing differs by more than 10 %, the region of interest is resampled to it for the networks
+        and the result back to the case grid, so a model trained at one resolution serves any scanner.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class SynthesisPipeline:
         blend_mm: float = 3.0,
         guidance_scale: float = 1.0,
         eta: float = 0.0,
+        working_spacing: tuple[float, float, float] | None = None,
     ):
         if not 0 <= blend_mm <= context_margin_mm:
             raise SynBTError(f"blend_mm ({blend_mm}) must be between 0 and context_margin_mm ({context_margin_mm})")
@@ -62,6 +66,7 @@ class SynthesisPipeline:
         self.blend_mm = float(blend_mm)
         self.guidance_scale = float(guidance_scale)
         self.eta = float(eta)
+        self.working_spacing = None if working_spacing is None else tuple(float(v) for v in working_spacing)
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu", **options) -> "SynthesisPipeline":
@@ -71,6 +76,7 @@ class SynthesisPipeline:
         bundle = load_bundle(path, device=device)
         if bundle.denoiser is None or bundle.scheduler is None:
             raise SynBTError(f"bundle {path} has no denoiser (autoencoder-only); run `synbt train-diffusion` first")
+        options.setdefault("working_spacing", bundle.config.get("spacing"))
         return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
 
     @property
@@ -109,6 +115,12 @@ class SynthesisPipeline:
         roi_image = self._tensor(normalize(crop_padded(case.phases, box, mode="edge"), norm))[None]
         roi_mask = crop_padded(mask, box, mode="constant")
         roi_mask_t = self._tensor(roi_mask)[None, None]
+        working_shape = self.working_shape(case.geometry, roi_mask.shape)
+        if working_shape is not None:
+            roi_image = resize(roi_image, working_shape)
+            roi_mask_t = (resize(roi_mask_t, working_shape) >= 0.5).float()
+            if not roi_mask_t.any():  # a tumor smaller than one working voxel keeps its nearest cell
+                roi_mask_t = resize(self._tensor(roi_mask)[None, None], working_shape, mode="nearest")
 
         known_latent = self.autoencoder.encode_volume(roi_image) * self.latent_scale
         context_latent = self.autoencoder.encode_volume(erase_mask(roi_image, roi_mask_t)) * self.latent_scale
@@ -120,17 +132,42 @@ class SynthesisPipeline:
             guidance_scale=self.guidance_scale, eta=self.eta, progress=progress,
         )
 
-        decoded = self.autoencoder.decode_volume(latent / self.latent_scale)[0].float().cpu().numpy()
-        generated = denormalize(decoded, norm).astype(np.float32)
+        decoded = self.autoencoder.decode_volume(latent / self.latent_scale)
+        if working_shape is not None:
+            decoded = resize(decoded, roi_mask.shape)
+        generated = denormalize(decoded[0].float().cpu().numpy(), norm).astype(np.float32)
         weight = blend_weight(roi_mask, case.geometry.spacing[::-1], self.blend_mm)
         return case.with_phases(paste_blended(case.phases, generated, weight, box))
 
+    def needs_resampling(self, geometry: Geometry) -> bool:
+        """True when the case's spacing differs from the working spacing by more than 10 % on an axis."""
+        if self.working_spacing is None:
+            return False
+        ratio = np.asarray(geometry.spacing) / np.asarray(self.working_spacing)
+        return bool(np.any(np.abs(ratio - 1.0) > 0.1))
+
+    def working_shape(self, geometry: Geometry, roi_shape) -> tuple[int, int, int] | None:
+        """(Z, Y, X) size of the region on the working grid (a multiple of roi_multiple), or None."""
+        if not self.needs_resampling(geometry):
+            return None
+        ratio = np.asarray(geometry.spacing[::-1]) / np.asarray(self.working_spacing[::-1])
+        m = self.roi_multiple
+        return tuple(int(max(m, np.ceil(n * r / m) * m)) for n, r in zip(roi_shape, ratio))
+
     def region_of_interest(self, case: Case, mask: np.ndarray) -> Box:
         """The box processed for this mask: its extent plus the context margin, sized for the networks."""
-        return roi_box(mask, margin_voxels(case.geometry, self.context_margin_mm), self.roi_multiple)
+        multiple = 1 if self.needs_resampling(case.geometry) else self.roi_multiple
+        return roi_box(mask, margin_voxels(case.geometry, self.context_margin_mm), multiple)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+
+
+def resize(volume: torch.Tensor, shape, mode: str = "trilinear") -> torch.Tensor:
+    """(B, C, Z, Y, X) tensor resampled to spatial `shape` (trilinear, cell-centred)."""
+    if mode == "nearest":
+        return torch.nn.functional.interpolate(volume, size=tuple(shape), mode="nearest")
+    return torch.nn.functional.interpolate(volume, size=tuple(shape), mode=mode, align_corners=False)
 
 
 def validated_mask(case: Case, mask, expected_phases: int | None = None) -> np.ndarray:

@@ -211,3 +211,24 @@ def test_classifier_free_guidance_changes_only_the_tumor(pipeline):
     assert (plain[:, mask > 0] != strong[:, mask > 0]).mean() > 0.9
     far = distance_mm(mask) >= BLEND_MM
     assert np.array_equal(strong[:, far], case.phases[:, far])
+
+
+def test_a_case_at_another_resolution_runs_on_the_working_grid_and_returns_on_its_own(pipeline):
+    coarse = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, latent_scale=1.5,
+                               working_spacing=(2.0, 2.0, 4.0), **MARGINS)
+    case = make_case((24, 48, 48), seed=3)
+    mask = tumor(case.shape, (12, 24, 24), radius_mm=5.0)
+    box = coarse.region_of_interest(case, mask)
+    roi_shape = tuple(s.stop - s.start for s in box)
+    work = coarse.working_shape(case.geometry, roi_shape)
+    assert work is not None and all(w % coarse.roi_multiple == 0 for w in work)
+    assert np.prod(work) < np.prod(roi_shape)  # half the resolution: a smaller problem
+    assert pipeline.working_shape(case.geometry, roi_shape) is None  # no working spacing: native grid
+
+    result = coarse(case, mask, seed=0, steps=STEPS)
+    assert result.phases.shape == case.phases.shape
+    far = distance_mm(mask) >= BLEND_MM
+    assert np.array_equal(result.phases[:, far], case.phases[:, far])
+    assert (result.phases != case.phases).any(axis=0)[mask > 0].all()
+    again = coarse(case, mask, seed=0, steps=STEPS)
+    assert np.array_equal(result.phases, again.phases)

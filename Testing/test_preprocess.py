@@ -88,3 +88,19 @@ def test_breast_mask_matches_the_phantom(seed, params, capsys):
     assert not (masks.breast & ~masks.body).any()
     posterior = np.isin(phantom.tissue_labels, (labels.MUSCLE, labels.CHEST_WALL, labels.THORAX, labels.HEART))
     assert (masks.breast & posterior).sum() < 0.01 * masks.breast.sum()
+
+
+def test_normalization_of_a_large_volume_matches_the_full_measurement():
+    import SynBTLib.preprocess as pre
+    from SynBTLib.phantom import make_phantom
+
+    case = make_phantom(seed=4, shape=(160, 160, 48)).case
+    full = pre.fit_normalization(case)
+    limit = pre._SUBSAMPLE_ABOVE_VOXELS
+    try:
+        pre._SUBSAMPLE_ABOVE_VOXELS = 1000  # force the subsampled path on this small case
+        sub = pre.fit_normalization(case)
+    finally:
+        pre._SUBSAMPLE_ABOVE_VOXELS = limit
+    span = full.high - full.low
+    assert abs(sub.low - full.low) < 0.02 * span and abs(sub.high - full.high) < 0.02 * span

@@ -13,6 +13,7 @@ a fresh process with a fixed thread count and reports its peak RSS. (--quick: no
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per synthesizer")
     args = parser.parse_args(argv)
     if args.worker:
-        method = __import__("json").loads(args.worker)["method"]
+        method = json.loads(args.worker)["method"]
         common.worker_main(args.worker, args.threads, loader_worker, uses_torch=method == "diffusion")
         return 0
     if args.quick:

@@ -18,6 +18,7 @@ the square of the deepest-level token count, so extrapolated full-volume times a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -293,7 +294,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
     args = parser.parse_args(argv)
     if args.worker:
-        spec = __import__("json").loads(args.worker)
+        spec = json.loads(args.worker)
         common.worker_main(args.worker, args.threads, roi_worker if spec["path"] == "roi" else full_worker)
         return 0
     if args.quick:

@@ -1,6 +1,7 @@
 """Autoencoder reconstruction quality on held-out cases: PSNR and SSIM inside the breast.
 
     python bench/eval_autoencoder.py --bundle /work/runs/ae/bundle --data /work/cohort_test
+    python bench/eval_autoencoder.py --checkpoint /work/runs/ae/checkpoint.pt --data ...  (a run in progress)
 
 Each case is normalized as in training (preprocess.fit_normalization), encoded and decoded whole
 with the tiled encode_volume/decode_volume, and compared with its input in normalized units
@@ -81,6 +82,23 @@ def evaluate_case(autoencoder, ref) -> list[dict]:
     return rows
 
 
+def load_autoencoder(bundle: Path | None, checkpoint: Path | None):
+    """(autoencoder in eval mode, description) from a bundle, or from a training checkpoint (weights_only)."""
+    import json
+
+    from SynBTLib.bundle import load_bundle
+    from SynBTLib.nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
+    from SynBTLib.training.common import read_checkpoint
+
+    if bundle is not None:
+        loaded = load_bundle(bundle)
+        return loaded.autoencoder, f"bundle {bundle} (sha256 {loaded.sha256[:12]})"
+    state = read_checkpoint(checkpoint)
+    autoencoder = PatchVolumeAutoencoder(AutoencoderConfig.from_dict(json.loads(state["config"])["autoencoder"]))
+    autoencoder.load_state_dict(state["models"]["autoencoder"])
+    return autoencoder.eval(), f"checkpoint {checkpoint} (step {state['step']})"
+
+
 def mean_rows(rows: list[dict]) -> list[dict]:
     """One 'mean' row per phase label (all, pre, post1, ...), averaged over cases."""
     out = []
@@ -96,7 +114,9 @@ def mean_rows(rows: list[dict]) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, required=True, help="model bundle folder (an autoencoder-only bundle is enough)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", type=Path, help="model bundle folder (an autoencoder-only bundle is enough)")
+    source.add_argument("--checkpoint", type=Path, help="or a training checkpoint (checkpoint.pt of train-autoencoder)")
     parser.add_argument("--data", type=Path, required=True, help="held-out data set folder (cases never trained on)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for eval_autoencoder.csv (default bench/results)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -105,22 +125,21 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from SynBTLib.bundle import load_bundle
     from SynBTLib.datasets import read_dataset
     from SynBTLib.errors import SynBTError
 
     torch.set_num_threads(args.threads)
     try:
-        bundle = load_bundle(args.bundle)
+        autoencoder, description = load_autoencoder(args.bundle, args.checkpoint)
         refs = read_dataset(args.data)
         rows = []
         for ref in tqdm(refs, desc="autoencoder", unit="case"):
-            rows += evaluate_case(bundle.autoencoder, ref)
+            rows += evaluate_case(autoencoder, ref)
     except SynBTError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows += mean_rows(rows)
-    print(f"bundle {args.bundle} (sha256 {bundle.sha256[:12]}), {len(refs)} cases from {args.data}, "
+    print(f"{description}, {len(refs)} cases from {args.data}, "
           f"data range {DATA_RANGE} (normalized units)")
     print_table(rows, COLUMNS)
     path = write_csv(rows, COLUMNS, args.out / "eval_autoencoder.csv")

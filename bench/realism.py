@@ -10,8 +10,10 @@ and only appearance differs. Features: SynBTLib.realism.realism_features (intens
 per phase over the case's fibroglandular median, enhancement curve, texture). Per method, an L2
 logistic regression with stratified 4-fold cross-validation (the real and synthetic tumor of one
 seed share a fold), repeated over fold shuffles, gives the AUC (0.5 = indistinguishable; the
-goal for diffusion is <= 0.65). Writes realism_features.csv, realism_auc.csv,
-realism_feature_means.csv and realism.png (example crops and kinetic curves) to --out.
+goal for diffusion is <= 0.65). A control, the real tumor's own voxels pasted into the
+tumor-free phantom, should score near 0.5: it checks that nothing but appearance gives the
+answer. Writes realism_features.csv, realism_auc.csv, realism_feature_means.csv and realism.png
+(example crops and kinetic curves) to --out.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from bench.common import RESULTS_DIR, print_table, write_csv  # noqa: E402
 
 AUC_GOAL = 0.65
 REAL = "real"
+ORACLE = "oracle-control"
 COLORS = {"real": "black", "diffusion": "tab:blue", "handcrafted": "tab:orange"}
 
 
@@ -62,6 +65,10 @@ def run_study(synthesizers: dict, seeds, shape, steps, examples: int) -> tuple[l
                   "necrotic": tumor["necrotic"], "voxels": int(study.mask.sum()),
                   "mask_in_background_breast": study.meta["mask_in_background_breast"]}
         rows.append({**common, "source": REAL, **realism_features(study.real, study.mask, study.real_reference)})
+        # control: the real tumor's own voxels pasted into the background; only the reference tissue
+        # differs, so its AUC should be near 0.5 unless the normalization leaks
+        pasted = study.background.with_phases(np.where(study.mask > 0, study.real.phases, study.background.phases))
+        rows.append({**common, "source": ORACLE, **realism_features(pasted, study.mask, study.background_reference)})
         example = {REAL: crop_of(study.real, study.mask)} if index < examples else None
         for name, synth in synthesizers.items():
             start = time.perf_counter()
@@ -201,9 +208,9 @@ def main(argv=None) -> int:
     meta_columns = ("seed", "source", "diameter_mm", "kind", "necrotic", "voxels", "mask_in_background_breast")
     feature_names = [name for name in rows[0] if name not in meta_columns]
     phase_names = ["pre"] + [name[len("enhancement_"):] for name in feature_names if name.startswith("enhancement_")]
-    aucs = classify(rows, feature_names, methods, args.folds, args.repeats)
+    aucs = classify(rows, feature_names, methods + [ORACLE], args.folds, args.repeats)
     for result in aucs:
-        result["seconds_per_tumor"] = seconds[result["method"]]
+        result["seconds_per_tumor"] = seconds.get(result["method"])
         result["steps"] = steps.get(result["method"])
     means = feature_means(rows, feature_names, methods)
 
