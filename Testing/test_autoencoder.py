@@ -11,6 +11,7 @@ from SynBTLib.nets.autoencoder import (
     AutoencoderConfig,
     PatchVolumeAutoencoder,
     VoxelGroupNorm,
+    ChannelAffine,
     consistency_loss,
     kl_loss,
     receptive_halos,
@@ -44,7 +45,9 @@ def model():
 def test_network_is_local_with_the_same_parameter_names(model):
     modules = list(model.net.modules())
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in modules)
-    assert any(isinstance(m, VoxelGroupNorm) for m in modules)
+    assert any(isinstance(m, ChannelAffine) for m in modules)  # the default norm
+    voxel = PatchVolumeAutoencoder(AutoencoderConfig(channels=(8, 16, 16), norm="voxel"))
+    assert any(isinstance(m, VoxelGroupNorm) for m in voxel.net.modules())
     assert not any("attn" in type(m).__name__.lower() for m in modules)
     assert "net.encoder.blocks.1.norm1.weight" in model.state_dict()
 

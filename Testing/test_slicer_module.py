@@ -26,10 +26,45 @@ def ui_widgets():
     return {w.get("name"): w for w in tree.iter("widget")}
 
 
+def module_tree():
+    return ast.parse((MODULE_DIR / "SynBT.py").read_text())
+
+
+def parameter_annotations():
+    """SynBTParameterNode field -> (base type name, Choice values or None)."""
+    [cls] = [n for n in module_tree().body if isinstance(n, ast.ClassDef) and n.name == "SynBTParameterNode"]
+    fields = {}
+    for node in cls.body:
+        if not isinstance(node, ast.AnnAssign):
+            continue
+        annotation, choices = node.annotation, None
+        if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
+            base, *extras = annotation.slice.elts
+            for extra in extras:
+                if isinstance(extra, ast.Call) and ast.unparse(extra.func) == "Choice":
+                    choices = ast.literal_eval(extra.args[0])
+            annotation = base
+        fields[node.target.id] = (ast.unparse(annotation), choices)
+    return fields
+
+
 def parameter_fields():
-    tree = ast.parse((MODULE_DIR / "SynBT.py").read_text())
-    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SynBTParameterNode"]
-    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    return set(parameter_annotations())
+
+
+def module_constant(name):
+    [value] = [n.value for n in module_tree().body if isinstance(n, ast.Assign) and n.targets[0].id == name]
+    return ast.literal_eval(value)
+
+
+def bindings():
+    """Widget name -> (widget class, SlicerParameterName) for the widgets bound in the .ui file."""
+    found = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                found[name] = (widget.get("class"), prop.find("string").text)
+    return found
 
 
 def test_ui_has_every_widget_the_module_uses():
@@ -39,27 +74,78 @@ def test_ui_has_every_widget_the_module_uses():
 
 
 def test_ui_parameter_bindings_name_parameter_node_fields():
-    bound = {
-        p.find("string").text
-        for w in ui_widgets().values()
-        for p in w.findall("property")
-        if p.get("name") == "SlicerParameterName"
-    }
+    bound = {parameter for _, parameter in bindings().values()}
     fields = parameter_fields()
     assert bound <= fields, f"unknown parameters: {sorted(bound - fields)}"
-    assert {"prePhase", "postPhase1", "method", "seed", "steps", "autoSizeMm", "bundlePath", "outputSuffix"} <= bound
+    assert {"prePhase", "postPhase1", "method", "seed", "steps", "autoSizeMm", "outputSuffix"} <= bound
+    assert {"exportNumCases", "exportFormat", "exportMethod", "exportSizeMinMm", "exportSizeMaxMm", "exportSeed"} <= bound
+    assert {"trainSynthetic", "trainMethod", "trainRatio", "trainEpochs", "trainSeed", "trainResume"} <= bound
 
 
-def test_unavailable_sections_are_disabled_with_a_reason_and_no_buttons():
+# What parameterNodeWrapper's GUI connectors accept (Slicer's guiConnectors.py): widget class -> field types.
+CONNECTABLE = {
+    "QSpinBox": {"int"}, "QDoubleSpinBox": {"float"}, "QCheckBox": {"bool"}, "QLineEdit": {"str"},
+    "QComboBox": {"str", "int", "float", "bool"}, "ctkPathLineEdit": {"pathlib.Path", "Path"},
+    "qMRMLNodeComboBox": {"vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"},
+}
+
+
+def test_every_bound_widget_has_a_connector_for_its_field_type():
+    fields = parameter_annotations()
+    for widget, (cls, parameter) in bindings().items():
+        kind, choices = fields[parameter]
+        assert kind in CONNECTABLE[cls], f"{widget} ({cls}) cannot bind {parameter}: {kind}"
+        if cls == "QComboBox":
+            assert choices, f"{widget} binds {parameter}, which needs a Choice annotation"
+
+
+def test_path_widgets_are_synced_by_hand_with_string_fields():
+    """parameterNodeWrapper binds ctkPathLineEdit only to pathlib.Path; the module syncs these itself."""
+    widgets, fields = ui_widgets(), parameter_annotations()
+    paths = module_constant("PATH_PARAMETERS")
+    assert {"bundlePath", "exportSource", "exportOutput", "trainData", "trainOutput", "trainSyntheticDir"} <= set(paths.values())
+    for widget, field in paths.items():
+        assert widgets[widget].get("class") == "ctkPathLineEdit" and fields[field] == ("str", None)
+    unsynced = {n for n, w in widgets.items() if w.get("class") == "ctkPathLineEdit"} - set(paths)
+    assert not unsynced, f"path widgets neither bound nor synced: {sorted(unsynced)}"
+
+
+def test_method_choices_match_the_engine_and_the_commands():
+    from SynBTLib.slicer_worker import EXPORT_FORMATS, SYNTHETIC_MODES
+    from SynBTLib.synthesizers import METHODS
+
+    fields = parameter_annotations()
+    for name in ("method", "exportMethod", "trainMethod"):
+        assert tuple(fields[name][1]) == METHODS
+    assert tuple(fields["exportFormat"][1]) == EXPORT_FORMATS
+    assert tuple(fields["trainSynthetic"][1]) == SYNTHETIC_MODES
+
+
+def test_export_and_train_sections_have_settings_a_button_progress_and_a_log():
     widgets = ui_widgets()
-    for name in ("exportCollapsibleButton", "trainCollapsibleButton"):
-        section = widgets[name]
-        enabled = [p for p in section.findall("property") if p.get("name") == "enabled"]
-        assert enabled and enabled[0].find("bool").text == "false"
-        children = list(section.iter("widget"))[1:]
-        assert not [w for w in children if w.get("class") == "QPushButton"]
-        texts = [p.findtext("string") for w in children if w.get("class") == "QLabel" for p in w.findall("property")]
-        assert any(t and "Not available" in t for t in texts)
+    for prefix, button in (("export", "Export"), ("train", "Train")):
+        section = widgets[f"{prefix}CollapsibleButton"]
+        assert not [p for p in section.findall("property") if p.get("name") == "enabled"]
+        inside = {w.get("name"): w.get("class") for w in section.iter("widget")}
+        assert inside[f"{prefix}SettingsWidget"] == "QWidget" and inside[f"{prefix}Button"] == "QPushButton"
+        assert inside[f"{prefix}ProgressBar"] == "QProgressBar" and inside[f"{prefix}LogTextEdit"] == "QPlainTextEdit"
+        assert widgets[f"{prefix}Button"].find("property[@name='text']/string").text == button
+        log = widgets[f"{prefix}LogTextEdit"]
+        assert log.find("property[@name='readOnly']/bool").text == "true"
+        settings = {w.get("name") for w in widgets[f"{prefix}SettingsWidget"].iter("widget")}
+        bound_here = {w for w, (_, parameter) in bindings().items() if parameter.startswith(prefix)}
+        assert bound_here and bound_here <= settings  # disabled as one while the job runs
+
+
+def test_default_method_follows_the_shipped_bundle():
+    from SynBTLib.bundle import default_bundle_path
+    from SynBTLib.slicer_worker import default_method
+
+    expected = "diffusion" if (default_bundle_path() / "config.json").is_file() else "handcrafted"
+    assert default_method() == expected
+    synthesize = [n for n in ast.walk(module_tree()) if isinstance(n, ast.FunctionDef) and n.name == "synthesize"][0]
+    defaults = dict(zip([a.arg for a in synthesize.args.args][-len(synthesize.args.defaults):], synthesize.args.defaults))
+    assert ast.unparse(defaults["method"]) == "None"  # resolved by SynBTLogic.defaultMethod()
 
 
 def test_module_python_files_parse():
@@ -84,6 +170,23 @@ def test_every_python_file_and_resource_is_listed_in_its_cmakelists():
     module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
     assert "GLOB_RECURSE" in module_cmake and "SynBTLib/*.py" in module_cmake
     assert "add_subdirectory(SegmentEditorSynBT)" in module_cmake
+
+
+def test_the_engine_parts_the_module_runs_are_shipped_with_it():
+    """SynBTLib ships by the CMake glob SynBTLib/*.py: every module SynBT.py imports, and what its worker
+    processes run (`python -m SynBTLib synthesize | export | train-seg`), must be .py files under it."""
+    source = (MODULE_DIR / "SynBT.py").read_text()
+    imported = set(re.findall(r"from SynBTLib\.(\w+) import", source))
+    imported |= {name.strip() for names in re.findall(r"from SynBTLib import ([\w, ]+)", source) for name in names.split(",")}
+    assert {"slicer_worker", "mrml", "synthesizers"} <= imported
+    needed = [f"SynBTLib/{name}.py" for name in imported] + [
+        "SynBTLib/__main__.py", "SynBTLib/cli.py", "SynBTLib/commands/synthesize.py",
+        "SynBTLib/commands/export.py", "SynBTLib/commands/train_seg.py",
+    ]
+    for rel in needed:
+        assert (ROOT / rel).is_file(), f"{rel} is not in the source tree the CMake glob ships"
+    for command in ("synthesize", "export", "train-seg"):
+        assert f'"{command}"' in (ROOT / "SynBTLib" / "slicer_worker.py").read_text()
 
 
 def png_size(path: Path) -> tuple[int, int]:
