@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import SynBTError
+from .paths import default_bundle_path  # noqa: F401  (re-exported)
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -45,11 +46,6 @@ class Bundle:
     @property
     def phase_names(self) -> list[str]:
         return list(self.config.get("phase_names", []))
-
-
-def default_bundle_path() -> Path:
-    """The phantom bundle shipped inside the package (SynBTLib/bundles/phantom)."""
-    return Path(__file__).resolve().parent / "bundles" / "phantom"
 
 
 def file_sha256(path: Path) -> str:

@@ -130,10 +130,12 @@ def _read_case_folders(root: Path) -> list[CaseRef]:
 
 
 def detect_layout(root: str | Path) -> str:
-    """'nnunet', 'mama-mia' or 'synbt' for a data set folder; SynBTError when none fits."""
+    """'nnunet', 'mama-mia', 'monai' (a `synbt export --format monai` folder) or 'synbt'; SynBTError when none fits."""
     root = Path(root)
     if not root.is_dir():
         raise SynBTError(f"data set folder not found: {root}")
+    if (root / "datalist.json").is_file() and (root / "cases").is_dir():
+        return "monai"
     if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir():
         return "nnunet"
     if (root / "images").is_dir() and (root / "segmentations").is_dir():
@@ -152,7 +154,9 @@ def read_dataset(root: str | Path) -> list[CaseRef]:
     """All cases of a data set folder (layout detected), sorted by case id, phases in phase order."""
     root = Path(root)
     layout = detect_layout(root)
-    refs = {"nnunet": _read_nnunet, "mama-mia": _read_mama_mia, "synbt": _read_case_folders}[layout](root)
+    readers = {"nnunet": _read_nnunet, "mama-mia": _read_mama_mia, "synbt": _read_case_folders,
+               "monai": lambda folder: _read_case_folders(folder / "cases")}
+    refs = readers[layout](root)
     if not refs:
         raise SynBTError(f"no cases found in {layout} data set {root}")
     return sorted(refs, key=lambda ref: ref.case_id)

@@ -316,15 +316,15 @@ _TQDM_BAR = re.compile(r"\d{1,3}%\|")  # "desc:  40%|####      | 8/20 [...]"
 
 
 def default_method() -> str:
-    """"diffusion" when the shipped model bundle exists (bundle.default_bundle_path()/config.json), else
-    "handcrafted". Without torch nothing runs yet (and bundle.py needs it), so "handcrafted" then."""
+    """"diffusion" when the shipped model bundle exists and torch is installed, else "handcrafted".
+    Imports no torch (the panel calls it when it opens)."""
     from importlib.util import find_spec
+
+    from .paths import default_bundle_path
 
     if find_spec("torch") is None:
         return "handcrafted"
-    from .bundle import CONFIG_FILE, default_bundle_path
-
-    return "diffusion" if (default_bundle_path() / CONFIG_FILE).is_file() else "handcrafted"
+    return "diffusion" if (default_bundle_path() / "config.json").is_file() else "handcrafted"
 
 
 @dataclass

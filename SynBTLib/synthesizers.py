@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bundle import default_bundle_path
+from .paths import default_bundle_path
 from .errors import SynBTError
 
 __all__ = ["METHODS", "DEFAULT_STEPS", "default_bundle_path", "make_synthesizer"]

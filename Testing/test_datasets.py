@@ -123,3 +123,25 @@ def test_unrecognised_layouts_get_clear_messages(tmp_path):
     write_phases(one_phase, lambda k: f"phase_{k}.nii.gz", 1)
     with pytest.raises(SynBTError, match="has only one phase"):
         find_phase_files(one_phase)
+
+
+def test_a_monai_format_export_folder_reads_as_its_case_folders(tmp_path):
+    import json
+
+    import numpy as np
+
+    from SynBTLib.case import Geometry
+    from SynBTLib.datasets import detect_layout, read_dataset
+    from SynBTLib.io import write_image, write_label
+
+    geo = Geometry(size=(6, 5, 4), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0))
+    for name in ("SynBT_000", "SynBT_001"):
+        folder = tmp_path / "export" / "cases" / name
+        for k in range(2):
+            write_image(np.full((4, 5, 6), k + 1.0, np.float32), geo, folder / f"phase_{k}.nii.gz")
+        write_label(np.ones((4, 5, 6), np.uint8), geo, folder / "tumor_labels.nii.gz")
+    (tmp_path / "export" / "datalist.json").write_text(json.dumps({"training": []}))
+    assert detect_layout(tmp_path / "export") == "monai"
+    refs = read_dataset(tmp_path / "export")
+    assert [r.case_id for r in refs] == ["SynBT_000", "SynBT_001"]
+    assert all(len(r.phase_paths) == 2 and r.label_path is not None for r in refs)

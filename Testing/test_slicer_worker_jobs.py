@@ -171,13 +171,14 @@ def test_export_job_runs_the_real_command_and_reaches_the_total(source, tmp_path
     assert any("0 new case(s), 2 already done" in line for line in again.read_log())
 
 
-def test_a_failing_command_reports_its_error_line_not_its_progress_bar(source, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    job = sw.CommandJob.train(sw.TrainRequest(str(source), str(run), resume=True), python=sys.executable)
-    assert job.wait(timeout=120) == 2 and not job.succeeded
-    assert job.error_message().startswith("synbt train-seg: error:") and "checkpoint" in job.error_message()
+def test_a_failing_command_reports_its_error_line_not_its_progress_bar(tmp_path):
+    script = ("import sys; sys.stderr.write('synbt train-seg: error: boom\\n'); "
+              "sys.stderr.write('train-seg:  50%|#    | 1/2\\r'); print('a log line'); sys.exit(2)")
+    job = sw.CommandJob("train-seg", [sys.executable, "-c", script], tmp_path, sw.train_progress)
+    assert job.wait(timeout=60) == 2 and not job.succeeded
+    assert job.error_message() == "synbt train-seg: error: boom"
+    assert sorted(job.read_log()) == ["a log line", "synbt train-seg: error: boom"]
+    assert job.bar == "train-seg:  50%|#    | 1/2"
 
 
 def test_stopping_train_seg_kills_it_and_the_run_resumes(source, tmp_path):
