@@ -38,8 +38,10 @@ def synthesis_montage(
     n = before.num_phases
     sub_before = before.phases[1] - before.phases[0]
     sub_after = after.phases[1] - after.phases[0]
-    vmax = float(np.percentile(after.phases[:, cz], 99.7))
-    smax = float(np.percentile(np.abs(sub_after[cz]), 99.7))
+    # display range from the zoomed window, before and after together, so neither saturates
+    window = (slice(None), cz, slice(y0, y1), slice(x0, x1))
+    vmax = float(max(before.phases[window].max(), after.phases[window].max()))
+    smax = float(max(sub_before[window[1:]].max(), sub_after[window[1:]].max()))
 
     fig = plt.figure(figsize=(2.6 * (n + 1), 8.6), dpi=110)
     grid = fig.add_gridspec(3, n + 1, height_ratios=[1, 1, 1.15])
@@ -60,7 +62,7 @@ def synthesis_montage(
 
     overview = fig.add_subplot(grid[2, : max(n - 1, 1)])
     full = after.phases[1, cz]
-    overview.imshow(full, cmap="gray", vmin=0, vmax=vmax, aspect=aspect)
+    overview.imshow(full, cmap="gray", vmin=0, vmax=float(np.percentile(full, 99.7)), aspect=aspect)
     overview.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="tab:red", linewidth=1))
     overview.set_title(f"{after.phase_names[1]} after, full field of view (axial slice {cz})", fontsize=8)
     overview.set_axis_off()

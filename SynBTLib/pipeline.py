@@ -35,6 +35,8 @@ class SynthesisPipeline:
     working_spacing: (x, y, z) mm the networks were trained at (a bundle's "spacing"). When the case's
         spacing differs by more than 10 %, the region of interest is resampled to it for the networks
         and the result back to the case grid, so a model trained at one resolution serves any scanner.
+    restore_noise: add back, inside the tumor, noise at the level the autoencoder removes from this
+        image (measured around the tumor), so the tumor is not smoother than the tissue around it.
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class SynthesisPipeline:
         guidance_scale: float = 1.0,
         eta: float = 0.0,
         working_spacing: tuple[float, float, float] | None = None,
+        restore_noise: bool = True,
     ):
         if not 0 <= blend_mm <= context_margin_mm:
             raise SynBTError(f"blend_mm ({blend_mm}) must be between 0 and context_margin_mm ({context_margin_mm})")
@@ -66,6 +69,7 @@ class SynthesisPipeline:
         self.blend_mm = float(blend_mm)
         self.guidance_scale = float(guidance_scale)
         self.eta = float(eta)
+        self.restore_noise = bool(restore_noise)
         self.working_spacing = None if working_spacing is None else tuple(float(v) for v in working_spacing)
 
     @classmethod
@@ -135,7 +139,11 @@ class SynthesisPipeline:
         decoded = self.autoencoder.decode_volume(latent / self.latent_scale)
         if working_shape is not None:
             decoded = resize(decoded, roi_mask.shape)
-        generated = denormalize(decoded[0].float().cpu().numpy(), norm).astype(np.float32)
+        decoded = decoded[0].float().cpu().numpy()
+        if self.restore_noise:
+            original = normalize(crop_padded(case.phases, box, mode="edge"), norm)
+            decoded = decoded + detail_noise(original, decoded, roi_mask, seed)
+        generated = denormalize(decoded, norm).astype(np.float32)
         weight = blend_weight(roi_mask, case.geometry.spacing[::-1], self.blend_mm)
         return case.with_phases(paste_blended(case.phases, generated, weight, box))
 
@@ -161,6 +169,17 @@ class SynthesisPipeline:
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+
+
+def detail_noise(original: np.ndarray, decoded: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
+    """Seeded Gaussian noise per phase with the robust spread of (original - reconstruction) outside
+    the mask: the acquisition noise and fine texture the autoencoder does not reproduce."""
+    outside = mask == 0
+    residual = (original - decoded)[:, outside]
+    sigma = 1.4826 * np.median(np.abs(residual - np.median(residual, axis=1, keepdims=True)), axis=1)
+    rng = np.random.default_rng([int(seed), 7])
+    noise = rng.standard_normal(original.shape, dtype=np.float32)
+    return noise * sigma.astype(np.float32)[:, None, None, None]
 
 
 def resize(volume: torch.Tensor, shape, mode: str = "trilinear") -> torch.Tensor:
