@@ -232,3 +232,17 @@ def test_a_case_at_another_resolution_runs_on_the_working_grid_and_returns_on_it
     assert (result.phases != case.phases).any(axis=0)[mask > 0].all()
     again = coarse(case, mask, seed=0, steps=STEPS)
     assert np.array_equal(result.phases, again.phases)
+
+
+def test_detail_noise_matches_the_acquisition_noise_not_the_texture():
+    from SynBTLib.pipeline import detail_noise
+
+    rng = np.random.default_rng(0)
+    texture = gaussian_filter(rng.random((2, 24, 40, 40)), (0, 3, 3, 3)) * 10.0  # tissue std 0.1, varying slower than the noise
+    image = (texture + rng.normal(0.0, [0.02, 0.05], (24, 40, 40, 2)).transpose(3, 0, 1, 2)).astype(np.float32)
+    mask = np.zeros((24, 40, 40), np.uint8)
+    mask[8:16, 15:25, 15:25] = 1
+    noise = detail_noise(image, mask, seed=3)
+    assert noise.shape == image.shape
+    assert abs(noise[0].std() - 0.02) < 0.006 and abs(noise[1].std() - 0.05) < 0.012
+    assert np.array_equal(noise, detail_noise(image, mask, seed=3))
