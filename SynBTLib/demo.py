@@ -100,8 +100,13 @@ def run_demo(
     shape: tuple[int, int, int] = (192, 192, 64),
     overwrite: bool = False,
     progress=None,
+    log=None,
 ) -> dict:
-    """Make a phantom case, place a tumor in its breast tissue, synthesize it, write everything."""
+    """Make a phantom case, place a tumor in its breast tissue, synthesize it, write everything.
+
+    `progress(done, total, message)` follows the synthesis steps; `log(message)` each stage.
+    """
+    log = log or (lambda message: None)
     from .io import prepare_output_dir, write_case, write_label
     from .phantom import make_phantom, write_phantom
     from .preprocess import breast_tissue_mask
@@ -111,14 +116,18 @@ def run_demo(
     start = time.perf_counter()
     synthesizer, used_method, used_steps = make_synthesizer(method, steps=steps)
     out = prepare_output_dir(out, overwrite=overwrite)
+    log(f"making a {shape[0]}x{shape[1]}x{shape[2]} phantom DCE-MRI case (seed {seed})")
     phantom = make_phantom(seed=seed, shape=shape, phases=3, tumors=0)
     write_phantom(phantom, out / "phantom", overwrite=True)
     case = phantom.case
 
+    log(f"placing a {size_mm:g} mm tumor in the breast tissue")
     breast = breast_tissue_mask(case)
     placement = place_tumor(breast.breast, case.geometry, size_mm, seed=seed, kind="lobulated", margin_mm=4.0)
+    log(f"synthesizing it ({used_method}{'' if used_steps is None else f', {used_steps} steps'})")
     result = synthesizer(case, placement.mask, seed=seed, steps=used_steps, progress=progress)
 
+    log("writing the outputs and the figure")
     synthetic_dir = out / "synthetic"
     synthetic_dir.mkdir()
     write_case(result, synthetic_dir)

@@ -32,7 +32,7 @@ def run(args) -> int:
 
     try:
         summary = run_demo(args.out, seed=args.seed, method=args.method, size_mm=args.size_mm,
-                           steps=args.steps, overwrite=args.overwrite, progress=progress)
+                           steps=args.steps, overwrite=args.overwrite, progress=progress, log=tqdm.write)
     finally:
         bar.close()
     print(f"synbt demo: {summary['method']} tumor of {summary['size_mm']:g} mm in {summary['seconds']} s; "
