@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     except SynBTError as exc:
         print(f"synbt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"synbt {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"synbt {args.command}: interrupted", file=sys.stderr)
         return 130

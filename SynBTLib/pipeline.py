@@ -142,7 +142,9 @@ class SynthesisPipeline:
         decoded = decoded[0].float().cpu().numpy()
         if self.restore_noise:
             original = normalize(crop_padded(case.phases, box, mode="edge"), norm)
-            decoded = decoded + detail_noise(original, roi_mask, seed)
+            measured = roi_mask.copy()
+            measured[~_inside_volume(box, case.shape)] = 1  # padding has no noise: leave it out
+            decoded = decoded + detail_noise(original, measured, seed)
         generated = denormalize(decoded, norm).astype(np.float32)
         weight = blend_weight(roi_mask, case.geometry.spacing[::-1], self.blend_mm)
         return case.with_phases(paste_blended(case.phases, generated, weight, box))
@@ -158,17 +160,36 @@ class SynthesisPipeline:
         """(Z, Y, X) size of the region on the working grid (a multiple of roi_multiple), or None."""
         if not self.needs_resampling(geometry):
             return None
-        ratio = np.asarray(geometry.spacing[::-1]) / np.asarray(self.working_spacing[::-1])
         m = self.roi_multiple
-        return tuple(int(max(m, np.ceil(n * r / m) * m)) for n, r in zip(roi_shape, ratio))
+        return tuple(int(max(m, round(n * r / m) * m)) for n, r in zip(roi_shape, self._spacing_ratio(geometry)))
 
     def region_of_interest(self, case: Case, mask: np.ndarray) -> Box:
-        """The box processed for this mask: its extent plus the context margin, sized for the networks."""
-        multiple = 1 if self.needs_resampling(case.geometry) else self.roi_multiple
-        return roi_box(mask, margin_voxels(case.geometry, self.context_margin_mm), multiple)
+        """The box processed for this mask: its extent plus the context margin, sized for the networks.
+
+        When the region is resampled, its size on the case grid is chosen so that it maps onto a
+        whole number of network multiples at the true spacing ratio on every axis (no stretch)."""
+        margin = margin_voxels(case.geometry, self.context_margin_mm)
+        if not self.needs_resampling(case.geometry):
+            return roi_box(mask, margin, self.roi_multiple)
+        m = self.roi_multiple
+        native = [s.stop - s.start for s in roi_box(mask, margin, 1)]
+        sizes = [max(n, int(round(max(m, np.ceil(n * r / m) * m) / r)))
+                 for n, r in zip(native, self._spacing_ratio(case.geometry))]
+        return roi_box(mask, margin, sizes)
+
+    def _spacing_ratio(self, geometry: Geometry) -> np.ndarray:
+        """Case spacing / working spacing per (z, y, x) axis."""
+        return np.asarray(geometry.spacing[::-1]) / np.asarray(self.working_spacing[::-1])
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+
+
+def _inside_volume(box: Box, shape) -> np.ndarray:
+    """Boolean (Z, Y, X) map of the box's voxels that lie inside a volume of `shape`."""
+    inside = np.zeros([sl.stop - sl.start for sl in box], dtype=bool)
+    inside[box_overlap(box, shape)[1]] = True
+    return inside
 
 
 def detail_noise(original: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:

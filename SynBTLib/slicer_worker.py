@@ -498,7 +498,13 @@ class CommandJob:
     stopped job ends, the temporary files a killed command may leave (TEMP_GLOBS) are removed.
     """
 
-    TEMP_GLOBS = {"export": (".tmp-*", ".*.tmp", "*/.*.tmp"), "train-seg": ("*.tmp", "*/*.tmp")}
+    # Only the exact temporary names SynBT's own writers use, and only in a folder that SynBT's run
+    # marker says is a SynBT output: a user's own hidden files are never touched.
+    TEMP_GLOBS = {
+        "export": (".tmp-*-[0-9]*", ".*.[0-9]*.tmp"),
+        "train-seg": ("checkpoint.pt.tmp", ".tmp-????????-*", "model/.tmp-????????-*"),
+    }
+    RUN_MARKERS = {"export": "export.json", "train-seg": "config.json"}
 
     def __init__(self, kind: str, command: list[str], out: Path, measure):
         self.kind, self.command, self.out = kind, command, Path(out)
@@ -586,6 +592,8 @@ class CommandJob:
         if self._cleaned or not self.stopping:
             return
         self._cleaned = True
+        if not (self.out / self.RUN_MARKERS[self.kind]).is_file():
+            return
         for pattern in self.TEMP_GLOBS[self.kind]:
             for path in self.out.glob(pattern):
                 if path.is_dir():

@@ -118,6 +118,9 @@ def write_synthesis_outputs(
         raise SynBTError("the tumor mask is empty")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # an earlier result in this folder (--overwrite) must not leave phases the new one does not have
+    for stale in out_dir.glob("phase_*.nii.gz"):
+        stale.unlink()
     written = write_case(result_case, out_dir)
     written.append(write_label((mask > 0).astype(np.uint8), result_case.geometry, out_dir / TUMOR_LABELS_NAME))
     written.append(write_preview(out_dir / PREVIEW_NAME, result_case, mask, original))

@@ -54,3 +54,16 @@ def test_check_finite_names_the_problem():
 def test_cli_without_command_prints_help(capsys):
     assert main([]) == 2
     assert "usage: synbt" in capsys.readouterr().out
+
+
+def test_cli_reports_an_unwritable_output_path_in_one_line(tmp_path, capsys):
+    from SynBTLib.phantom import make_phantom, write_phantom
+
+    write_phantom(make_phantom(seed=0, shape=(48, 48, 16)), tmp_path / "case", montage=False)
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    code = main(["synthesize", "--phases", str(tmp_path / "case"), "--mask", str(tmp_path / "case" / "tissue_labels.nii.gz"),
+                 "--label", "3", "--method", "handcrafted", "--out", str(blocker / "sub")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "afile" in err[0] and "Traceback" not in err[0]
+    assert blocker.read_text() == "not a folder"

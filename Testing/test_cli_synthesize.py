@@ -160,3 +160,12 @@ def test_diffusion_without_a_bundle_is_one_clear_line(inputs, tmp_path, capsys):
     line = error_line(capsys)
     assert "no model bundle" in line and "nope" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_leaves_no_phase_of_an_earlier_result(inputs, tmp_path):
+    _, phases, mask = inputs
+    out = tmp_path / "out"
+    assert run_cli("--phases", *phases, "--mask", mask, "--out", out) == 0
+    assert (out / "phase_2.nii.gz").is_file()
+    assert run_cli("--phases", *phases[:2], "--mask", mask, "--overwrite", "--out", out) == 0
+    assert sorted(p.name for p in out.glob("phase_*.nii.gz")) == ["phase_0.nii.gz", "phase_1.nii.gz"]

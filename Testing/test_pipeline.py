@@ -246,3 +246,17 @@ def test_detail_noise_matches_the_acquisition_noise_not_the_texture():
     assert noise.shape == image.shape
     assert abs(noise[0].std() - 0.02) < 0.006 and abs(noise[1].std() - 0.05) < 0.012
     assert np.array_equal(noise, detail_noise(image, mask, seed=3))
+
+
+def test_a_resampled_region_keeps_the_true_spacing_ratio_on_every_axis(pipeline):
+    coarse = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, latent_scale=1.5,
+                               working_spacing=(1.43, 1.43, 2.9), **MARGINS)
+    case = make_case((40, 80, 80), seed=5)
+    mask = tumor(case.shape, (20, 40, 40), radius_mm=5.0)
+    box = coarse.region_of_interest(case, mask)
+    native = np.array([s.stop - s.start for s in box])
+    work = np.array(coarse.working_shape(case.geometry, native))
+    ratio = np.array(SPACING[::-1]) / np.array((2.9, 1.43, 1.43))
+    # the working grid covers the same millimetres as the native box, within half a native voxel per axis
+    assert np.all(np.abs(native * ratio - work) <= ratio / 2 + 1e-9)
+    assert all(w % coarse.roi_multiple == 0 for w in work)

@@ -215,3 +215,29 @@ def test_cli_trains_with_overrides(dataset, tmp_path):
     assert len(log_rows(out / LOG_FILE)) == 1
     assert "--steps 1 --seed 4" in (out / "bundle" / "MODEL_CARD.md").read_text()
     assert json.loads((out / "config.json").read_text())["training"]["seed"] == 4
+
+
+def test_resume_with_other_settings_is_refused_and_changes_nothing(dataset, tmp_path):
+    from SynBTLib.errors import SynBTError
+
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        train_autoencoder(dataset, out, AE_CONFIG, verbose=False, progress=stop_after(3))
+    config_before = (out / "config.json").read_text()
+    other_seed = {**AE_CONFIG, "training": {**AE_CONFIG["training"], "seed": AE_CONFIG["training"].get("seed", 0) + 5}}
+    with pytest.raises(SynBTError, match="training.seed"):
+        train_autoencoder(dataset, out, other_seed, resume=True, verbose=False)
+    assert (out / "config.json").read_text() == config_before
+    assert read_checkpoint(out / CHECKPOINT_FILE)["step"] == 2
+
+
+def test_a_run_folder_inside_the_data_set_or_on_a_file_is_refused(dataset, tmp_path):
+    from SynBTLib.errors import SynBTError
+
+    with pytest.raises(SynBTError, match="inside the data set folder"):
+        train_autoencoder(dataset, dataset / "runs", AE_CONFIG, verbose=False)
+    assert not (dataset / "runs").exists()
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(SynBTError, match="is a file"):
+        train_autoencoder(dataset, blocker, AE_CONFIG, verbose=False)

@@ -98,14 +98,12 @@ def train_autoencoder(
     settings = TrainSettings.from_dict(config["training"])
     dist = setup_distributed(device)
     try:
-        out = prepare_run_dir(out, resume, dist)
+        out = prepare_run_dir(out, resume, dist, data=data)
         cases = load_cases(data, progress=verbose and dist.is_main)
         config["autoencoder"] = {**config["autoencoder"], "in_channels": int(cases[0].image.shape[0])}
         ae_config = AutoencoderConfig.from_dict(config["autoencoder"])
         config["autoencoder"] = ae_config.to_dict()
         _check_patch_size(config["data"]["patch_size"], 2 ** (len(ae_config.channels) - 1))
-        if dist.is_main:
-            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
         seed_everything(settings.seed)
         autoencoder = PatchVolumeAutoencoder(ae_config).to(dist.device)
@@ -124,6 +122,8 @@ def train_autoencoder(
         )
         fields = ["loss", "l1", "kl", "consistency"] + (["generator", "discriminator"] if adversarial else [])
         trainer = Trainer(settings, dist, out, models, optimizers, fields, config, resume, "train-autoencoder", verbose)
+        if dist.is_main:  # after the Trainer accepted a resume, so a refused one changes nothing
+            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         step_fn = _step_function(trainer, models, sampler, settings, loss_cfg, dist)
         losses = trainer.run(step_fn, progress)
 

@@ -328,12 +328,37 @@ def warmup_cosine(settings: TrainSettings) -> Callable[[int], float]:
     return factor
 
 
-def prepare_run_dir(out: str | Path, resume: bool, dist: Distributed) -> Path:
-    """The run folder: must be new (or empty) for a fresh run, and hold a checkpoint for --resume.
+RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every")
+
+
+def config_differences(saved: dict, current: dict, ignore=(), prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs (keys in `ignore` skipped)."""
+    differing = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        if name in ignore:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differing += config_differences(a, b, ignore, f"{name}.")
+        elif json.loads(json.dumps(a)) != json.loads(json.dumps(b)):  # tuples vs lists compare equal
+            differing.append(name)
+    return differing
+
+
+def prepare_run_dir(out: str | Path, resume: bool, dist: Distributed, data: str | Path | None = None) -> Path:
+    """The run folder: must be new (or empty) for a fresh run, and hold a checkpoint for --resume;
+    never a file, and never inside the data set folder `data` (the run must not write into it).
 
     Every rank checks before any rank writes (barrier), so a fast rank 0 cannot fail the others.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SynBTError(f"--out {out} is a file, not a folder")
+    if data is not None:
+        resolved, data_dir = out.resolve(), Path(data).resolve()
+        if resolved == data_dir or data_dir in resolved.parents:
+            raise SynBTError(f"--out {out} is inside the data set folder {data}; choose a folder outside it")
     if resume:
         if not (out / CHECKPOINT_FILE).is_file():
             raise SynBTError(f"--resume: no {CHECKPOINT_FILE} in {out}")
@@ -381,9 +406,12 @@ class Trainer:
         self.start_step = 0
         if resume:
             self.start_step, saved = self.checkpoint.load(self.out / CHECKPOINT_FILE)
-            for key in ("autoencoder", "denoiser", "scheduler"):
-                if saved.get(key) != config.get(key):
-                    raise SynBTError(f"--resume: the {key} config differs from the checkpoint's; resume with the same config")
+            differing = config_differences(saved, config, ignore=RESUMABLE_CHANGES)
+            if differing:
+                raise SynBTError(
+                    f"--resume: {', '.join(differing[:4])} differ from the checkpoint's run; resume with the same "
+                    "settings (only the number of steps or epochs and the checkpoint interval may change)"
+                )
         self.log = LossLog(self.out / LOG_FILE, log_fields, self.start_step if resume else None, dist.is_main)
         self.last: dict[str, float] = {}
 

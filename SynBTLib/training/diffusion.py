@@ -99,7 +99,7 @@ def train_diffusion(
     settings = TrainSettings.from_dict(config["training"])
     dist = setup_distributed(device)
     try:
-        out = prepare_run_dir(out, resume, dist)
+        out = prepare_run_dir(out, resume, dist, data=data)
         frozen = load_autoencoder(autoencoder, dist.device)
         ae = frozen.network.eval().requires_grad_(False)
         cases = load_cases(data, need_tumors=True, progress=verbose and dist.is_main)
@@ -121,8 +121,6 @@ def train_diffusion(
             patch = [4 * ae.config.compression] * 3
             scale = latent_scale_from_cases(ae, cases, patch, settings.seed, int(config["latent_scale_patches"]), dist.device)
         config["latent_scale"] = scale
-        if dist.is_main:
-            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
         encoded = encode_cases(
             cases, ae, scale, roi, flip_x=bool(config["data"].get("flip_x", True)),
@@ -139,6 +137,8 @@ def train_diffusion(
             settings, dist, out, {"denoiser": denoiser}, {"denoiser": optimizer}, ["loss"], config, resume,
             "train-diffusion", verbose,
         )
+        if dist.is_main:  # after the Trainer accepted a resume, so a refused one changes nothing
+            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         dropout = float(config["condition_dropout"])
         timesteps_total = sched_config.num_train_timesteps
 

@@ -427,7 +427,7 @@ def train_segmentation(
     settings = TrainSettings.from_dict(config["training"])
     dist = setup_distributed(device)
     try:
-        out = prepare_run_dir(out, resume, dist)
+        out = prepare_run_dir(out, resume, dist, data=data)
         if resume:
             _check_resumable(out, config)
         cases = load_segmentation_cases(data, "training", progress=verbose and dist.is_main)
