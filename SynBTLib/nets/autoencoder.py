@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SynBTError
+from .config import config_from_dict
 from .tiling import plan_tiles, run_tiled
 
 Progress = Callable[[int, int, str], None]
@@ -100,11 +101,7 @@ class AutoencoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "AutoencoderConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SynBTError(f"unknown autoencoder config keys {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data, "autoencoder")
 
 
 NORM_KINDS = ("affine", "voxel")

@@ -6,13 +6,14 @@ is supported by training with condition dropout (``drop_condition``) to a null c
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
 from ..errors import SynBTError
+from .config import config_from_dict
 
 
 @dataclass
@@ -52,10 +53,7 @@ class DenoiserConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DenoiserConfig":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise SynBTError(f"unknown denoiser config keys {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data, "denoiser")
 
 
 class MaskConditionedDenoiser(nn.Module):

@@ -5,11 +5,12 @@ steps (deterministic with ``eta=0``), a few tens of them.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from monai.networks.schedulers import DDIMScheduler
 
 from ..errors import SynBTError
+from .config import config_from_dict
 
 DEFAULT_INFERENCE_STEPS = 30
 SCHEDULER_KINDS = ("ddim",)
@@ -44,11 +45,7 @@ class SchedulerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SchedulerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SynBTError(f"unknown scheduler config keys {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data, "scheduler")
 
 
 def make_scheduler(config: SchedulerConfig | None = None) -> DDIMScheduler:
