@@ -6,7 +6,9 @@ right->left; the breasts hang anteriorly (low Y) in front of the pectoralis, the
 thorax (lungs, heart, aorta, internal mammary vessels). Fibroglandular tissue is thresholded
 band-passed noise plus ducts radiating from the nipple, at a per-case ACR density. Each tissue
 (and each tumor, voxel by voxel) gets extended-Tofts contrast kinetics with the Parker AIF,
-turned into spoiled gradient echo signal, then a smooth bias field and Rician noise.
+turned into spoiled gradient echo signal, then a smooth bias field, the scanner's point-spread
+function (k-space sampled over a fraction of the grid's band, as when a 358-line acquisition is
+zero-filled to 512) and Rician noise.
 Textures are sums of random plane waves (exact at any point, evaluated only where needed);
 the slow bias field lives on a fixed millimetre lattice and is interpolated onto the grid.
 """
@@ -32,8 +34,9 @@ TUMOR_KINDS = ("ellipsoid", "lobulated", "spiculated")
 SIGNAL_SCALE = 12000.0  # SPGR signal (units of M0) -> stored intensity
 _PARAM_KEYS = {
     "density", "bpe", "tumor_kinetics", "tumor_diameters_mm", "tumor_kinds", "necrotic",
-    "phase_interval_s", "fat_suppressed", "noise", "bias",
+    "phase_interval_s", "fat_suppressed", "noise", "bias", "resolution",
 }
+RESOLUTION_RANGE = (0.7, 0.9)  # acquired fraction of the reconstructed k-space band, per axis
 
 
 @dataclass
@@ -171,6 +174,7 @@ def _draw_parameters(rng: np.random.Generator, tumors: int, params: dict) -> dic
         "fat_suppressed": bool(params.get("fat_suppressed", True)),
         "noise": float(params["noise"]) if params.get("noise") is not None else float(rng.uniform(0.02, 0.04)),
         "bias": float(params["bias"]) if params.get("bias") is not None else float(rng.uniform(0.1, 0.25)),
+        "resolution": float(params["resolution"]) if params.get("resolution") is not None else None,  # drawn in _acquire
         # body (mm)
         "torso_half_width": float(rng.uniform(135, 160)),
         "torso_half_depth": float(rng.uniform(85, 100)),
@@ -526,19 +530,55 @@ def _points_mm(geometry: Geometry, where, box=None) -> np.ndarray:
     return geometry.index_to_physical(zyx_index[:, ::-1])[:, ::-1]
 
 
+def _point_spread(image: np.ndarray, resolution: float) -> np.ndarray:
+    """The image a scanner reconstructs from k-space sampled over `resolution` of each axis' band.
+
+    A point-sampled object holds detail finer than a voxel (thresholded texture aliases into
+    voxel-scale speckle); a scanner records only the k-space it samples, and clinical breast
+    DCE is usually zero-filled to a larger matrix. Box truncation with a raised-cosine taper over
+    the outer fifth of the sampled band (mild Gibbs ringing, as after the usual apodization);
+    the volume is mirror-padded first so the FFT's wrap-around does not join opposite faces.
+    """
+    if resolution >= 1.0:
+        return image
+    from scipy import fft
+
+    pad = [(min(8, n - 1), min(8, n - 1)) for n in image.shape]
+    padded = np.pad(image, pad, mode="reflect")
+    spectrum = fft.rfftn(padded, workers=-1)
+    for axis, n in enumerate(padded.shape):
+        last = axis == padded.ndim - 1
+        k = np.abs(fft.rfftfreq(n) if last else fft.fftfreq(n)) / 0.5  # 1.0 = the grid's Nyquist
+        taper = np.clip((resolution - k) / (0.2 * resolution), 0.0, 1.0)
+        window = (0.5 - 0.5 * np.cos(np.pi * taper)).astype(np.float32)
+        shape = [1] * padded.ndim
+        shape[axis] = window.size
+        spectrum *= window.reshape(shape)
+    out = fft.irfftn(spectrum, s=padded.shape, workers=-1).astype(np.float32)
+    return np.maximum(out[tuple(slice(a, a + n) for (a, _), n in zip(pad, image.shape))], 0.0)
+
+
 def _acquire(phases: np.ndarray, geometry: Geometry, p: dict, reference: float, rng) -> np.ndarray:
-    """Multiply by a smooth coil bias field and add Rician noise (in place)."""
+    """Coil bias field, the scanner's point-spread function, then Rician noise (in place).
+
+    The noise stays white (per-voxel std = noise x FGT signal): the PSF acts on the object.
+    """
     axes = _Axes.of(geometry)
     smooth = _NoiseLattice(rng, 20.0, 60.0).on_grid(axes)
     coil = -axes.y / (FOV_MM[1] / 2)  # prone breast coil: brighter anteriorly
     bias = np.exp(p["bias"] * (0.7 * smooth + 0.6 * coil)).astype(np.float32)
+    if p.get("resolution") is None:  # drawn here, after the anatomy, so each seed keeps its body
+        p["resolution"] = float(rng.uniform(*RESOLUTION_RANGE))
+    if not 0.1 <= p["resolution"] <= 1.0:
+        raise SynBTError(f"resolution must be in [0.1, 1] (fraction of k-space sampled), got {p['resolution']:g}")
     sigma = np.float32(p["noise"] * reference)
     real = np.empty(bias.shape, np.float32)
     imag = np.empty(bias.shape, np.float32)
     for k in range(phases.shape[0]):  # in place, in two reused buffers: these arrays can be large
+        phases[k] *= bias
+        phases[k] = _point_spread(phases[k], p["resolution"])
         rng.standard_normal(dtype=np.float32, out=real)
         real *= sigma
-        phases[k] *= bias
         real += phases[k]
         real *= real
         rng.standard_normal(dtype=np.float32, out=imag)
@@ -560,7 +600,8 @@ def make_phantom(seed: int = 0, shape=DEFAULT_SHAPE, spacing=None, phases: int =
     tumors: number of tumors placed in the breasts. Optional params (random per seed when
     left out): density ("a".."d", ACR), bpe ("minimal".."marked"), tumor_kinetics, tumor_kinds,
     tumor_diameters_mm, necrotic (one value or one per tumor), phase_interval_s (90),
-    fat_suppressed (True), noise (fraction of FGT signal), bias (field amplitude).
+    fat_suppressed (True), noise (fraction of FGT signal), bias (field amplitude), resolution
+    (fraction of each axis' k-space band the scanner samples, 0.7-0.9 by default; 1 = none).
     """
     if int(seed) != seed or seed < 0:
         raise SynBTError(f"seed must be a non-negative integer, got {seed}")
