@@ -237,7 +237,9 @@ def phantom_study_case(seed: int, shape=(192, 192, 64), **params) -> StudyCase:
     from .phantom import make_phantom
 
     real = make_phantom(seed=seed, shape=shape, tumors=1, **params)
-    background = make_phantom(seed=seed, shape=shape, tumors=0, **params)
+    # the same scanner: the drawn point-spread (resolution) of the real case, not a fresh draw
+    background = make_phantom(seed=seed, shape=shape, tumors=0,
+                              **{"resolution": real.meta["parameters"]["resolution"], **params})
     mask = real.tumor_labels.astype(np.uint8)
     spacing_zyx = real.case.geometry.spacing[::-1]
     return StudyCase(
