@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     single.add_argument("--seed", type=int, default=0)
     single.add_argument("--tumors", type=int, default=0, help="number of tumors in the breasts (default 0)")
     single.add_argument("--density", choices=DENSITIES, default=None, help="ACR breast density (default: random per seed)")
+    single.add_argument("--resolution", type=float, default=None,
+                        help="fraction of each axis' k-space band the scanner samples, 0.1-1 (default: random 0.7-0.9; "
+                             "1 = no point-spread blur)")
     _add_grid_options(single)
     single.set_defaults(func=run)
 
@@ -44,6 +47,8 @@ def run(args) -> int:
     from ..phantom import make_phantom, write_phantom
 
     params = {"density": args.density} if args.density else {}
+    if args.resolution is not None:
+        params["resolution"] = args.resolution
     phantom = make_phantom(seed=args.seed, shape=args.shape, spacing=args.spacing, phases=args.phases,
                            tumors=args.tumors, **params)
     write_phantom(phantom, args.out, overwrite=args.overwrite)
