@@ -56,6 +56,8 @@ class SynthesisPipeline:
             raise SynBTError(f"blend_mm ({blend_mm}) must be between 0 and context_margin_mm ({context_margin_mm})")
         if not latent_scale > 0:
             raise SynBTError(f"latent_scale must be positive, got {latent_scale}")
+        if not guidance_scale >= 1.0:
+            raise SynBTError(f"guidance_scale must be at least 1 (1 = no classifier-free guidance), got {guidance_scale}")
         if autoencoder.config.latent_channels != denoiser.config.latent_channels:
             raise SynBTError(
                 f"autoencoder latent channels ({autoencoder.config.latent_channels}) do not match "
@@ -81,6 +83,7 @@ class SynthesisPipeline:
         if bundle.denoiser is None or bundle.scheduler is None:
             raise SynBTError(f"bundle {path} has no denoiser (autoencoder-only); run `synbt train-diffusion` first")
         options.setdefault("working_spacing", bundle.config.get("spacing"))
+        options.setdefault("guidance_scale", float(bundle.config.get("guidance_scale", 1.0)))
         return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
 
     @property

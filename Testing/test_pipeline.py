@@ -182,6 +182,20 @@ def test_a_pipeline_from_a_saved_bundle_gives_the_same_tumor(pipeline, tmp_path)
     assert np.array_equal(loaded(case, mask, seed=3, steps=2).phases, expected)
 
 
+def test_a_bundle_sets_the_default_guidance_scale(pipeline, tmp_path):
+    save_bundle(tmp_path / "bundle", pipeline.autoencoder, pipeline.denoiser, SchedulerConfig(),
+                pipeline.latent_scale, meta={"phases": 3, "guidance_scale": 2.5}, card_text="# tiny test bundle\n")
+    assert SynthesisPipeline.from_bundle(tmp_path / "bundle").guidance_scale == 2.5
+    assert SynthesisPipeline.from_bundle(tmp_path / "bundle", guidance_scale=1.0).guidance_scale == 1.0
+    guided = SynthesisPipeline.from_bundle(tmp_path / "bundle", **MARGINS)
+    plain = SynthesisPipeline.from_bundle(tmp_path / "bundle", guidance_scale=1.0, **MARGINS)
+    case = make_case(seed=2)
+    mask = tumor(case.shape, (10, 20, 20))
+    assert not np.array_equal(guided(case, mask, seed=3, steps=2).phases, plain(case, mask, seed=3, steps=2).phases)
+    with pytest.raises(SynBTError, match="guidance_scale must be at least 1"):
+        SynthesisPipeline.from_bundle(tmp_path / "bundle", guidance_scale=0.5)
+
+
 def test_an_autoencoder_only_bundle_is_refused(pipeline, tmp_path):
     save_bundle(tmp_path / "ae", pipeline.autoencoder, None, None, 1.0, meta={}, card_text="# ae\n")
     with pytest.raises(SynBTError, match="no denoiser"):

@@ -175,6 +175,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "realism", help="output folder")
     parser.add_argument("--methods", default="diffusion,handcrafted", help="comma-separated synthesizers to compare")
     parser.add_argument("--steps", type=int, default=None, help="diffusion sampling steps (default: the pipeline's 30)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale of the diffusion pipeline (default: the bundle's)")
     parser.add_argument("--first-seed", type=int, default=100_000, help="first phantom seed (default 100000)")
     parser.add_argument("--shape", type=int, nargs=3, default=(192, 192, 64), metavar=("X", "Y", "Z"))
     parser.add_argument("--folds", type=int, default=4)
@@ -196,6 +198,8 @@ def main(argv=None) -> int:
         synthesizers, steps = {}, {}
         for method in methods:
             synthesizers[method], _, steps[method] = make_synthesizer(method, args.bundle, args.steps)
+            if method == "diffusion" and args.guidance is not None:
+                synthesizers[method].guidance_scale = float(args.guidance)
             steps[method] = steps[method] if method == "diffusion" else None  # only diffusion samples in steps
         seeds = list(range(args.first_seed, args.first_seed + args.n))
         started = time.perf_counter()
