@@ -120,7 +120,7 @@ def train_autoencoder(
             cases, data_cfg["patch_size"], settings.seed, dist.rank,
             flip_x=bool(data_cfg.get("flip_x", True)), body_fraction=float(data_cfg.get("body_fraction", 0.9)),
         )
-        fields = ["loss", "l1", "kl", "consistency"] + (["generator", "discriminator"] if adversarial else [])
+        fields = ["loss", "l1", "kl", "latent_snr", "consistency"] + (["generator", "discriminator"] if adversarial else [])
         trainer = Trainer(settings, dist, out, models, optimizers, fields, config, resume, "train-autoencoder", verbose)
         if dist.is_main:  # after the Trainer accepted a resume, so a refused one changes nothing
             (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -185,7 +185,10 @@ def _step_function(trainer: Trainer, models: dict, sampler: PatchSampler, settin
         l1 = torch.nn.functional.l1_loss(recon, x)
         kl = kl_loss(mu.float(), sigma.float())
         total = l1 + kl_weight * kl
-        values = {"l1": l1.item(), "kl": kl.item()}
+        # spread of the latent means over the posterior noise: near or below 1, the KL term has
+        # squeezed out what the latent can carry (raise the PSNR by lowering kl_weight)
+        latent_snr = (mu.detach().float().std() / sigma.detach().float().mean().clamp_min(1e-12)).item()
+        values = {"l1": l1.item(), "kl": kl.item(), "latent_snr": latent_snr}
         consistency = torch.zeros((), device=x.device)
         if consistency_weight > 0:
             with trainer.autocast():
