@@ -159,6 +159,18 @@ def _per_tumor(value, count, what):
     return [value] * count
 
 
+def _resolution(value) -> float | None:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise SynBTError(f"resolution must be a number in [0.1, 1] (fraction of k-space sampled), got {value!r}") from None
+    if not 0.1 <= value <= 1.0:
+        raise SynBTError(f"resolution must be in [0.1, 1] (fraction of k-space sampled), got {value:g}")
+    return value
+
+
 def _draw_parameters(rng: np.random.Generator, tumors: int, params: dict) -> dict:
     unknown = set(params) - _PARAM_KEYS
     if unknown:
@@ -174,7 +186,7 @@ def _draw_parameters(rng: np.random.Generator, tumors: int, params: dict) -> dic
         "fat_suppressed": bool(params.get("fat_suppressed", True)),
         "noise": float(params["noise"]) if params.get("noise") is not None else float(rng.uniform(0.02, 0.04)),
         "bias": float(params["bias"]) if params.get("bias") is not None else float(rng.uniform(0.1, 0.25)),
-        "resolution": float(params["resolution"]) if params.get("resolution") is not None else None,  # drawn in _acquire
+        "resolution": _resolution(params.get("resolution")),  # None: drawn in _acquire
         # body (mm)
         "torso_half_width": float(rng.uniform(135, 160)),
         "torso_half_depth": float(rng.uniform(85, 100)),
@@ -535,27 +547,30 @@ def _point_spread(image: np.ndarray, resolution: float) -> np.ndarray:
 
     A point-sampled object holds detail finer than a voxel (thresholded texture aliases into
     voxel-scale speckle); a scanner records only the k-space it samples, and clinical breast
-    DCE is usually zero-filled to a larger matrix. Box truncation with a raised-cosine taper over
-    the outer fifth of the sampled band (mild Gibbs ringing, as after the usual apodization);
+    DCE is usually zero-filled to a larger matrix. Box truncation softened by a raised-cosine
+    taper over the outer fifth of the sampled band (Gibbs ringing remains, as in real images);
     the volume is mirror-padded first so the FFT's wrap-around does not join opposite faces.
+    float32 / complex64 throughout: about 4x the volume's memory at the peak.
     """
     if resolution >= 1.0:
         return image
     from scipy import fft
 
     pad = [(min(8, n - 1), min(8, n - 1)) for n in image.shape]
-    padded = np.pad(image, pad, mode="reflect")
-    spectrum = fft.rfftn(padded, workers=-1)
-    for axis, n in enumerate(padded.shape):
-        last = axis == padded.ndim - 1
+    padded_shape = tuple(n + a + b for n, (a, b) in zip(image.shape, pad))
+    spectrum = fft.rfftn(np.pad(image, pad, mode="reflect"), overwrite_x=True)
+    for axis, n in enumerate(padded_shape):
+        last = axis == len(padded_shape) - 1
         k = np.abs(fft.rfftfreq(n) if last else fft.fftfreq(n)) / 0.5  # 1.0 = the grid's Nyquist
         taper = np.clip((resolution - k) / (0.2 * resolution), 0.0, 1.0)
         window = (0.5 - 0.5 * np.cos(np.pi * taper)).astype(np.float32)
-        shape = [1] * padded.ndim
+        shape = [1] * len(padded_shape)
         shape[axis] = window.size
         spectrum *= window.reshape(shape)
-    out = fft.irfftn(spectrum, s=padded.shape, workers=-1).astype(np.float32)
-    return np.maximum(out[tuple(slice(a, a + n) for (a, _), n in zip(pad, image.shape))], 0.0)
+    out = fft.irfftn(spectrum, s=padded_shape, overwrite_x=True)
+    del spectrum
+    crop = out[tuple(slice(a, a + n) for (a, _), n in zip(pad, image.shape))]
+    return np.maximum(crop, 0.0, out=image)  # magnitude images are not negative (clips the ringing)
 
 
 def _acquire(phases: np.ndarray, geometry: Geometry, p: dict, reference: float, rng) -> np.ndarray:
@@ -567,16 +582,16 @@ def _acquire(phases: np.ndarray, geometry: Geometry, p: dict, reference: float, 
     smooth = _NoiseLattice(rng, 20.0, 60.0).on_grid(axes)
     coil = -axes.y / (FOV_MM[1] / 2)  # prone breast coil: brighter anteriorly
     bias = np.exp(p["bias"] * (0.7 * smooth + 0.6 * coil)).astype(np.float32)
-    if p.get("resolution") is None:  # drawn here, after the anatomy, so each seed keeps its body
-        p["resolution"] = float(rng.uniform(*RESOLUTION_RANGE))
-    if not 0.1 <= p["resolution"] <= 1.0:
-        raise SynBTError(f"resolution must be in [0.1, 1] (fraction of k-space sampled), got {p['resolution']:g}")
+    # drawn here, after the anatomy, so each seed keeps its body; drawn even when given, so that
+    # make_phantom(seed, resolution=<the drawn value>) reproduces the case, noise included
+    drawn = float(rng.uniform(*RESOLUTION_RANGE))
+    p["resolution"] = drawn if p.get("resolution") is None else p["resolution"]
     sigma = np.float32(p["noise"] * reference)
     real = np.empty(bias.shape, np.float32)
     imag = np.empty(bias.shape, np.float32)
     for k in range(phases.shape[0]):  # in place, in two reused buffers: these arrays can be large
         phases[k] *= bias
-        phases[k] = _point_spread(phases[k], p["resolution"])
+        _point_spread(phases[k], p["resolution"])  # in place
         rng.standard_normal(dtype=np.float32, out=real)
         real *= sigma
         real += phases[k]

@@ -83,7 +83,7 @@ class SynthesisPipeline:
         if bundle.denoiser is None or bundle.scheduler is None:
             raise SynBTError(f"bundle {path} has no denoiser (autoencoder-only); run `synbt train-diffusion` first")
         options.setdefault("working_spacing", bundle.config.get("spacing"))
-        options.setdefault("guidance_scale", float(bundle.config.get("guidance_scale", 1.0)))
+        options.setdefault("guidance_scale", float(bundle.config.get("guidance_scale") or 1.0))
         return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
 
     @property

@@ -239,7 +239,7 @@ def phantom_study_case(seed: int, shape=(192, 192, 64), **params) -> StudyCase:
     real = make_phantom(seed=seed, shape=shape, tumors=1, **params)
     # the same scanner: the drawn point-spread (resolution) of the real case, not a fresh draw
     background = make_phantom(seed=seed, shape=shape, tumors=0,
-                              **{"resolution": real.meta["parameters"]["resolution"], **params})
+                              **{**params, "resolution": real.meta["parameters"]["resolution"]})
     mask = real.tumor_labels.astype(np.uint8)
     spacing_zyx = real.case.geometry.spacing[::-1]
     return StudyCase(

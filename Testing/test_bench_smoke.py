@@ -81,3 +81,23 @@ def test_profile_lists_the_pipeline_call(quick_runs):
     for table in (overall, own):
         cumulative = [float(row["cumtime_s"]) for row in table]
         assert cumulative == sorted(cumulative, reverse=True)
+
+
+def test_latent_bound_rises_with_channels_and_refuses_mixed_phase_counts(tmp_path):
+    """bench/latent_bound.py on two tiny phantom cohorts: more channels keep more, PSNR rises."""
+    from SynBTLib.phantom import make_phantom, write_phantom
+
+    for name, seed, phases in (("train/a", 1, 3), ("train/b", 2, 3), ("test/c", 3, 3), ("other/d", 4, 2)):
+        write_phantom(make_phantom(seed=seed, shape=(48, 48, 16), phases=phases, density="c"), tmp_path / name)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, str(BENCH / "latent_bound.py"), "--train", str(tmp_path / "train"),
+               "--channels", "2", "8", "32", "--out", str(tmp_path / "out")]
+    done = subprocess.run(command + ["--test", str(tmp_path / "test")], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(tmp_path / "out" / "latent_bound.csv")
+    psnr = [float(row["psnr_breast_db"]) for row in rows]
+    kept = [float(row["variance_kept"]) for row in rows]
+    assert [row["channels"] for row in rows] == ["2", "8", "32"]
+    assert psnr[0] < psnr[1] < psnr[2] and kept[0] < kept[1] < kept[2] <= 1.0
+    mixed = subprocess.run(command + ["--test", str(tmp_path / "other")], capture_output=True, text=True, env=env, timeout=120)
+    assert mixed.returncode == 2 and "phases" in mixed.stderr

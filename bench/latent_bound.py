@@ -47,14 +47,33 @@ def breast_blocks(ref, factor: int) -> np.ndarray | None:
     return blocks[inside >= 0.5]
 
 
-def collect(root: Path, factor: int) -> np.ndarray:
+def blocks_of(root: Path, factor: int):
+    """Each case's breast blocks (float64), one array per case that has tissue labels."""
     from SynBTLib.datasets import read_dataset
+
+    for ref in read_dataset(root):
+        blocks = breast_blocks(ref, factor)
+        if blocks is not None and len(blocks):
+            yield blocks.astype(np.float64)
+
+
+def fit_code(root: Path, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(mean, principal directions by decreasing variance, variances, blocks) from streamed moments."""
     from SynBTLib.errors import SynBTError
 
-    found = [b for b in (breast_blocks(ref, factor) for ref in read_dataset(root)) if b is not None and len(b)]
-    if not found:
+    count, total, outer = 0, None, None
+    for blocks in blocks_of(root, factor):
+        if total is not None and blocks.shape[1] != total.size:
+            raise SynBTError(f"the cases under {root} differ in phase count; fit one data set at a time")
+        total = blocks.sum(0) if total is None else total + blocks.sum(0)
+        outer = blocks.T @ blocks if outer is None else outer + blocks.T @ blocks
+        count += len(blocks)
+    if count == 0:
         raise SynBTError(f"no case under {root} has tissue_labels.nii.gz with breast tissue")
-    return np.concatenate(found).astype(np.float64)
+    mean = total / count
+    variances, vectors = np.linalg.eigh(outer / count - np.outer(mean, mean))
+    order = np.argsort(variances)[::-1]
+    return mean, vectors[:, order].T, np.clip(variances[order], 0.0, None), count
 
 
 def main(argv=None) -> int:
@@ -68,23 +87,32 @@ def main(argv=None) -> int:
 
     from SynBTLib.errors import SynBTError
 
+    if args.factor < 1 or min(args.channels) < 1:
+        parser.error("--factor and every --channels value must be at least 1")
     try:
-        train, test = collect(args.train, args.factor), collect(args.test, args.factor)
+        mean, basis, variances, fitted = fit_code(args.train, args.factor)
+        dims = basis.shape[0]
+        ks = sorted({min(k, dims) for k in args.channels})
+        errors, scored = {k: 0.0 for k in ks}, 0
+        for test in blocks_of(args.test, args.factor):
+            if test.shape[1] != dims:
+                raise SynBTError(f"{args.test} has {test.shape[1] // args.factor**3} phases, {args.train} "
+                                 f"{dims // args.factor**3}")
+            centred = test - mean
+            for k in ks:
+                errors[k] += float(np.sum((centred @ basis[:k].T @ basis[:k] - centred) ** 2))
+            scored += len(test)
+        if scored == 0:
+            raise SynBTError(f"no case under {args.test} has tissue_labels.nii.gz with breast tissue")
     except SynBTError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    mean = train.mean(axis=0)
-    _, singular, basis = np.linalg.svd(train - mean, full_matrices=False)
-    energy = np.cumsum(singular**2) / np.sum(singular**2)
-    rows = []
-    for k in sorted(set(args.channels)):
-        k = min(k, basis.shape[0])
-        rebuilt = (test - mean) @ basis[:k].T @ basis[:k] + mean
-        mse = float(np.mean((rebuilt - test) ** 2))
-        rows.append({"channels": k, "compression": f"{train.shape[1] / k:.1f}x",
-                     "psnr_breast_db": 10 * np.log10(1.0 / mse), "variance_kept": float(energy[k - 1])})
-    print(f"linear block code, {args.factor}^3 voxels x {train.shape[1] // args.factor**3} phases per latent voxel; "
-          f"fitted on {len(train)} breast blocks of {args.train}, scored on {len(test)} of {args.test}")
+    energy = np.cumsum(variances) / max(float(variances.sum()), 1e-30)
+    rows = [{"channels": k, "compression": f"{dims / k:.1f}x",
+             "psnr_breast_db": 10 * np.log10(1.0 / (errors[k] / (scored * dims))), "variance_kept": float(energy[k - 1])}
+            for k in ks]
+    print(f"linear block code, {args.factor}^3 voxels x {dims // args.factor**3} phases per latent voxel; "
+          f"fitted on {fitted} breast blocks of {args.train}, scored on {scored} of {args.test}")
     print_table(rows, COLUMNS)
     print(f"wrote {write_csv(rows, COLUMNS, args.out / 'latent_bound.csv')}")
     return 0

@@ -184,6 +184,8 @@ def main(argv=None) -> int:
     parser.add_argument("--examples", type=int, default=3, help="example tumors in the figure (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = parser.parse_args(argv)
+    if args.guidance is not None and not args.guidance >= 1.0:
+        parser.error(f"--guidance must be at least 1 (1 = no guidance), got {args.guidance}")
 
     import torch
 
