@@ -42,6 +42,7 @@ class Bundle:
     latent_scale: float
     sha256: str
     path: Path
+    channels: Any = None  # nets.latent_norm.ChannelStandardizer (identity for bundles without one)
 
     @property
     def phase_names(self) -> list[str]:
@@ -211,6 +212,7 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Verify and load a bundle; networks come back in eval mode on ``device``."""
     from .nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
+    from .nets.latent_norm import ChannelStandardizer
 
     path = Path(path)
     config = verify_bundle(path)
@@ -240,4 +242,5 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         latent_scale=float(config["latent_scale"]),
         sha256=bundle_sha256(path),
         path=path,
+        channels=ChannelStandardizer.from_config(config, autoencoder.config.latent_channels),
     )

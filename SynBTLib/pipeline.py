@@ -19,6 +19,7 @@ from .case import Case, Geometry, check_finite
 from .conditioning import Box, box_overlap, crop_padded, erase_mask, mask_to_latent, roi_box
 from .errors import SynBTError
 from .nets.denoiser import guided_noise
+from .nets.latent_norm import ChannelStandardizer
 from .nets.scheduler import DEFAULT_INFERENCE_STEPS, check_inference_steps
 from .preprocess import denormalize, fit_normalization, normalize
 
@@ -51,6 +52,7 @@ class SynthesisPipeline:
         eta: float = 0.0,
         working_spacing: tuple[float, float, float] | None = None,
         restore_noise: bool = True,
+        channels: ChannelStandardizer | None = None,
     ):
         if not 0 <= blend_mm <= context_margin_mm:
             raise SynBTError(f"blend_mm ({blend_mm}) must be between 0 and context_margin_mm ({context_margin_mm})")
@@ -67,6 +69,7 @@ class SynthesisPipeline:
         self.denoiser = denoiser.eval()
         self.scheduler = scheduler
         self.latent_scale = float(latent_scale)
+        self.channels = channels if channels is not None else ChannelStandardizer()
         self.context_margin_mm = float(context_margin_mm)
         self.blend_mm = float(blend_mm)
         self.guidance_scale = float(guidance_scale)
@@ -84,6 +87,7 @@ class SynthesisPipeline:
             raise SynBTError(f"bundle {path} has no denoiser (autoencoder-only); run `synbt train-diffusion` first")
         options.setdefault("working_spacing", bundle.config.get("spacing"))
         options.setdefault("guidance_scale", float(bundle.config.get("guidance_scale") or 1.0))
+        options.setdefault("channels", bundle.channels)
         return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
 
     @property
@@ -129,8 +133,9 @@ class SynthesisPipeline:
             if not roi_mask_t.any():  # a tumor smaller than one working voxel keeps its nearest cell
                 roi_mask_t = resize(self._tensor(roi_mask)[None, None], working_shape, mode="nearest")
 
-        known_latent = self.autoencoder.encode_volume(roi_image) * self.latent_scale
-        context_latent = self.autoencoder.encode_volume(erase_mask(roi_image, roi_mask_t)) * self.latent_scale
+        known_latent = self.channels.standardize(self.autoencoder.encode_volume(roi_image) * self.latent_scale)
+        context_latent = self.channels.standardize(
+            self.autoencoder.encode_volume(erase_mask(roi_image, roi_mask_t)) * self.latent_scale)
         mask_latent = mask_to_latent(roi_mask_t, self.compression)
 
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
@@ -139,7 +144,7 @@ class SynthesisPipeline:
             guidance_scale=self.guidance_scale, eta=self.eta, progress=progress,
         )
 
-        decoded = self.autoencoder.decode_volume(latent / self.latent_scale)
+        decoded = self.autoencoder.decode_volume(self.channels.restore(latent) / self.latent_scale)
         if working_shape is not None:
             decoded = resize(decoded, roi_mask.shape)
         decoded = decoded[0].float().cpu().numpy()

@@ -241,3 +241,22 @@ def test_a_run_folder_inside_the_data_set_or_on_a_file_is_refused(dataset, tmp_p
     blocker.write_text("x")
     with pytest.raises(SynBTError, match="is a file"):
         train_autoencoder(dataset, blocker, AE_CONFIG, verbose=False)
+
+
+def test_diffusion_with_channel_normalization_stores_and_uses_the_statistics(dataset, autoencoder_run, tmp_path):
+    from SynBTLib.errors import SynBTError
+    from SynBTLib.nets.latent_norm import ChannelStandardizer
+    from SynBTLib.pipeline import SynthesisPipeline
+
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 1},
+              "latent_normalization": "channel"}
+    run = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "d", config, verbose=False)
+    bundle = load_bundle(run.bundle)
+    channels = bundle.autoencoder.config.latent_channels
+    assert len(bundle.config["latent_shift"]) == len(bundle.config["latent_channel_scale"]) == channels
+    assert bundle.channels != ChannelStandardizer()
+    assert SynthesisPipeline.from_bundle(run.bundle).channels == bundle.channels
+    with pytest.raises(SynBTError, match="latent_normalization"):
+        train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "e", {**config, "latent_normalization": "pixel"},
+                        verbose=False)
+    assert not (tmp_path / "e").exists()  # refused before anything is written

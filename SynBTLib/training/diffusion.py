@@ -26,6 +26,7 @@ from .common import (
     step_torch_generator,
     teardown_distributed,
 )
+from ..nets.latent_norm import ChannelStandardizer
 from .data import TumorRoiSampler, encode_cases, load_cases
 
 DEFAULT_CONFIG = {
@@ -35,6 +36,7 @@ DEFAULT_CONFIG = {
     "data": {"roi_size": [64, 64, 64], "flip_x": True, "jitter": 0.25},
     "condition_dropout": 0.1,
     "latent_scale_patches": 32,
+    "latent_normalization": "global",  # or "channel": mean 0 / std 1 per latent channel (nets/latent_norm.py)
 }
 
 
@@ -97,6 +99,8 @@ def train_diffusion(
 
     config = merge_config(DEFAULT_CONFIG, config or {})
     settings = TrainSettings.from_dict(config["training"])
+    if config["latent_normalization"] not in ("global", "channel"):
+        raise SynBTError(f"latent_normalization must be 'global' or 'channel', got {config['latent_normalization']!r}")
     dist = setup_distributed(device)
     try:
         out = prepare_run_dir(out, resume, dist, data=data)
@@ -126,6 +130,13 @@ def train_diffusion(
             cases, ae, scale, roi, flip_x=bool(config["data"].get("flip_x", True)),
             device=dist.device, progress=verbose and dist.is_main,
         )
+        channels = ChannelStandardizer()
+        if config["latent_normalization"] == "channel":
+            # mean 0 / std 1 per channel over the training latents (see nets/latent_norm.py)
+            channels = ChannelStandardizer.fit([item.latent for item in encoded])
+            for item in encoded:
+                item.latent = channels.standardize(item.latent, channel_axis=0)
+                item.context = channels.standardize(item.context, channel_axis=0)
         latent_roi = [v // ae.config.compression for v in roi]
         sampler = TumorRoiSampler(encoded, latent_roi, settings.seed, dist.rank, float(config["data"].get("jitter", 0.25)))
 
@@ -158,7 +169,7 @@ def train_diffusion(
         losses = trainer.run(step, progress)
         bundle_path = None
         if dist.is_main:
-            meta = bundle_meta(cases, config, data, settings.steps, losses, command)
+            meta = {**bundle_meta(cases, config, data, settings.steps, losses, command), **channels.to_config()}
             meta["training"]["autoencoder"] = frozen.source
             extra = f"- autoencoder: {frozen.source}\n- ROI size: {roi} voxels, condition dropout {dropout}\n"
             card = model_card("autoencoder + denoiser", data, cases, command, settings.steps, losses, scale, extra)
