@@ -16,6 +16,7 @@ import warnings
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 import torch
 
 from .case import Case, Geometry
@@ -203,7 +204,9 @@ def tumor_features(case: Case, mask) -> dict:
     pre-contrast): relative enhancement (S_k - S_0) / S_0 of the mean signal, its peak, wash-in
     slope (phase 0 -> 1, per phase interval), wash-out slope (phase 1 -> last, per interval) and
     the BI-RADS curve type. Texture on the first subtraction image (phase 1 - phase 0): gradient
-    magnitude (per mm) mean/std and GLCM-like contrast/homogeneity.
+    magnitude (per mm) mean/std over the voxels whose neighbours all lie inside the mask (so the
+    surrounding tissue does not enter; all mask voxels when none is that deep) and GLCM-like
+    contrast/homogeneity.
     """
     inside = _as_mask(mask, "tumor mask")
     if inside.shape != case.shape:
@@ -231,7 +234,9 @@ def tumor_features(case: Case, mask) -> dict:
     spacing_zyx = case.geometry.spacing[::-1]
     # edge padding keeps np.gradient defined on boxes one voxel thick
     padded = np.pad(subtraction, 1, mode="edge")
-    gradient = np.linalg.norm(np.stack(np.gradient(padded, *spacing_zyx)), axis=0)[1:-1, 1:-1, 1:-1][inside_box]
+    interior = ndimage.binary_erosion(inside_box, border_value=0)
+    gradient = np.linalg.norm(np.stack(np.gradient(padded, *spacing_zyx)), axis=0)[1:-1, 1:-1, 1:-1]
+    gradient = gradient[interior if interior.any() else inside_box]
     contrast, homogeneity = _glcm_texture(subtraction, inside_box)
     return {
         "voxels": int(inside.sum()),
