@@ -227,12 +227,17 @@ def test_classifier_free_guidance_changes_only_the_tumor(pipeline):
     assert np.array_equal(strong[:, far], case.phases[:, far])
 
 
-def test_a_case_at_another_resolution_runs_on_the_working_grid_and_returns_on_its_own(pipeline):
+def _coarse_setup(pipeline, working_spacing, shape, seed):
+    """A pipeline on `working_spacing`, a case of `shape` with a 5 mm tumor at its centre, and its ROI box."""
     coarse = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, latent_scale=1.5,
-                               working_spacing=(2.0, 2.0, 4.0), **MARGINS)
-    case = make_case((24, 48, 48), seed=3)
-    mask = tumor(case.shape, (12, 24, 24), radius_mm=5.0)
-    box = coarse.region_of_interest(case, mask)
+                               working_spacing=working_spacing, **MARGINS)
+    case = make_case(shape, seed=seed)
+    mask = tumor(case.shape, tuple(n // 2 for n in shape), radius_mm=5.0)
+    return coarse, case, mask, coarse.region_of_interest(case, mask)
+
+
+def test_a_case_at_another_resolution_runs_on_the_working_grid_and_returns_on_its_own(pipeline):
+    coarse, case, mask, box = _coarse_setup(pipeline, (2.0, 2.0, 4.0), (24, 48, 48), seed=3)
     roi_shape = tuple(s.stop - s.start for s in box)
     work = coarse.working_shape(case.geometry, roi_shape)
     assert work is not None and all(w % coarse.roi_multiple == 0 for w in work)
@@ -263,11 +268,7 @@ def test_detail_noise_matches_the_acquisition_noise_not_the_texture():
 
 
 def test_a_resampled_region_keeps_the_true_spacing_ratio_on_every_axis(pipeline):
-    coarse = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, latent_scale=1.5,
-                               working_spacing=(1.43, 1.43, 2.9), **MARGINS)
-    case = make_case((40, 80, 80), seed=5)
-    mask = tumor(case.shape, (20, 40, 40), radius_mm=5.0)
-    box = coarse.region_of_interest(case, mask)
+    coarse, case, mask, box = _coarse_setup(pipeline, (1.43, 1.43, 2.9), (40, 80, 80), seed=5)
     native = np.array([s.stop - s.start for s in box])
     work = np.array(coarse.working_shape(case.geometry, native))
     ratio = np.array(SPACING[::-1]) / np.array((2.9, 1.43, 1.43))
