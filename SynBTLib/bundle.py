@@ -12,13 +12,14 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import SynBTError
+from .nets.latent_norm import ChannelStandardizer
 from .paths import default_bundle_path  # noqa: F401  (re-exported)
 
 FORMAT_VERSION = 1
@@ -42,7 +43,7 @@ class Bundle:
     latent_scale: float
     sha256: str
     path: Path
-    channels: Any = None  # nets.latent_norm.ChannelStandardizer (identity for bundles without one)
+    channels: ChannelStandardizer = field(default_factory=ChannelStandardizer)  # identity without statistics
 
     @property
     def phase_names(self) -> list[str]:
@@ -212,7 +213,6 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Verify and load a bundle; networks come back in eval mode on ``device``."""
     from .nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
-    from .nets.latent_norm import ChannelStandardizer
 
     path = Path(path)
     config = verify_bundle(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SynBTError
+from ..nets.latent_norm import ChannelStandardizer
 from .autoencoder import bundle_meta, latent_scale_from_cases, merge_config, model_card
 from .common import (
     TrainSettings,
@@ -26,7 +27,6 @@ from .common import (
     step_torch_generator,
     teardown_distributed,
 )
-from ..nets.latent_norm import ChannelStandardizer
 from .data import TumorRoiSampler, encode_cases, load_cases
 
 DEFAULT_CONFIG = {
