@@ -260,3 +260,32 @@ def test_diffusion_with_channel_normalization_stores_and_uses_the_statistics(dat
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "e", {**config, "latent_normalization": "pixel"},
                         verbose=False)
     assert not (tmp_path / "e").exists()  # refused before anything is written
+
+
+def test_weighted_mse_counts_the_masked_error_by_its_weight():
+    from SynBTLib.training.diffusion import weighted_mse
+
+    target = torch.zeros(1, 2, 2, 2, 2)
+    prediction = torch.zeros_like(target)
+    prediction[:, :, 0, 0, 0] = 1.0  # error in one voxel, both channels
+    uniform = torch.ones(1, 1, 2, 2, 2)
+    assert weighted_mse(prediction, target, uniform).item() == pytest.approx(
+        torch.nn.functional.mse_loss(prediction, target).item())
+    heavy = uniform.clone()
+    heavy[:, :, 0, 0, 0] = 9.0  # that voxel now counts 9 of 16 weight units
+    assert weighted_mse(prediction, target, heavy).item() == pytest.approx(9 / 16)
+
+
+def test_diffusion_mask_loss_weight_changes_the_training_and_is_validated(dataset, autoencoder_run, tmp_path):
+    from SynBTLib.errors import SynBTError
+
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 2}}
+    plain = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "plain", config, verbose=False)
+    weighted = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "weighted",
+                               {**config, "mask_loss_weight": 20.0}, verbose=False)
+    assert weighted.losses["loss"] != pytest.approx(plain.losses["loss"], rel=1e-6)
+    assert load_bundle(weighted.bundle).config["training"]["config"]["mask_loss_weight"] == 20.0
+    with pytest.raises(SynBTError, match="mask_loss_weight"):
+        train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "neg", {**config, "mask_loss_weight": -1},
+                        verbose=False)
+    assert not (tmp_path / "neg").exists()

@@ -37,7 +37,16 @@ DEFAULT_CONFIG = {
     "condition_dropout": 0.1,
     "latent_scale_patches": 32,
     "latent_normalization": "global",  # or "channel": mean 0 / std 1 per latent channel (nets/latent_norm.py)
+    # extra weight of the noise error inside the tumor mask: the ROI is mostly context, which the
+    # sampler replaces anyway, so an unweighted loss spends most of its signal outside the tumor
+    "mask_loss_weight": 0.0,
 }
+
+
+def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean squared error with a per-voxel weight (B, 1, z, y, x) shared by the channels."""
+    squared = (prediction - target).pow(2) * weight
+    return squared.sum() / (weight.sum() * prediction.shape[1])
 
 
 @dataclass
@@ -101,6 +110,9 @@ def train_diffusion(
     settings = TrainSettings.from_dict(config["training"])
     if config["latent_normalization"] not in ("global", "channel"):
         raise SynBTError(f"latent_normalization must be 'global' or 'channel', got {config['latent_normalization']!r}")
+    mask_weight = float(config["mask_loss_weight"])
+    if not mask_weight >= 0:
+        raise SynBTError(f"mask_loss_weight must be 0 or more, got {config['mask_loss_weight']!r}")
     dist = setup_distributed(device)
     try:
         out = prepare_run_dir(out, resume, dist, data=data)
@@ -159,10 +171,11 @@ def train_diffusion(
             noise = torch.randn(latent.shape, generator=generator, device=dist.device)
             t = torch.randint(0, timesteps_total, (latent.shape[0],), generator=generator, device=dist.device)
             noisy = scheduler.add_noise(latent, noise, t)
+            weight = 1.0 + mask_weight * mask  # from the true mask, also where the condition is dropped
             context, mask = drop_condition(context, mask, dropout, generator)
             with trainer.autocast():
                 prediction = denoiser(noisy, context, mask, t)
-            loss = torch.nn.functional.mse_loss(prediction.float(), noise)
+            loss = weighted_mse(prediction.float(), noise, weight)
             trainer.optimize(loss, "denoiser")
             return {"loss": loss.item()}
 
