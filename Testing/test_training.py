@@ -289,3 +289,37 @@ def test_diffusion_mask_loss_weight_changes_the_training_and_is_validated(datase
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "neg", {**config, "mask_loss_weight": -1},
                         verbose=False)
     assert not (tmp_path / "neg").exists()
+
+
+def test_train_campaign_runs_jobs_in_parallel_and_a_deadline_still_yields_a_bundle(dataset, autoencoder_run, tmp_path):
+    import json
+    import subprocess
+    import sys
+    import tarfile
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    long_ae = {**AE_CONFIG, "training": {**AE_CONFIG["training"], "steps": 10**6, "checkpoint_every": 2}}
+    jobs = [
+        {"name": "ae", "kind": "ae", "data": str(dataset), "config": long_ae},
+        {"name": "diffusion", "kind": "diffusion", "data": str(dataset), "autoencoder": str(autoencoder_run.bundle),
+         "config": DIFFUSION_CONFIG},
+    ]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    end_at = time.time() + 40  # the autoencoder job cannot finish a million steps: it hits the deadline
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "train_campaign.py"), str(tmp_path / "jobs.json"),
+         "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--end-at", str(end_at)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "diffusion: complete" in result.stdout
+    assert "ae: deadline at step" in result.stdout
+    for name in ("ae", "diffusion"):
+        with tarfile.open(tmp_path / "out" / f"{name}.tar") as tar:
+            tar.extractall(tmp_path / "extracted", filter="data")
+        bundle = load_bundle(tmp_path / "extracted" / name / "bundle")
+        assert (bundle.denoiser is not None) == (name == "diffusion")
+    steps = load_bundle(tmp_path / "extracted" / "ae" / "bundle").config["training"]["steps"]
+    assert steps > 0 and steps % 2 == 0  # the last checkpoint's step
