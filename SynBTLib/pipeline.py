@@ -119,6 +119,30 @@ class SynthesisPipeline:
         raises (e.g. on Cancel), its exception propagates and nothing is returned.
         """
         steps = check_inference_steps(self.scheduler, DEFAULT_INFERENCE_STEPS if steps is None else steps)
+
+        def denoise(known_latent, roi_image, roi_mask_t, generator):
+            context_latent = self.channels.standardize(
+                self.autoencoder.encode_volume(erase_mask(roi_image, roi_mask_t)) * self.latent_scale)
+            mask_latent = mask_to_latent(roi_mask_t, self.compression)
+            return inpaint_latent(
+                self.denoiser, self.scheduler, known_latent, context_latent, mask_latent, steps, generator,
+                guidance_scale=self.guidance_scale, eta=self.eta, progress=progress,
+            )
+
+        return self._replace_region(case, mask, seed, denoise)
+
+    @torch.no_grad()
+    def reconstruct(self, case: Case, mask: np.ndarray, seed: int = 0) -> Case:
+        """The case with the region under `mask` replaced by its own autoencoder reconstruction.
+
+        Same crop, noise restoration and blending as a synthesis, but the latent is the encoded
+        image itself instead of a denoised one: the closest any synthesis with these autoencoder
+        weights can come to the original, i.e. the autoencoder's share of what a realism study sees.
+        """
+        return self._replace_region(case, mask, seed, lambda known_latent, *_: known_latent)
+
+    def _replace_region(self, case: Case, mask: np.ndarray, seed: int, latent_of) -> Case:
+        """Normalize, crop, encode, `latent_of(known_latent, roi_image, roi_mask, generator)`, decode, blend."""
         mask = validated_mask(case, mask, expected_phases=self.autoencoder.config.in_channels)
 
         norm = fit_normalization(case)
@@ -134,15 +158,8 @@ class SynthesisPipeline:
                 roi_mask_t = resize(self._tensor(roi_mask)[None, None], working_shape, mode="nearest")
 
         known_latent = self.channels.standardize(self.autoencoder.encode_volume(roi_image) * self.latent_scale)
-        context_latent = self.channels.standardize(
-            self.autoencoder.encode_volume(erase_mask(roi_image, roi_mask_t)) * self.latent_scale)
-        mask_latent = mask_to_latent(roi_mask_t, self.compression)
-
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        latent = inpaint_latent(
-            self.denoiser, self.scheduler, known_latent, context_latent, mask_latent, steps, generator,
-            guidance_scale=self.guidance_scale, eta=self.eta, progress=progress,
-        )
+        latent = latent_of(known_latent, roi_image, roi_mask_t, generator)
 
         decoded = self.autoencoder.decode_volume(self.channels.restore(latent) / self.latent_scale)
         if working_shape is not None:

@@ -5,12 +5,14 @@ import torch
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from SynBTLib.case import Case, Geometry
+from SynBTLib.conditioning import crop_padded
 from SynBTLib.errors import SynBTError
 from SynBTLib.bundle import save_bundle
 from SynBTLib.nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
 from SynBTLib.nets.denoiser import DenoiserConfig, MaskConditionedDenoiser
 from SynBTLib.nets.scheduler import SchedulerConfig, make_scheduler
 from SynBTLib.pipeline import SynthesisPipeline, inpaint_latent
+from SynBTLib.preprocess import denormalize, fit_normalization, normalize
 
 from test_denoiser import randomize_zero_parameters
 
@@ -275,3 +277,22 @@ def test_a_resampled_region_keeps_the_true_spacing_ratio_on_every_axis(pipeline)
     # the working grid covers the same millimetres as the native box, within half a native voxel per axis
     assert np.all(np.abs(native * ratio - work) <= ratio / 2 + 1e-9)
     assert all(w % coarse.roi_multiple == 0 for w in work)
+
+
+def test_reconstruct_puts_the_autoencoder_reconstruction_in_the_region_and_nothing_else(pipeline):
+    quiet = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, latent_scale=1.5,
+                              restore_noise=False, **MARGINS)
+    case = make_case(seed=2)
+    mask = tumor(case.shape, (10, 20, 18))
+    result = quiet.reconstruct(case, mask, seed=0)
+
+    far = distance_mm(mask) >= BLEND_MM
+    assert np.array_equal(result.phases[:, far], case.phases[:, far])
+    norm, box = fit_normalization(case), quiet.region_of_interest(case, mask)
+    roi = torch.from_numpy(normalize(crop_padded(case.phases, box, mode="edge"), norm))[None]
+    expected = denormalize(pipeline.autoencoder.decode_volume(pipeline.autoencoder.encode_volume(roi))[0].numpy(), norm)
+    inside = crop_padded(mask, box, mode="constant") > 0
+    np.testing.assert_allclose(crop_padded(result.phases, box, mode="edge")[:, inside], expected[:, inside],
+                               rtol=1e-4, atol=1e-3)
+    # no denoising: a synthesis in the same mask is something else
+    assert not np.allclose(quiet(case, mask, seed=0, steps=STEPS).phases[:, mask > 0], result.phases[:, mask > 0])

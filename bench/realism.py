@@ -12,7 +12,9 @@ logistic regression with stratified 4-fold cross-validation (the real and synthe
 seed share a fold), repeated over fold shuffles, gives the AUC (0.5 = indistinguishable; the
 goal for diffusion is <= 0.65). A control, the real tumor's own voxels pasted into the
 tumor-free phantom, should score near 0.5: it checks that nothing but appearance gives the
-answer. Writes realism_features.csv, realism_auc.csv, realism_feature_means.csv and realism.png
+answer. A second control, the real tumor passed through the bundle's autoencoder alone
+(SynthesisPipeline.reconstruct: same crop, noise restoration and blend, no denoising), gives the
+part of the diffusion AUC that the autoencoder already causes. Writes realism_features.csv, realism_auc.csv, realism_feature_means.csv and realism.png
 (example crops and kinetic curves) to --out.
 """
 from __future__ import annotations
@@ -31,7 +33,8 @@ from bench.common import RESULTS_DIR, print_table, write_csv  # noqa: E402
 AUC_GOAL = 0.65
 REAL = "real"
 ORACLE = "oracle-control"
-COLORS = {"real": "black", "diffusion": "tab:blue", "handcrafted": "tab:orange"}
+AE_CONTROL = "autoencoder-control"
+COLORS = {"real": "black", "diffusion": "tab:blue", "handcrafted": "tab:orange", AE_CONTROL: "tab:green"}
 
 
 # ------------------------------------------------------------------------------ study
@@ -70,6 +73,12 @@ def run_study(synthesizers: dict, seeds, shape, steps, examples: int) -> tuple[l
         pasted = study.background.with_phases(np.where(study.mask > 0, study.real.phases, study.background.phases))
         rows.append({**common, "source": ORACLE, **realism_features(pasted, study.mask, study.background_reference)})
         example = {REAL: crop_of(study.real, study.mask)} if index < examples else None
+        reconstructing = [synth for synth in synthesizers.values() if hasattr(synth, "reconstruct")]
+        if reconstructing:
+            recon = reconstructing[0].reconstruct(study.real, study.mask, seed=seed)
+            rows.append({**common, "source": AE_CONTROL, **realism_features(recon, study.mask, study.real_reference)})
+            if example is not None:
+                example[AE_CONTROL] = crop_of(recon, study.mask)
         for name, synth in synthesizers.items():
             start = time.perf_counter()
             synthetic = synth(study.background, study.mask, seed=seed, steps=steps.get(name))
@@ -214,16 +223,18 @@ def main(argv=None) -> int:
     meta_columns = ("seed", "source", "diameter_mm", "kind", "necrotic", "voxels", "mask_in_background_breast")
     feature_names = [name for name in rows[0] if name not in meta_columns]
     phase_names = ["pre"] + [name[len("enhancement_"):] for name in feature_names if name.startswith("enhancement_")]
-    aucs = classify(rows, feature_names, methods + [ORACLE], args.folds, args.repeats)
+    controls = [ORACLE] + ([AE_CONTROL] if any(row["source"] == AE_CONTROL for row in rows) else [])
+    aucs = classify(rows, feature_names, methods + controls, args.folds, args.repeats)
     for result in aucs:
         result["seconds_per_tumor"] = seconds.get(result["method"])
         result["steps"] = steps.get(result["method"])
-    means = feature_means(rows, feature_names, methods)
+    shown = methods + controls[1:]
+    means = feature_means(rows, feature_names, shown)
 
     print(f"{args.n} phantom seeds {seeds[0]}..{seeds[-1]} at {tuple(args.shape)}, bundle {args.bundle}, "
           f"{elapsed:.0f} s; tumors {np.min([r['voxels'] for r in rows]):.0f}..{np.max([r['voxels'] for r in rows]):.0f} voxels")
     print("\nFeature means (sd); d_* = (synthetic - real) / pooled sd")
-    mean_columns = ["feature", "real"] + [c for m in methods for c in (m, f"d_{m}")]
+    mean_columns = ["feature", "real"] + [c for m in shown for c in (m, f"d_{m}")]
     print_table(means, mean_columns)
     auc_columns = ["method", "tumors_per_class", "steps", "auc", "auc_std_over_folds", "pooled_auc", "goal",
                    "meets_goal", "seconds_per_tumor"]
@@ -233,7 +244,7 @@ def main(argv=None) -> int:
     write_csv(rows, list(meta_columns) + feature_names, args.out / "realism_features.csv")
     write_csv(aucs, auc_columns, args.out / "realism_auc.csv")
     write_csv(means, mean_columns, args.out / "realism_feature_means.csv")
-    figure = save_figure(crops, rows, [REAL] + methods, phase_names, args.out / "realism.png")
+    figure = save_figure(crops, rows, [REAL] + shown, phase_names, args.out / "realism.png")
     print(f"wrote {args.out}/realism_*.csv and {figure}")
     return 0
 
