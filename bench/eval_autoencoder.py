@@ -7,7 +7,9 @@ Each case is normalized as in training (preprocess.fit_normalization), encoded a
 with the tiled encode_volume/decode_volume, and compared with its input in normalized units
 (data range 1.0, where tissue lies roughly in [0, 1]). The breast is the ground truth
 np.isin(tissue_labels, labels.BREAST_TISSUE) from tissue_labels.nii.gz beside the phases, or,
-for cases without one, the image-derived preprocess.breast_tissue_mask. Prints a table per case
+for cases without one, the image-derived preprocess.breast_tissue_mask. Where a case has a tumor
+label, the PSNR inside the tumors is reported too (empty otherwise): the tumors are what a
+synthesis has to reproduce, and they are small, bright and few, so the breast PSNR hides them. Prints a table per case
 and phase with the means, and writes eval_autoencoder.csv to --out.
 """
 from __future__ import annotations
@@ -23,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS_DIR, print_table, write_csv  # noqa: E402
 
-COLUMNS = ("case", "phase", "psnr_breast_db", "ssim_breast", "psnr_body_db", "breast_source", "encode_s", "decode_s")
+COLUMNS = ("case", "phase", "psnr_breast_db", "ssim_breast", "psnr_body_db", "psnr_tumor_db", "breast_source",
+           "encode_s", "decode_s")
 DATA_RANGE = 1.0  # normalized units
 
 
@@ -49,12 +52,15 @@ def evaluate_case(autoencoder, ref) -> list[dict]:
     """Rows for one case: all phases together, then each phase."""
     import torch
 
-    from SynBTLib.io import read_case
+    from SynBTLib.io import read_case, read_mask
     from SynBTLib.metrics import psnr, ssim
     from SynBTLib.preprocess import fit_normalization, normalize
 
     case = read_case(list(ref.phase_paths))
     breast, body, source = regions(case, Path(ref.phase_paths[0]).parent)
+    tumor = read_mask(ref.label_path, case.geometry) > 0 if ref.label_path is not None else None
+    if tumor is not None and not tumor.any():
+        tumor = None
     image = normalize(case.phases, fit_normalization(case))
     start = time.perf_counter()
     latent = autoencoder.encode_volume(torch.from_numpy(image)[None])
@@ -69,6 +75,7 @@ def evaluate_case(autoencoder, ref) -> list[dict]:
         "psnr_breast_db": psnr(recon, image, mask=stack(breast), data_range=DATA_RANGE),
         "ssim_breast": float(np.mean(phase_ssim)),
         "psnr_body_db": psnr(recon, image, mask=stack(body), data_range=DATA_RANGE),
+        "psnr_tumor_db": None if tumor is None else psnr(recon, image, mask=stack(tumor), data_range=DATA_RANGE),
         "breast_source": source, "encode_s": encoded - start, "decode_s": decoded - encoded,
     }]
     for k, name in enumerate(case.phase_names):
@@ -77,6 +84,7 @@ def evaluate_case(autoencoder, ref) -> list[dict]:
             "psnr_breast_db": psnr(recon[k], image[k], mask=breast, data_range=DATA_RANGE),
             "ssim_breast": phase_ssim[k],
             "psnr_body_db": psnr(recon[k], image[k], mask=body, data_range=DATA_RANGE),
+            "psnr_tumor_db": None if tumor is None else psnr(recon[k], image[k], mask=tumor, data_range=DATA_RANGE),
             "breast_source": source,
         })
     return rows
@@ -105,7 +113,7 @@ def mean_rows(rows: list[dict]) -> list[dict]:
     for phase in dict.fromkeys(row["phase"] for row in rows):
         group = [row for row in rows if row["phase"] == phase]
         mean = {"case": "mean", "phase": phase}
-        for column in ("psnr_breast_db", "ssim_breast", "psnr_body_db", "encode_s", "decode_s"):
+        for column in ("psnr_breast_db", "ssim_breast", "psnr_body_db", "psnr_tumor_db", "encode_s", "decode_s"):
             values = [row[column] for row in group if row.get(column) is not None]
             mean[column] = float(np.mean(values)) if values else None
         out.append(mean)
