@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from SynBTLib import cli
 from SynBTLib.bundle import load_bundle
+from SynBTLib.errors import SynBTError
 from SynBTLib.training.autoencoder import train_autoencoder
 from SynBTLib.training.common import CHECKPOINT_FILE, LOG_FILE, read_checkpoint
 from SynBTLib.training.data import PatchSampler, load_cases
@@ -159,6 +160,28 @@ def test_samplers_depend_only_on_seed_step_and_rank(dataset):
     assert np.array_equal(first.sample(5, 2), again.sample(5, 2))
     assert not np.array_equal(first.sample(5, 2), other_rank.sample(5, 2))
     assert not np.array_equal(first.sample(5, 2), first.sample(6, 2))
+
+
+def test_tumor_fraction_centres_that_share_of_patches_on_tumors(dataset, tmp_path):
+    cases = load_cases(dataset, progress=False, with_tumors=True)
+    tumors = {case.case_id: case.tumor_centers for case in cases}
+    assert all(centers is not None and len(centers) > 0 for centers in tumors.values())
+    size = (8, 8, 8)
+    uniform = PatchSampler(cases, size, seed=3, flip_x=False)
+    assert np.array_equal(uniform.sample(5, 2), PatchSampler(load_cases(dataset, progress=False), size, seed=3,
+                                                              flip_x=False).sample(5, 2))  # default stream unchanged
+    all_tumor = PatchSampler(cases, size, seed=3, flip_x=False, tumor_fraction=1.0)
+    # the tumor enhances by 80 per phase: a tumor-centred patch has its bright core in the middle
+    centres = all_tumor.sample(0, 16)[:, 2, 4, 4, 4]
+    background = uniform.sample(0, 16)[:, 2, 4, 4, 4]
+    assert centres.min() > np.percentile(background, 90)
+
+    with pytest.raises(SynBTError, match="tumor_fraction"):
+        PatchSampler(load_cases(dataset, progress=False), size, seed=3, tumor_fraction=0.5)  # no labels read
+    with pytest.raises(SynBTError, match="tumor_fraction"):
+        train_autoencoder(dataset, tmp_path / "bad", {**AE_CONFIG, "data": {**AE_CONFIG["data"], "tumor_fraction": 2}},
+                          verbose=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def _free_port():

@@ -36,7 +36,7 @@ from .data import PatchSampler, TrainingCase, load_cases, median_spacing
 DEFAULT_CONFIG = {
     "autoencoder": {},  # AutoencoderConfig defaults, with in_channels set from the data
     "training": {"steps": 2000, "batch_size": 2, "lr": 1e-4, "seed": 0, "checkpoint_every": 200, "warmup_steps": 100},
-    "data": {"patch_size": [32, 32, 32], "flip_x": True, "body_fraction": 0.9},
+    "data": {"patch_size": [32, 32, 32], "flip_x": True, "body_fraction": 0.9, "tumor_fraction": 0.0},
     "loss": {
         "kl_weight": 1e-6,
         "consistency_weight": 0.1,
@@ -103,10 +103,13 @@ def train_autoencoder(
 
     config = merge_config(DEFAULT_CONFIG, config or {})
     settings = TrainSettings.from_dict(config["training"])
+    tumor_fraction = float(config["data"].get("tumor_fraction", 0.0))
+    if not 0.0 <= tumor_fraction <= 1.0:
+        raise SynBTError(f"data.tumor_fraction must be between 0 and 1, got {tumor_fraction}")
     dist = setup_distributed(device)
     try:
         out = prepare_run_dir(out, resume, dist, data=data)
-        cases = load_cases(data, progress=verbose and dist.is_main)
+        cases = load_cases(data, progress=verbose and dist.is_main, with_tumors=tumor_fraction > 0)
         config["autoencoder"] = {**config["autoencoder"], "in_channels": int(cases[0].image.shape[0])}
         ae_config = AutoencoderConfig.from_dict(config["autoencoder"])
         config["autoencoder"] = ae_config.to_dict()
@@ -126,6 +129,7 @@ def train_autoencoder(
         sampler = PatchSampler(
             cases, data_cfg["patch_size"], settings.seed, dist.rank,
             flip_x=bool(data_cfg.get("flip_x", True)), body_fraction=float(data_cfg.get("body_fraction", 0.9)),
+            tumor_fraction=tumor_fraction,
         )
         fields = ["loss", "l1", "kl", "latent_snr", "consistency"] + (["generator", "discriminator"] if adversarial else [])
         trainer = Trainer(settings, dist, out, models, optimizers, fields, config, resume, "train-autoencoder", verbose)

@@ -29,12 +29,15 @@ class TrainingCase:
     spacing: tuple[float, float, float]  # (x, y, z) mm
     phase_names: list[str]
     centers: np.ndarray  # (N, 3) z, y, x voxel indices inside the body, for patch sampling
+    tumor_centers: np.ndarray | None = None  # (N, 3) tumor voxel indices, where tumors were read
 
 
-def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = True) -> list[TrainingCase]:
+def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = True,
+               with_tumors: bool = False) -> list[TrainingCase]:
     """Read, normalize and cache every case of a data set folder (any layout SynBTLib.io reads).
 
-    With ``need_tumors`` the cases without a tumor label are skipped, and at least one must remain.
+    With ``need_tumors`` the cases without a tumor label are skipped, and at least one must remain;
+    with ``with_tumors`` every case is kept and the tumor labels that exist are read.
     """
     from tqdm.auto import tqdm
 
@@ -47,9 +50,11 @@ def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = Tru
         if need_tumors and ref.label_path is None:
             continue
         case = read_case(list(ref.phase_paths))
-        tumor = read_mask(ref.label_path, case.geometry) if need_tumors else None
+        read_tumor = need_tumors or (with_tumors and ref.label_path is not None)
+        tumor = read_mask(ref.label_path, case.geometry) if read_tumor else None
         body = np.argwhere(body_mask(case))
         stride = max(1, len(body) // MAX_CENTER_CANDIDATES)
+        tumor_voxels = np.argwhere(tumor > 0) if tumor is not None else None
         cases.append(
             TrainingCase(
                 case_id=ref.case_id,
@@ -58,6 +63,7 @@ def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = Tru
                 spacing=case.geometry.spacing,
                 phase_names=list(case.phase_names),
                 centers=body[::stride] if len(body) else np.argwhere(np.ones(case.shape, bool))[:1],
+                tumor_centers=tumor_voxels if tumor_voxels is not None and len(tumor_voxels) else None,
             )
         )
     if not cases:
@@ -83,7 +89,12 @@ def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], mode: str
 
 
 class PatchSampler:
-    """Random image patches (B, C, pz, py, px) for the autoencoder; centers mostly inside the body."""
+    """Random image patches (B, C, pz, py, px) for the autoencoder; centers mostly inside the body.
+
+    tumor_fraction: share of patches centred on a tumor voxel (cases loaded with their tumors).
+    Tumors are a tiny share of the body, so uniform patches teach the autoencoder little about
+    them, and its reconstructions of tumors came out dim and smooth (see bench/realism.py).
+    """
 
     def __init__(
         self,
@@ -93,19 +104,31 @@ class PatchSampler:
         rank: int = 0,
         flip_x: bool = True,
         body_fraction: float = 0.9,
+        tumor_fraction: float = 0.0,
     ):
+        if not 0.0 <= tumor_fraction <= 1.0:
+            raise SynBTError(f"tumor_fraction must be between 0 and 1, got {tumor_fraction}")
         self.cases, self.patch_size = list(cases), tuple(int(v) for v in patch_size)
         self.seed, self.rank, self.flip_x, self.body_fraction = seed, rank, flip_x, body_fraction
+        self.tumor_fraction = float(tumor_fraction)
+        self.tumor_cases = [case for case in self.cases if case.tumor_centers is not None]
+        if self.tumor_fraction > 0 and not self.tumor_cases:
+            raise SynBTError(f"tumor_fraction is {tumor_fraction} but no case has a tumor label with a tumor in it")
 
     def sample(self, step: int, batch_size: int, stream: int = 0) -> np.ndarray:
         rng = step_rng(self.seed, step, self.rank, stream)
         patches = []
         for _ in range(batch_size):
-            case = self.cases[rng.integers(len(self.cases))]
-            if rng.random() < self.body_fraction:
-                center = case.centers[rng.integers(len(case.centers))]
+            # with tumor_fraction 0 no extra number is drawn: the stream of earlier runs is unchanged
+            if self.tumor_fraction > 0 and rng.random() < self.tumor_fraction:
+                case = self.tumor_cases[rng.integers(len(self.tumor_cases))]
+                center = case.tumor_centers[rng.integers(len(case.tumor_centers))]
             else:
-                center = [rng.integers(n) for n in case.image.shape[1:]]
+                case = self.cases[rng.integers(len(self.cases))]
+                if rng.random() < self.body_fraction:
+                    center = case.centers[rng.integers(len(case.centers))]
+                else:
+                    center = [rng.integers(n) for n in case.image.shape[1:]]
             start = [int(c) - n // 2 for c, n in zip(center, self.patch_size)]
             patch = crop(case.image, start, self.patch_size)
             if self.flip_x and rng.random() < 0.5:
