@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 COLUMNS = (
-    "size", "voxels", "diameter_mm", "path", "status", "steps", "steps_run", "region", "latent",
+    "size", "voxels", "diameter_mm", "path", "status", "steps", "steps_run", "region", "latent", "roi_multiple",
     "total_s", "encode_s", "denoise_s", "per_step_s", "decode_s", "peak_rss_gb", "estimated_gb", "speedup",
 )
 PROGRESS_COLUMNS = ("size", "diameter_mm", "path", "status", "total_s", "peak_rss_gb", "estimated_gb")
