@@ -24,12 +24,14 @@ from .nets.scheduler import DEFAULT_INFERENCE_STEPS, check_inference_steps
 from .preprocess import denormalize, fit_normalization, normalize
 
 Progress = Callable[[int, int, str], None]
+DEFAULT_CONTEXT_MARGIN_MM = 16.0
 
 
 class SynthesisPipeline:
     """Autoencoder + denoiser + scheduler, called as ``pipeline(case, mask, seed, steps, progress) -> Case``.
 
-    context_margin_mm: tissue kept around the mask's bounding box as context for the denoiser.
+    context_margin_mm: tissue kept around the mask's bounding box as context for the denoiser (a
+        bundle may set its own default: the context its denoiser was trained with).
     blend_mm: width of the soft transition from the generated tumor to the original image.
     guidance_scale: classifier-free guidance (1.0 = off; > 1 needs a denoiser trained with dropout).
     eta: DDIM stochasticity (0 = deterministic DDIM updates; the seed still sets the initial noise).
@@ -46,7 +48,7 @@ class SynthesisPipeline:
         denoiser: torch.nn.Module,
         scheduler,
         latent_scale: float,
-        context_margin_mm: float = 16.0,
+        context_margin_mm: float = DEFAULT_CONTEXT_MARGIN_MM,
         blend_mm: float = 3.0,
         guidance_scale: float = 1.0,
         eta: float = 0.0,
@@ -87,6 +89,7 @@ class SynthesisPipeline:
             raise SynBTError(f"bundle {path} has no denoiser (autoencoder-only); run `synbt train-diffusion` first")
         options.setdefault("working_spacing", bundle.config.get("spacing"))
         options.setdefault("guidance_scale", float(bundle.config.get("guidance_scale") or 1.0))
+        options.setdefault("context_margin_mm", float(bundle.config.get("context_margin_mm") or DEFAULT_CONTEXT_MARGIN_MM))
         options.setdefault("channels", bundle.channels)
         return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
 

@@ -198,6 +198,19 @@ def test_a_bundle_sets_the_default_guidance_scale(pipeline, tmp_path):
         SynthesisPipeline.from_bundle(tmp_path / "bundle", guidance_scale=0.5)
 
 
+def test_a_bundle_sets_the_default_context_margin(pipeline, tmp_path):
+    meta = {"phases": 3, "context_margin_mm": 4.0}
+    save_bundle(tmp_path / "bundle", pipeline.autoencoder, pipeline.denoiser, SchedulerConfig(),
+                pipeline.latent_scale, meta=meta, card_text="# tiny test bundle\n")
+    case = make_case((20, 60, 60))
+    mask = tumor(case.shape, (10, 30, 30))
+    narrow = SynthesisPipeline.from_bundle(tmp_path / "bundle", blend_mm=2.0)
+    wide = SynthesisPipeline.from_bundle(tmp_path / "bundle", blend_mm=2.0, context_margin_mm=12.0)
+    assert narrow.context_margin_mm == 4.0 and wide.context_margin_mm == 12.0
+    size = lambda p: [s.stop - s.start for s in p.region_of_interest(case, mask)]  # noqa: E731
+    assert size(narrow)[1] < size(wide)[1]
+
+
 def test_an_autoencoder_only_bundle_is_refused(pipeline, tmp_path):
     save_bundle(tmp_path / "ae", pipeline.autoencoder, None, None, 1.0, meta={}, card_text="# ae\n")
     with pytest.raises(SynBTError, match="no denoiser"):

@@ -314,6 +314,20 @@ def test_diffusion_mask_loss_weight_changes_the_training_and_is_validated(datase
     assert not (tmp_path / "neg").exists()
 
 
+def test_diffusion_records_its_context_margin_for_the_pipeline(dataset, autoencoder_run, tmp_path):
+    from SynBTLib.pipeline import SynthesisPipeline
+
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 1}, "context_margin_mm": 9.0}
+    run = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "m", config, verbose=False)
+    assert load_bundle(run.bundle).config["context_margin_mm"] == 9.0
+    assert SynthesisPipeline.from_bundle(run.bundle).context_margin_mm == 9.0
+    for bad in (0, -3, "wide"):
+        with pytest.raises(SynBTError, match="context_margin_mm"):
+            train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bad", {**config, "context_margin_mm": bad},
+                            verbose=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_train_campaign_runs_jobs_in_parallel_and_a_deadline_still_yields_a_bundle(dataset, autoencoder_run, tmp_path):
     import json
     import subprocess

@@ -40,6 +40,10 @@ DEFAULT_CONFIG = {
     # extra weight of the noise error inside the tumor mask: the ROI is mostly context, which the
     # sampler replaces anyway, so an unweighted loss spends most of its signal outside the tumor
     "mask_loss_weight": 0.0,
+    # tissue around the mask the pipeline gives this denoiser as context, recorded in the bundle
+    # (None: the pipeline's default, 16 mm). Less is faster but riskier: the shipped 2x bundle at
+    # 10 mm ran 1.6x faster and scored the same realism AUC, yet made saturated blobs (looked at)
+    "context_margin_mm": None,
 }
 
 
@@ -113,6 +117,9 @@ def train_diffusion(
     mask_weight = float(config["mask_loss_weight"])
     if not mask_weight >= 0:
         raise SynBTError(f"mask_loss_weight must be 0 or more, got {config['mask_loss_weight']!r}")
+    margin = config["context_margin_mm"]
+    if margin is not None and not (isinstance(margin, (int, float)) and margin > 0):
+        raise SynBTError(f"context_margin_mm must be a positive number of mm (or null), got {margin!r}")
     dist = setup_distributed(device)
     try:
         out = prepare_run_dir(out, resume, dist, data=data)
@@ -184,6 +191,8 @@ def train_diffusion(
         if dist.is_main:
             meta = {**bundle_meta(cases, config, data, settings.steps, losses, command), **channels.to_config()}
             meta["training"]["autoencoder"] = frozen.source
+            if margin is not None:
+                meta["context_margin_mm"] = float(margin)
             extra = f"- autoencoder: {frozen.source}\n- ROI size: {roi} voxels, condition dropout {dropout}\n"
             card = model_card("autoencoder + denoiser", data, cases, command, settings.steps, losses, scale, extra)
             bundle_path = save_bundle(out / "bundle", ae, denoiser.eval(), sched_config, scale, meta, card, overwrite=True)
