@@ -40,12 +40,15 @@ class SynthesisPipeline:
         and the result back to the case grid, so a model trained at one resolution serves any scanner.
     restore_noise: add back, inside the tumor, acquisition noise at this image's level (measured
         around the tumor), which the autoencoder removes, so the tumor is not smoother than its surroundings.
+
+    With ``denoiser=None`` (an autoencoder-only bundle, ``from_bundle(..., reconstruct_only=True)``)
+    the pipeline can only ``reconstruct``: a check of an autoencoder before a denoiser is trained on it.
     """
 
     def __init__(
         self,
         autoencoder: torch.nn.Module,
-        denoiser: torch.nn.Module,
+        denoiser: torch.nn.Module | None,
         scheduler,
         latent_scale: float,
         context_margin_mm: float = DEFAULT_CONTEXT_MARGIN_MM,
@@ -62,13 +65,13 @@ class SynthesisPipeline:
             raise SynBTError(f"latent_scale must be positive, got {latent_scale}")
         if not guidance_scale >= 1.0:
             raise SynBTError(f"guidance_scale must be at least 1 (1 = no classifier-free guidance), got {guidance_scale}")
-        if autoencoder.config.latent_channels != denoiser.config.latent_channels:
+        if denoiser is not None and autoencoder.config.latent_channels != denoiser.config.latent_channels:
             raise SynBTError(
                 f"autoencoder latent channels ({autoencoder.config.latent_channels}) do not match "
                 f"the denoiser's ({denoiser.config.latent_channels})"
             )
         self.autoencoder = autoencoder.eval()
-        self.denoiser = denoiser.eval()
+        self.denoiser = denoiser.eval() if denoiser is not None else None
         self.scheduler = scheduler
         self.latent_scale = float(latent_scale)
         self.channels = channels if channels is not None else ChannelStandardizer()
@@ -80,12 +83,15 @@ class SynthesisPipeline:
         self.working_spacing = None if working_spacing is None else tuple(float(v) for v in working_spacing)
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str = "cpu", **options) -> "SynthesisPipeline":
-        """A pipeline from a model bundle folder (hashes and tensor shapes checked by load_bundle)."""
+    def from_bundle(cls, path: str | Path, device: str = "cpu", reconstruct_only: bool = False,
+                    **options) -> "SynthesisPipeline":
+        """A pipeline from a model bundle folder (hashes and tensor shapes checked by load_bundle).
+
+        An autoencoder-only bundle is refused unless ``reconstruct_only``."""
         from .bundle import load_bundle
 
         bundle = load_bundle(path, device=device)
-        if bundle.denoiser is None or bundle.scheduler is None:
+        if (bundle.denoiser is None or bundle.scheduler is None) and not reconstruct_only:
             raise SynBTError(f"bundle {path} has no denoiser (autoencoder-only); run `synbt train-diffusion` first")
         options.setdefault("working_spacing", bundle.config.get("spacing"))
         options.setdefault("guidance_scale", float(bundle.config.get("guidance_scale") or 1.0))
@@ -101,11 +107,11 @@ class SynthesisPipeline:
     @property
     def roi_multiple(self) -> int:
         """ROI sizes are multiples of this, so the latent fits every UNet level."""
-        return self.compression * self.denoiser.config.downsampling
+        return self.compression * (self.denoiser.config.downsampling if self.denoiser is not None else 1)
 
     @property
     def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
+        return next(self.autoencoder.parameters()).device
 
     @torch.no_grad()
     def __call__(
@@ -121,6 +127,8 @@ class SynthesisPipeline:
         Same case, mask, seed and weights give the same output. If `progress(done, total, message)`
         raises (e.g. on Cancel), its exception propagates and nothing is returned.
         """
+        if self.denoiser is None:
+            raise SynBTError("this pipeline has no denoiser (autoencoder-only bundle): it can only reconstruct")
         steps = check_inference_steps(self.scheduler, DEFAULT_INFERENCE_STEPS if steps is None else steps)
 
         def denoise(known_latent, roi_image, roi_mask_t, generator):

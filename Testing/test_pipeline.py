@@ -217,6 +217,20 @@ def test_an_autoencoder_only_bundle_is_refused(pipeline, tmp_path):
         SynthesisPipeline.from_bundle(tmp_path / "ae")
 
 
+def test_an_autoencoder_only_bundle_can_reconstruct_but_not_synthesize(pipeline, tmp_path):
+    save_bundle(tmp_path / "ae", pipeline.autoencoder, None, None, 1.0, meta={}, card_text="# ae\n")
+    checker = SynthesisPipeline.from_bundle(tmp_path / "ae", reconstruct_only=True, **MARGINS)
+    assert checker.denoiser is None and checker.roi_multiple == pipeline.compression
+    case = make_case(seed=4)
+    mask = tumor(case.shape, (10, 20, 20))
+    result = checker.reconstruct(case, mask, seed=0)
+    far = distance_mm(mask) >= BLEND_MM
+    assert np.array_equal(result.phases[:, far], case.phases[:, far])
+    assert (result.phases[:, mask > 0] != case.phases[:, mask > 0]).all()
+    with pytest.raises(SynBTError, match="can only reconstruct"):
+        checker(case, mask, seed=0, steps=STEPS)
+
+
 def test_the_sampler_generates_from_the_noised_known_latent_around_the_mask(pipeline):
     """RePaint: the known latent is fed in at every step, so it shapes what is generated inside the mask."""
     mask = torch.zeros((1, 1, 4, 8, 8))
