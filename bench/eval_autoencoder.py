@@ -9,8 +9,8 @@ with the tiled encode_volume/decode_volume, and compared with its input in norma
 np.isin(tissue_labels, labels.BREAST_TISSUE) from tissue_labels.nii.gz beside the phases, or,
 for cases without one, the image-derived preprocess.breast_tissue_mask. Where a case has a tumor
 label, the PSNR inside the tumors is reported too (empty otherwise): the tumors are what a
-synthesis has to reproduce, and they are small, bright and few, so the breast PSNR hides them. Prints a table per case
-and phase with the means, and writes eval_autoencoder.csv to --out.
+synthesis has to reproduce, and they are small, bright and few, so the breast PSNR hides them.
+Prints a table per case and phase with the means, and writes eval_autoencoder.csv to --out.
 """
 from __future__ import annotations
 

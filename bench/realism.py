@@ -19,7 +19,9 @@ may be an autoencoder-only one and only that control is run: a quick check of a 
 before a denoiser is trained on it (its region of interest is rounded to the compression only, not
 to the denoiser's multiple, so it can differ a little: 0.892 vs 0.912 for the shipped autoencoder).
 
-    python bench/realism.py --bundle runs/ae/bundle --autoencoder-only --n 12 --out /tmp/ae_realism Writes realism_features.csv, realism_auc.csv, realism_feature_means.csv and realism.png
+    python bench/realism.py --bundle runs/ae/bundle --autoencoder-only --n 12 --out /tmp/ae_realism
+
+Writes realism_features.csv, realism_auc.csv, realism_feature_means.csv and realism.png
 (example crops and kinetic curves) to --out.
 """
 from __future__ import annotations
@@ -239,7 +241,7 @@ def main(argv=None) -> int:
     meta_columns = ("seed", "source", "diameter_mm", "kind", "necrotic", "voxels", "mask_in_background_breast")
     feature_names = [name for name in rows[0] if name not in meta_columns]
     phase_names = ["pre"] + [name[len("enhancement_"):] for name in feature_names if name.startswith("enhancement_")]
-    controls = [ORACLE] + ([AE_CONTROL] if any(row["source"] == AE_CONTROL for row in rows) else [])
+    controls = [ORACLE] + ([AE_CONTROL] if reconstructor is not None else [])
     aucs = classify(rows, feature_names, methods + controls, args.folds, args.repeats)
     for result in aucs:
         result["seconds_per_tumor"] = seconds.get(result["method"])
