@@ -244,3 +244,41 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         path=path,
         channels=ChannelStandardizer.from_config(config, autoencoder.config.latent_channels),
     )
+
+
+def replace_decoder(bundle: str | Path, decoder_bundle: str | Path, out: str | Path) -> Path:
+    """A copy of ``bundle`` whose autoencoder decoder is ``decoder_bundle``'s; written to ``out``.
+
+    For a decoder fine-tuned with a frozen encoder (train-autoencoder ``finetune.part: decoder``):
+    the two autoencoders must have the same architecture, bit-identical encoder weights and the
+    same latent scale, so the latent space, and the denoiser trained on it, is unchanged.
+    Anything else is refused. Neither input is modified; ``out`` must be a new or empty folder.
+    """
+    from .training.autoencoder import encoder_parameters
+
+    out = Path(out)
+    for source in (bundle, decoder_bundle):
+        if out.resolve() == Path(source).resolve():
+            raise SynBTError(f"--out {out} is one of the input bundles; write the combined bundle to a new folder")
+    base, donor = load_bundle(bundle), load_bundle(decoder_bundle)
+    if base.config["autoencoder"] != donor.config["autoencoder"]:
+        raise SynBTError(f"the autoencoders of {bundle} and {decoder_bundle} have different architectures")
+    same_encoder = all(torch.equal(a, b) for a, b in zip(encoder_parameters(base.autoencoder),
+                                                         encoder_parameters(donor.autoencoder)))
+    if not same_encoder or base.latent_scale != donor.latent_scale:
+        raise SynBTError(f"{decoder_bundle} has another encoder or latent scale than {bundle}: its latent space differs, "
+                         "so the denoiser would not fit it (fine-tune with finetune.part = decoder, or train a new denoiser)")
+    scheduler_config = None
+    if base.config.get("scheduler") is not None:
+        from .nets.scheduler import SchedulerConfig
+
+        scheduler_config = SchedulerConfig.from_dict(base.config["scheduler"])
+    meta = {k: v for k, v in base.config.items() if k not in RESERVED_KEYS}
+    meta["decoder_from"] = {"bundle": str(decoder_bundle), "sha256": donor.sha256,
+                            "training": donor.config.get("training"), "base_bundle_sha256": base.sha256}
+    card = (base.path / CARD_FILE).read_text().rstrip("\n") + (
+        f"\n\n## Decoder\n\nThe autoencoder decoder was replaced by the one of `{decoder_bundle}` "
+        f"(sha256 {donor.sha256[:16]}...), fine-tuned with the encoder frozen, so the latent space is "
+        f"unchanged (encoder weights checked bit-identical).\n\n" + (donor.path / CARD_FILE).read_text()
+    )
+    return save_bundle(out, donor.autoencoder, base.denoiser, scheduler_config, base.latent_scale, meta, card)

@@ -360,3 +360,109 @@ def test_train_campaign_runs_jobs_in_parallel_and_a_deadline_still_yields_a_bund
         assert (bundle.denoiser is not None) == (name == "diffusion")
     steps = load_bundle(tmp_path / "extracted" / "ae" / "bundle").config["training"]["steps"]
     assert steps > 0 and steps % 2 == 0  # the last checkpoint's step
+
+
+# ---- decoder fine-tuning on a frozen encoder, and putting the decoder under a diffusion bundle
+
+
+def finetune_config(bundle, steps=4, part="decoder"):
+    return {"finetune": {"bundle": str(bundle), "part": part},
+            "training": {**AE_CONFIG["training"], "steps": steps, "seed": 9, "lr": 3e-3},
+            "data": AE_CONFIG["data"], "latent_scale_patches": 4}
+
+
+def test_decoder_finetune_keeps_encoder_and_latent_scale_and_resumes_exactly(dataset, autoencoder_run, tmp_path):
+    from SynBTLib.training.autoencoder import encoder_parameters
+
+    source = load_bundle(autoencoder_run.bundle)
+    config = finetune_config(autoencoder_run.bundle)
+    run = train_autoencoder(dataset, tmp_path / "ft", config, verbose=False)
+    tuned = load_bundle(run.bundle)
+    assert all(torch.equal(a, b) for a, b in zip(encoder_parameters(source.autoencoder), encoder_parameters(tuned.autoencoder)))
+    decoder = dict(tuned.autoencoder.net.decoder.named_parameters())
+    assert any(not torch.equal(p, decoder[n]) for n, p in source.autoencoder.net.decoder.named_parameters())
+    assert tuned.latent_scale == source.latent_scale
+    assert tuned.config["finetuned_from"]["sha256"] == source.sha256
+    assert tuned.config["finetuned_from"]["part"] == "decoder"
+    assert all(float(r["consistency"]) == 0 for r in log_rows(tmp_path / "ft" / LOG_FILE))
+
+    # interrupted after step 3 (checkpoint at 2) and resumed: the same weights as the run above
+    with pytest.raises(Stop):
+        train_autoencoder(dataset, tmp_path / "cut", config, verbose=False, progress=stop_after(3))
+    train_autoencoder(dataset, tmp_path / "cut", config, resume=True, verbose=False)
+    a, b = weights_of(tmp_path / "ft" / CHECKPOINT_FILE)["autoencoder"], weights_of(tmp_path / "cut" / CHECKPOINT_FILE)["autoencoder"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_decoder_finetune_lowers_the_reconstruction_error_of_latent_means(dataset, autoencoder_run, tmp_path):
+    cases = load_cases(dataset, progress=False)
+    patches = torch.from_numpy(PatchSampler(cases, (16, 16, 16), seed=123).sample(0, 4))
+
+    def error(bundle):
+        autoencoder = load_bundle(bundle).autoencoder
+        with torch.no_grad():
+            mu, _ = autoencoder.encode(patches)
+            return torch.nn.functional.l1_loss(autoencoder.decode(mu), patches).item()
+
+    run = train_autoencoder(dataset, tmp_path / "ft", finetune_config(autoencoder_run.bundle, steps=20), verbose=False)
+    assert error(run.bundle) < error(autoencoder_run.bundle)
+
+
+def test_finetune_refuses_bad_settings_before_writing_anything(dataset, autoencoder_run, tmp_path):
+    bad = [
+        ({**finetune_config(autoencoder_run.bundle), "finetune": {"bundle": str(autoencoder_run.bundle), "part": "encoder"}},
+         "finetune.part"),
+        ({**finetune_config(autoencoder_run.bundle), "autoencoder": {"channels": [4, 8, 8]}}, "sets channels"),
+        (finetune_config(tmp_path / "nowhere"), "does not exist"),
+        ({**finetune_config(autoencoder_run.bundle), "finetune": "yes"}, "finetune must be"),
+    ]
+    for config, message in bad:
+        with pytest.raises(SynBTError, match=message):
+            train_autoencoder(dataset, tmp_path / "out", config, verbose=False)
+        assert not (tmp_path / "out").exists()
+
+
+def test_replace_decoder_keeps_the_denoiser_and_refuses_another_latent_space(dataset, autoencoder_run, tmp_path, capsys):
+    from SynBTLib.bundle import replace_decoder
+    from SynBTLib.pipeline import SynthesisPipeline
+
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 1}}
+    diffusion = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "diff", config, verbose=False).bundle
+    tuned = train_autoencoder(dataset, tmp_path / "ft", finetune_config(autoencoder_run.bundle), verbose=False).bundle
+    sums_before = (diffusion / "SHA256SUMS").read_text()
+
+    assert cli.main(["replace-decoder", "--bundle", str(diffusion), "--decoder", str(tuned),
+                     "--out", str(tmp_path / "combined")]) == 0
+    combined, base, donor = load_bundle(tmp_path / "combined"), load_bundle(diffusion), load_bundle(tuned)
+    assert all(torch.equal(a, b) for a, b in zip(combined.denoiser.state_dict().values(), base.denoiser.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(combined.autoencoder.state_dict().values(), donor.autoencoder.state_dict().values()))
+    assert combined.latent_scale == base.latent_scale and combined.config["decoder_from"]["sha256"] == donor.sha256
+    assert "Decoder" in (tmp_path / "combined" / "MODEL_CARD.md").read_text()
+    assert (diffusion / "SHA256SUMS").read_text() == sums_before  # the input is untouched
+    SynthesisPipeline.from_bundle(tmp_path / "combined")
+
+    # a fully fine-tuned autoencoder has another encoder: its latents would not fit the denoiser
+    other = train_autoencoder(dataset, tmp_path / "all", finetune_config(autoencoder_run.bundle, part="all"), verbose=False)
+    with pytest.raises(SynBTError, match="latent space differs"):
+        replace_decoder(diffusion, other.bundle, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    capsys.readouterr()
+    assert cli.main(["replace-decoder", "--bundle", str(diffusion), "--decoder", str(tuned), "--out", str(diffusion)]) == 2
+    err = capsys.readouterr().err
+    assert "one of the input bundles" in err and len(err.strip().splitlines()) == 1
+
+
+def test_kinetic_term_is_logged_changes_the_training_and_is_validated(dataset, tmp_path):
+    config = {**AE_CONFIG, "training": {**AE_CONFIG["training"], "steps": 2}}
+    plain = train_autoencoder(dataset, tmp_path / "plain", config, verbose=False)
+    kinetic = train_autoencoder(dataset, tmp_path / "kin", {**config, "loss": {"kinetic_weight": 2.0}}, verbose=False)
+    rows = log_rows(tmp_path / "kin" / LOG_FILE)
+    assert all(float(r["kinetic"]) > 0 for r in rows)
+    # step 1's loss is l1 + kl term + consistency term + 2 * kinetic: the kinetic share is there
+    assert float(rows[0]["loss"]) > float(log_rows(tmp_path / "plain" / LOG_FILE)[0]["loss"]) + float(rows[0]["kinetic"])
+    assert kinetic.losses["loss"] != pytest.approx(plain.losses["loss"], rel=1e-6)
+    assert "kinetic" not in log_rows(tmp_path / "plain" / LOG_FILE)[0]
+    for bad in (-1, "strong"):
+        with pytest.raises(SynBTError, match="kinetic_weight"):
+            train_autoencoder(dataset, tmp_path / "bad", {**config, "loss": {"kinetic_weight": bad}}, verbose=False)
+    assert not (tmp_path / "bad").exists()

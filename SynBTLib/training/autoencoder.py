@@ -1,8 +1,10 @@
 """Train the patch-to-volume autoencoder on random patches; write an autoencoder-only bundle.
 
 Loss: L1 reconstruction + kl_weight * KL + consistency_weight * patch/volume consistency
-(SynBTLib.nets.autoencoder.consistency_loss) + optional patch adversarial term (MONAI
-PatchDiscriminator, off by default). The KL is summed over latent elements while L1 is a voxel
+(SynBTLib.nets.autoencoder.consistency_loss) + optional kinetic term (kinetic_weight * L1 of the
+differences between consecutive phases, i.e. of the subtraction images: plain L1 let the
+reconstruction of tumors drift toward the other phases, flattening enhancement and wash-out) +
+optional patch adversarial term (MONAI PatchDiscriminator, off by default). The KL is summed over latent elements while L1 is a voxel
 mean, so kl_weight trades reconstruction against a latent the denoiser can model. Measured on
 the phantom (16 latent channels): at 1e-5 the posterior noise (sigma ~0.95) was as large as the
 spread of the latent means (see latent_snr in losses.csv) and capped the PSNR; at 1e-7 the
@@ -11,6 +13,14 @@ but a denoiser trained on that latent generated black/white blobs. The default, 
 between.
 At the end the latent scale (1 / std of the latents of training patches) is measured and stored
 in the bundle for the diffusion stage.
+
+Fine-tuning (config ``"finetune": {"bundle": PATH, "part": "all" | "decoder"}``) starts from a
+bundle's autoencoder. With ``part: "decoder"`` the encoder is frozen and the decoder learns to
+decode the latent *means* (no posterior sampling, no KL or consistency term): the latent space,
+and so any denoiser trained on it, stays valid, while the decoder no longer has to be robust to
+posterior noise as large as the signal (latent_snr ~1 at kl 5e-7), which blurs. The bundle keeps
+the source's latent scale; ``SynBTLib.bundle.replace_autoencoder`` puts the new decoder under an
+existing diffusion bundle.
 """
 from __future__ import annotations
 
@@ -40,12 +50,14 @@ DEFAULT_CONFIG = {
     "loss": {
         "kl_weight": 1e-6,
         "consistency_weight": 0.1,
+        "kinetic_weight": 0.0,
         "adversarial_weight": 0.0,
         "discriminator_channels": 16,
         "discriminator_layers": 2,
     },
     "latent_scale_patches": 32,
 }
+FINETUNE_PARTS = ("all", "decoder")
 NORMALIZATION = {"kind": "fit_normalization", "function": "SynBTLib.preprocess.fit_normalization"}
 
 
@@ -106,17 +118,33 @@ def train_autoencoder(
     tumor_fraction = float(config["data"].get("tumor_fraction", 0.0))
     if not 0.0 <= tumor_fraction <= 1.0:
         raise SynBTError(f"data.tumor_fraction must be between 0 and 1, got {tumor_fraction}")
+    kinetic_weight = config["loss"].get("kinetic_weight", 0.0)
+    if not isinstance(kinetic_weight, (int, float)) or not kinetic_weight >= 0:
+        raise SynBTError(f"loss.kinetic_weight must be a number >= 0, got {kinetic_weight!r}")
+    source = _finetune_source(config)  # before any folder is made: a bad bundle changes nothing
     dist = setup_distributed(device)
     try:
         out = prepare_run_dir(out, resume, dist, data=data)
         cases = load_cases(data, progress=verbose and dist.is_main, with_tumors=tumor_fraction > 0)
-        config["autoencoder"] = {**config["autoencoder"], "in_channels": int(cases[0].image.shape[0])}
+        phases = int(cases[0].image.shape[0])
+        if source is not None:
+            config["autoencoder"] = source.config["autoencoder"]
+            if source.autoencoder.config.in_channels != phases:
+                raise SynBTError(f"finetune bundle {source.path} was trained on {source.autoencoder.config.in_channels} "
+                                 f"phases, the cases under {data} have {phases}")
+        config["autoencoder"] = {**config["autoencoder"], "in_channels": phases}
         ae_config = AutoencoderConfig.from_dict(config["autoencoder"])
         config["autoencoder"] = ae_config.to_dict()
         _check_patch_size(config["data"]["patch_size"], 2 ** (len(ae_config.channels) - 1))
 
         seed_everything(settings.seed)
         autoencoder = PatchVolumeAutoencoder(ae_config).to(dist.device)
+        decoder_only = source is not None and config["finetune"].get("part", "all") == "decoder"
+        if source is not None:
+            autoencoder.load_state_dict(source.autoencoder.state_dict())
+        if decoder_only:
+            for parameter in encoder_parameters(autoencoder):
+                parameter.requires_grad_(False)
         models = {"autoencoder": autoencoder}
         optimizers = {"autoencoder": _adamw(autoencoder, settings)}
         loss_cfg = config["loss"]
@@ -131,26 +159,65 @@ def train_autoencoder(
             flip_x=bool(data_cfg.get("flip_x", True)), body_fraction=float(data_cfg.get("body_fraction", 0.9)),
             tumor_fraction=tumor_fraction,
         )
-        fields = ["loss", "l1", "kl", "latent_snr", "consistency"] + (["generator", "discriminator"] if adversarial else [])
+        if kinetic_weight > 0 and phases < 2:
+            raise SynBTError("loss.kinetic_weight needs at least two phases (it compares consecutive phases)")
+        fields = ["loss", "l1", "kl", "latent_snr", "consistency"] + (["kinetic"] if kinetic_weight > 0 else []) + (
+            ["generator", "discriminator"] if adversarial else [])
         trainer = Trainer(settings, dist, out, models, optimizers, fields, config, resume, "train-autoencoder", verbose)
         if dist.is_main:  # after the Trainer accepted a resume, so a refused one changes nothing
             (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        step_fn = _step_function(trainer, models, sampler, settings, loss_cfg, dist)
+        step_fn = _step_function(trainer, models, sampler, settings, loss_cfg, dist, decoder_only)
         losses = trainer.run(step_fn, progress)
 
         autoencoder.eval()
-        scale = measure_latent_scale(
-            autoencoder, sampler, int(config.get("latent_scale_patches", 32)), dist.device, settings.steps
-        )
+        if decoder_only:  # the encoder, hence the latent space, is the source's
+            scale = source.latent_scale
+        else:
+            scale = measure_latent_scale(
+                autoencoder, sampler, int(config.get("latent_scale_patches", 32)), dist.device, settings.steps
+            )
         bundle_path = None
         if write_bundle and dist.is_main:
             meta = bundle_meta(cases, config, data, settings.steps, losses, command)
-            card = model_card("autoencoder", data, cases, command, settings.steps, losses, scale)
+            extra = ""
+            if source is not None:
+                meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256,
+                                          "part": config["finetune"].get("part", "all")}
+                extra = (f"- fine-tuned ({meta['finetuned_from']['part']}) from `{source.path}` "
+                         f"(sha256 {source.sha256[:16]}...)\n")
+            card = model_card("autoencoder", data, cases, command, settings.steps, losses, scale, extra)
             bundle_path = save_bundle(out / "bundle", autoencoder, None, None, scale, meta, card, overwrite=True)
         dist.barrier()
         return AutoencoderRun(autoencoder, scale, losses, bundle_path, out)
     finally:
         teardown_distributed()
+
+
+def _finetune_source(config: dict):
+    """The bundle named by config["finetune"], loaded and verified, or None."""
+    finetune = config.get("finetune")
+    if not finetune:
+        return None
+    from ..bundle import load_bundle
+
+    if not isinstance(finetune, dict) or not finetune.get("bundle"):
+        raise SynBTError('finetune must be {"bundle": PATH, "part": "all" or "decoder"}')
+    part = finetune.get("part", "all")
+    if part not in FINETUNE_PARTS:
+        raise SynBTError(f"finetune.part must be one of {', '.join(FINETUNE_PARTS)}, got {part!r}")
+    source = load_bundle(finetune["bundle"])
+    given = {k: v for k, v in (config.get("autoencoder") or {}).items() if k != "in_channels"}
+    differing = sorted(k for k, v in given.items() if source.config["autoencoder"].get(k) != v)
+    if differing:
+        raise SynBTError(f"the autoencoder section sets {', '.join(differing)} unlike the finetune bundle "
+                         f"{finetune['bundle']}; leave it out to keep the bundle's architecture")
+    return source
+
+
+def encoder_parameters(autoencoder: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters that map an image to its latent (mu, sigma): frozen when only the decoder trains."""
+    net = autoencoder.net
+    return [p for module in (net.encoder, net.quant_conv_mu, net.quant_conv_log_sigma) for p in module.parameters()]
 
 
 def _check_patch_size(patch_size, compression: int) -> None:
@@ -159,7 +226,8 @@ def _check_patch_size(patch_size, compression: int) -> None:
 
 
 def _adamw(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 def _discriminator(in_channels: int, loss_cfg: dict) -> torch.nn.Module:
@@ -174,7 +242,8 @@ def _discriminator(in_channels: int, loss_cfg: dict) -> torch.nn.Module:
     )
 
 
-def _step_function(trainer: Trainer, models: dict, sampler: PatchSampler, settings: TrainSettings, loss_cfg: dict, dist: Distributed):
+def _step_function(trainer: Trainer, models: dict, sampler: PatchSampler, settings: TrainSettings, loss_cfg: dict,
+                   dist: Distributed, decoder_only: bool = False):
     from monai.losses import PatchAdversarialLoss
 
     from ..nets.autoencoder import consistency_loss, kl_loss
@@ -184,24 +253,34 @@ def _step_function(trainer: Trainer, models: dict, sampler: PatchSampler, settin
     adversarial = PatchAdversarialLoss(criterion="least_squares") if discriminator is not None else None
     kl_weight = float(loss_cfg.get("kl_weight", 1e-6))
     consistency_weight = float(loss_cfg.get("consistency_weight", 0.0))
+    kinetic_weight = float(loss_cfg.get("kinetic_weight", 0.0))
     adversarial_weight = float(loss_cfg.get("adversarial_weight", 0.0))
 
     def step(index: int) -> dict[str, float]:
         x = torch.from_numpy(sampler.sample(index, settings.batch_size)).to(dist.device)
         generator = step_torch_generator(settings.seed, index, dist.rank, stream=1, device=dist.device)
         with trainer.autocast():
-            mu, sigma = autoencoder.encode(x)
-            recon = autoencoder.decode(autoencoder.sample(mu, sigma, generator))
+            if decoder_only:  # the latent means, exactly what encode_volume gives the pipeline
+                with torch.no_grad():
+                    mu, sigma = autoencoder.encode(x)
+                recon = autoencoder.decode(mu)
+            else:
+                mu, sigma = autoencoder.encode(x)
+                recon = autoencoder.decode(autoencoder.sample(mu, sigma, generator))
         recon = recon.float()
         l1 = torch.nn.functional.l1_loss(recon, x)
         kl = kl_loss(mu.float(), sigma.float())
-        total = l1 + kl_weight * kl
+        total = l1 if decoder_only else l1 + kl_weight * kl
         # spread of the latent means over the posterior noise: near or below 1, the KL term has
         # squeezed out what the latent can carry (raise the PSNR by lowering kl_weight)
         latent_snr = (mu.detach().float().std() / sigma.detach().float().mean().clamp_min(1e-12)).item()
         values = {"l1": l1.item(), "kl": kl.item(), "latent_snr": latent_snr}
+        if kinetic_weight > 0:  # the subtraction images: phase k+1 - phase k
+            kinetic = torch.nn.functional.l1_loss(recon.diff(dim=1), x.diff(dim=1))
+            total = total + kinetic_weight * kinetic
+            values["kinetic"] = kinetic.item()
         consistency = torch.zeros((), device=x.device)
-        if consistency_weight > 0:
+        if consistency_weight > 0 and not decoder_only:
             with trainer.autocast():
                 consistency = consistency_loss(autoencoder, x, mu, generator).float()
             total = total + consistency_weight * consistency
