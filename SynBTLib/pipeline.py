@@ -38,8 +38,8 @@ class SynthesisPipeline:
     working_spacing: (x, y, z) mm the networks were trained at (a bundle's "spacing"). When the case's
         spacing differs by more than 10 %, the region of interest is resampled to it for the networks
         and the result back to the case grid, so a model trained at one resolution serves any scanner.
-    restore_noise: add back, inside the tumor, acquisition noise at this image's level (measured
-        around the tumor), which the autoencoder removes, so the tumor is not smoother than its surroundings.
+    restore_noise: add back, inside the tumor, the part of the acquisition noise (measured around the
+        tumor) that the decoder leaves out, so the tumor is neither smoother nor noisier than its surroundings.
 
     With ``denoiser=None`` (an autoencoder-only bundle, ``from_bundle(..., reconstruct_only=True)``)
     the pipeline can only ``reconstruct``: a check of an autoencoder before a denoiser is trained on it.
@@ -180,7 +180,7 @@ class SynthesisPipeline:
             original = normalize(crop_padded(case.phases, box, mode="edge"), norm)
             measured = roi_mask.copy()
             measured[~_inside_volume(box, case.shape)] = 1  # padding has no noise: leave it out
-            decoded = decoded + detail_noise(original, measured, seed)
+            decoded = decoded + detail_noise(original, measured, seed, decoded)
         generated = denormalize(decoded, norm).astype(np.float32)
         weight = blend_weight(roi_mask, case.geometry.spacing[::-1], self.blend_mm)
         return case.with_phases(paste_blended(case.phases, generated, weight, box))
@@ -228,14 +228,25 @@ def _inside_volume(box: Box, shape) -> np.ndarray:
     return inside
 
 
-def detail_noise(original: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
-    """Seeded Gaussian noise per phase at the image's acquisition-noise level, which the autoencoder
-    does not reproduce. The level is the robust spread of neighbour differences along x outside the
-    mask (a Donoho-style estimate: tissue texture barely moves the median, unlike the spread of the
-    reconstruction error, which overshot the phantom tumors' own noise threefold)."""
-    differences = (original[..., 1:] - original[..., :-1])[:, mask[..., 1:] == 0] / np.sqrt(2.0)
+def noise_level(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-phase acquisition-noise level of (C, Z, Y, X) `image`, measured where `mask` is 0: the robust
+    spread of neighbour differences along x (a Donoho-style estimate: tissue texture barely moves the
+    median, unlike the spread of a reconstruction error, which overshot the phantom tumors' own noise
+    threefold)."""
+    differences = (image[..., 1:] - image[..., :-1])[:, mask[..., 1:] == 0] / np.sqrt(2.0)
     centred = differences - np.median(differences, axis=1, keepdims=True)
-    sigma = 1.4826 * np.median(np.abs(centred), axis=1)
+    return 1.4826 * np.median(np.abs(centred), axis=1)
+
+
+def detail_noise(original: np.ndarray, mask: np.ndarray, seed: int, decoded: np.ndarray | None = None) -> np.ndarray:
+    """Seeded Gaussian noise per phase that brings `decoded` up to `original`'s acquisition-noise level.
+
+    The autoencoder reproduces only part of the noise (a decoder tuned on latent means keeps about
+    half of it on the phantom), so the noise added is the missing part, sqrt(level(original)^2 -
+    level(decoded)^2); without `decoded`, the full level of `original`."""
+    sigma = noise_level(original, mask)
+    if decoded is not None:
+        sigma = np.sqrt(np.clip(sigma ** 2 - noise_level(decoded, mask) ** 2, 0.0, None))
     rng = np.random.default_rng([int(seed), 7])
     noise = rng.standard_normal(original.shape, dtype=np.float32)
     return noise * sigma.astype(np.float32)[:, None, None, None]

@@ -323,3 +323,17 @@ def test_reconstruct_puts_the_autoencoder_reconstruction_in_the_region_and_nothi
                                rtol=1e-4, atol=1e-3)
     # no denoising: a synthesis in the same mask is something else
     assert not np.allclose(quiet(case, mask, seed=0, steps=STEPS).phases[:, mask > 0], result.phases[:, mask > 0])
+
+
+def test_detail_noise_adds_only_the_noise_the_decoder_left_out():
+    from SynBTLib.pipeline import detail_noise, noise_level
+
+    rng = np.random.default_rng(1)
+    texture = gaussian_filter(rng.random((2, 24, 40, 40)), (0, 3, 3, 3)) * 10.0
+    image = (texture + rng.normal(0.0, 0.04, (2, 24, 40, 40))).astype(np.float32)
+    mask = np.zeros((24, 40, 40), np.uint8)
+    half = (texture + rng.normal(0.0, 0.04 * 0.6, texture.shape)).astype(np.float32)  # keeps 60 % of the level
+    added = detail_noise(image, mask, seed=0, decoded=half)
+    assert np.allclose(added.std(axis=(1, 2, 3)), 0.04 * 0.8, rtol=0.1)  # sqrt(1 - 0.6^2) = 0.8
+    assert np.allclose(noise_level(half + added, mask), noise_level(image, mask), rtol=0.1)
+    assert not detail_noise(image, mask, seed=0, decoded=image).any()  # a perfect decoder needs none
