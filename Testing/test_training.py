@@ -466,3 +466,31 @@ def test_kinetic_term_is_logged_changes_the_training_and_is_validated(dataset, t
         with pytest.raises(SynBTError, match="kinetic_weight"):
             train_autoencoder(dataset, tmp_path / "bad", {**config, "loss": {"kinetic_weight": bad}}, verbose=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_diffusion_finetune_continues_the_denoiser_in_the_same_latent_space_only(dataset, autoencoder_run, tmp_path):
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 2}}
+    first = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "first", config, verbose=False)
+    # a vanishing learning rate: the continued denoiser must end where the first one did
+    more = {"training": {**config["training"], "seed": 5, "lr": 1e-12}, "data": config["data"],
+            "finetune": {"bundle": str(first.bundle)}}
+    continued = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "more", more, verbose=False)
+    start = load_bundle(first.bundle).denoiser.state_dict()
+    end = load_bundle(continued.bundle).denoiser.state_dict()
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
+    bundle = load_bundle(continued.bundle)
+    assert bundle.config["denoiser"] == load_bundle(first.bundle).config["denoiser"]
+    assert bundle.config["finetuned_from"]["sha256"] == load_bundle(first.bundle).sha256
+
+    other_ae = train_autoencoder(dataset, tmp_path / "ae2", {**AE_CONFIG, "training": {**AE_CONFIG["training"], "seed": 3}},
+                                 verbose=False)
+    refusals = [
+        ((other_ae.bundle, more), "another latent space"),
+        ((autoencoder_run.bundle, {**more, "denoiser": {"channels": [4, 8, 8]}}), "sets channels"),
+        ((autoencoder_run.bundle, {**more, "finetune": {"bundle": str(autoencoder_run.bundle)}}), "no denoiser"),
+        ((autoencoder_run.bundle, {**more, "latent_normalization": "channel"}), "latent_normalization"),
+    ]
+    for (ae, cfg), message in refusals:
+        with pytest.raises(SynBTError, match=message):
+            train_diffusion(dataset, ae, tmp_path / "refused", cfg, verbose=False)
+        assert not (tmp_path / "refused").exists()

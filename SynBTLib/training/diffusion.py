@@ -5,6 +5,11 @@ crops fixed-size latent ROIs around random tumors, noises them with the DDIM sch
 ``add_noise`` at random timesteps and regresses the noise (epsilon MSE). The condition (erased
 context latent + latent mask) is dropped to the null condition with ``condition_dropout`` for
 classifier-free guidance. The result is a full bundle (autoencoder + denoiser + scheduler).
+
+``"finetune": {"bundle": PATH}`` continues from a full bundle's denoiser (its architecture,
+scheduler and latent normalization are kept): more steps for an undertrained denoiser, or new
+data. The bundle's latent space must be the autoencoder's (encoder weights bit-identical, same
+latent scale), else the run is refused.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import torch
 
 from ..errors import SynBTError
 from ..nets.latent_norm import ChannelStandardizer
-from .autoencoder import bundle_meta, latent_scale_from_cases, merge_config, model_card
+from .autoencoder import bundle_meta, encoder_parameters, latent_scale_from_cases, merge_config, model_card
 from .common import (
     TrainSettings,
     Trainer,
@@ -120,10 +125,15 @@ def train_diffusion(
     margin = config["context_margin_mm"]
     if margin is not None and not (isinstance(margin, (int, float)) and margin > 0):
         raise SynBTError(f"context_margin_mm must be a positive number of mm (or null), got {margin!r}")
+    source = _finetune_source(config)
+    if source is not None and margin is None:
+        margin = source.config.get("context_margin_mm")
     dist = setup_distributed(device)
     try:
-        out = prepare_run_dir(out, resume, dist, data=data)
         frozen = load_autoencoder(autoencoder, dist.device)
+        if source is not None:
+            _check_same_latent_space(source, frozen)
+        out = prepare_run_dir(out, resume, dist, data=data)
         ae = frozen.network.eval().requires_grad_(False)
         cases = load_cases(data, need_tumors=True, progress=verbose and dist.is_main)
         if cases[0].image.shape[0] != ae.config.in_channels:
@@ -150,7 +160,12 @@ def train_diffusion(
             device=dist.device, progress=verbose and dist.is_main,
         )
         channels = ChannelStandardizer()
-        if config["latent_normalization"] == "channel":
+        if source is not None and config["latent_normalization"] == "channel":
+            channels = source.channels  # the statistics the denoiser was trained with
+            for item in encoded:
+                item.latent = channels.standardize(item.latent, channel_axis=0)
+                item.context = channels.standardize(item.context, channel_axis=0)
+        elif config["latent_normalization"] == "channel":
             # mean 0 / std 1 per channel over the training latents (see nets/latent_norm.py)
             channels = ChannelStandardizer.fit([item.latent for item in encoded])
             for item in encoded:
@@ -161,6 +176,8 @@ def train_diffusion(
 
         seed_everything(settings.seed)
         denoiser = MaskConditionedDenoiser(den_config).to(dist.device)
+        if source is not None:
+            denoiser.load_state_dict(source.denoiser.state_dict())
         scheduler = make_scheduler(sched_config)
         optimizer = torch.optim.AdamW(denoiser.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         trainer = Trainer(
@@ -193,10 +210,53 @@ def train_diffusion(
             meta["training"]["autoencoder"] = frozen.source
             if margin is not None:
                 meta["context_margin_mm"] = float(margin)
-            extra = f"- autoencoder: {frozen.source}\n- ROI size: {roi} voxels, condition dropout {dropout}\n"
+            if source is not None:
+                meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256}
+                extra_source = f"- denoiser continued from `{source.path}` (sha256 {source.sha256[:16]}...)\n"
+            else:
+                extra_source = ""
+            extra = f"- autoencoder: {frozen.source}\n- ROI size: {roi} voxels, condition dropout {dropout}\n" + extra_source
             card = model_card("autoencoder + denoiser", data, cases, command, settings.steps, losses, scale, extra)
             bundle_path = save_bundle(out / "bundle", ae, denoiser.eval(), sched_config, scale, meta, card, overwrite=True)
         dist.barrier()
         return DiffusionRun(denoiser, losses, bundle_path, out)
     finally:
         teardown_distributed()
+
+
+def _finetune_source(config: dict):
+    """The full bundle named by config["finetune"] (its denoiser settings adopted into config), or None."""
+    finetune = config.get("finetune")
+    if not finetune:
+        return None
+    from ..bundle import load_bundle
+
+    if not isinstance(finetune, dict) or not finetune.get("bundle"):
+        raise SynBTError('finetune must be {"bundle": PATH} (a full bundle with a denoiser)')
+    source = load_bundle(finetune["bundle"])
+    if source.denoiser is None:
+        raise SynBTError(f"finetune bundle {finetune['bundle']} has no denoiser to continue from")
+    trained = source.config.get("training", {}).get("config", {})
+    for key in ("denoiser", "scheduler"):
+        given = {k: v for k, v in (config.get(key) or {}).items() if k != "latent_channels"}
+        differing = sorted(k for k, v in given.items() if source.config[key].get(k) != v)
+        if differing:
+            raise SynBTError(f"the {key} section sets {', '.join(differing)} unlike the finetune bundle "
+                             f"{finetune['bundle']}; leave it out to keep the bundle's")
+        config[key] = dict(source.config[key])
+    normalization = trained.get("latent_normalization", "global")
+    if config["latent_normalization"] != normalization:
+        raise SynBTError(f"latent_normalization {config['latent_normalization']!r} differs from the finetune "
+                         f"bundle's {normalization!r}")
+    return source
+
+
+def _check_same_latent_space(source, frozen: FrozenAutoencoder) -> None:
+    """Refuse to continue a denoiser on an autoencoder whose latents differ from the ones it learned."""
+    ours = frozen.network
+    same = (source.autoencoder.config.to_dict() == ours.config.to_dict()
+            and all(torch.equal(a.to(b.device), b) for a, b in zip(encoder_parameters(source.autoencoder),
+                                                                  encoder_parameters(ours))))
+    if not same or frozen.latent_scale is None or frozen.latent_scale != source.latent_scale:
+        raise SynBTError(f"the finetune bundle {source.path} was trained in another latent space than --autoencoder "
+                         f"({frozen.source}); continue it with its own autoencoder, or train a new denoiser")
