@@ -160,14 +160,10 @@ def train_diffusion(
             device=dist.device, progress=verbose and dist.is_main,
         )
         channels = ChannelStandardizer()
-        if source is not None and config["latent_normalization"] == "channel":
-            channels = source.channels  # the statistics the denoiser was trained with
-            for item in encoded:
-                item.latent = channels.standardize(item.latent, channel_axis=0)
-                item.context = channels.standardize(item.context, channel_axis=0)
-        elif config["latent_normalization"] == "channel":
-            # mean 0 / std 1 per channel over the training latents (see nets/latent_norm.py)
-            channels = ChannelStandardizer.fit([item.latent for item in encoded])
+        if config["latent_normalization"] == "channel":
+            # mean 0 / std 1 per channel over the training latents (see nets/latent_norm.py); a
+            # continued denoiser keeps the statistics it was trained with
+            channels = source.channels if source is not None else ChannelStandardizer.fit([item.latent for item in encoded])
             for item in encoded:
                 item.latent = channels.standardize(item.latent, channel_axis=0)
                 item.context = channels.standardize(item.context, channel_axis=0)
