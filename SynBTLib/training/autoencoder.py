@@ -35,6 +35,7 @@ from .common import (
     Distributed,
     TrainSettings,
     Trainer,
+    finetune_bundle,
     prepare_run_dir,
     seed_everything,
     setup_distributed,
@@ -196,22 +197,10 @@ def train_autoencoder(
 def _finetune_source(config: dict):
     """The bundle named by config["finetune"], loaded and verified, or None."""
     finetune = config.get("finetune")
-    if not finetune:
-        return None
-    from ..bundle import load_bundle
-
-    if not isinstance(finetune, dict) or not finetune.get("bundle"):
-        raise SynBTError('finetune must be {"bundle": PATH, "part": "all" or "decoder"}')
-    part = finetune.get("part", "all")
-    if part not in FINETUNE_PARTS:
-        raise SynBTError(f"finetune.part must be one of {', '.join(FINETUNE_PARTS)}, got {part!r}")
-    source = load_bundle(finetune["bundle"])
-    given = {k: v for k, v in (config.get("autoencoder") or {}).items() if k != "in_channels"}
-    differing = sorted(k for k, v in given.items() if source.config["autoencoder"].get(k) != v)
-    if differing:
-        raise SynBTError(f"the autoencoder section sets {', '.join(differing)} unlike the finetune bundle "
-                         f"{finetune['bundle']}; leave it out to keep the bundle's architecture")
-    return source
+    if finetune and isinstance(finetune, dict) and finetune.get("part", "all") not in FINETUNE_PARTS:
+        raise SynBTError(f"finetune.part must be one of {', '.join(FINETUNE_PARTS)}, got {finetune.get('part')!r}")
+    return finetune_bundle(config, {"autoencoder": ("in_channels",)},
+                           '{"bundle": PATH, "part": "all" or "decoder"}')
 
 
 def encoder_parameters(autoencoder: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -346,6 +346,31 @@ def config_differences(saved: dict, current: dict, ignore=(), prefix: str = "") 
     return differing
 
 
+def finetune_bundle(config: dict, sections: dict[str, tuple[str, ...]], usage: str):
+    """The bundle named by ``config["finetune"]["bundle"]``, loaded and verified, or None without one.
+
+    Refuses a malformed ``finetune`` entry (``usage`` says the expected form) and any key of the
+    config ``sections`` (name -> keys to ignore) that differs from the bundle's: a run that
+    continues a network keeps its architecture.
+    """
+    finetune = config.get("finetune")
+    if not finetune:
+        return None
+    from ..bundle import load_bundle
+
+    if not isinstance(finetune, dict) or not finetune.get("bundle"):
+        raise SynBTError(f"finetune must be {usage}")
+    source = load_bundle(finetune["bundle"])
+    for section, ignored in sections.items():
+        theirs = source.config.get(section) or {}
+        given = {k: v for k, v in (config.get(section) or {}).items() if k not in ignored}
+        differing = sorted(k for k, v in given.items() if theirs.get(k) != v)
+        if differing:
+            raise SynBTError(f"the {section} section sets {', '.join(differing)} unlike the finetune bundle "
+                             f"{finetune['bundle']}; leave it out to keep the bundle's")
+    return source
+
+
 def prepare_run_dir(out: str | Path, resume: bool, dist: Distributed, data: str | Path | None = None) -> Path:
     """The run folder: must be new (or empty) for a fresh run, and hold a checkpoint for --resume;
     never a file, and never inside the data set folder `data` (the run must not write into it).

@@ -25,6 +25,7 @@ from .autoencoder import bundle_meta, encoder_parameters, latent_scale_from_case
 from .common import (
     TrainSettings,
     Trainer,
+    finetune_bundle,
     prepare_run_dir,
     read_checkpoint,
     seed_everything,
@@ -222,25 +223,14 @@ def train_diffusion(
 
 def _finetune_source(config: dict):
     """The full bundle named by config["finetune"] (its denoiser settings adopted into config), or None."""
-    finetune = config.get("finetune")
-    if not finetune:
+    source = finetune_bundle(config, {"denoiser": ("latent_channels",), "scheduler": ()},
+                             '{"bundle": PATH} (a full bundle with a denoiser)')
+    if source is None:
         return None
-    from ..bundle import load_bundle
-
-    if not isinstance(finetune, dict) or not finetune.get("bundle"):
-        raise SynBTError('finetune must be {"bundle": PATH} (a full bundle with a denoiser)')
-    source = load_bundle(finetune["bundle"])
     if source.denoiser is None:
-        raise SynBTError(f"finetune bundle {finetune['bundle']} has no denoiser to continue from")
-    trained = source.config.get("training", {}).get("config", {})
-    for key in ("denoiser", "scheduler"):
-        given = {k: v for k, v in (config.get(key) or {}).items() if k != "latent_channels"}
-        differing = sorted(k for k, v in given.items() if source.config[key].get(k) != v)
-        if differing:
-            raise SynBTError(f"the {key} section sets {', '.join(differing)} unlike the finetune bundle "
-                             f"{finetune['bundle']}; leave it out to keep the bundle's")
-        config[key] = dict(source.config[key])
-    normalization = trained.get("latent_normalization", "global")
+        raise SynBTError(f"finetune bundle {source.path} has no denoiser to continue from")
+    config["denoiser"], config["scheduler"] = dict(source.config["denoiser"]), dict(source.config["scheduler"])
+    normalization = source.config.get("training", {}).get("config", {}).get("latent_normalization", "global")
     if config["latent_normalization"] != normalization:
         raise SynBTError(f"latent_normalization {config['latent_normalization']!r} differs from the finetune "
                          f"bundle's {normalization!r}")
