@@ -494,3 +494,7 @@ def test_diffusion_finetune_continues_the_denoiser_in_the_same_latent_space_only
         with pytest.raises(SynBTError, match=message):
             train_diffusion(dataset, ae, tmp_path / "refused", cfg, verbose=False)
         assert not (tmp_path / "refused").exists()
+    # ... unless a warm start in another latent space is asked for by name
+    warm = {**more, "finetune": {"bundle": str(first.bundle), "warm_start": True}}
+    run = train_diffusion(dataset, other_ae.bundle, tmp_path / "warm", warm, verbose=False)
+    assert load_bundle(run.bundle).latent_scale == pytest.approx(load_bundle(other_ae.bundle).latent_scale)

@@ -9,7 +9,8 @@ classifier-free guidance. The result is a full bundle (autoencoder + denoiser + 
 ``"finetune": {"bundle": PATH}`` continues from a full bundle's denoiser (its architecture,
 scheduler and latent normalization are kept): more steps for an undertrained denoiser, or new
 data. The bundle's latent space must be the autoencoder's (encoder weights bit-identical, same
-latent scale), else the run is refused.
+latent scale), else the run is refused; ``"warm_start": true`` accepts another latent space on
+purpose (an autoencoder fine-tuned from the bundle's: the old denoiser is then only a starting point).
 """
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def train_diffusion(
     dist = setup_distributed(device)
     try:
         frozen = load_autoencoder(autoencoder, dist.device)
-        if source is not None:
+        if source is not None and not config["finetune"].get("warm_start", False):
             _check_same_latent_space(source, frozen)
         out = prepare_run_dir(out, resume, dist, data=data)
         ae = frozen.network.eval().requires_grad_(False)
@@ -208,7 +209,8 @@ def train_diffusion(
             if margin is not None:
                 meta["context_margin_mm"] = float(margin)
             if source is not None:
-                meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256}
+                meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256,
+                                          "warm_start": bool(config["finetune"].get("warm_start", False))}
                 extra_source = f"- denoiser continued from `{source.path}` (sha256 {source.sha256[:16]}...)\n"
             else:
                 extra_source = ""
