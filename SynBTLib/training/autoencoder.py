@@ -3,9 +3,11 @@
 Loss: L1 reconstruction + kl_weight * KL + consistency_weight * patch/volume consistency
 (SynBTLib.nets.autoencoder.consistency_loss) + optional kinetic term (kinetic_weight * L1 of the
 differences between consecutive phases, i.e. of the subtraction images: plain L1 let the
-reconstruction of tumors drift toward the other phases, flattening enhancement and wash-out) +
-optional patch adversarial term (MONAI PatchDiscriminator, off by default). The KL is summed over latent elements while L1 is a voxel
-mean, so kl_weight trades reconstruction against a latent the denoiser can model. Measured on
+reconstruction of tumors flatten enhancement and wash-out; the term helps when the encoder trains,
+not on a frozen one) +
+optional patch adversarial term (MONAI PatchDiscriminator, off by default). The KL is summed
+over latent elements while L1 is a voxel mean, so kl_weight trades reconstruction against a
+latent the denoiser can model. Measured on
 the phantom (16 latent channels): at 1e-5 the posterior noise (sigma ~0.95) was as large as the
 spread of the latent means (see latent_snr in losses.csv) and capped the PSNR; at 1e-7 the
 breast PSNR reached 23.3 dB after 6,000 steps (the shipped 8-channel 1e-5 autoencoder: 20.7)
@@ -19,7 +21,7 @@ bundle's autoencoder. With ``part: "decoder"`` the encoder is frozen and the dec
 decode the latent *means* (no posterior sampling, no KL or consistency term): the latent space,
 and so any denoiser trained on it, stays valid, while the decoder no longer has to be robust to
 posterior noise as large as the signal (latent_snr ~1 at kl 5e-7), which blurs. The bundle keeps
-the source's latent scale; ``SynBTLib.bundle.replace_autoencoder`` puts the new decoder under an
+the source's latent scale; ``SynBTLib.bundle.replace_decoder`` puts the new decoder under an
 existing diffusion bundle.
 """
 from __future__ import annotations
