@@ -198,3 +198,64 @@ def test_plan_tiles_covers_every_cell_once_within_budget():
             assert s.read_start == max(0, s.core_start - halo) and s.read_stop == min(n, s.core_stop + halo)
     assert np.prod([max(s.read_stop - s.read_start for s in axis) for axis in spans]) <= budget
     assert [len(axis) for axis in plan_tiles(size, halo, 10**6)] == [1, 1, 1]
+
+
+def smooth_patches(seed=0, shape=(3, 3, 16, 16, 16)):
+    """Correlated phases with spatial structure: a block code has something to compress."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.avg_pool3d(torch.randn(shape[0], shape[1], *(n + 4 for n in shape[2:]), generator=g), 5, 1)
+    x[:, 1] += 0.5 * x[:, 0]
+    x[:, 2] += 0.3 * x[:, 1]
+    return x
+
+
+def test_linear_path_starts_as_the_whitened_pca_of_the_blocks():
+    model = make_model(channels=(8, 16), latent_channels=6, linear_path=True)
+    x = smooth_patches()
+    info = model.init_linear_path(x, sigma=0.05)
+    with torch.no_grad():
+        mu, sigma = model.encode(x)
+        recon = model.decode(mu)
+
+    # the reference: PCA by SVD of the 2x2x2 x 3-phase blocks, 6 components
+    blocks = x.reshape(3, 3, 8, 2, 8, 2, 8, 2).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(-1, 24).double()
+    mean = blocks.mean(0)
+    _, s, v = torch.linalg.svd(blocks - mean, full_matrices=False)
+    projected = (blocks - mean) @ v[:6].T @ v[:6] + mean
+    recon_blocks = recon.reshape(3, 3, 8, 2, 8, 2, 8, 2).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(-1, 24).double()
+    pca_error = float(((projected - blocks) ** 2).mean())
+    error = float(((recon_blocks - blocks) ** 2).mean())
+    assert error == pytest.approx(pca_error, rel=0.02)  # the bias is one mean per phase, not per block voxel
+    assert error < 0.2 * float(blocks.var(0).sum() / 24)
+    assert info["variance_kept"] == pytest.approx(float((s[:6] ** 2).sum() / (s**2).sum()), rel=1e-6)
+    # whitened: every latent channel has zero mean and unit variance on the fitted blocks
+    per_channel = mu.transpose(0, 1).reshape(6, -1)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(6), atol=1e-4)
+    assert torch.allclose(per_channel.std(1), torch.ones(6), atol=1e-3)
+    assert torch.allclose(sigma, torch.full_like(sigma, 0.05))
+
+
+def test_linear_path_keeps_tiling_exact_and_old_configs_load_without_it():
+    model = make_model(seed=3, channels=(8, 16), latent_channels=6, linear_path=True)
+    model.init_linear_path(smooth_patches())
+    with torch.no_grad():  # a trained network adds its share: make it non-zero again
+        for p in model.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(1, 3, 13, 30, 22)
+    with torch.no_grad():
+        whole_mu = model.encode(pad_to_cells(x, 2))[0]
+        whole_image = model.decode(whole_mu)
+        linear, network = model.linear_decoder(whole_mu), model.net.decode(whole_mu)
+    tiled_mu = model.encode_volume(x, max_tile_voxels=3000)
+    tiled_image = model.decode_volume(whole_mu, max_tile_voxels=3000)
+    assert (tiled_mu - whole_mu).abs().max() < 1e-4 and (tiled_image - whole_image).abs().max() < 1e-4
+    assert float(linear.abs().mean()) > 0 and float(network.abs().mean()) > 0  # both paths contribute
+
+    legacy = {k: v for k, v in model.config.to_dict().items() if k != "linear_path"}
+    assert AutoencoderConfig.from_dict(legacy).linear_path is False
+    plain = PatchVolumeAutoencoder(AutoencoderConfig.from_dict(legacy))
+    assert not any(k.startswith("linear_") for k in plain.state_dict())
+    with pytest.raises(SynBTError, match="linear_path=True"):
+        plain.init_linear_path(smooth_patches())
+    with pytest.raises(SynBTError, match="cannot fit 30 latent channels"):
+        make_model(channels=(8, 16), latent_channels=30, linear_path=True).init_linear_path(smooth_patches())

@@ -498,3 +498,23 @@ def test_diffusion_finetune_continues_the_denoiser_in_the_same_latent_space_only
     warm = {**more, "finetune": {"bundle": str(first.bundle), "warm_start": True}}
     run = train_diffusion(dataset, other_ae.bundle, tmp_path / "warm", warm, verbose=False)
     assert load_bundle(run.bundle).latent_scale == pytest.approx(load_bundle(other_ae.bundle).latent_scale)
+
+
+def test_linear_path_run_starts_from_the_block_pca_and_resumes_exactly(dataset, autoencoder_run, tmp_path):
+    config = {**AE_CONFIG, "autoencoder": {"channels": [8, 16], "latent_channels": 16, "linear_path": True},
+              "training": {**AE_CONFIG["training"], "steps": 4}, "pca_patches": 8}
+    run = train_autoencoder(dataset, tmp_path / "whole", config, verbose=False)
+    rows = log_rows(tmp_path / "whole" / LOG_FILE)
+    # the first step already reconstructs like the 16-of-24 block code, far better than a random start
+    assert float(rows[0]["l1"]) < 0.3 * float(log_rows(autoencoder_run.out / LOG_FILE)[0]["l1"])
+    bundle = load_bundle(run.bundle)
+    assert bundle.autoencoder.config.linear_path is True
+    assert 0.9 < bundle.config["linear_path_init"]["variance_kept"] <= 1.0
+    assert "whitened PCA" in (run.bundle / "MODEL_CARD.md").read_text()
+
+    out = tmp_path / "interrupted"  # resuming takes the checkpoint's weights, not a refitted code
+    with pytest.raises(Stop):
+        train_autoencoder(dataset, out, config, verbose=False, progress=stop_after(3))
+    train_autoencoder(dataset, out, config, resume=True, verbose=False)
+    reference, final = weights_of(tmp_path / "whole" / CHECKPOINT_FILE)["autoencoder"], weights_of(out / CHECKPOINT_FILE)["autoencoder"]
+    assert all(torch.equal(reference[k], final[k]) for k in reference)

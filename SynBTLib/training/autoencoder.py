@@ -59,6 +59,7 @@ DEFAULT_CONFIG = {
         "discriminator_layers": 2,
     },
     "latent_scale_patches": 32,
+    "pca_patches": 256,  # with autoencoder.linear_path: training patches the starting linear code is fitted on
 }
 FINETUNE_PARTS = ("all", "decoder")
 NORMALIZATION = {"kind": "fit_normalization", "function": "SynBTLib.preprocess.fit_normalization"}
@@ -162,6 +163,16 @@ def train_autoencoder(
             flip_x=bool(data_cfg.get("flip_x", True)), body_fraction=float(data_cfg.get("body_fraction", 0.9)),
             tumor_fraction=tumor_fraction,
         )
+        pca = None
+        if ae_config.linear_path and source is None and not resume:
+            # every rank draws the same patches (stream 11 of rank 0's sampler), so all start alike
+            pca_sampler = PatchSampler(cases, data_cfg["patch_size"], settings.seed, 0, flip_x=False,
+                                       body_fraction=sampler.body_fraction, tumor_fraction=tumor_fraction)
+            patches = torch.from_numpy(pca_sampler.sample(0, int(config.get("pca_patches", 256)), stream=11))
+            pca = autoencoder.init_linear_path(patches.to(dist.device))
+            if verbose and dist.is_main:
+                print(f"linear path: whitened PCA of {len(patches)} patches keeps {pca['variance_kept']:.4f} "
+                      "of the block variance")
         if kinetic_weight > 0 and phases < 2:
             raise SynBTError("loss.kinetic_weight needs at least two phases (it compares consecutive phases)")
         fields = ["loss", "l1", "kl", "latent_snr", "consistency"] + (["kinetic"] if kinetic_weight > 0 else []) + (
@@ -188,6 +199,10 @@ def train_autoencoder(
                                           "part": config["finetune"].get("part", "all")}
                 extra = (f"- fine-tuned ({meta['finetuned_from']['part']}) from `{source.path}` "
                          f"(sha256 {source.sha256[:16]}...)\n")
+            if pca is not None:
+                meta["linear_path_init"] = {"patches": int(config.get("pca_patches", 256)), **pca}
+                extra += f"- linear path started as the whitened PCA of the training blocks ({pca['variance_kept']:.4f} " \
+                         "of their variance)\n"
             card = model_card("autoencoder", data, cases, command, settings.steps, losses, scale, extra)
             bundle_path = save_bundle(out / "bundle", autoencoder, None, None, scale, meta, card, overwrite=True)
         dist.barrier()
@@ -208,7 +223,10 @@ def _finetune_source(config: dict):
 def encoder_parameters(autoencoder: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters that map an image to its latent (mu, sigma): frozen when only the decoder trains."""
     net = autoencoder.net
-    return [p for module in (net.encoder, net.quant_conv_mu, net.quant_conv_log_sigma) for p in module.parameters()]
+    modules = [net.encoder, net.quant_conv_mu, net.quant_conv_log_sigma]
+    if autoencoder.config.linear_path:
+        modules.append(autoencoder.linear_encoder)
+    return [p for module in modules for p in module.parameters()]
 
 
 def _check_patch_size(patch_size, compression: int) -> None:
