@@ -209,10 +209,10 @@ def smooth_patches(seed=0, shape=(3, 3, 16, 16, 16)):
     return x
 
 
-def test_linear_path_starts_as_the_whitened_pca_of_the_blocks():
+def test_linear_path_starts_as_the_pca_of_the_blocks():
     model = make_model(channels=(8, 16), latent_channels=6, linear_path=True)
     x = smooth_patches()
-    info = model.init_linear_path(x, sigma=0.05)
+    info = model.init_linear_path(x, sigma=0.05)  # any start of the posterior
     with torch.no_grad():
         mu, sigma = model.encode(x)
         recon = model.decode(mu)
@@ -228,10 +228,12 @@ def test_linear_path_starts_as_the_whitened_pca_of_the_blocks():
     assert error == pytest.approx(pca_error, rel=0.02)  # the bias is one mean per phase, not per block voxel
     assert error < 0.2 * float(blocks.var(0).sum() / 24)
     assert info["variance_kept"] == pytest.approx(float((s[:6] ** 2).sum() / (s**2).sum()), rel=1e-6)
-    # whitened: every latent channel has zero mean and unit variance on the fitted blocks
+    # orthonormal: the latent channels are the centred PCA coefficients, variances = eigenvalues
     per_channel = mu.transpose(0, 1).reshape(6, -1)
     assert torch.allclose(per_channel.mean(1), torch.zeros(6), atol=1e-4)
-    assert torch.allclose(per_channel.std(1), torch.ones(6), atol=1e-3)
+    eigenvalues = (s[:6] ** 2 / (blocks.shape[0] - 1)).float()
+    assert torch.allclose(per_channel.var(1), eigenvalues, rtol=1e-3)
+    assert torch.allclose(torch.tensor(info["eigenvalues"]), eigenvalues, rtol=1e-3)
     assert torch.allclose(sigma, torch.full_like(sigma, 0.05))
 
 

@@ -510,7 +510,7 @@ def test_linear_path_run_starts_from_the_block_pca_and_resumes_exactly(dataset, 
     bundle = load_bundle(run.bundle)
     assert bundle.autoencoder.config.linear_path is True
     assert 0.9 < bundle.config["linear_path_init"]["variance_kept"] <= 1.0
-    assert "whitened PCA" in (run.bundle / "MODEL_CARD.md").read_text()
+    assert "started as the PCA" in (run.bundle / "MODEL_CARD.md").read_text()
 
     out = tmp_path / "interrupted"  # resuming takes the checkpoint's weights, not a refitted code
     with pytest.raises(Stop):

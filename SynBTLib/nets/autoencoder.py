@@ -318,16 +318,18 @@ class PatchVolumeAutoencoder(nn.Module):
     # ---- the linear block code -------------------------------------------------------------------
 
     @torch.no_grad()
-    def init_linear_path(self, patches: torch.Tensor, sigma: float = 0.05, max_blocks: int = 2_000_000) -> dict:
-        """Set the linear path to the whitened PCA of the f^3-voxel x all-phase blocks of ``patches``
-        and zero the network's outputs, so the autoencoder starts as the best linear code. The
-        posterior starts at ``sigma`` everywhere (the network's random start would be ~1, as large
-        as the whitened signal).
+    def init_linear_path(self, patches: torch.Tensor, sigma: float = 0.01, max_blocks: int = 2_000_000) -> dict:
+        """Set the linear path to the PCA of the f^3-voxel x all-phase blocks of ``patches`` (an
+        orthonormal projection) and zero the network's outputs, so the autoencoder starts as the
+        best linear code. The posterior starts at ``sigma`` everywhere (the network's random start
+        would be ~1, far above the small components).
 
         Measured on the phantom (bench/latent_bound.py): the best linear code with 8 channels at 2x
         keeps 36.4 dB in the breast, while the trained non-linear autoencoder reached 25-28 dB: the
-        network then only has to learn what a linear code cannot carry. Whitened (every latent
-        channel has unit variance), so the KL prior and the denoiser's noise fit all channels alike.
+        network then only has to learn what a linear code cannot carry. Not whitened: latent
+        errors then cost what they cost in the image, and the components that hold acquisition
+        noise stay small. A whitened code (every channel unit variance) gave a denoiser whose
+        loss was dominated by those unpredictable channels; it generated black/white 2x2x2 blocks.
         Returns the fraction of the block variance kept and the latent channels' variances.
         """
         if not self.config.linear_path:
@@ -345,9 +347,7 @@ class PatchVolumeAutoencoder(nn.Module):
         eigenvalues, vectors = eigenvalues.flip(0)[:k], vectors.flip(1)[:, :k]
         if not bool((eigenvalues > 0).all()):
             raise SynBTError("the patches have fewer than latent_channels independent directions; cannot fit the code")
-        std = eigenvalues.sqrt()
-        encoder = vectors.T / std[:, None]  # (k, D): whitened coefficients
-        decoder = vectors.T * std[:, None]
+        encoder = decoder = vectors.T  # (k, D), orthonormal rows
         self.linear_encoder.weight.copy_(encoder.reshape(k, c, f, f, f))
         self.linear_encoder.bias.copy_(-(encoder @ mean))
         self.linear_decoder.weight.copy_(decoder.reshape(k, c, f, f, f))

@@ -171,7 +171,7 @@ def train_autoencoder(
             patches = torch.from_numpy(pca_sampler.sample(0, int(config.get("pca_patches", 256)), stream=11))
             pca = autoencoder.init_linear_path(patches.to(dist.device))
             if verbose and dist.is_main:
-                print(f"linear path: whitened PCA of {len(patches)} patches keeps {pca['variance_kept']:.4f} "
+                print(f"linear path: PCA of {len(patches)} patches keeps {pca['variance_kept']:.4f} "
                       "of the block variance")
         if kinetic_weight > 0 and phases < 2:
             raise SynBTError("loss.kinetic_weight needs at least two phases (it compares consecutive phases)")
@@ -201,7 +201,7 @@ def train_autoencoder(
                          f"(sha256 {source.sha256[:16]}...)\n")
             if pca is not None:
                 meta["linear_path_init"] = {"patches": int(config.get("pca_patches", 256)), **pca}
-                extra += f"- linear path started as the whitened PCA of the training blocks ({pca['variance_kept']:.4f} " \
+                extra += f"- linear path started as the PCA of the training blocks ({pca['variance_kept']:.4f} " \
                          "of their variance)\n"
             card = model_card("autoencoder", data, cases, command, settings.steps, losses, scale, extra)
             bundle_path = save_bundle(out / "bundle", autoencoder, None, None, scale, meta, card, overwrite=True)
