@@ -15,7 +15,7 @@ from SynBTLib.nets.denoiser import (
     guided_noise,
     null_condition,
 )
-from SynBTLib.nets.scheduler import SchedulerConfig, check_inference_steps, make_scheduler
+from SynBTLib.nets.scheduler import SchedulerConfig, check_inference_steps, make_scheduler, training_target
 
 TINY = DenoiserConfig(latent_channels=4, channels=(8, 16, 16), attention_levels=(False, False, True),
                       num_head_channels=8, norm_num_groups=4)
@@ -61,6 +61,8 @@ def test_configs_refuse_unknown_keys_and_bad_values():
         SchedulerConfig.from_dict({"kind": "ddim", "sigma": 1})
     with pytest.raises(SynBTError, match="unknown scheduler kind"):
         SchedulerConfig(kind="euler")
+    with pytest.raises(SynBTError, match="prediction_type must be one of"):
+        SchedulerConfig(prediction_type="sample")
 
 
 # --- denoiser ----------------------------------------------------------------------------------------
@@ -132,6 +134,29 @@ def test_scheduler_is_monai_ddim_with_ddpm_style_noising():
     assert torch.allclose(scheduler.add_noise(clean, noise, t), a.sqrt() * clean + (1 - a).sqrt() * noise)
     scheduler.set_timesteps(30)
     assert len(scheduler.timesteps) == 30 and scheduler.timesteps[0] > scheduler.timesteps[-1] == 0
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_training_target_is_what_the_sampler_inverts(prediction_type):
+    """A denoiser that outputs the exact training target lets a DDIM step recover the clean latent."""
+    config = SchedulerConfig.from_dict(json.loads(json.dumps(SchedulerConfig(prediction_type=prediction_type).to_dict())))
+    scheduler = make_scheduler(config)
+    assert scheduler.prediction_type == prediction_type
+    generator = torch.Generator().manual_seed(0)
+    clean = 3.0 * torch.randn(2, 4, 2, 2, 2, generator=generator) + 1.0
+    noise = torch.randn(clean.shape, generator=generator)
+    scheduler.set_timesteps(30)
+    for t in (int(scheduler.timesteps[0]), int(scheduler.timesteps[15])):
+        timesteps = torch.tensor([t, t])
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        target = training_target(scheduler, clean, noise, timesteps)
+        _, predicted_clean = scheduler.step(target, t, noisy)
+        assert torch.allclose(predicted_clean, clean, atol=1e-4)
+    if prediction_type == "epsilon":
+        assert torch.equal(target, noise)
+    else:  # v = sqrt(abar) noise - sqrt(1 - abar) clean: mostly the clean latent (negated) at high noise
+        a = scheduler.alphas_cumprod[t]
+        assert torch.allclose(target, a.sqrt() * noise - (1 - a).sqrt() * clean, atol=1e-6)
 
 
 def test_step_count_is_checked():

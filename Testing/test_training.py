@@ -285,6 +285,24 @@ def test_diffusion_with_channel_normalization_stores_and_uses_the_statistics(dat
     assert not (tmp_path / "e").exists()  # refused before anything is written
 
 
+def test_diffusion_v_prediction_trains_on_v_and_the_pipeline_samples_with_it(dataset, autoencoder_run, tmp_path):
+    from SynBTLib.pipeline import SynthesisPipeline
+
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 2}}
+    plain = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "eps", config, verbose=False)
+    velocity = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "v",
+                               {**config, "scheduler": {"prediction_type": "v_prediction"}}, verbose=False)
+    assert velocity.losses["loss"] != pytest.approx(plain.losses["loss"], rel=1e-6)  # another target
+    pipeline = SynthesisPipeline.from_bundle(velocity.bundle)
+    assert pipeline.scheduler.prediction_type == "v_prediction"
+    from SynBTLib.io import read_case, read_mask
+
+    case = read_case(sorted((dataset / "case0").glob("phase_*.nii.gz")))
+    mask = read_mask(dataset / "case0" / "tumor_labels.nii.gz", case.geometry)
+    out = pipeline(case, mask, seed=0, steps=3)
+    assert np.isfinite(out.phases).all() and not np.array_equal(out.phases[:, mask > 0], case.phases[:, mask > 0])
+
+
 def test_weighted_mse_counts_the_masked_error_by_its_weight():
     from SynBTLib.training.diffusion import weighted_mse
 

@@ -1,4 +1,5 @@
-"""Mask-conditioned latent denoiser: a MONAI DiffusionModelUNet that predicts the noise (epsilon).
+"""Mask-conditioned latent denoiser: a MONAI DiffusionModelUNet that predicts the noise (epsilon)
+or the velocity v (the scheduler config says which).
 
 Conditioning is by channel concatenation, as in latent inpainting: [noisy latent, latent of the
 image with the tumor region erased, tumor mask at latent resolution]. Classifier-free guidance
@@ -129,7 +130,7 @@ def guided_noise(
     timesteps: torch.Tensor | int,
     guidance_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Predicted noise with classifier-free guidance; scale 1.0 is the plain conditional prediction."""
+    """Denoiser output (noise or v) with classifier-free guidance; scale 1.0 is the plain conditional prediction."""
     conditional = denoiser(noisy_latent, context_latent, mask_latent, timesteps)
     if guidance_scale == 1.0:
         return conditional

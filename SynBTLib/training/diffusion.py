@@ -2,7 +2,8 @@
 
 Each case (and its x-flipped copy) is encoded once, with and without its tumors erased; a step
 crops fixed-size latent ROIs around random tumors, noises them with the DDIM scheduler's
-``add_noise`` at random timesteps and regresses the noise (epsilon MSE). The condition (erased
+``add_noise`` at random timesteps and regresses the noise (epsilon MSE) or, with
+``"scheduler": {"prediction_type": "v_prediction"}``, the velocity v. The condition (erased
 context latent + latent mask) is dropped to the null condition with ``condition_dropout`` for
 classifier-free guidance. The result is a full bundle (autoencoder + denoiser + scheduler).
 
@@ -115,7 +116,7 @@ def train_diffusion(
     is called after every step and may raise to stop (the last checkpoint stays resumable)."""
     from ..bundle import save_bundle
     from ..nets.denoiser import DenoiserConfig, MaskConditionedDenoiser, drop_condition
-    from ..nets.scheduler import SchedulerConfig, make_scheduler
+    from ..nets.scheduler import SchedulerConfig, make_scheduler, training_target
 
     config = merge_config(DEFAULT_CONFIG, config or {})
     settings = TrainSettings.from_dict(config["training"])
@@ -197,7 +198,7 @@ def train_diffusion(
             context, mask = drop_condition(context, mask, dropout, generator)
             with trainer.autocast():
                 prediction = denoiser(noisy, context, mask, t)
-            loss = weighted_mse(prediction.float(), noise, weight)
+            loss = weighted_mse(prediction.float(), training_target(scheduler, latent, noise, t), weight)
             trainer.optimize(loss, "denoiser")
             return {"loss": loss.item()}
 
