@@ -36,6 +36,40 @@ def mask_to_latent(mask: torch.Tensor, compression: int) -> torch.Tensor:
     return (pooled > 0).float()
 
 
+def dilate_latent_mask(mask_latent: torch.Tensor, cells: int) -> torch.Tensor:
+    """(B, 1, z, y, x) latent mask grown by `cells` latent cells in every direction (a cube), 0/1 float.
+
+    The generated region then takes in the tumor's rim: in an acquired image a tumor's enhancement
+    spreads a few mm past its outline (partial volume, the point-spread of the scan), so a context
+    erased only inside the outline still shows how bright the tumor was, and a denoiser trained on
+    it makes dim tumors in tumor-free tissue (measured: 0-2 mm outside the phantom tumors, +30-80 %
+    post-contrast signal)."""
+    cells = int(cells)
+    if cells < 0:
+        raise SynBTError(f"mask dilation must be 0 or more latent cells, got {cells}")
+    if cells == 0:
+        return mask_latent
+    return F.max_pool3d(mask_latent.float(), kernel_size=2 * cells + 1, stride=1, padding=cells)
+
+
+def latent_mask_to_voxels(mask_latent: torch.Tensor, compression: int, shape) -> torch.Tensor:
+    """(B, 1, z, y, x) latent mask -> (B, 1, *shape) voxel mask: every voxel of a marked cell."""
+    up = mask_latent
+    for axis in (2, 3, 4):
+        up = up.repeat_interleave(compression, dim=axis)
+    return up[..., : shape[0], : shape[1], : shape[2]]
+
+
+def generation_region(mask: torch.Tensor, compression: int, dilation_cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latent mask the denoiser generates, voxel mask erased from its context) for a (B, 1, Z, Y, X) tumor mask.
+
+    Without dilation the context is erased exactly under the tumor (what older bundles were trained on)."""
+    latent = dilate_latent_mask(mask_to_latent(mask, compression), dilation_cells)
+    if dilation_cells == 0:
+        return latent, (mask > 0).float()
+    return latent, latent_mask_to_voxels(latent, compression, mask.shape[2:])
+
+
 def _per_axis(value, name: str) -> tuple[int, int, int]:
     values = tuple(int(v) for v in value) if isinstance(value, Sequence) else (int(value),) * 3
     if len(values) != 3:

@@ -16,7 +16,7 @@ import torch
 from scipy.ndimage import distance_transform_edt
 
 from .case import Case, Geometry, check_finite
-from .conditioning import Box, box_overlap, crop_padded, erase_mask, mask_to_latent, roi_box
+from .conditioning import Box, box_overlap, crop_padded, erase_mask, generation_region, roi_box
 from .errors import SynBTError
 from .nets.denoiser import guided_noise
 from .nets.latent_norm import ChannelStandardizer
@@ -41,6 +41,9 @@ class SynthesisPipeline:
     restore_noise: add back, inside the tumor, the part of the acquisition noise (measured around the
         tumor) that the decoder leaves out, so the tumor is neither smoother nor noisier than its surroundings.
 
+    mask_dilation_cells: latent cells around the mask that are generated too and erased from the
+        context (a bundle records what its denoiser was trained with; 0 for older bundles).
+
     With ``denoiser=None`` (an autoencoder-only bundle, ``from_bundle(..., reconstruct_only=True)``)
     the pipeline can only ``reconstruct``: a check of an autoencoder before a denoiser is trained on it.
     """
@@ -58,6 +61,7 @@ class SynthesisPipeline:
         working_spacing: tuple[float, float, float] | None = None,
         restore_noise: bool = True,
         channels: ChannelStandardizer | None = None,
+        mask_dilation_cells: int = 0,
     ):
         if not 0 <= blend_mm <= context_margin_mm:
             raise SynBTError(f"blend_mm ({blend_mm}) must be between 0 and context_margin_mm ({context_margin_mm})")
@@ -80,6 +84,9 @@ class SynthesisPipeline:
         self.guidance_scale = float(guidance_scale)
         self.eta = float(eta)
         self.restore_noise = bool(restore_noise)
+        if isinstance(mask_dilation_cells, bool) or int(mask_dilation_cells) != mask_dilation_cells or mask_dilation_cells < 0:
+            raise SynBTError(f"mask_dilation_cells must be a whole number, 0 or more, got {mask_dilation_cells!r}")
+        self.mask_dilation_cells = int(mask_dilation_cells)
         self.working_spacing = None if working_spacing is None else tuple(float(v) for v in working_spacing)
 
     @classmethod
@@ -97,6 +104,7 @@ class SynthesisPipeline:
         options.setdefault("guidance_scale", float(bundle.config.get("guidance_scale") or 1.0))
         options.setdefault("context_margin_mm", float(bundle.config.get("context_margin_mm") or DEFAULT_CONTEXT_MARGIN_MM))
         options.setdefault("channels", bundle.channels)
+        options.setdefault("mask_dilation_cells", int(bundle.config.get("mask_dilation_cells") or 0))
         return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
 
     @property
@@ -132,9 +140,9 @@ class SynthesisPipeline:
         steps = check_inference_steps(self.scheduler, DEFAULT_INFERENCE_STEPS if steps is None else steps)
 
         def denoise(known_latent, roi_image, roi_mask_t, generator):
+            mask_latent, erased = generation_region(roi_mask_t, self.compression, self.mask_dilation_cells)
             context_latent = self.channels.standardize(
-                self.autoencoder.encode_volume(erase_mask(roi_image, roi_mask_t)) * self.latent_scale)
-            mask_latent = mask_to_latent(roi_mask_t, self.compression)
+                self.autoencoder.encode_volume(erase_mask(roi_image, erased)) * self.latent_scale)
             return inpaint_latent(
                 self.denoiser, self.scheduler, known_latent, context_latent, mask_latent, steps, generator,
                 guidance_scale=self.guidance_scale, eta=self.eta, progress=progress,

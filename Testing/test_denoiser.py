@@ -196,6 +196,24 @@ def _ball(shape, center, radius):
     return (((z - center[0]) ** 2 + (y - center[1]) ** 2 + (x - center[2]) ** 2) <= radius**2).astype(np.uint8)
 
 
+def test_generation_region_grows_the_latent_mask_and_erases_whole_cells():
+    from SynBTLib.conditioning import dilate_latent_mask, generation_region
+
+    mask = torch.zeros(1, 1, 8, 12, 12)
+    mask[0, 0, 3, 5, 6] = 1  # one voxel: latent cell (1, 2, 3) at compression 2
+    latent, erased = generation_region(mask, 2, 0)
+    assert torch.equal(latent, mask_to_latent(mask, 2)) and torch.equal(erased, mask)  # older bundles
+    latent, erased = generation_region(mask, 2, 1)
+    assert latent.shape == (1, 1, 4, 6, 6) and latent.sum() == 27 and latent[0, 0, 0:3, 1:4, 2:5].all()
+    assert erased.shape == mask.shape and erased.sum() == 27 * 8  # every voxel of the 27 cells
+    assert erased[0, 0, 0:6, 2:8, 4:10].all()
+    edge = torch.zeros(1, 1, 2, 2, 2)
+    edge[0, 0, 0, 0, 0] = 1
+    assert dilate_latent_mask(edge, 1).sum() == 8  # clipped at the border, not wrapped
+    with pytest.raises(SynBTError, match="0 or more"):
+        dilate_latent_mask(edge, -1)
+
+
 def test_roi_box_surrounds_the_mask_and_its_size_ignores_the_fov():
     small = _ball((40, 50, 60), (20, 25, 30), 4)
     big = _ball((80, 200, 300), (20, 25, 30), 4)

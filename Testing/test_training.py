@@ -303,6 +303,32 @@ def test_diffusion_v_prediction_trains_on_v_and_the_pipeline_samples_with_it(dat
     assert np.isfinite(out.phases).all() and not np.array_equal(out.phases[:, mask > 0], case.phases[:, mask > 0])
 
 
+def test_diffusion_mask_dilation_grows_the_trained_region_and_is_recorded(dataset, autoencoder_run, tmp_path):
+    from SynBTLib.pipeline import SynthesisPipeline
+    from SynBTLib.training.data import encode_cases
+
+    ae = load_bundle(autoencoder_run.bundle).autoencoder
+    cases = load_cases(dataset, need_tumors=True, progress=False)[:1]
+    plain, grown = (encode_cases(cases, ae, 1.0, [8, 8, 8], flip_x=False, progress=False, mask_dilation_cells=d)[0]
+                    for d in (0, 1))
+    assert grown.mask.sum() > plain.mask.sum() and (grown.mask >= plain.mask).all()
+    assert np.array_equal(grown.latent, plain.latent) and not np.array_equal(grown.context, plain.context)
+    assert np.array_equal(grown.tumor_centers, plain.tumor_centers)  # ROIs still centred on the tumors
+
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 1}, "mask_dilation_cells": 1}
+    run = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "g", config, verbose=False)
+    assert load_bundle(run.bundle).config["mask_dilation_cells"] == 1
+    assert SynthesisPipeline.from_bundle(run.bundle).mask_dilation_cells == 1
+    for bad in (-1, 1.5, True):
+        with pytest.raises(SynBTError, match="mask_dilation_cells"):
+            train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bad", {**config, "mask_dilation_cells": bad},
+                            verbose=False)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(SynBTError, match="differs from the finetune bundle"):
+        train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "ft",
+                        {**config, "mask_dilation_cells": 0, "finetune": {"bundle": str(run.bundle)}}, verbose=False)
+
+
 def test_weighted_mse_counts_the_masked_error_by_its_weight():
     from SynBTLib.training.diffusion import weighted_mse
 

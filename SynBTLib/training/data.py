@@ -166,12 +166,16 @@ def encode_cases(
     flip_x: bool = True,
     device="cpu",
     progress: bool = True,
+    mask_dilation_cells: int = 0,
 ) -> list[LatentCase]:
-    """Encode every case and its tumor-erased copy once (and their x-flipped versions), for ROI sampling."""
+    """Encode every case and its tumor-erased copy once (and their x-flipped versions), for ROI sampling.
+
+    The latent mask and the erased region are the tumor grown by ``mask_dilation_cells`` latent
+    cells (conditioning.generation_region), as the pipeline does for a bundle trained so."""
     import torch
     from tqdm.auto import tqdm
 
-    from ..conditioning import erase_mask
+    from ..conditioning import erase_mask, generation_region
 
     compression = 2 ** (len(autoencoder.config.channels) - 1)
     variants = [(c, flip) for c in cases for flip in ((False, True) if flip_x else (False,))]
@@ -183,12 +187,15 @@ def encode_cases(
             if flip:
                 image, tumor = image[..., ::-1], tumor[..., ::-1]
             image_t = torch.from_numpy(np.ascontiguousarray(image)).to(device)[None]
-            erased_t = erase_mask(image_t, torch.from_numpy(np.ascontiguousarray(tumor)).to(device))
+            tumor_t = torch.from_numpy(np.ascontiguousarray(tumor)).to(device)[None, None]
+            generated, erased = generation_region(tumor_t, compression, mask_dilation_cells)
+            erased_t = erase_mask(image_t, erased[0])
             latent = autoencoder.encode_volume(image_t) * latent_scale
             context = autoencoder.encode_volume(erased_t) * latent_scale
-            latent_mask = _latent_mask(tumor, compression)
-            components, count = ndimage.label(latent_mask)
-            centers = np.asarray(ndimage.center_of_mass(latent_mask, components, range(1, count + 1)))
+            latent_mask = generated[0, 0].cpu().numpy()
+            tumor_cells = _latent_mask(tumor, compression)  # ROIs are centred on tumors, not on their rims
+            components, count = ndimage.label(tumor_cells)
+            centers = np.asarray(ndimage.center_of_mass(tumor_cells, components, range(1, count + 1)))
             encoded.append(
                 LatentCase(
                     case_id=case.case_id + (" (flipped)" if flip else ""),

@@ -52,6 +52,9 @@ DEFAULT_CONFIG = {
     # (None: the pipeline's default, 16 mm). Less is faster but riskier: the shipped 2x bundle at
     # 10 mm ran 1.6x faster and scored the same realism AUC, yet made saturated blobs (looked at)
     "context_margin_mm": None,
+    # latent cells around the tumor that the denoiser generates too and that are erased from its
+    # context (conditioning.generation_region); 0 = exactly the tumor's cells, as older bundles
+    "mask_dilation_cells": 0,
 }
 
 
@@ -128,7 +131,13 @@ def train_diffusion(
     margin = config["context_margin_mm"]
     if margin is not None and not (isinstance(margin, (int, float)) and margin > 0):
         raise SynBTError(f"context_margin_mm must be a positive number of mm (or null), got {margin!r}")
+    dilation = config["mask_dilation_cells"]
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
+        raise SynBTError(f"mask_dilation_cells must be a whole number of latent cells, 0 or more, got {dilation!r}")
     source = _finetune_source(config)
+    if source is not None and int(source.config.get("mask_dilation_cells", 0)) != dilation:
+        raise SynBTError(f"mask_dilation_cells {dilation} differs from the finetune bundle's "
+                         f"{int(source.config.get('mask_dilation_cells', 0))}: its denoiser learned another region")
     if source is not None and margin is None:
         margin = source.config.get("context_margin_mm")
     dist = setup_distributed(device)
@@ -160,7 +169,7 @@ def train_diffusion(
 
         encoded = encode_cases(
             cases, ae, scale, roi, flip_x=bool(config["data"].get("flip_x", True)),
-            device=dist.device, progress=verbose and dist.is_main,
+            device=dist.device, progress=verbose and dist.is_main, mask_dilation_cells=dilation,
         )
         channels = ChannelStandardizer()
         if config["latent_normalization"] == "channel":
@@ -209,6 +218,7 @@ def train_diffusion(
             meta["training"]["autoencoder"] = frozen.source
             if margin is not None:
                 meta["context_margin_mm"] = float(margin)
+            meta["mask_dilation_cells"] = dilation
             if source is not None:
                 meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256,
                                           "warm_start": bool(config["finetune"].get("warm_start", False))}
