@@ -452,6 +452,27 @@ def test_decoder_finetune_lowers_the_reconstruction_error_of_latent_means(datase
     assert error(run.bundle) < error(autoencoder_run.bundle)
 
 
+def test_decoder_trained_on_noisy_latents_decodes_noisy_latents_better(dataset, autoencoder_run, tmp_path):
+    cases = load_cases(dataset, progress=False)
+    patches = torch.from_numpy(PatchSampler(cases, (16, 16, 16), seed=123).sample(0, 4))
+    with torch.no_grad():
+        sigma = 0.5 * load_bundle(autoencoder_run.bundle).autoencoder.encode(patches)[0].std().item()
+
+    def noisy_error(bundle):
+        autoencoder = load_bundle(bundle).autoencoder
+        generator = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            mu, _ = autoencoder.encode(patches)
+            noisy = mu + sigma * torch.randn(mu.shape, generator=generator)
+            return torch.nn.functional.l1_loss(autoencoder.decode(noisy), patches).item()
+
+    config = finetune_config(autoencoder_run.bundle, steps=20)
+    plain = train_autoencoder(dataset, tmp_path / "plain", config, verbose=False)
+    robust = train_autoencoder(dataset, tmp_path / "robust", {**config, "loss": {"decoder_latent_noise": sigma}},
+                               verbose=False)
+    assert noisy_error(robust.bundle) < noisy_error(plain.bundle)
+
+
 def test_finetune_refuses_bad_settings_before_writing_anything(dataset, autoencoder_run, tmp_path):
     bad = [
         ({**finetune_config(autoencoder_run.bundle), "finetune": {"bundle": str(autoencoder_run.bundle), "part": "encoder"}},
@@ -459,6 +480,9 @@ def test_finetune_refuses_bad_settings_before_writing_anything(dataset, autoenco
         ({**finetune_config(autoencoder_run.bundle), "autoencoder": {"channels": [4, 8, 8]}}, "sets channels"),
         (finetune_config(tmp_path / "nowhere"), "does not exist"),
         ({**finetune_config(autoencoder_run.bundle), "finetune": "yes"}, "finetune must be"),
+        ({**finetune_config(autoencoder_run.bundle, part="all"), "loss": {"decoder_latent_noise": 0.1}},
+         "needs a decoder fine-tune"),
+        ({**finetune_config(autoencoder_run.bundle), "loss": {"decoder_latent_noise": -1}}, "decoder_latent_noise"),
     ]
     for config, message in bad:
         with pytest.raises(SynBTError, match=message):

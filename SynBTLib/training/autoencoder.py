@@ -22,7 +22,11 @@ decode the latent *means* (no posterior sampling, no KL or consistency term): th
 and so any denoiser trained on it, stays valid, while the decoder no longer has to be robust to
 posterior noise as large as the signal (latent_snr ~1 at kl 5e-7), which blurs. The bundle keeps
 the source's latent scale; ``SynBTLib.bundle.replace_decoder`` puts the new decoder under an
-existing diffusion bundle.
+existing diffusion bundle. ``loss.decoder_latent_noise`` (decoder fine-tune only) adds Gaussian
+noise of that standard deviation (latent units, before the latent scale) to the means it decodes:
+the decoder then learns to decode a latent with errors like a denoiser's into a clean image
+instead of turning every latent cell's error into its own 2x2x2 block; the pipeline's noise
+restoration puts back the acquisition noise that such a decoder smooths away.
 """
 from __future__ import annotations
 
@@ -55,6 +59,7 @@ DEFAULT_CONFIG = {
         "consistency_weight": 0.1,
         "kinetic_weight": 0.0,
         "adversarial_weight": 0.0,
+        "decoder_latent_noise": 0.0,
         "discriminator_channels": 16,
         "discriminator_layers": 2,
     },
@@ -126,6 +131,12 @@ def train_autoencoder(
     if not isinstance(kinetic_weight, (int, float)) or not kinetic_weight >= 0:
         raise SynBTError(f"loss.kinetic_weight must be a number >= 0, got {kinetic_weight!r}")
     source = _finetune_source(config)  # before any folder is made: a bad bundle changes nothing
+    latent_noise = config["loss"].get("decoder_latent_noise", 0.0)
+    if isinstance(latent_noise, bool) or not isinstance(latent_noise, (int, float)) or not latent_noise >= 0:
+        raise SynBTError(f"loss.decoder_latent_noise must be a number >= 0, got {latent_noise!r}")
+    if latent_noise > 0 and (source is None or config["finetune"].get("part", "all") != "decoder"):
+        raise SynBTError("loss.decoder_latent_noise needs a decoder fine-tune (finetune.part \"decoder\"): "
+                         "noise on the latent of a trained encoder")
     dist = setup_distributed(device)
     try:
         out = prepare_run_dir(out, resume, dist, data=data)
@@ -264,6 +275,7 @@ def _step_function(trainer: Trainer, models: dict, sampler: PatchSampler, settin
     consistency_weight = float(loss_cfg.get("consistency_weight", 0.0))
     kinetic_weight = float(loss_cfg.get("kinetic_weight", 0.0))
     adversarial_weight = float(loss_cfg.get("adversarial_weight", 0.0))
+    latent_noise = float(loss_cfg.get("decoder_latent_noise", 0.0))
 
     def step(index: int) -> dict[str, float]:
         x = torch.from_numpy(sampler.sample(index, settings.batch_size)).to(dist.device)
@@ -272,7 +284,9 @@ def _step_function(trainer: Trainer, models: dict, sampler: PatchSampler, settin
             if decoder_only:  # the latent means, exactly what encode_volume gives the pipeline
                 with torch.no_grad():
                     mu, sigma = autoencoder.encode(x)
-                recon = autoencoder.decode(mu)
+                    noisy = mu + latent_noise * torch.randn(mu.shape, generator=generator, device=mu.device,
+                                                            dtype=mu.dtype) if latent_noise > 0 else mu
+                recon = autoencoder.decode(noisy)
             else:
                 mu, sigma = autoencoder.encode(x)
                 recon = autoencoder.decode(autoencoder.sample(mu, sigma, generator))
