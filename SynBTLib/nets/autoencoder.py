@@ -328,8 +328,9 @@ class PatchVolumeAutoencoder(nn.Module):
         keeps 36.4 dB in the breast, while the trained non-linear autoencoder reached 25-28 dB: the
         network then only has to learn what a linear code cannot carry (16 channels at 2x: 45.7 dB,
         real-tumor control AUC 0.67). Not whitened: latent errors cost what they cost in the image.
-        Caveat, measured: denoisers trained on this latent (whitened or not) made black/white 2x2x2
-        blocks, because the linear decoder turns each latent cell's error into its own block.
+        Caveat, measured: epsilon-prediction denoisers trained on this latent (whitened or not) made
+        black/white 2x2x2 blocks, because the linear decoder turns each latent cell's error into its
+        own block; v-prediction removed the blocks, a finer pre-contrast speckle remains (README).
         Returns the fraction of the block variance kept and the latent channels' variances.
         """
         if not self.config.linear_path:

@@ -26,7 +26,10 @@ existing diffusion bundle. ``loss.decoder_latent_noise`` (decoder fine-tune only
 noise of that standard deviation (latent units, before the latent scale) to the means it decodes:
 the decoder then learns to decode a latent with errors like a denoiser's into a clean image
 instead of turning every latent cell's error into its own 2x2x2 block; the pipeline's noise
-restoration puts back the acquisition noise that such a decoder smooths away.
+restoration puts back the acquisition noise that such a decoder smooths away. Measured on the
+16-channel linear-path autoencoder (0.05, 600 steps): the synthetic tumors' pre-contrast speckle
+fell (std 0.40 -> 0.34, real 0.11) but the decoder lost the tumors' kinetics (real-tumor control
+AUC 0.67 -> 0.94, 45.7 -> 39.5 dB), so it was not kept.
 """
 from __future__ import annotations
 
