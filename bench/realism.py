@@ -194,6 +194,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="diffusion sampling steps (default: the pipeline's 30)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale of the diffusion pipeline (default: the bundle's)")
+    parser.add_argument("--eta", type=float, default=None,
+                        help="DDIM stochasticity of the diffusion pipeline (default 0: deterministic steps)")
     parser.add_argument("--first-seed", type=int, default=100_000, help="first phantom seed (default 100000)")
     parser.add_argument("--shape", type=int, nargs=3, default=(192, 192, 64), metavar=("X", "Y", "Z"))
     parser.add_argument("--folds", type=int, default=4)
@@ -205,6 +207,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.guidance is not None and not args.guidance >= 1.0:
         parser.error(f"--guidance must be at least 1 (1 = no guidance), got {args.guidance}")
+    if args.eta is not None and not 0.0 <= args.eta <= 1.0:
+        parser.error(f"--eta must be between 0 and 1, got {args.eta}")
 
     import torch
 
@@ -223,6 +227,8 @@ def main(argv=None) -> int:
             synthesizers[method], _, steps[method] = make_synthesizer(method, args.bundle, args.steps)
             if method == "diffusion" and args.guidance is not None:
                 synthesizers[method].guidance_scale = float(args.guidance)
+            if method == "diffusion" and args.eta is not None:
+                synthesizers[method].eta = float(args.eta)
             steps[method] = steps[method] if method == "diffusion" else None  # only diffusion samples in steps
         if args.autoencoder_only:
             from SynBTLib.pipeline import SynthesisPipeline
