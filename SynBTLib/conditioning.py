@@ -70,6 +70,46 @@ def generation_region(mask: torch.Tensor, compression: int, dilation_cells: int)
     return latent, latent_mask_to_voxels(latent, compression, mask.shape[2:])
 
 
+def voxel_outline_channels(mask: torch.Tensor, compression: int) -> torch.Tensor:
+    """(B, 1, Z, Y, X) mask -> (B, c**3, Z/c, Y/c, X/c) 0/1 float: every latent cell's c x c x c voxels
+    as channels (a 3D space-to-depth), so a denoiser at latent resolution sees the tumor's outline to
+    the voxel. Sizes that are not multiples of c are padded with 0 at their end."""
+    if mask.ndim != 5 or mask.shape[1] != 1:
+        raise SynBTError(f"mask must be (B, 1, Z, Y, X), got {tuple(mask.shape)}")
+    c = int(compression)
+    pad = [0, (-mask.shape[4]) % c, 0, (-mask.shape[3]) % c, 0, (-mask.shape[2]) % c]
+    voxels = F.pad((mask > 0).float(), pad)
+    b, _, z, y, x = voxels.shape
+    cells = voxels.reshape(b, z // c, c, y // c, c, x // c, c).permute(0, 2, 4, 6, 1, 3, 5)
+    return cells.reshape(b, c**3, z // c, y // c, x // c)
+
+
+MASK_ENCODINGS = ("cells", "voxels")
+
+
+def mask_condition_channels(encoding: str, compression: int) -> int:
+    """Channels of the denoiser's mask condition: the generated region, plus the tumor's voxel outline for "voxels"."""
+    if encoding not in MASK_ENCODINGS:
+        raise SynBTError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {encoding!r}")
+    return 1 if encoding == "cells" else 1 + int(compression) ** 3
+
+
+def denoiser_condition(mask: torch.Tensor, compression: int, dilation_cells: int, encoding: str = "cells"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask condition for the denoiser, voxel mask erased from its context) for a (B, 1, Z, Y, X) tumor mask.
+
+    Channel 0 of the condition is the latent region that is generated (generation_region); with
+    "voxels" the tumor's outline at voxel resolution follows (voxel_outline_channels). With "cells"
+    the denoiser knows only which latent cells to fill (with a dilation, a blocky region around the
+    tumor), not where in them the tumor's edge lies, while the mask the result is pasted under is
+    the voxel outline."""
+    region, erased = generation_region(mask, compression, dilation_cells)
+    mask_condition_channels(encoding, compression)
+    if encoding == "cells":
+        return region, erased
+    return torch.cat([region, voxel_outline_channels(mask, compression)], dim=1), erased
+
+
 def _per_axis(value, name: str) -> tuple[int, int, int]:
     values = tuple(int(v) for v in value) if isinstance(value, Sequence) else (int(value),) * 3
     if len(values) != 3:

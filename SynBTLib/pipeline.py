@@ -16,7 +16,7 @@ import torch
 from scipy.ndimage import distance_transform_edt
 
 from .case import Case, Geometry, check_finite
-from .conditioning import Box, box_overlap, crop_padded, erase_mask, generation_region, roi_box
+from .conditioning import Box, box_overlap, crop_padded, denoiser_condition, erase_mask, mask_condition_channels, roi_box
 from .errors import SynBTError
 from .nets.denoiser import guided_noise
 from .nets.latent_norm import ChannelStandardizer
@@ -43,6 +43,7 @@ class SynthesisPipeline:
 
     mask_dilation_cells: latent cells around the mask that are generated too and erased from the
         context (a bundle records what its denoiser was trained with; 0 for older bundles).
+        Whether the denoiser also sees the tumor's voxel outline follows from its mask_channels.
 
     With ``denoiser=None`` (an autoencoder-only bundle, ``from_bundle(..., reconstruct_only=True)``)
     the pipeline can only ``reconstruct``: a check of an autoencoder before a denoiser is trained on it.
@@ -87,6 +88,14 @@ class SynthesisPipeline:
         if isinstance(mask_dilation_cells, bool) or int(mask_dilation_cells) != mask_dilation_cells or mask_dilation_cells < 0:
             raise SynBTError(f"mask_dilation_cells must be a whole number, 0 or more, got {mask_dilation_cells!r}")
         self.mask_dilation_cells = int(mask_dilation_cells)
+        self.mask_encoding = "cells"
+        if denoiser is not None:
+            compression = int(autoencoder.config.compression)
+            known = {mask_condition_channels(e, compression): e for e in ("cells", "voxels")}
+            if denoiser.config.mask_channels not in known:
+                raise SynBTError(f"the denoiser takes {denoiser.config.mask_channels} mask channels; with this "
+                                 f"autoencoder (compression {compression}) it must be one of {sorted(known)}")
+            self.mask_encoding = known[denoiser.config.mask_channels]
         self.working_spacing = None if working_spacing is None else tuple(float(v) for v in working_spacing)
 
     @classmethod
@@ -140,7 +149,8 @@ class SynthesisPipeline:
         steps = check_inference_steps(self.scheduler, DEFAULT_INFERENCE_STEPS if steps is None else steps)
 
         def denoise(known_latent, roi_image, roi_mask_t, generator):
-            mask_latent, erased = generation_region(roi_mask_t, self.compression, self.mask_dilation_cells)
+            mask_latent, erased = denoiser_condition(roi_mask_t, self.compression, self.mask_dilation_cells,
+                                                     self.mask_encoding)
             context_latent = self.channels.standardize(
                 self.autoencoder.encode_volume(erase_mask(roi_image, erased)) * self.latent_scale)
             return inpaint_latent(
@@ -306,13 +316,14 @@ def inpaint_latent(
     eta: float = 0.0,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """DDIM sampling that generates only where `mask_latent` is 1 (RePaint-style latent inpainting).
+    """DDIM sampling that generates only where `mask_latent`'s first channel is 1 (RePaint-style
+    latent inpainting); all its channels condition the denoiser.
 
     Before every step the latent outside the mask is replaced by the scheduler's noised version of
     the known latent at that step's timestep; at the end it is replaced by the clean known latent,
     so outside the mask the result is exactly `known_latent`.
     """
-    inside = mask_latent > 0
+    inside = mask_latent[:, :1] > 0
     scheduler.set_timesteps(steps, device=known_latent.device)
     latent = _randn(known_latent, generator)
     for index, timestep in enumerate(scheduler.timesteps):

@@ -89,7 +89,7 @@ def test_denoiser_refuses_mismatched_inputs(denoiser):
     noisy, context, mask = _latents()
     with pytest.raises(SynBTError, match="context latent"):
         denoiser(noisy, context[:, :3], mask, 1)
-    with pytest.raises(SynBTError, match="latent mask"):
+    with pytest.raises(SynBTError, match="mask condition"):
         denoiser(noisy, context, mask[:, :, :2], 1)
     noisy, context, mask = _latents(shape=(1, 4, 6, 8, 8))
     with pytest.raises(SynBTError, match="multiple of 4"):
@@ -212,6 +212,57 @@ def test_generation_region_grows_the_latent_mask_and_erases_whole_cells():
     assert dilate_latent_mask(edge, 1).sum() == 8  # clipped at the border, not wrapped
     with pytest.raises(SynBTError, match="0 or more"):
         dilate_latent_mask(edge, -1)
+
+
+def test_voxel_outline_channels_hold_every_voxel_of_every_cell():
+    from SynBTLib.conditioning import voxel_outline_channels
+
+    rng = np.random.default_rng(4)
+    mask = torch.from_numpy((rng.random((2, 1, 7, 8, 10)) > 0.6).astype(np.float32))
+    channels = voxel_outline_channels(mask, 2)
+    assert channels.shape == (2, 8, 4, 4, 5)  # z padded 7 -> 8 with zeros
+    for z, y, x in ((0, 0, 0), (3, 1, 4), (6, 7, 9)):  # voxel -> (channel, cell)
+        channel = (z % 2) * 4 + (y % 2) * 2 + x % 2
+        assert channels[:, channel, z // 2, y // 2, x // 2].tolist() == mask[:, 0, z, y, x].tolist()
+    assert channels.sum() == mask.sum()
+    assert torch.equal((channels.sum(1, keepdim=True) > 0).float(), mask_to_latent(mask, 2))
+
+
+def test_denoiser_condition_adds_the_outline_to_the_generated_region():
+    from SynBTLib.conditioning import denoiser_condition, generation_region, mask_condition_channels
+
+    mask = torch.zeros(1, 1, 8, 12, 12)
+    mask[0, 0, 2:4, 4:7, 4:6] = 1  # x 4..5: latent cell 2
+    for dilation in (0, 1):
+        region, erased = generation_region(mask, 2, dilation)
+        cells, cells_erased = denoiser_condition(mask, 2, dilation, "cells")
+        voxels, voxels_erased = denoiser_condition(mask, 2, dilation, "voxels")
+        assert torch.equal(cells, region) and torch.equal(voxels[:, :1], region)
+        assert torch.equal(cells_erased, erased) and torch.equal(voxels_erased, erased)
+        assert voxels.shape[1] == mask_condition_channels("voxels", 2) == 9 and voxels[:, 1:].sum() == mask.sum()
+    thinner = mask.clone()
+    thinner[..., 5] = 0  # x 4..5 -> 4: the same latent cells, another outline
+    assert torch.equal(denoiser_condition(thinner, 2, 1, "cells")[0], denoiser_condition(mask, 2, 1, "cells")[0])
+    assert not torch.equal(denoiser_condition(thinner, 2, 1, "voxels")[0], denoiser_condition(mask, 2, 1, "voxels")[0])
+    with pytest.raises(SynBTError, match="mask_encoding"):
+        denoiser_condition(mask, 2, 0, "outline")
+
+
+def test_denoiser_with_an_outline_condition_reads_every_mask_channel():
+    torch.manual_seed(0)
+    config = DenoiserConfig(**{**TINY.to_dict(), "mask_channels": 9})
+    assert config.in_channels == 2 * 4 + 9 and DenoiserConfig.from_dict(config.to_dict()) == config
+    net = randomize_zero_parameters(MaskConditionedDenoiser(config)).eval()
+    noisy, context, _ = _latents()
+    condition = (torch.rand((2, 9, 4, 8, 8), generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    other = condition.clone()
+    other[:, 5] = 1 - other[:, 5]
+    with torch.no_grad():
+        assert not torch.allclose(net(noisy, context, condition, 10), net(noisy, context, other, 10))
+        with pytest.raises(SynBTError, match=r"mask condition must be \(B, 9"):
+            net(noisy, context, condition[:, :1], 10)
+    with pytest.raises(SynBTError, match="mask_channels"):
+        DenoiserConfig(mask_channels=0)
 
 
 def test_roi_box_surrounds_the_mask_and_its_size_ignores_the_fov():

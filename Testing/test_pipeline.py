@@ -379,3 +379,44 @@ def test_a_bundle_sets_the_mask_dilation_and_the_context_then_hides_the_tumor_ri
     assert change[1] < 0.2 * change[0]  # measured 0.08 with this tiny random autoencoder
     with pytest.raises(SynBTError, match="mask_dilation_cells"):
         SynthesisPipeline.from_bundle(tmp_path / "bundle", mask_dilation_cells=-1)
+
+
+class ConditionRecorder(torch.nn.Module):
+    """The real denoiser, keeping the mask conditions it was given."""
+
+    def __init__(self, denoiser):
+        super().__init__()
+        self.denoiser, self.config, self.conditions = denoiser, denoiser.config, []
+
+    def forward(self, noisy, context, mask, timesteps):
+        self.conditions.append(mask.clone())
+        return self.denoiser(noisy, context, mask, timesteps)
+
+
+def test_a_denoiser_with_outline_channels_sees_the_tumor_to_the_voxel(pipeline, tmp_path):
+    compression = pipeline.compression
+    torch.manual_seed(3)
+    config = DenoiserConfig(channels=(8, 16, 16), attention_levels=(False, False, True), num_head_channels=8,
+                            norm_num_groups=4, mask_channels=1 + compression**3)
+    denoiser = randomize_zero_parameters(MaskConditionedDenoiser(config)).eval()
+    save_bundle(tmp_path / "bundle", pipeline.autoencoder, denoiser, SchedulerConfig(), pipeline.latent_scale,
+                meta={"phases": 3, "mask_encoding": "voxels"}, card_text="# tiny\n")
+    outlined = SynthesisPipeline.from_bundle(tmp_path / "bundle", **MARGINS)
+    assert outlined.mask_encoding == "voxels" and pipeline.mask_encoding == "cells"
+
+    case = make_case(seed=2)
+    mask = tumor(case.shape, (10, 18, 22))
+    recorder = ConditionRecorder(denoiser)
+    run = SynthesisPipeline(pipeline.autoencoder, recorder, pipeline.scheduler, pipeline.latent_scale, **MARGINS)
+    result = run(case, mask, seed=0, steps=STEPS)
+    condition = recorder.conditions[0]
+    assert condition.shape[1] == 1 + compression**3 and condition[:, 1:].sum() == mask.sum()
+    assert torch.equal((condition[:, 1:].sum(1) > 0), condition[:, 0] > 0)  # no dilation: the region is the tumor's cells
+    far = distance_mm(mask) >= BLEND_MM
+    assert np.array_equal(result.phases[:, far], case.phases[:, far])
+    assert np.array_equal(result.phases, outlined(case, mask, seed=0, steps=STEPS).phases)  # the bundle runs the same
+
+    wrong = MaskConditionedDenoiser(DenoiserConfig(channels=(8, 16, 16), attention_levels=(False, False, True),
+                                                   num_head_channels=8, norm_num_groups=4, mask_channels=5))
+    with pytest.raises(SynBTError, match="mask channels"):
+        SynthesisPipeline(pipeline.autoencoder, wrong, pipeline.scheduler, pipeline.latent_scale, **MARGINS)

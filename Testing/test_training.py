@@ -329,6 +329,33 @@ def test_diffusion_mask_dilation_grows_the_trained_region_and_is_recorded(datase
                         {**config, "mask_dilation_cells": 0, "finetune": {"bundle": str(run.bundle)}}, verbose=False)
 
 
+def test_diffusion_mask_encoding_voxels_trains_on_the_outline_and_is_recorded(dataset, autoencoder_run, tmp_path):
+    from SynBTLib.pipeline import SynthesisPipeline
+    from SynBTLib.training.data import encode_cases
+
+    ae = load_bundle(autoencoder_run.bundle).autoencoder
+    c = ae.config.compression
+    cases = load_cases(dataset, need_tumors=True, progress=False)[:1]
+    cells, voxels = (encode_cases(cases, ae, 1.0, [8, 8, 8], flip_x=False, progress=False, mask_dilation_cells=1,
+                                  mask_encoding=e)[0] for e in ("cells", "voxels"))
+    assert cells.mask.shape[0] == 1 and voxels.mask.shape[0] == 1 + c**3 and voxels.mask.dtype == np.uint8
+    assert np.array_equal(voxels.mask[:1], cells.mask)
+    assert voxels.mask[1:].sum() == (cases[0].tumor > 0).sum()  # every tumor voxel, once
+
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 1}, "mask_encoding": "voxels"}
+    run = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "v", config, verbose=False)
+    bundle = load_bundle(run.bundle)
+    assert bundle.config["mask_encoding"] == "voxels" and bundle.denoiser.config.mask_channels == 1 + c**3
+    assert SynthesisPipeline.from_bundle(run.bundle).mask_encoding == "voxels"
+    with pytest.raises(SynBTError, match="mask_encoding"):
+        train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bad", {**config, "mask_encoding": "outline"},
+                        verbose=False)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(SynBTError, match="differs from the finetune bundle"):
+        train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "ft",
+                        {**config, "mask_encoding": "cells", "finetune": {"bundle": str(run.bundle)}}, verbose=False)
+
+
 def test_weighted_mse_counts_the_masked_error_by_its_weight():
     from SynBTLib.training.diffusion import weighted_mse
 

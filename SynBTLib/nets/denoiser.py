@@ -2,7 +2,8 @@
 or the velocity v (the scheduler config says which).
 
 Conditioning is by channel concatenation, as in latent inpainting: [noisy latent, latent of the
-image with the tumor region erased, tumor mask at latent resolution]. Classifier-free guidance
+image with the tumor region erased, mask condition at latent resolution (the generated region,
+optionally with the tumor's voxel outline as extra channels)]. Classifier-free guidance
 is supported by training with condition dropout (``drop_condition``) to a null condition of zeros.
 """
 from __future__ import annotations
@@ -27,8 +28,14 @@ class DenoiserConfig:
     num_res_blocks: int = 1
     num_head_channels: int = 16
     norm_num_groups: int = 8
+    # channels of the mask condition: 1 = the generated latent region (older bundles); 1 + c**3 adds
+    # the tumor's voxel outline (conditioning.denoiser_condition, "mask_encoding": "voxels")
+    mask_channels: int = 1
 
     def __post_init__(self):
+        self.mask_channels = int(self.mask_channels)
+        if self.mask_channels < 1:
+            raise SynBTError(f"denoiser mask_channels must be 1 or more, got {self.mask_channels}")
         self.channels = tuple(int(c) for c in self.channels)
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
         if len(self.channels) != len(self.attention_levels):
@@ -38,8 +45,8 @@ class DenoiserConfig:
 
     @property
     def in_channels(self) -> int:
-        """Noisy latent + erased-context latent + one mask channel."""
-        return 2 * self.latent_channels + 1
+        """Noisy latent + erased-context latent + the mask condition."""
+        return 2 * self.latent_channels + self.mask_channels
 
     @property
     def downsampling(self) -> int:
@@ -81,7 +88,7 @@ class MaskConditionedDenoiser(nn.Module):
         mask_latent: torch.Tensor,
         timesteps: torch.Tensor | int,
     ) -> torch.Tensor:
-        """(B, L, z, y, x) noisy latent, (B, L, z, y, x) context, (B, 1, z, y, x) mask -> predicted noise."""
+        """(B, L, z, y, x) noisy latent, (B, L, z, y, x) context, (B, M, z, y, x) mask condition -> predicted noise (or v)."""
         self._check_inputs(noisy_latent, context_latent, mask_latent)
         timesteps = torch.as_tensor(timesteps, device=noisy_latent.device).long().reshape(-1)
         timesteps = timesteps.expand(noisy_latent.shape[0]) if timesteps.numel() == 1 else timesteps
@@ -94,8 +101,10 @@ class MaskConditionedDenoiser(nn.Module):
             raise SynBTError(f"noisy latent must be (B, {latent}, z, y, x), got {tuple(noisy.shape)}")
         if context.shape != noisy.shape:
             raise SynBTError(f"context latent {tuple(context.shape)} does not match noisy latent {tuple(noisy.shape)}")
-        if mask.shape != (noisy.shape[0], 1, *noisy.shape[2:]):
-            raise SynBTError(f"latent mask must be (B, 1, z, y, x) matching {tuple(noisy.shape)}, got {tuple(mask.shape)}")
+        channels = self.config.mask_channels
+        if mask.shape != (noisy.shape[0], channels, *noisy.shape[2:]):
+            raise SynBTError(f"mask condition must be (B, {channels}, z, y, x) matching {tuple(noisy.shape)}, "
+                             f"got {tuple(mask.shape)}")
         step = self.config.downsampling
         if any(s % step for s in noisy.shape[2:]):
             raise SynBTError(f"latent size {tuple(noisy.shape[2:])} must be a multiple of {step} for this denoiser")

@@ -139,8 +139,8 @@ class PatchSampler:
 
 @dataclass
 class LatentCase:
-    """A case encoded once for diffusion training (per flip variant): latents and the latent mask,
-    each (L or 1, z, y, x), already multiplied by the latent scale."""
+    """A case encoded once for diffusion training (per flip variant): latents (L, z, y, x), already
+    multiplied by the latent scale, and the mask condition (M, z, y, x) uint8."""
 
     case_id: str
     latent: np.ndarray
@@ -167,15 +167,18 @@ def encode_cases(
     device="cpu",
     progress: bool = True,
     mask_dilation_cells: int = 0,
+    mask_encoding: str = "cells",
 ) -> list[LatentCase]:
     """Encode every case and its tumor-erased copy once (and their x-flipped versions), for ROI sampling.
 
     The latent mask and the erased region are the tumor grown by ``mask_dilation_cells`` latent
-    cells (conditioning.generation_region), as the pipeline does for a bundle trained so."""
+    cells (conditioning.generation_region), as the pipeline does for a bundle trained so; with
+    ``mask_encoding="voxels"`` the mask condition also holds the tumor's voxel outline
+    (conditioning.denoiser_condition). Masks are kept as uint8."""
     import torch
     from tqdm.auto import tqdm
 
-    from ..conditioning import erase_mask, generation_region
+    from ..conditioning import denoiser_condition, erase_mask
 
     compression = 2 ** (len(autoencoder.config.channels) - 1)
     variants = [(c, flip) for c in cases for flip in ((False, True) if flip_x else (False,))]
@@ -188,11 +191,11 @@ def encode_cases(
                 image, tumor = image[..., ::-1], tumor[..., ::-1]
             image_t = torch.from_numpy(np.ascontiguousarray(image)).to(device)[None]
             tumor_t = torch.from_numpy(np.ascontiguousarray(tumor)).to(device)[None, None]
-            generated, erased = generation_region(tumor_t, compression, mask_dilation_cells)
+            generated, erased = denoiser_condition(tumor_t, compression, mask_dilation_cells, mask_encoding)
             erased_t = erase_mask(image_t, erased[0])
             latent = autoencoder.encode_volume(image_t) * latent_scale
             context = autoencoder.encode_volume(erased_t) * latent_scale
-            latent_mask = generated[0, 0].cpu().numpy()
+            latent_mask = generated[0].cpu().numpy()
             tumor_cells = _latent_mask(tumor, compression)  # ROIs are centred on tumors, not on their rims
             components, count = ndimage.label(tumor_cells)
             centers = np.asarray(ndimage.center_of_mass(tumor_cells, components, range(1, count + 1)))
@@ -201,7 +204,7 @@ def encode_cases(
                     case_id=case.case_id + (" (flipped)" if flip else ""),
                     latent=latent[0].float().cpu().numpy(),
                     context=context[0].float().cpu().numpy(),
-                    mask=latent_mask[None].astype(np.float32),
+                    mask=latent_mask.astype(np.uint8),
                     tumor_centers=np.round(centers).astype(int).reshape(-1, 3),
                 )
             )

@@ -55,6 +55,9 @@ DEFAULT_CONFIG = {
     # latent cells around the tumor that the denoiser generates too and that are erased from its
     # context (conditioning.generation_region); 0 = exactly the tumor's cells, as older bundles
     "mask_dilation_cells": 0,
+    # what the denoiser is told of the mask: "cells" = the latent cells to generate (older bundles);
+    # "voxels" adds the tumor's outline to the voxel (conditioning.denoiser_condition)
+    "mask_encoding": "cells",
 }
 
 
@@ -118,6 +121,7 @@ def train_diffusion(
     checkpoints, losses.csv and the full bundle/ go to ``out``. ``progress(done, total, message)``
     is called after every step and may raise to stop (the last checkpoint stays resumable)."""
     from ..bundle import save_bundle
+    from ..conditioning import MASK_ENCODINGS, mask_condition_channels
     from ..nets.denoiser import DenoiserConfig, MaskConditionedDenoiser, drop_condition
     from ..nets.scheduler import SchedulerConfig, make_scheduler, training_target
 
@@ -134,6 +138,8 @@ def train_diffusion(
     dilation = config["mask_dilation_cells"]
     if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
         raise SynBTError(f"mask_dilation_cells must be a whole number of latent cells, 0 or more, got {dilation!r}")
+    if config["mask_encoding"] not in MASK_ENCODINGS:
+        raise SynBTError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {config['mask_encoding']!r}")
     source = _finetune_source(config)
     if source is not None and int(source.config.get("mask_dilation_cells", 0)) != dilation:
         raise SynBTError(f"mask_dilation_cells {dilation} differs from the finetune bundle's "
@@ -152,7 +158,12 @@ def train_diffusion(
             raise SynBTError(
                 f"the autoencoder expects {ae.config.in_channels} phases but the cases in {data} have {cases[0].image.shape[0]}"
             )
-        config["denoiser"] = {**config["denoiser"], "latent_channels": ae.config.latent_channels}
+        mask_channels = mask_condition_channels(config["mask_encoding"], ae.config.compression)
+        if source is not None and int(config["denoiser"].get("mask_channels", 1)) != mask_channels:
+            raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
+                             f"denoiser ({config['denoiser'].get('mask_channels', 1)} mask channels)")
+        config["denoiser"] = {**config["denoiser"], "latent_channels": ae.config.latent_channels,
+                              "mask_channels": mask_channels}
         den_config = DenoiserConfig.from_dict(config["denoiser"])
         sched_config = SchedulerConfig.from_dict(config["scheduler"])
         config.update(autoencoder=ae.config.to_dict(), denoiser=den_config.to_dict(), scheduler=sched_config.to_dict())
@@ -170,6 +181,7 @@ def train_diffusion(
         encoded = encode_cases(
             cases, ae, scale, roi, flip_x=bool(config["data"].get("flip_x", True)),
             device=dist.device, progress=verbose and dist.is_main, mask_dilation_cells=dilation,
+            mask_encoding=config["mask_encoding"],
         )
         channels = ChannelStandardizer()
         if config["latent_normalization"] == "channel":
@@ -203,7 +215,7 @@ def train_diffusion(
             noise = torch.randn(latent.shape, generator=generator, device=dist.device)
             t = torch.randint(0, timesteps_total, (latent.shape[0],), generator=generator, device=dist.device)
             noisy = scheduler.add_noise(latent, noise, t)
-            weight = 1.0 + mask_weight * mask  # from the true mask, also where the condition is dropped
+            weight = 1.0 + mask_weight * mask[:, :1]  # the generated region, also where the condition is dropped
             context, mask = drop_condition(context, mask, dropout, generator)
             with trainer.autocast():
                 prediction = denoiser(noisy, context, mask, t)
@@ -219,6 +231,7 @@ def train_diffusion(
             if margin is not None:
                 meta["context_margin_mm"] = float(margin)
             meta["mask_dilation_cells"] = dilation
+            meta["mask_encoding"] = config["mask_encoding"]
             if source is not None:
                 meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256,
                                           "warm_start": bool(config["finetune"].get("warm_start", False))}
