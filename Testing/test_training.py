@@ -356,6 +356,47 @@ def test_diffusion_mask_encoding_voxels_trains_on_the_outline_and_is_recorded(da
                         {**config, "mask_encoding": "cells", "finetune": {"bundle": str(run.bundle)}}, verbose=False)
 
 
+def test_latent_cache_reuses_encodings_only_for_the_same_encoder_and_voxels(dataset, autoencoder_run, tmp_path):
+    from SynBTLib.training.data import encode_cases
+
+    ae = load_bundle(autoencoder_run.bundle).autoencoder
+    cases = load_cases(dataset, need_tumors=True, progress=False)[:2]
+    calls = []
+    real_encode = ae.encode_volume
+
+    def counting_encode(image):  # the real encoder, counted
+        calls.append(1)
+        return real_encode(image)
+
+    ae.encode_volume = counting_encode
+    try:
+        kwargs = dict(flip_x=False, progress=False, cache_dir=tmp_path / "cache")
+        plain = encode_cases(cases, ae, 1.0, [8, 8, 8], flip_x=False, progress=False)
+        assert len(calls) == 4  # latent + context of two cases
+        first = encode_cases(cases, ae, 1.0, [8, 8, 8], **kwargs)
+        again = encode_cases(cases, ae, 1.0, [8, 8, 8], **kwargs)
+        assert len(calls) == 8 and len(list((tmp_path / "cache").glob("*.safetensors"))) == 4  # nothing re-encoded
+        for a, b, c in zip(plain, first, again):
+            assert np.array_equal(a.latent, b.latent) and np.array_equal(a.latent, c.latent)
+            assert np.array_equal(a.context, c.context) and np.array_equal(a.mask, c.mask)
+        encode_cases(cases, ae, 1.0, [8, 8, 8], mask_dilation_cells=1, **kwargs)
+        assert len(calls) == 10  # another erased region: only the contexts are encoded
+        encode_cases(cases, ae, 2.0, [8, 8, 8], **kwargs)
+        assert len(calls) == 14  # another latent scale misses
+        entry = sorted((tmp_path / "cache").glob("*.safetensors"))[0]
+        entry.write_bytes(entry.read_bytes()[:40])  # truncated: encoded again, with a warning
+        with pytest.warns(UserWarning, match="unreadable"):
+            encode_cases(cases, ae, 1.0, [8, 8, 8], **kwargs)
+            encode_cases(cases, ae, 2.0, [8, 8, 8], **kwargs)
+        assert len(calls) == 15
+        with torch.no_grad():
+            next(iter(ae.parameters())).add_(0.01)  # another encoder misses
+        encode_cases(cases, ae, 1.0, [8, 8, 8], **kwargs)
+        assert len(calls) == 19
+    finally:
+        del ae.encode_volume
+
+
 def test_weighted_mse_counts_the_masked_error_by_its_weight():
     from SynBTLib.training.diffusion import weighted_mse
 

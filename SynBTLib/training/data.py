@@ -168,19 +168,32 @@ def encode_cases(
     progress: bool = True,
     mask_dilation_cells: int = 0,
     mask_encoding: str = "cells",
+    cache_dir: str | Path | None = None,
 ) -> list[LatentCase]:
     """Encode every case and its tumor-erased copy once (and their x-flipped versions), for ROI sampling.
 
     The latent mask and the erased region are the tumor grown by ``mask_dilation_cells`` latent
     cells (conditioning.generation_region), as the pipeline does for a bundle trained so; with
     ``mask_encoding="voxels"`` the mask condition also holds the tumor's voxel outline
-    (conditioning.denoiser_condition). Masks are kept as uint8."""
+    (conditioning.denoiser_condition). Masks are kept as uint8. With ``cache_dir`` every latent is
+    looked up in / added to a latent_cache.LatentCache there (keyed by the encoder and the voxels)."""
     import torch
     from tqdm.auto import tqdm
 
     from ..conditioning import denoiser_condition, erase_mask
 
     compression = 2 ** (len(autoencoder.config.channels) - 1)
+    cache = None
+    if cache_dir is not None:
+        from .latent_cache import LatentCache
+
+        cache = LatentCache(cache_dir, autoencoder, latent_scale)
+
+    def encode(image_t):
+        def run():
+            return (autoencoder.encode_volume(image_t) * latent_scale)[0].float().cpu().numpy()
+        return run() if cache is None else cache.latent(image_t[0].cpu().numpy(), run)
+
     variants = [(c, flip) for c in cases for flip in ((False, True) if flip_x else (False,))]
     encoded = []
     with torch.no_grad():
@@ -193,8 +206,7 @@ def encode_cases(
             tumor_t = torch.from_numpy(np.ascontiguousarray(tumor)).to(device)[None, None]
             generated, erased = denoiser_condition(tumor_t, compression, mask_dilation_cells, mask_encoding)
             erased_t = erase_mask(image_t, erased[0])
-            latent = autoencoder.encode_volume(image_t) * latent_scale
-            context = autoencoder.encode_volume(erased_t) * latent_scale
+            latent, context = encode(image_t), encode(erased_t)
             latent_mask = generated[0].cpu().numpy()
             tumor_cells = _latent_mask(tumor, compression)  # ROIs are centred on tumors, not on their rims
             components, count = ndimage.label(tumor_cells)
@@ -202,12 +214,14 @@ def encode_cases(
             encoded.append(
                 LatentCase(
                     case_id=case.case_id + (" (flipped)" if flip else ""),
-                    latent=latent[0].float().cpu().numpy(),
-                    context=context[0].float().cpu().numpy(),
+                    latent=latent,
+                    context=context,
                     mask=latent_mask.astype(np.uint8),
                     tumor_centers=np.round(centers).astype(int).reshape(-1, 3),
                 )
             )
+    if cache is not None and progress:
+        tqdm.write(f"latent cache {cache.folder}: {cache.hits} reused, {cache.misses} encoded")
     return encoded
 
 

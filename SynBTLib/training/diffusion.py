@@ -116,10 +116,13 @@ def train_diffusion(
     command: str = "",
     verbose: bool = True,
     progress=None,
+    latent_cache: str | Path | None = None,
 ) -> DiffusionRun:
     """Train a denoiser for the autoencoder at ``autoencoder`` on the tumor cases under ``data``;
     checkpoints, losses.csv and the full bundle/ go to ``out``. ``progress(done, total, message)``
-    is called after every step and may raise to stop (the last checkpoint stays resumable)."""
+    is called after every step and may raise to stop (the last checkpoint stays resumable).
+    ``latent_cache``: a folder where encoded cases are kept for later runs on this autoencoder
+    (training/latent_cache.py); the results do not depend on it."""
     from ..bundle import save_bundle
     from ..conditioning import MASK_ENCODINGS, mask_condition_channels
     from ..nets.denoiser import DenoiserConfig, MaskConditionedDenoiser, drop_condition
@@ -181,7 +184,7 @@ def train_diffusion(
         encoded = encode_cases(
             cases, ae, scale, roi, flip_x=bool(config["data"].get("flip_x", True)),
             device=dist.device, progress=verbose and dist.is_main, mask_dilation_cells=dilation,
-            mask_encoding=config["mask_encoding"],
+            mask_encoding=config["mask_encoding"], cache_dir=latent_cache,
         )
         channels = ChannelStandardizer()
         if config["latent_normalization"] == "channel":
