@@ -285,6 +285,34 @@ def test_diffusion_with_channel_normalization_stores_and_uses_the_statistics(dat
     assert not (tmp_path / "e").exists()  # refused before anything is written
 
 
+def test_diffusion_phase_normalization_rotates_the_linear_latent_by_phase(dataset, autoencoder_run, tmp_path):
+    from SynBTLib.errors import SynBTError
+    from SynBTLib.io import read_case, read_mask
+    from SynBTLib.pipeline import SynthesisPipeline
+
+    ae_config = {**AE_CONFIG, "autoencoder": {"channels": [8, 16], "latent_channels": 16, "linear_path": True},
+                 "training": {**AE_CONFIG["training"], "steps": 1}, "pca_patches": 8}
+    linear = train_autoencoder(dataset, tmp_path / "ae", ae_config, verbose=False)
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 1},
+              "latent_normalization": "phase"}
+    with pytest.raises(SynBTError, match="linear path"):
+        train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "plain", config, verbose=False)
+    assert not (tmp_path / "plain").exists()
+    run = train_diffusion(dataset, linear.bundle, tmp_path / "d", config, verbose=False)
+    bundle = load_bundle(run.bundle)
+    rotation = np.asarray(bundle.config["latent_rotation"])
+    decoder = bundle.autoencoder.linear_decoder.weight.detach().numpy()
+    effect = np.abs(decoder[:, 0].reshape(16, -1).T @ rotation.T)  # (pre-contrast voxel, rotated channel)
+    first = int((effect.max(0) > 1e-6).sum())  # the channels that reach the pre-contrast phase come first
+    assert 0 < first < 16 and np.allclose(effect[:, first:], 0, atol=1e-5)
+    pipeline = SynthesisPipeline.from_bundle(run.bundle)
+    assert pipeline.channels == bundle.channels and pipeline.channels.rotation is not None
+    case = read_case(sorted((dataset / "case0").glob("phase_*.nii.gz")))
+    mask = read_mask(dataset / "case0" / "tumor_labels.nii.gz", case.geometry)
+    out = pipeline(case, mask, seed=0, steps=2)
+    assert np.isfinite(out.phases).all() and not np.array_equal(out.phases[:, mask > 0], case.phases[:, mask > 0])
+
+
 def test_diffusion_v_prediction_trains_on_v_and_the_pipeline_samples_with_it(dataset, autoencoder_run, tmp_path):
     from SynBTLib.pipeline import SynthesisPipeline
 

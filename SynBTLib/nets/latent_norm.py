@@ -7,6 +7,14 @@ N(0, 1) in every channel. ``latent_normalization: "channel"`` in a diffusion con
 every channel to mean 0 / std 1 over the training latents and stores the statistics in the
 bundle. On that autoencoder it did not cure the denoiser's black/white blobs (AUC 1.0 either
 way): the latent itself was the problem, not its scale.
+
+``latent_normalization: "phase"`` (autoencoders with a linear path) first rotates the latent so that
+its channels fall into groups by the first DCE phase they change through the linear decoder: the
+channels that set the pre-contrast voxels, then those that leave the pre-contrast phase alone and
+set the first post-contrast one, and so on (``phase_separating_rotation``). In the PCA-like latent
+every channel mixes the phases, so a flat pre-contrast tumor needs the denoiser's errors in several
+large channels to cancel; after the rotation an error in an enhancement channel cannot reach the
+pre-contrast phase. Channels are then standardized as with "channel".
 """
 from __future__ import annotations
 
@@ -20,20 +28,27 @@ from ..errors import SynBTError
 
 @dataclass(frozen=True)
 class ChannelStandardizer:
-    """model latent = (latent - shift) * scale, per channel; ``None`` fields mean identity."""
+    """model latent = (rotation @ latent - shift) * scale, per cell; ``None`` fields mean identity.
+
+    ``rotation`` (optional, orthogonal C x C) mixes the channels before the per-channel shift and scale."""
 
     shift: tuple[float, ...] | None = None
     scale: tuple[float, ...] | None = None
+    rotation: tuple[tuple[float, ...], ...] | None = None
 
     @classmethod
-    def fit(cls, latents: Sequence[np.ndarray]) -> "ChannelStandardizer":
-        """Mean and 1/std per channel over (C, ...) arrays (float64 sums, so large sets stay exact)."""
+    def fit(cls, latents: Sequence[np.ndarray], rotation: np.ndarray | None = None) -> "ChannelStandardizer":
+        """Mean and 1/std per channel over (C, ...) arrays (float64 sums, so large sets stay exact),
+        after ``rotation`` (C x C orthogonal) when given."""
         if not latents:
             raise SynBTError("no latents to standardize")
         channels = latents[0].shape[0]
+        matrix = None if rotation is None else _checked_rotation(rotation, channels)
         count, total, squares = 0, np.zeros(channels), np.zeros(channels)
         for latent in latents:
             flat = np.asarray(latent, dtype=np.float64).reshape(channels, -1)
+            if matrix is not None:
+                flat = matrix @ flat
             count += flat.shape[1]
             total += flat.sum(1)
             squares += (flat**2).sum(1)
@@ -41,7 +56,8 @@ class ChannelStandardizer:
         std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
         if not (std > 0).all():
             raise SynBTError("a latent channel is constant on the training data; cannot standardize it")
-        return cls(tuple(float(v) for v in mean), tuple(float(v) for v in 1.0 / std))
+        rows = None if matrix is None else tuple(tuple(float(v) for v in row) for row in matrix)
+        return cls(tuple(float(v) for v in mean), tuple(float(v) for v in 1.0 / std), rows)
 
     @classmethod
     def from_config(cls, config: dict, channels: int) -> "ChannelStandardizer":
@@ -56,10 +72,31 @@ class ChannelStandardizer:
             raise SynBTError(f"latent_shift and latent_channel_scale must have one value per latent channel ({channels})")
         if not np.isfinite(values).all() or not (values[1] > 0).all():
             raise SynBTError("latent_channel_scale must be positive and both lists finite")
-        return cls(tuple(float(v) for v in shift), tuple(float(v) for v in scale))
+        rotation = config.get("latent_rotation")
+        if rotation is not None:
+            rotation = tuple(tuple(float(v) for v in row) for row in _checked_rotation(rotation, channels))
+        return cls(tuple(float(v) for v in shift), tuple(float(v) for v in scale), rotation)
 
     def to_config(self) -> dict:
-        return {} if self.shift is None else {"latent_shift": list(self.shift), "latent_channel_scale": list(self.scale)}
+        if self.shift is None:
+            return {}
+        config = {"latent_shift": list(self.shift), "latent_channel_scale": list(self.scale)}
+        if self.rotation is not None:
+            config["latent_rotation"] = [list(row) for row in self.rotation]
+        return config
+
+    def _rotate(self, latent, channel_axis: int, inverse: bool):
+        if self.rotation is None:
+            return latent
+        if isinstance(latent, np.ndarray):
+            matrix = np.asarray(self.rotation, dtype=latent.dtype)
+            moved = np.moveaxis(latent, channel_axis, -1)
+            return np.moveaxis(moved @ (matrix if inverse else matrix.T), -1, channel_axis)
+        import torch
+
+        matrix = torch.tensor(self.rotation, dtype=latent.dtype, device=latent.device)
+        moved = torch.movedim(latent, channel_axis, -1)
+        return torch.movedim(moved @ (matrix if inverse else matrix.T), -1, channel_axis)
 
     def _params(self, like, channel_axis: int):
         shape = [1] * like.ndim
@@ -76,11 +113,43 @@ class ChannelStandardizer:
         if self.shift is None:
             return latent
         shift, scale = self._params(latent, channel_axis)
-        return (latent - shift) * scale
+        return (self._rotate(latent, channel_axis, inverse=False) - shift) * scale
 
     def restore(self, latent, channel_axis: int = 1):
         """Inverse of standardize."""
         if self.shift is None:
             return latent
         shift, scale = self._params(latent, channel_axis)
-        return latent / scale + shift
+        return self._rotate(latent / scale + shift, channel_axis, inverse=True)
+
+
+def _checked_rotation(rotation, channels: int) -> np.ndarray:
+    matrix = np.asarray(rotation, dtype=np.float64)
+    if matrix.shape != (channels, channels) or not np.isfinite(matrix).all():
+        raise SynBTError(f"latent_rotation must be a finite {channels} x {channels} matrix, got shape {matrix.shape}")
+    if not np.allclose(matrix @ matrix.T, np.eye(channels), atol=1e-5):
+        raise SynBTError("latent_rotation must be orthogonal (its rows orthonormal)")
+    return matrix
+
+
+def phase_separating_rotation(decoder_weight: np.ndarray, tolerance: float = 1e-6) -> np.ndarray:
+    """Orthogonal (L, L) rotation of a latent whose rows are grouped by the first phase they change.
+
+    ``decoder_weight`` is the linear decoder's (L, phases, f, f, f) transposed-convolution weight. Rows
+    0..r0-1 span the latent directions that change the first phase's voxels (ordered by how much);
+    the next rows span, among the directions that leave the first phase alone, those that change the
+    second phase; and so on; the last group changes none of the phases before the last one."""
+    weight = np.asarray(decoder_weight, dtype=np.float64)
+    latent = weight.shape[0]
+    remaining = np.eye(latent)  # orthonormal rows spanning what is not assigned yet
+    rows = []
+    for phase in range(weight.shape[1] - 1):
+        effect = weight[:, phase].reshape(latent, -1).T @ remaining.T  # (voxels, remaining)
+        _, singular, vt = np.linalg.svd(effect, full_matrices=True)
+        rank = int((singular > tolerance * max(singular.max(initial=0.0), 1e-30)).sum())
+        rows.append(vt[:rank] @ remaining)
+        remaining = vt[rank:] @ remaining
+        if not len(remaining):
+            break
+    rows.append(remaining)
+    return np.concatenate(rows, axis=0)

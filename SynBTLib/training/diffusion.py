@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SynBTError
-from ..nets.latent_norm import ChannelStandardizer
+from ..nets.latent_norm import ChannelStandardizer, phase_separating_rotation
 from .autoencoder import bundle_meta, encoder_parameters, latent_scale_from_cases, merge_config, model_card
 from .common import (
     TrainSettings,
@@ -44,7 +44,9 @@ DEFAULT_CONFIG = {
     "data": {"roi_size": [64, 64, 64], "flip_x": True, "jitter": 0.25},
     "condition_dropout": 0.1,
     "latent_scale_patches": 32,
-    "latent_normalization": "global",  # or "channel": mean 0 / std 1 per latent channel (nets/latent_norm.py)
+    # or "channel": mean 0 / std 1 per latent channel; or "phase": rotated first so that channels
+    # group by the DCE phase they change, then standardized (linear-path autoencoders; nets/latent_norm.py)
+    "latent_normalization": "global",
     # extra weight of the noise error inside the tumor mask: the ROI is mostly context, which the
     # sampler replaces anyway, so an unweighted loss spends most of its signal outside the tumor
     "mask_loss_weight": 0.0,
@@ -130,8 +132,9 @@ def train_diffusion(
 
     config = merge_config(DEFAULT_CONFIG, config or {})
     settings = TrainSettings.from_dict(config["training"])
-    if config["latent_normalization"] not in ("global", "channel"):
-        raise SynBTError(f"latent_normalization must be 'global' or 'channel', got {config['latent_normalization']!r}")
+    if config["latent_normalization"] not in ("global", "channel", "phase"):
+        raise SynBTError(f"latent_normalization must be 'global', 'channel' or 'phase', "
+                         f"got {config['latent_normalization']!r}")
     mask_weight = float(config["mask_loss_weight"])
     if not mask_weight >= 0:
         raise SynBTError(f"mask_loss_weight must be 0 or more, got {config['mask_loss_weight']!r}")
@@ -152,6 +155,9 @@ def train_diffusion(
     dist = setup_distributed(device)
     try:
         frozen = load_autoencoder(autoencoder, dist.device)
+        if config["latent_normalization"] == "phase" and not frozen.network.config.linear_path:
+            raise SynBTError("latent_normalization 'phase' needs an autoencoder with a linear path "
+                             f"(linear_path: true); {frozen.source} has none")
         if source is not None and not config["finetune"].get("warm_start", False):
             _check_same_latent_space(source, frozen)
         out = prepare_run_dir(out, resume, dist, data=data)
@@ -187,10 +193,14 @@ def train_diffusion(
             mask_encoding=config["mask_encoding"], cache_dir=latent_cache,
         )
         channels = ChannelStandardizer()
-        if config["latent_normalization"] == "channel":
+        if config["latent_normalization"] in ("channel", "phase"):
             # mean 0 / std 1 per channel over the training latents (see nets/latent_norm.py); a
             # continued denoiser keeps the statistics it was trained with
-            channels = source.channels if source is not None else ChannelStandardizer.fit([item.latent for item in encoded])
+            rotation = None
+            if config["latent_normalization"] == "phase":
+                rotation = phase_separating_rotation(ae.linear_decoder.weight.detach().cpu().numpy())
+            channels = (source.channels if source is not None
+                        else ChannelStandardizer.fit([item.latent for item in encoded], rotation=rotation))
             for item in encoded:
                 item.latent = channels.standardize(item.latent, channel_axis=0)
                 item.context = channels.standardize(item.context, channel_axis=0)
