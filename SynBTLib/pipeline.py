@@ -18,7 +18,7 @@ from scipy.ndimage import distance_transform_edt
 from .case import Case, Geometry, check_finite
 from .conditioning import Box, box_overlap, crop_padded, denoiser_condition, erase_mask, mask_condition_channels, roi_box
 from .errors import SynBTError
-from .nets.denoiser import guided_noise
+from .nets.denoiser import KINETIC_CLASSES, guided_noise
 from .nets.latent_norm import ChannelStandardizer
 from .nets.scheduler import DEFAULT_INFERENCE_STEPS, check_inference_steps
 from .preprocess import denormalize, fit_normalization, normalize
@@ -63,6 +63,7 @@ class SynthesisPipeline:
         restore_noise: bool = True,
         channels: ChannelStandardizer | None = None,
         mask_dilation_cells: int = 0,
+        kinetic_frequencies: dict | None = None,
     ):
         if not 0 <= blend_mm <= context_margin_mm:
             raise SynBTError(f"blend_mm ({blend_mm}) must be between 0 and context_margin_mm ({context_margin_mm})")
@@ -97,6 +98,42 @@ class SynthesisPipeline:
                                  f"autoencoder (compression {compression}) it must be one of {sorted(known)}")
             self.mask_encoding = known[denoiser.config.mask_channels]
         self.working_spacing = None if working_spacing is None else tuple(float(v) for v in working_spacing)
+        self.kinetic_frequencies = self._checked_frequencies(kinetic_frequencies)
+
+    @property
+    def kinetic_choices(self) -> tuple[str, ...]:
+        """Curve types this pipeline's denoiser can be asked for (empty: it takes none)."""
+        if self.denoiser is None or not self.denoiser.config.kinetic_classes:
+            return ()
+        return KINETIC_CLASSES[1:]
+
+    def _checked_frequencies(self, frequencies: dict | None) -> dict[str, float]:
+        if not self.kinetic_choices:
+            return {}
+        if frequencies is None:
+            return {name: 1.0 for name in self.kinetic_choices}
+        unknown = set(frequencies) - set(KINETIC_CLASSES)
+        values = [float(frequencies.get(name, 0)) for name in self.kinetic_choices]
+        if unknown or not all(np.isfinite(v) and v >= 0 for v in values) or not sum(values) > 0:
+            raise SynBTError(f"kinetic_frequencies must give counts >= 0 of {self.kinetic_choices}, got {frequencies}")
+        return dict(zip(self.kinetic_choices, values))
+
+    def choose_kinetics(self, kinetics: str | None, seed: int) -> str | None:
+        """The curve type a synthesis with ``kinetics`` and ``seed`` makes: the given one, "any" (the
+        denoiser's own choice), or for None one drawn by the seed from the bundle's training
+        frequencies. None for a denoiser without kinetic classes (which refuses any other value)."""
+        if not self.kinetic_choices:
+            if kinetics not in (None, "any"):
+                raise SynBTError(f"this bundle's denoiser takes no kinetic curve type (asked for {kinetics!r})")
+            return None
+        if kinetics is None:
+            weights = np.asarray(list(self.kinetic_frequencies.values()))
+            rng = np.random.default_rng([int(seed), 11])
+            return self.kinetic_choices[int(rng.choice(len(weights), p=weights / weights.sum()))]
+        if kinetics != "any" and kinetics not in self.kinetic_choices:
+            raise SynBTError(f"unknown kinetic curve type {kinetics!r}; choose one of "
+                             f"{', '.join(self.kinetic_choices)} or any")
+        return kinetics
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu", reconstruct_only: bool = False,
@@ -114,6 +151,7 @@ class SynthesisPipeline:
         options.setdefault("context_margin_mm", float(bundle.config.get("context_margin_mm") or DEFAULT_CONTEXT_MARGIN_MM))
         options.setdefault("channels", bundle.channels)
         options.setdefault("mask_dilation_cells", int(bundle.config.get("mask_dilation_cells") or 0))
+        options.setdefault("kinetic_frequencies", bundle.config.get("kinetic_frequencies"))
         return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
 
     @property
@@ -138,15 +176,20 @@ class SynthesisPipeline:
         seed: int = 0,
         steps: int | None = None,
         progress: Progress | None = None,
+        kinetics: str | None = None,
     ) -> Case:
         """A new case with a tumor generated inside `mask` (uint8 (Z, Y, X) on the case grid).
 
-        Same case, mask, seed and weights give the same output. If `progress(done, total, message)`
-        raises (e.g. on Cancel), its exception propagates and nothing is returned.
+        ``kinetics``: the tumor's curve type ("persistent", "plateau", "washout", "any") for a denoiser
+        trained with kinetic classes; None draws one by the seed (``choose_kinetics``).
+        Same case, mask, seed, kinetics and weights give the same output. If `progress(done, total,
+        message)` raises (e.g. on Cancel), its exception propagates and nothing is returned.
         """
         if self.denoiser is None:
             raise SynBTError("this pipeline has no denoiser (autoencoder-only bundle): it can only reconstruct")
         steps = check_inference_steps(self.scheduler, DEFAULT_INFERENCE_STEPS if steps is None else steps)
+        chosen = self.choose_kinetics(kinetics, seed)
+        label = None if chosen is None else (0 if chosen == "any" else KINETIC_CLASSES.index(chosen))
 
         def denoise(known_latent, roi_image, roi_mask_t, generator):
             mask_latent, erased = denoiser_condition(roi_mask_t, self.compression, self.mask_dilation_cells,
@@ -155,7 +198,7 @@ class SynthesisPipeline:
                 self.autoencoder.encode_volume(erase_mask(roi_image, erased)) * self.latent_scale)
             return inpaint_latent(
                 self.denoiser, self.scheduler, known_latent, context_latent, mask_latent, steps, generator,
-                guidance_scale=self.guidance_scale, eta=self.eta, progress=progress,
+                guidance_scale=self.guidance_scale, eta=self.eta, progress=progress, kinetics=label,
             )
 
         return self._replace_region(case, mask, seed, denoise)
@@ -315,6 +358,7 @@ def inpaint_latent(
     guidance_scale: float = 1.0,
     eta: float = 0.0,
     progress: Progress | None = None,
+    kinetics: int | None = None,
 ) -> torch.Tensor:
     """DDIM sampling that generates only where `mask_latent`'s first channel is 1 (RePaint-style
     latent inpainting); all its channels condition the denoiser.
@@ -329,7 +373,7 @@ def inpaint_latent(
     for index, timestep in enumerate(scheduler.timesteps):
         noised_known = scheduler.add_noise(known_latent, _randn(known_latent, generator), timestep.reshape(1))
         latent = torch.where(inside, latent, noised_known)
-        noise = guided_noise(denoiser, latent, context_latent, mask_latent, timestep, guidance_scale)
+        noise = guided_noise(denoiser, latent, context_latent, mask_latent, timestep, guidance_scale, kinetics)
         latent, _ = scheduler.step(noise, int(timestep), latent, eta=eta, generator=generator)
         if progress is not None:
             progress(index + 1, steps, f"denoising step {index + 1}/{steps}")

@@ -122,6 +122,7 @@ def test_existing_output_folder_is_refused(inputs, tmp_path, capsys):
         (["--auto"], "--size-mm"),
         (["--mask", "m.nii.gz", "--size-mm", "10"], "--auto"),
         (["--mask", "m.nii.gz", "--seed", "-3"], "seed"),
+        (["--mask", "m.nii.gz", "--kinetics", "washout"], "--kinetics applies to the diffusion method"),
     ],
 )
 def test_option_errors(inputs, tmp_path, capsys, extra, message):
@@ -160,6 +161,37 @@ def test_diffusion_without_a_bundle_is_one_clear_line(inputs, tmp_path, capsys):
     line = error_line(capsys)
     assert "no model bundle" in line and "nope" in line
     assert not (tmp_path / "out").exists()
+
+
+def kinetic_bundle(folder, frequencies):
+    """A tiny bundle (random real networks) whose denoiser takes a kinetic curve type."""
+    import torch
+
+    from SynBTLib.bundle import save_bundle
+    from SynBTLib.nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
+    from SynBTLib.nets.denoiser import DenoiserConfig, MaskConditionedDenoiser
+    from SynBTLib.nets.scheduler import SchedulerConfig
+
+    torch.manual_seed(0)
+    autoencoder = PatchVolumeAutoencoder(AutoencoderConfig(channels=(8, 8, 8), norm_num_groups=1))
+    denoiser = MaskConditionedDenoiser(DenoiserConfig(channels=(8, 16, 16), attention_levels=(False, False, True),
+                                                      num_head_channels=8, norm_num_groups=4, kinetic_classes=True))
+    return save_bundle(folder, autoencoder, denoiser, SchedulerConfig(), 1.0,
+                       meta={"phases": 3, "kinetic_frequencies": frequencies}, card_text="# tiny\n")
+
+
+def test_kinetics_is_obeyed_recorded_and_refused_where_it_does_not_apply(inputs, tmp_path, capsys):
+    _, phases, mask = inputs
+    bundle = kinetic_bundle(tmp_path / "bundle", {"unspecified": 0, "persistent": 0, "plateau": 0, "washout": 5})
+    common = ["--phases", *phases, "--mask", mask, "--label", 1, "--method", "diffusion", "--bundle", bundle, "--steps", 2]
+    assert run_cli(*common, "--kinetics", "plateau", "--out", tmp_path / "plateau") == 0
+    assert json.loads((tmp_path / "plateau" / "provenance.json").read_text())["details"]["kinetics"] == "plateau"
+    assert run_cli(*common, "--out", tmp_path / "drawn") == 0  # drawn from the bundle's training frequencies
+    assert json.loads((tmp_path / "drawn" / "provenance.json").read_text())["details"]["kinetics"] == "washout"
+    capsys.readouterr()
+    assert run_cli("--phases", *phases, "--mask", mask, "--label", 1, "--method", "diffusion", "--kinetics", "washout",
+                   "--out", tmp_path / "shipped") == 2  # the shipped bundle takes no curve type
+    assert "takes no kinetic curve type" in error_line(capsys) and not (tmp_path / "shipped").exists()
 
 
 def test_overwrite_leaves_no_phase_of_an_earlier_result(inputs, tmp_path):

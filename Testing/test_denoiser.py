@@ -265,6 +265,29 @@ def test_denoiser_with_an_outline_condition_reads_every_mask_channel():
         DenoiserConfig(mask_channels=0)
 
 
+def test_a_kinetic_denoiser_reads_the_curve_type_and_others_refuse_one():
+    from SynBTLib.nets.denoiser import KINETIC_CLASSES, drop_kinetics
+
+    torch.manual_seed(0)
+    net = randomize_zero_parameters(MaskConditionedDenoiser(DenoiserConfig(**{**TINY.to_dict(), "kinetic_classes": True}))).eval()
+    noisy, context, mask = _latents()
+    with torch.no_grad():
+        outputs = [net(noisy, context, mask, 10, kinetics=k) for k in range(len(KINETIC_CLASSES))]
+        assert all(not torch.allclose(outputs[0], other) for other in outputs[1:])
+        assert torch.equal(net(noisy, context, mask, 10), outputs[0])  # None = unspecified
+        assert torch.equal(net(noisy, context, mask, 10, kinetics=torch.tensor([3, 3])), outputs[3])
+        with pytest.raises(SynBTError, match="kinetic class labels"):
+            net(noisy, context, mask, 10, kinetics=4)
+    plain = MaskConditionedDenoiser(TINY).eval()
+    with torch.no_grad(), pytest.raises(SynBTError, match="without kinetic"):
+        plain(noisy, context, mask, 10, kinetics=2)
+    labels = torch.tensor([1, 2, 3, 1] * 16)
+    dropped = drop_kinetics(labels, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(dropped, drop_kinetics(labels, 0.5, torch.Generator().manual_seed(0)))
+    assert 10 < int((dropped == 0).sum()) < 54 and torch.equal(dropped[dropped > 0], labels[dropped > 0])
+    assert drop_kinetics(labels, 0.0) is labels
+
+
 def test_roi_box_surrounds_the_mask_and_its_size_ignores_the_fov():
     small = _ball((40, 50, 60), (20, 25, 30), 4)
     big = _ball((80, 200, 300), (20, 25, 30), 4)

@@ -420,3 +420,13 @@ def test_a_denoiser_with_outline_channels_sees_the_tumor_to_the_voxel(pipeline, 
                                                    num_head_channels=8, norm_num_groups=4, mask_channels=5))
     with pytest.raises(SynBTError, match="mask channels"):
         SynthesisPipeline(pipeline.autoencoder, wrong, pipeline.scheduler, pipeline.latent_scale, **MARGINS)
+
+
+def test_a_denoiser_without_kinetic_classes_refuses_a_curve_type(pipeline):
+    case = make_case()
+    mask = tumor(case.shape, (10, 18, 22))
+    assert pipeline.kinetic_choices == () and pipeline.choose_kinetics(None, 0) is None
+    assert np.array_equal(pipeline(case, mask, seed=0, steps=STEPS, kinetics="any").phases,
+                          pipeline(case, mask, seed=0, steps=STEPS).phases)
+    with pytest.raises(SynBTError, match="takes no kinetic curve type"):
+        pipeline(case, mask, seed=0, steps=STEPS, kinetics="washout")

@@ -425,6 +425,52 @@ def test_latent_cache_reuses_encodings_only_for_the_same_encoder_and_voxels(data
         del ae.encode_volume
 
 
+def test_tumor_curve_types_are_measured_in_the_original_intensities(dataset):
+    from scipy import ndimage
+
+    from SynBTLib.training.data import tumor_curve_classes
+
+    case = load_cases(dataset, need_tumors=True, progress=False)[0]
+    components, count = ndimage.label(case.tumor)
+    assert tumor_curve_classes(case, case.image, case.tumor, components, count, 1).tolist() == [1]  # rising: persistent
+    low, high = case.intensity_range
+    raw = case.image * (high - low) + low
+    for post2, expected in ((raw[1], 2), (raw[0] + 0.5 * (raw[1] - raw[0]), 3)):  # flat: plateau; falling: washout
+        image = (np.stack([raw[0], raw[1], post2]) - low) / (high - low)
+        assert tumor_curve_classes(case, image, case.tumor, components, count, 1).tolist() == [expected]
+    assert tumor_curve_classes(case, case.image[:2], case.tumor, components, count, 1).tolist() == [0]  # 2 phases
+
+
+def test_diffusion_kinetic_conditioning_records_frequencies_and_the_pipeline_obeys(dataset, autoencoder_run, tmp_path):
+    from SynBTLib.io import read_case, read_mask
+    from SynBTLib.pipeline import SynthesisPipeline
+
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 2}, "kinetic_conditioning": True}
+    run = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "k", config, verbose=False)
+    bundle = load_bundle(run.bundle)
+    assert bundle.denoiser.config.kinetic_classes is True
+    frequencies = bundle.config["kinetic_frequencies"]
+    assert frequencies["persistent"] == 4 and sum(frequencies.values()) == 4  # 2 cases x flip, all rising
+    pipeline = SynthesisPipeline.from_bundle(run.bundle)
+    assert pipeline.kinetic_choices == ("persistent", "plateau", "washout")
+    assert {pipeline.choose_kinetics(None, seed) for seed in range(20)} == {"persistent"}  # as trained
+    assert pipeline.kinetic_frequencies == {"persistent": 4.0, "plateau": 0.0, "washout": 0.0}
+    uniform = SynthesisPipeline.from_bundle(run.bundle, kinetic_frequencies=None)  # none given: every type alike
+    assert {uniform.choose_kinetics(None, seed) for seed in range(30)} == set(uniform.kinetic_choices)
+    with pytest.raises(SynBTError, match="kinetic_frequencies"):
+        SynthesisPipeline.from_bundle(run.bundle, kinetic_frequencies={"washout": -1})
+    case = read_case(sorted((dataset / "case0").glob("phase_*.nii.gz")))
+    mask = read_mask(dataset / "case0" / "tumor_labels.nii.gz", case.geometry)
+    washout = pipeline(case, mask, seed=0, steps=2, kinetics="washout")
+    assert np.array_equal(washout.phases, pipeline(case, mask, seed=0, steps=2, kinetics="washout").phases)
+    assert not np.array_equal(washout.phases, pipeline(case, mask, seed=0, steps=2, kinetics="plateau").phases)
+    with pytest.raises(SynBTError, match="unknown kinetic curve type"):
+        pipeline(case, mask, seed=0, steps=2, kinetics="rising")
+    with pytest.raises(SynBTError, match="kinetic"):
+        train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "ft",
+                        {**config, "kinetic_conditioning": False, "finetune": {"bundle": str(run.bundle)}}, verbose=False)
+
+
 def test_weighted_mse_counts_the_masked_error_by_its_weight():
     from SynBTLib.training.diffusion import weighted_mse
 

@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--bundle", metavar="B", help="model bundle folder (default: the shipped phantom bundle)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (for methods that have them)")
+    p.add_argument("--kinetics", choices=("persistent", "plateau", "washout", "any"),
+                   help="the tumor's kinetic curve type, for bundles trained with kinetic classes (default: "
+                   "drawn by the seed from the types the bundle was trained on; any: the model's own choice)")
     p.add_argument("--resample", action="store_true", help="resample phases and mask onto the first phase's grid")
     p.add_argument("--resample-mask", action="store_true", help="resample only the mask onto the case grid")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out folder")
@@ -122,6 +125,10 @@ def run(args) -> int:
 
     _check_options(args)
     synthesizer, steps = make_synthesizer(args.method, args)
+    if args.kinetics:  # refused before anything is read or written
+        if not hasattr(synthesizer, "choose_kinetics"):
+            raise SynBTError(f"--kinetics applies to the diffusion method, not to {args.method}")
+        synthesizer.choose_kinetics(args.kinetics, args.seed)
     progress = Progress(args.progress)
     try:
         progress(0, "reading the phases")
@@ -130,7 +137,8 @@ def run(args) -> int:
         mask, details = _tumor_mask(args, case)
         inputs = list(args.phases) + ([args.mask] if args.mask else [])
         out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs)
-        result = synthesizer(case, mask, seed=args.seed, steps=steps, progress=progress.within(10, 90))
+        extra = {"kinetics": args.kinetics} if args.kinetics else {}
+        result = synthesizer(case, mask, seed=args.seed, steps=steps, progress=progress.within(10, 90), **extra)
         progress(90, "writing the outputs")
         details["steps"] = steps
         if args.method == "diffusion":
@@ -138,6 +146,9 @@ def run(args) -> int:
 
             bundle = Path(args.bundle) if args.bundle else default_bundle_path()
             details["bundle"] = {"path": str(bundle.resolve()), "sha256": bundle_sha256(bundle)}
+            chosen = synthesizer.choose_kinetics(args.kinetics, args.seed)
+            if chosen is not None:
+                details["kinetics"] = chosen
         if hasattr(synthesizer, "describe"):
             details["synthesizer"] = synthesizer.describe(args.seed)
         write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case)

@@ -5,6 +5,11 @@ Conditioning is by channel concatenation, as in latent inpainting: [noisy latent
 image with the tumor region erased, mask condition at latent resolution (the generated region,
 optionally with the tumor's voxel outline as extra channels)]. Classifier-free guidance
 is supported by training with condition dropout (``drop_condition``) to a null condition of zeros.
+
+Optionally (``kinetic_classes``) the denoiser also takes the tumor's BI-RADS kinetic curve type as a
+class label (MONAI's class embedding, added to the timestep embedding): 0 = unspecified, then
+persistent, plateau, washout (``KINETIC_CLASSES``). A tumor's curve type is a property of the
+whole tumor that its surroundings do not tell; given as a label, it need not be guessed from noise.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from torch import nn
 
 from ..errors import SynBTError
 from .config import config_from_dict
+
+KINETIC_CLASSES = ("unspecified", "persistent", "plateau", "washout")  # index 0 is the null label
 
 
 @dataclass
@@ -31,6 +38,8 @@ class DenoiserConfig:
     # channels of the mask condition: 1 = the generated latent region (older bundles); 1 + c**3 adds
     # the tumor's voxel outline (conditioning.denoiser_condition, "mask_encoding": "voxels")
     mask_channels: int = 1
+    # a class label for the tumor's kinetic curve type (KINETIC_CLASSES); False in older bundles
+    kinetic_classes: bool = False
 
     def __post_init__(self):
         self.mask_channels = int(self.mask_channels)
@@ -79,6 +88,7 @@ class MaskConditionedDenoiser(nn.Module):
             attention_levels=self.config.attention_levels,
             norm_num_groups=self.config.norm_num_groups,
             num_head_channels=self.config.num_head_channels,
+            num_class_embeds=len(KINETIC_CLASSES) if self.config.kinetic_classes else None,
         )
 
     def forward(
@@ -87,13 +97,26 @@ class MaskConditionedDenoiser(nn.Module):
         context_latent: torch.Tensor,
         mask_latent: torch.Tensor,
         timesteps: torch.Tensor | int,
+        kinetics: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
-        """(B, L, z, y, x) noisy latent, (B, L, z, y, x) context, (B, M, z, y, x) mask condition -> predicted noise (or v)."""
+        """(B, L, z, y, x) noisy latent, (B, L, z, y, x) context, (B, M, z, y, x) mask condition -> predicted noise (or v).
+
+        ``kinetics``: KINETIC_CLASSES indices, one or one per sample (None = 0, unspecified); only for a
+        denoiser built with kinetic_classes."""
         self._check_inputs(noisy_latent, context_latent, mask_latent)
+        batch = noisy_latent.shape[0]
         timesteps = torch.as_tensor(timesteps, device=noisy_latent.device).long().reshape(-1)
-        timesteps = timesteps.expand(noisy_latent.shape[0]) if timesteps.numel() == 1 else timesteps
+        timesteps = timesteps.expand(batch) if timesteps.numel() == 1 else timesteps
         x = torch.cat([noisy_latent, context_latent, mask_latent.to(noisy_latent.dtype)], dim=1)
-        return self.unet(x, timesteps)
+        if not self.config.kinetic_classes:
+            if kinetics is not None and torch.as_tensor(kinetics).any():
+                raise SynBTError("this denoiser was trained without kinetic curve types; it cannot be given one")
+            return self.unet(x, timesteps)
+        labels = torch.zeros(batch, dtype=torch.long, device=x.device) if kinetics is None else \
+            torch.as_tensor(kinetics, device=x.device).long().reshape(-1).expand(batch)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= len(KINETIC_CLASSES)):
+            raise SynBTError(f"kinetic class labels must be 0..{len(KINETIC_CLASSES) - 1}, got {labels.tolist()}")
+        return self.unet(x, timesteps, class_labels=labels)
 
     def _check_inputs(self, noisy: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> None:
         latent = self.config.latent_channels
@@ -131,6 +154,15 @@ def drop_condition(
     return torch.where(keep, context_latent, null_context), torch.where(keep, mask_latent, null_mask)
 
 
+def drop_kinetics(kinetics: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time dropout of the kinetic label to 0 (unspecified), drawn independently of the
+    condition dropout, so that "unspecified" is learned with a real context too."""
+    if probability <= 0:
+        return kinetics
+    draw = torch.rand(kinetics.shape[0], generator=generator, device=kinetics.device)
+    return torch.where(draw >= probability, kinetics, torch.zeros_like(kinetics))
+
+
 def guided_noise(
     denoiser: MaskConditionedDenoiser,
     noisy_latent: torch.Tensor,
@@ -138,9 +170,11 @@ def guided_noise(
     mask_latent: torch.Tensor,
     timesteps: torch.Tensor | int,
     guidance_scale: float = 1.0,
+    kinetics: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
     """Denoiser output (noise or v) with classifier-free guidance; scale 1.0 is the plain conditional prediction."""
-    conditional = denoiser(noisy_latent, context_latent, mask_latent, timesteps)
+    extra = {} if kinetics is None else {"kinetics": kinetics}
+    conditional = denoiser(noisy_latent, context_latent, mask_latent, timesteps, **extra)
     if guidance_scale == 1.0:
         return conditional
     unconditional = denoiser(noisy_latent, *null_condition(context_latent, mask_latent), timesteps)

@@ -30,6 +30,7 @@ class TrainingCase:
     phase_names: list[str]
     centers: np.ndarray  # (N, 3) z, y, x voxel indices inside the body, for patch sampling
     tumor_centers: np.ndarray | None = None  # (N, 3) tumor voxel indices, where tumors were read
+    intensity_range: tuple[float, float] | None = None  # (low, high) of the normalization: image * (high - low) + low
 
 
 def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = True,
@@ -55,10 +56,12 @@ def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = Tru
         body = np.argwhere(body_mask(case))
         stride = max(1, len(body) // MAX_CENTER_CANDIDATES)
         tumor_voxels = np.argwhere(tumor > 0) if tumor is not None else None
+        norm = fit_normalization(case)
         cases.append(
             TrainingCase(
                 case_id=ref.case_id,
-                image=normalize(case.phases, fit_normalization(case)),
+                image=normalize(case.phases, norm),
+                intensity_range=(norm.low, norm.high),
                 tumor=tumor,
                 spacing=case.geometry.spacing,
                 phase_names=list(case.phase_names),
@@ -147,6 +150,7 @@ class LatentCase:
     context: np.ndarray
     mask: np.ndarray
     tumor_centers: np.ndarray  # (N, 3) latent-grid centers of the tumor components
+    tumor_kinetics: np.ndarray | None = None  # (N,) KINETIC_CLASSES index of each component (0: unknown)
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int, minimum: Sequence[int], mode: str) -> np.ndarray:
@@ -211,6 +215,7 @@ def encode_cases(
             tumor_cells = _latent_mask(tumor, compression)  # ROIs are centred on tumors, not on their rims
             components, count = ndimage.label(tumor_cells)
             centers = np.asarray(ndimage.center_of_mass(tumor_cells, components, range(1, count + 1)))
+            kinetics = tumor_curve_classes(case, image, tumor, components, count, compression)
             encoded.append(
                 LatentCase(
                     case_id=case.case_id + (" (flipped)" if flip else ""),
@@ -218,11 +223,34 @@ def encode_cases(
                     context=context,
                     mask=latent_mask.astype(np.uint8),
                     tumor_centers=np.round(centers).astype(int).reshape(-1, 3),
+                    tumor_kinetics=kinetics,
                 )
             )
     if cache is not None and progress:
         tqdm.write(f"latent cache {cache.folder}: {cache.hits} reused, {cache.misses} encoded")
     return encoded
+
+
+def tumor_curve_classes(case: TrainingCase, image: np.ndarray, tumor: np.ndarray, components: np.ndarray,
+                        count: int, compression: int) -> np.ndarray:
+    """KINETIC_CLASSES index of every latent tumor component: the BI-RADS curve type of its voxels'
+    mean signal in the original intensities (0 where it cannot be told: fewer than 3 phases, no
+    intensity range, or no tumor voxel)."""
+    from ..kinetics import classify_curve
+    from ..nets.denoiser import KINETIC_CLASSES
+
+    classes = np.zeros(count, dtype=np.int64)
+    if image.shape[0] < 3 or case.intensity_range is None:
+        return classes
+    low, high = case.intensity_range
+    c = compression
+    cells = np.repeat(np.repeat(np.repeat(components, c, 0), c, 1), c, 2)[: tumor.shape[0], : tumor.shape[1], : tumor.shape[2]]
+    for k in range(1, count + 1):
+        voxels = (cells == k) & (tumor > 0)
+        if voxels.any():
+            curve = image[:, voxels].astype(np.float64).mean(1) * (high - low) + low
+            classes[k - 1] = KINETIC_CLASSES.index(classify_curve(curve))
+    return classes
 
 
 def _latent_mask(tumor: np.ndarray, compression: int) -> np.ndarray:
@@ -243,12 +271,16 @@ class TumorRoiSampler:
             raise SynBTError("no case has a non-empty tumor label to train the denoiser on")
         self.roi, self.seed, self.rank, self.jitter = tuple(int(v) for v in latent_roi), seed, rank, jitter
 
-    def sample(self, step: int, batch_size: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(self, step: int, batch_size: int, stream: int = 0
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(latents, contexts, masks, kinetic class of the tumor each ROI is centred on)."""
         rng = step_rng(self.seed, step, self.rank, stream)
-        latents, contexts, masks = [], [], []
+        latents, contexts, masks, kinetics = [], [], [], []
         for _ in range(batch_size):
             case = self.cases[rng.integers(len(self.cases))]
-            center = case.tumor_centers[rng.integers(len(case.tumor_centers))]
+            which = rng.integers(len(case.tumor_centers))
+            center = case.tumor_centers[which]
+            kinetics.append(0 if case.tumor_kinetics is None else int(case.tumor_kinetics[which]))
             shift = [rng.integers(-int(n * self.jitter), int(n * self.jitter) + 1) for n in self.roi]
             start = []
             for c, s, n, dim in zip(center, shift, self.roi, case.latent.shape[1:]):
@@ -260,4 +292,5 @@ class TumorRoiSampler:
             np.ascontiguousarray(np.stack(latents), dtype=np.float32),
             np.ascontiguousarray(np.stack(contexts), dtype=np.float32),
             np.ascontiguousarray(np.stack(masks), dtype=np.float32),
+            np.asarray(kinetics, dtype=np.int64),
         )

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import SynBTError
@@ -60,6 +61,10 @@ DEFAULT_CONFIG = {
     # what the denoiser is told of the mask: "cells" = the latent cells to generate (older bundles);
     # "voxels" adds the tumor's outline to the voxel (conditioning.denoiser_condition)
     "mask_encoding": "cells",
+    # the tumor's BI-RADS curve type (measured on each training tumor) as a class label of the
+    # denoiser, dropped to "unspecified" with kinetics_dropout (nets/denoiser.py KINETIC_CLASSES)
+    "kinetic_conditioning": False,
+    "kinetics_dropout": 0.2,
 }
 
 
@@ -127,7 +132,7 @@ def train_diffusion(
     (training/latent_cache.py); the results do not depend on it."""
     from ..bundle import save_bundle
     from ..conditioning import MASK_ENCODINGS, mask_condition_channels
-    from ..nets.denoiser import DenoiserConfig, MaskConditionedDenoiser, drop_condition
+    from ..nets.denoiser import KINETIC_CLASSES, DenoiserConfig, MaskConditionedDenoiser, drop_condition, drop_kinetics
     from ..nets.scheduler import SchedulerConfig, make_scheduler, training_target
 
     config = merge_config(DEFAULT_CONFIG, config or {})
@@ -171,8 +176,13 @@ def train_diffusion(
         if source is not None and int(config["denoiser"].get("mask_channels", 1)) != mask_channels:
             raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
                              f"denoiser ({config['denoiser'].get('mask_channels', 1)} mask channels)")
+        kinetic = bool(config["kinetic_conditioning"])
+        if kinetic and ae.config.in_channels < 3:
+            raise SynBTError("kinetic_conditioning needs a pre-contrast and at least two post-contrast phases")
+        if source is not None and bool(config["denoiser"].get("kinetic_classes", False)) != kinetic:
+            raise SynBTError(f"kinetic_conditioning {kinetic} differs from the finetune bundle's denoiser")
         config["denoiser"] = {**config["denoiser"], "latent_channels": ae.config.latent_channels,
-                              "mask_channels": mask_channels}
+                              "mask_channels": mask_channels, "kinetic_classes": kinetic}
         den_config = DenoiserConfig.from_dict(config["denoiser"])
         sched_config = SchedulerConfig.from_dict(config["scheduler"])
         config.update(autoencoder=ae.config.to_dict(), denoiser=den_config.to_dict(), scheduler=sched_config.to_dict())
@@ -220,18 +230,21 @@ def train_diffusion(
         if dist.is_main:  # after the Trainer accepted a resume, so a refused one changes nothing
             (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         dropout = float(config["condition_dropout"])
+        kinetics_dropout = float(config["kinetics_dropout"])
         timesteps_total = sched_config.num_train_timesteps
 
         def step(index: int) -> dict[str, float]:
-            latent, context, mask = (torch.from_numpy(a).to(dist.device) for a in sampler.sample(index, settings.batch_size))
+            latent, context, mask, kinetics = (torch.from_numpy(a).to(dist.device)
+                                               for a in sampler.sample(index, settings.batch_size))
             generator = step_torch_generator(settings.seed, index, dist.rank, stream=1, device=dist.device)
             noise = torch.randn(latent.shape, generator=generator, device=dist.device)
             t = torch.randint(0, timesteps_total, (latent.shape[0],), generator=generator, device=dist.device)
             noisy = scheduler.add_noise(latent, noise, t)
             weight = 1.0 + mask_weight * mask[:, :1]  # the generated region, also where the condition is dropped
             context, mask = drop_condition(context, mask, dropout, generator)
+            extra = {"kinetics": drop_kinetics(kinetics, kinetics_dropout, generator)} if kinetic else {}
             with trainer.autocast():
-                prediction = denoiser(noisy, context, mask, t)
+                prediction = denoiser(noisy, context, mask, t, **extra)
             loss = weighted_mse(prediction.float(), training_target(scheduler, latent, noise, t), weight)
             trainer.optimize(loss, "denoiser")
             return {"loss": loss.item()}
@@ -245,6 +258,10 @@ def train_diffusion(
                 meta["context_margin_mm"] = float(margin)
             meta["mask_dilation_cells"] = dilation
             meta["mask_encoding"] = config["mask_encoding"]
+            if kinetic:  # how often each curve type was trained: the pipeline draws from these by default
+                counts = np.bincount(np.concatenate([c.tumor_kinetics for c in encoded if c.tumor_kinetics is not None]),
+                                     minlength=len(KINETIC_CLASSES))
+                meta["kinetic_frequencies"] = {name: int(n) for name, n in zip(KINETIC_CLASSES, counts)}
             if source is not None:
                 meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256,
                                           "warm_start": bool(config["finetune"].get("warm_start", False))}
