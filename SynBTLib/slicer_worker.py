@@ -46,6 +46,7 @@ class SynthesisRequest:
     bundle: str | None = None
     auto_size_mm: float | None = None
     center_mm: tuple[float, float, float] | None = None  # LPS, with auto_size_mm
+    kinetics: str | None = None  # curve type for a bundle trained with kinetic classes (None: drawn by the seed)
 
 
 @dataclass
@@ -101,6 +102,8 @@ def build_synthesize_command(python: str, inputs: WorkerInputs, out_dir: str | P
         command += ["--steps", str(int(request.steps))]
     if request.bundle:
         command += ["--bundle", str(request.bundle)]
+    if request.kinetics:
+        command += ["--kinetics", str(request.kinetics)]
     return command + ["--out", str(out_dir), "--progress", "json"]
 
 

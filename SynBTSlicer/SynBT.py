@@ -1,4 +1,5 @@
 """SynBT: synthesize realistic breast tumors in DCE-MRI (3D Slicer module over SynBTLib)."""
+import functools
 import logging
 import os
 import sys
@@ -68,6 +69,8 @@ class SynBTParameterNode:
     bundlePath: str = ""
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     steps: Annotated[int, WithinRange(1, 1000)] = 30
+    # the tumor's curve type, for bundles trained with kinetic classes ("drawn": by the seed)
+    kinetics: Annotated[str, Choice(["drawn", "persistent", "plateau", "washout", "any"])] = "drawn"
     outputSuffix: str = " SynBT"
     # Export synthetic cases (`synbt export`); the diffusion method uses bundlePath and steps above.
     exportSource: str = ""
@@ -103,6 +106,7 @@ class SynBTParameterNode:
             steps=self.steps if diffusion else None,
             bundle=(self.bundlePath or None) if diffusion else None,
             auto_size_mm=self.autoSizeMm if self.useAutoTumor else None,
+            kinetics=self.kinetics if diffusion and self.kinetics != "drawn" else None,
         )
 
     def exportRequest(self):
@@ -298,6 +302,7 @@ class SynBTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         diffusion = bool(p and p.method == "diffusion")
         self.ui.bundlePathLineEdit.enabled = diffusion
         self.ui.stepsSpinBox.enabled = diffusion
+        self.ui.kineticsComboBox.enabled = diffusion
         self.ui.segmentSelector.enabled = bool(p and not p.useAutoTumor)
         self.ui.autoSizeSpinBox.enabled = bool(p and p.useAutoTumor)
         if not hasattr(self, "exportSection"):  # before setup() has finished
@@ -403,15 +408,22 @@ class SynBTLogic(ScriptedLoadableModuleLogic):
         return not missing_modules()
 
     def synthesize(self, phaseNodes, segmentationNode=None, segmentId=None, seed=0, method=None,
-                   steps=None, bundle=None, autoSizeMm=None, suffix=" SynBT", progress=None):
+                   steps=None, bundle=None, autoSizeMm=None, suffix=" SynBT", progress=None, kinetics=None):
         """Synthesize in this process; returns SynBTLib.mrml.SynthesisResult (new nodes).
-        method None: diffusion with the shipped bundle when it is there, else handcrafted."""
+        method None: diffusion with the shipped bundle when it is there, else handcrafted.
+        kinetics: the curve type for a bundle trained with kinetic classes (None: drawn by the seed)."""
         from SynBTLib import mrml
         from SynBTLib.slicer_worker import auto_tumor_mask
         from SynBTLib.synthesizers import make_synthesizer
 
         method = method or self.defaultMethod()
         synthesizer, _, steps = make_synthesizer(method, bundle=bundle, steps=steps)
+        if kinetics is not None:
+            from SynBTLib.errors import SynBTError
+
+            if not hasattr(synthesizer, "choose_kinetics"):
+                raise SynBTError(f"a kinetic curve type applies to the diffusion method, not to {method}")
+            synthesizer = functools.partial(synthesizer, kinetics=kinetics)
         if autoSizeMm is None:
             return mrml.synthesize_nodes(slicer.mrmlScene, phaseNodes, segmentationNode, segmentId, synthesizer,
                                          seed=seed, steps=steps, progress=progress, suffix=suffix)

@@ -119,6 +119,9 @@ def test_method_choices_match_the_engine_and_the_commands():
         assert tuple(fields[name][1]) == METHODS
     assert tuple(fields["exportFormat"][1]) == EXPORT_FORMATS
     assert tuple(fields["trainSynthetic"][1]) == SYNTHETIC_MODES
+    from SynBTLib.nets.denoiser import KINETIC_CLASSES
+
+    assert tuple(fields["kinetics"][1]) == ("drawn", *KINETIC_CLASSES[1:], "any")  # drawn = the CLI's default
 
 
 def test_export_and_train_sections_have_settings_a_button_progress_and_a_log():
@@ -240,6 +243,9 @@ def test_command_line_for_mask_auto_and_diffusion_requests(tmp_path):
         "py", inputs, tmp_path / "out",
         sw.SynthesisRequest(method="diffusion", steps=20, bundle="b", auto_size_mm=12.5, center_mm=(1, 2, 3)),
     )
+    assert "--kinetics" not in auto and "--kinetics" not in command
+    washout = sw.build_synthesize_command("py", inputs, "o", sw.SynthesisRequest(method="diffusion", kinetics="washout"))
+    assert washout[washout.index("--kinetics") + 1] == "washout"
     assert "--mask" not in auto and auto[auto.index("--size-mm") + 1] == "12.5"
     assert auto[auto.index("--steps") + 1] == "20" and auto[auto.index("--bundle") + 1] == "b"
     assert [float(v) for v in auto[auto.index("--center") + 1:auto.index("--center") + 4]] == [1, 2, 3]
