@@ -163,8 +163,8 @@ def test_diffusion_without_a_bundle_is_one_clear_line(inputs, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def kinetic_bundle(folder, frequencies):
-    """A tiny bundle (random real networks) whose denoiser takes a kinetic curve type."""
+def kinetic_bundle(folder, frequencies, kinetic=True):
+    """A tiny bundle (random real networks) whose denoiser takes a kinetic curve type (or not)."""
     import torch
 
     from SynBTLib.bundle import save_bundle
@@ -175,9 +175,9 @@ def kinetic_bundle(folder, frequencies):
     torch.manual_seed(0)
     autoencoder = PatchVolumeAutoencoder(AutoencoderConfig(channels=(8, 8, 8), norm_num_groups=1))
     denoiser = MaskConditionedDenoiser(DenoiserConfig(channels=(8, 16, 16), attention_levels=(False, False, True),
-                                                      num_head_channels=8, norm_num_groups=4, kinetic_classes=True))
-    return save_bundle(folder, autoencoder, denoiser, SchedulerConfig(), 1.0,
-                       meta={"phases": 3, "kinetic_frequencies": frequencies}, card_text="# tiny\n")
+                                                      num_head_channels=8, norm_num_groups=4, kinetic_classes=kinetic))
+    meta = {"phases": 3, **({"kinetic_frequencies": frequencies} if kinetic else {})}
+    return save_bundle(folder, autoencoder, denoiser, SchedulerConfig(), 1.0, meta=meta, card_text="# tiny\n")
 
 
 def test_kinetics_is_obeyed_recorded_and_refused_where_it_does_not_apply(inputs, tmp_path, capsys):
@@ -189,9 +189,10 @@ def test_kinetics_is_obeyed_recorded_and_refused_where_it_does_not_apply(inputs,
     assert run_cli(*common, "--out", tmp_path / "drawn") == 0  # drawn from the bundle's training frequencies
     assert json.loads((tmp_path / "drawn" / "provenance.json").read_text())["details"]["kinetics"] == "washout"
     capsys.readouterr()
-    assert run_cli("--phases", *phases, "--mask", mask, "--label", 1, "--method", "diffusion", "--kinetics", "washout",
-                   "--out", tmp_path / "shipped") == 2  # the shipped bundle takes no curve type
-    assert "takes no kinetic curve type" in error_line(capsys) and not (tmp_path / "shipped").exists()
+    plain = kinetic_bundle(tmp_path / "plain", None, kinetic=False)
+    assert run_cli("--phases", *phases, "--mask", mask, "--label", 1, "--method", "diffusion", "--bundle", plain,
+                   "--kinetics", "washout", "--out", tmp_path / "plain_out") == 2
+    assert "takes no kinetic curve type" in error_line(capsys) and not (tmp_path / "plain_out").exists()
 
 
 def test_overwrite_leaves_no_phase_of_an_earlier_result(inputs, tmp_path):
