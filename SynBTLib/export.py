@@ -224,8 +224,9 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
             "index": t, "diameter_mm": diameter, "kind": kind, "center_mm": list(placement.center_mm),
             "shape_seed": shape_seed, "synthesis_seed": synthesis_seed, "voxels": int(placement.mask.sum()),
         }
-        if hasattr(synth, "describe"):
-            tumor["synthesis"] = synth.describe(synthesis_seed)
+        described = synth.describe(synthesis_seed) if hasattr(synth, "describe") else {}
+        if described:  # the handcrafted appearance, or the curve type a kinetic bundle drew
+            tumor["synthesis"] = described
         tumors.append(tumor)
     provenance = {
         "case": name, "index": index, "source_case": ref.case_id,

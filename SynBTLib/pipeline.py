@@ -135,6 +135,11 @@ class SynthesisPipeline:
                              f"{', '.join(self.kinetic_choices)} or any")
         return kinetics
 
+    def describe(self, seed: int, kinetics: str | None = None) -> dict:
+        """What a synthesis with ``seed`` and ``kinetics`` records in provenance ({} for older bundles)."""
+        chosen = self.choose_kinetics(kinetics, seed)
+        return {} if chosen is None else {"kinetics": chosen}
+
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu", reconstruct_only: bool = False,
                     **options) -> "SynthesisPipeline":

@@ -252,6 +252,7 @@ def test_denoiser_with_an_outline_condition_reads_every_mask_channel():
     torch.manual_seed(0)
     config = DenoiserConfig(**{**TINY.to_dict(), "mask_channels": 9})
     assert config.in_channels == 2 * 4 + 9 and DenoiserConfig.from_dict(config.to_dict()) == config
+    assert "mask_channels" not in TINY.to_dict() and "kinetic_classes" not in TINY.to_dict()  # older readers
     net = randomize_zero_parameters(MaskConditionedDenoiser(config)).eval()
     noisy, context, _ = _latents()
     condition = (torch.rand((2, 9, 4, 8, 8), generator=torch.Generator().manual_seed(2)) > 0.5).float()

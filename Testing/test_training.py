@@ -300,6 +300,7 @@ def test_diffusion_phase_normalization_rotates_the_linear_latent_by_phase(datase
     assert not (tmp_path / "plain").exists()
     run = train_diffusion(dataset, linear.bundle, tmp_path / "d", config, verbose=False)
     bundle = load_bundle(run.bundle)
+    assert bundle.config["training"]["config"]["latent_phase_groups"][0] == 8  # 2x2x2 pre-contrast voxels
     rotation = np.asarray(bundle.config["latent_rotation"])
     decoder = bundle.autoencoder.linear_decoder.weight.detach().numpy()
     effect = np.abs(decoder[:, 0].reshape(16, -1).T @ rotation.T)  # (pre-contrast voxel, rotated channel)
@@ -311,6 +312,11 @@ def test_diffusion_phase_normalization_rotates_the_linear_latent_by_phase(datase
     mask = read_mask(dataset / "case0" / "tumor_labels.nii.gz", case.geometry)
     out = pipeline(case, mask, seed=0, steps=2)
     assert np.isfinite(out.phases).all() and not np.array_equal(out.phases[:, mask > 0], case.phases[:, mask > 0])
+    narrow = train_autoencoder(dataset, tmp_path / "ae8", {**ae_config, "autoencoder": {**ae_config["autoencoder"],
+                                                                                       "latent_channels": 8}},
+                               verbose=False)
+    with pytest.raises(SynBTError, match="separates nothing"):  # 8 channels, 8 pre-contrast voxels per cell
+        train_diffusion(dataset, narrow.bundle, tmp_path / "d8", config, verbose=False)
 
 
 def test_diffusion_v_prediction_trains_on_v_and_the_pipeline_samples_with_it(dataset, autoencoder_run, tmp_path):
@@ -413,8 +419,10 @@ def test_latent_cache_reuses_encodings_only_for_the_same_encoder_and_voxels(data
         assert len(calls) == 14  # another latent scale misses
         entry = sorted((tmp_path / "cache").glob("*.safetensors"))[0]
         entry.write_bytes(entry.read_bytes()[:40])  # truncated: encoded again, with a warning
-        with pytest.warns(UserWarning, match="unreadable"):
+        assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 10
+        with pytest.warns(UserWarning, match="unreadable"):  # the three settings above ask for all ten again
             encode_cases(cases, ae, 1.0, [8, 8, 8], **kwargs)
+            encode_cases(cases, ae, 1.0, [8, 8, 8], mask_dilation_cells=1, **kwargs)
             encode_cases(cases, ae, 2.0, [8, 8, 8], **kwargs)
         assert len(calls) == 15
         with torch.no_grad():
@@ -466,6 +474,11 @@ def test_diffusion_kinetic_conditioning_records_frequencies_and_the_pipeline_obe
     assert not np.array_equal(washout.phases, pipeline(case, mask, seed=0, steps=2, kinetics="plateau").phases)
     with pytest.raises(SynBTError, match="unknown kinetic curve type"):
         pipeline(case, mask, seed=0, steps=2, kinetics="rising")
+    for bad in (0.0, 1.0, 2):
+        with pytest.raises(SynBTError, match="kinetics_dropout"):
+            train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bad", {**config, "kinetics_dropout": bad},
+                            verbose=False)
+    assert pipeline.describe(3) == {"kinetics": "persistent"} and pipeline.describe(3, "plateau") == {"kinetics": "plateau"}
     with pytest.raises(SynBTError, match="kinetic"):
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "ft",
                         {**config, "kinetic_conditioning": False, "finetune": {"bundle": str(run.bundle)}}, verbose=False)

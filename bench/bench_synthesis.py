@@ -83,7 +83,7 @@ def full_worker(spec: dict) -> dict:
     """Full-volume latent diffusion with the same networks, sampler and steps: encode, denoise, decode the whole volume."""
     import torch
 
-    from SynBTLib.conditioning import erase_mask, mask_to_latent
+    from SynBTLib.conditioning import denoiser_condition, erase_mask
     from SynBTLib.pipeline import SynthesisPipeline, blend_weight, inpaint_latent, paste_blended
     from SynBTLib.preprocess import denormalize, fit_normalization, normalize
 
@@ -101,10 +101,11 @@ def full_worker(spec: dict) -> dict:
     norm = fit_normalization(case)
     image = torch.from_numpy(normalize(np.pad(case.phases, [(0, 0), *padding], mode="edge"), norm))[None]
     mask_t = torch.from_numpy(np.pad(mask, padding).astype(np.float32))[None, None]
-    known = ae.encode_volume(image) * scale
-    context = ae.encode_volume(erase_mask(image, mask_t)) * scale
+    mask_latent, erased = denoiser_condition(mask_t, pipeline.compression, pipeline.mask_dilation_cells,
+                                             pipeline.mask_encoding)
+    known = pipeline.channels.standardize(ae.encode_volume(image) * scale)
+    context = pipeline.channels.standardize(ae.encode_volume(erase_mask(image, erased)) * scale)
     del image
-    mask_latent = mask_to_latent(mask_t, pipeline.compression)
     watch.mark("encode")
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -113,7 +114,7 @@ def full_worker(spec: dict) -> dict:
             progress=lambda *_: step_marks.append(time.perf_counter()),
         )
     watch.mark("denoise")
-    decoded = ae.decode_volume(latent / scale)[0].numpy()
+    decoded = ae.decode_volume(pipeline.channels.restore(latent) / scale)[0].numpy()
     generated = denormalize(decoded, norm).astype(np.float32)
     weight = blend_weight(np.pad(mask, padding), case.geometry.spacing[::-1], pipeline.blend_mm)
     result = paste_blended(case.phases, generated, weight, box)

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (for methods that have them)")
     p.add_argument("--kinetics", choices=("persistent", "plateau", "washout", "any"),
                    help="the tumor's kinetic curve type, for bundles trained with kinetic classes (default: "
-                   "drawn by the seed from the types the bundle was trained on; any: the model's own choice)")
+                   "drawn by the seed from the types the bundle was trained on; any: the model's own choice, "
+                   "which is what bundles without kinetic classes always do)")
     p.add_argument("--resample", action="store_true", help="resample phases and mask onto the first phase's grid")
     p.add_argument("--resample-mask", action="store_true", help="resample only the mask onto the case grid")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out folder")
@@ -146,10 +147,8 @@ def run(args) -> int:
 
             bundle = Path(args.bundle) if args.bundle else default_bundle_path()
             details["bundle"] = {"path": str(bundle.resolve()), "sha256": bundle_sha256(bundle)}
-            chosen = synthesizer.choose_kinetics(args.kinetics, args.seed)
-            if chosen is not None:
-                details["kinetics"] = chosen
-        if hasattr(synthesizer, "describe"):
+            details.update(synthesizer.describe(args.seed, args.kinetics))
+        elif hasattr(synthesizer, "describe"):
             details["synthesizer"] = synthesizer.describe(args.seed)
         write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case)
         progress(100, "done")

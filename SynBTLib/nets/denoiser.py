@@ -66,6 +66,9 @@ class DenoiserConfig:
         data = asdict(self)
         data["channels"] = list(self.channels)
         data["attention_levels"] = list(self.attention_levels)
+        for key, default in (("mask_channels", 1), ("kinetic_classes", False)):
+            if data[key] == default:  # older SynBTLib versions then still read the config
+                del data[key]
         return data
 
     @classmethod

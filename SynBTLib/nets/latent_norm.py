@@ -14,7 +14,10 @@ channels that set the pre-contrast voxels, then those that leave the pre-contras
 set the first post-contrast one, and so on (``phase_separating_rotation``). In the PCA-like latent
 every channel mixes the phases, so a flat pre-contrast tumor needs the denoiser's errors in several
 large channels to cancel; after the rotation an error in an enhancement channel cannot reach the
-pre-contrast phase. Channels are then standardized as with "channel".
+pre-contrast phase through the linear path (the non-linear decoder still sees every channel).
+Channels are then standardized as with "channel". It separates something only where the latent
+has more channels than a cell has voxels (16 channels at 2x: 8 + 8); with 8 channels at 2x the
+first phase alone takes all of them, and training refuses it.
 """
 from __future__ import annotations
 
@@ -153,3 +156,13 @@ def phase_separating_rotation(decoder_weight: np.ndarray, tolerance: float = 1e-
             break
     rows.append(remaining)
     return np.concatenate(rows, axis=0)
+
+
+def phase_group_sizes(decoder_weight: np.ndarray, rotation: np.ndarray, tolerance: float = 1e-6) -> list[int]:
+    """How many rotated channels first change each phase (phase_separating_rotation's groups)."""
+    weight = np.asarray(decoder_weight, dtype=np.float64)
+    latent, phases = weight.shape[:2]
+    effect = np.stack([np.abs(weight[:, p].reshape(latent, -1).T @ np.asarray(rotation).T).max(0) for p in range(phases)])
+    first = [int(np.argmax(column > tolerance * max(effect.max(), 1e-30))) if (column > tolerance * max(effect.max(), 1e-30)).any()
+             else phases - 1 for column in effect.T]
+    return [first.count(p) for p in range(phases)]

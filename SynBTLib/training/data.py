@@ -173,6 +173,7 @@ def encode_cases(
     mask_dilation_cells: int = 0,
     mask_encoding: str = "cells",
     cache_dir: str | Path | None = None,
+    kinetics: bool = False,
 ) -> list[LatentCase]:
     """Encode every case and its tumor-erased copy once (and their x-flipped versions), for ROI sampling.
 
@@ -180,7 +181,8 @@ def encode_cases(
     cells (conditioning.generation_region), as the pipeline does for a bundle trained so; with
     ``mask_encoding="voxels"`` the mask condition also holds the tumor's voxel outline
     (conditioning.denoiser_condition). Masks are kept as uint8. With ``cache_dir`` every latent is
-    looked up in / added to a latent_cache.LatentCache there (keyed by the encoder and the voxels)."""
+    looked up in / added to a latent_cache.LatentCache there (keyed by the encoder and the voxels).
+    With ``kinetics`` every tumor component gets its curve type (tumor_curve_classes)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -215,7 +217,7 @@ def encode_cases(
             tumor_cells = _latent_mask(tumor, compression)  # ROIs are centred on tumors, not on their rims
             components, count = ndimage.label(tumor_cells)
             centers = np.asarray(ndimage.center_of_mass(tumor_cells, components, range(1, count + 1)))
-            kinetics = tumor_curve_classes(case, image, tumor, components, count, compression)
+            curve_types = tumor_curve_classes(case, image, tumor, components, count, compression) if kinetics else None
             encoded.append(
                 LatentCase(
                     case_id=case.case_id + (" (flipped)" if flip else ""),
@@ -223,7 +225,7 @@ def encode_cases(
                     context=context,
                     mask=latent_mask.astype(np.uint8),
                     tumor_centers=np.round(centers).astype(int).reshape(-1, 3),
-                    tumor_kinetics=kinetics,
+                    tumor_kinetics=curve_types,
                 )
             )
     if cache is not None and progress:
@@ -280,6 +282,7 @@ class TumorRoiSampler:
             case = self.cases[rng.integers(len(self.cases))]
             which = rng.integers(len(case.tumor_centers))
             center = case.tumor_centers[which]
+            # the label of the tumor the ROI is centred on; others in the ROI (multifocal cases) go unlabelled
             kinetics.append(0 if case.tumor_kinetics is None else int(case.tumor_kinetics[which]))
             shift = [rng.integers(-int(n * self.jitter), int(n * self.jitter) + 1) for n in self.roi]
             start = []

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import SynBTError
-from ..nets.latent_norm import ChannelStandardizer, phase_separating_rotation
+from ..nets.latent_norm import ChannelStandardizer, phase_group_sizes, phase_separating_rotation
 from .autoencoder import bundle_meta, encoder_parameters, latent_scale_from_cases, merge_config, model_card
 from .common import (
     TrainSettings,
@@ -129,7 +129,7 @@ def train_diffusion(
     checkpoints, losses.csv and the full bundle/ go to ``out``. ``progress(done, total, message)``
     is called after every step and may raise to stop (the last checkpoint stays resumable).
     ``latent_cache``: a folder where encoded cases are kept for later runs on this autoencoder
-    (training/latent_cache.py); the results do not depend on it."""
+    (training/latent_cache.py); entries are keyed by the encoder, the device type and the voxels."""
     from ..bundle import save_bundle
     from ..conditioning import MASK_ENCODINGS, mask_condition_channels
     from ..nets.denoiser import KINETIC_CLASSES, DenoiserConfig, MaskConditionedDenoiser, drop_condition, drop_kinetics
@@ -177,6 +177,9 @@ def train_diffusion(
             raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
                              f"denoiser ({config['denoiser'].get('mask_channels', 1)} mask channels)")
         kinetic = bool(config["kinetic_conditioning"])
+        if kinetic and not 0 < float(config["kinetics_dropout"]) < 1:
+            raise SynBTError(f"kinetics_dropout must be between 0 and 1 (exclusive: 'unspecified' must be "
+                             f"learned too), got {config['kinetics_dropout']!r}")
         if kinetic and ae.config.in_channels < 3:
             raise SynBTError("kinetic_conditioning needs a pre-contrast and at least two post-contrast phases")
         if source is not None and bool(config["denoiser"].get("kinetic_classes", False)) != kinetic:
@@ -200,15 +203,24 @@ def train_diffusion(
         encoded = encode_cases(
             cases, ae, scale, roi, flip_x=bool(config["data"].get("flip_x", True)),
             device=dist.device, progress=verbose and dist.is_main, mask_dilation_cells=dilation,
-            mask_encoding=config["mask_encoding"], cache_dir=latent_cache,
+            mask_encoding=config["mask_encoding"], cache_dir=latent_cache, kinetics=kinetic,
         )
+        if kinetic and not any(c.tumor_kinetics is not None and c.tumor_kinetics.any() for c in encoded):
+            raise SynBTError(f"no training tumor in {data} could be given a curve type; train without kinetic_conditioning")
         channels = ChannelStandardizer()
         if config["latent_normalization"] in ("channel", "phase"):
             # mean 0 / std 1 per channel over the training latents (see nets/latent_norm.py); a
             # continued denoiser keeps the statistics it was trained with
             rotation = None
-            if config["latent_normalization"] == "phase":
-                rotation = phase_separating_rotation(ae.linear_decoder.weight.detach().cpu().numpy())
+            if config["latent_normalization"] == "phase" and source is None:
+                weight = ae.linear_decoder.weight.detach().cpu().numpy()
+                rotation = phase_separating_rotation(weight)
+                groups = phase_group_sizes(weight, rotation)
+                if groups[0] >= ae.config.latent_channels:
+                    raise SynBTError(f"latent_normalization 'phase' separates nothing here: every one of the "
+                                     f"{ae.config.latent_channels} latent channels changes the pre-contrast phase "
+                                     f"(a cell has {ae.config.compression ** 3} voxels); use 'channel'")
+                config["latent_phase_groups"] = groups
             channels = (source.channels if source is not None
                         else ChannelStandardizer.fit([item.latent for item in encoded], rotation=rotation))
             for item in encoded:
