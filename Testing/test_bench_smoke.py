@@ -103,3 +103,20 @@ def test_latent_bound_rises_with_channels_and_refuses_mixed_phase_counts(tmp_pat
     assert psnr[0] < psnr[1] < psnr[2] and kept[0] < kept[1] < kept[2] <= 1.0
     mixed = subprocess.run(command + ["--test", str(tmp_path / "other")], capture_output=True, text=True, env=env, timeout=120)
     assert mixed.returncode == 2 and "phases" in mixed.stderr
+
+
+def test_kinetic_control_reports_what_a_kinetic_bundle_made(tmp_path):
+    from test_cli_synthesize import kinetic_bundle
+
+    bundle = kinetic_bundle(tmp_path / "bundle", {"persistent": 1, "plateau": 1, "washout": 1})
+    command = [sys.executable, str(BENCH / "kinetic_control.py"), "--bundle", str(bundle), "--n", "1", "--shape",
+               "48", "48", "24", "--steps", "2", "--threads", "1", "--out", str(tmp_path / "out")]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    summary = read_rows(tmp_path / "out" / "kinetic_control.csv")
+    assert [row["asked"] for row in summary] == ["persistent", "plateau", "washout"]
+    assert all(sum(int(row[f"made_{t}"]) for t in ("persistent", "plateau", "washout")) == 1 for row in summary)
+    assert "made as asked:" in completed.stdout
+    plain = kinetic_bundle(tmp_path / "plain", None, kinetic=False)
+    refused = subprocess.run([*command[:3], str(plain), *command[4:]], capture_output=True, text=True, timeout=240)
+    assert refused.returncode == 2 and "takes no curve type" in refused.stderr
