@@ -339,15 +339,16 @@ def test_detail_noise_adds_only_the_noise_the_decoder_left_out():
     assert not detail_noise(image, mask, seed=0, decoded=image).any()  # a perfect decoder needs none
 
 
-class ContextRecorder(torch.nn.Module):
-    """The real denoiser, keeping the context latents it was given."""
+class InputRecorder(torch.nn.Module):
+    """The real denoiser, keeping the context latents and mask conditions it was given."""
 
     def __init__(self, denoiser):
         super().__init__()
-        self.denoiser, self.config, self.contexts = denoiser, denoiser.config, []
+        self.denoiser, self.config, self.contexts, self.conditions = denoiser, denoiser.config, [], []
 
     def forward(self, noisy, context, mask, timesteps):
         self.contexts.append(context.clone())
+        self.conditions.append(mask.clone())
         return self.denoiser(noisy, context, mask, timesteps)
 
 
@@ -364,7 +365,7 @@ def test_a_bundle_sets_the_mask_dilation_and_the_context_then_hides_the_tumor_ri
     other = case.with_phases(shuffled)
 
     def contexts(dilation):
-        recorder = ContextRecorder(pipeline.denoiser)
+        recorder = InputRecorder(pipeline.denoiser)
         run = SynthesisPipeline(pipeline.autoencoder, recorder, pipeline.scheduler, pipeline.latent_scale,
                                 mask_dilation_cells=dilation, **MARGINS)
         result = run(case, mask, seed=1, steps=STEPS)
@@ -381,18 +382,6 @@ def test_a_bundle_sets_the_mask_dilation_and_the_context_then_hides_the_tumor_ri
         SynthesisPipeline.from_bundle(tmp_path / "bundle", mask_dilation_cells=-1)
 
 
-class ConditionRecorder(torch.nn.Module):
-    """The real denoiser, keeping the mask conditions it was given."""
-
-    def __init__(self, denoiser):
-        super().__init__()
-        self.denoiser, self.config, self.conditions = denoiser, denoiser.config, []
-
-    def forward(self, noisy, context, mask, timesteps):
-        self.conditions.append(mask.clone())
-        return self.denoiser(noisy, context, mask, timesteps)
-
-
 def test_a_denoiser_with_outline_channels_sees_the_tumor_to_the_voxel(pipeline, tmp_path):
     compression = pipeline.compression
     torch.manual_seed(3)
@@ -406,7 +395,7 @@ def test_a_denoiser_with_outline_channels_sees_the_tumor_to_the_voxel(pipeline, 
 
     case = make_case(seed=2)
     mask = tumor(case.shape, (10, 18, 22))
-    recorder = ConditionRecorder(denoiser)
+    recorder = InputRecorder(denoiser)
     run = SynthesisPipeline(pipeline.autoencoder, recorder, pipeline.scheduler, pipeline.latent_scale, **MARGINS)
     result = run(case, mask, seed=0, steps=STEPS)
     condition = recorder.conditions[0]
