@@ -478,6 +478,7 @@ def test_diffusion_kinetic_conditioning_records_frequencies_and_the_pipeline_obe
         with pytest.raises(SynBTError, match="kinetics_dropout"):
             train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bad", {**config, "kinetics_dropout": bad},
                             verbose=False)
+        assert not (tmp_path / "bad").exists()  # refused before a case is read or a folder made
     assert pipeline.describe(3) == {"kinetics": "persistent"} and pipeline.describe(3, "plateau") == {"kinetics": "plateau"}
     with pytest.raises(SynBTError, match="kinetic"):
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "ft",

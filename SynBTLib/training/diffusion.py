@@ -163,6 +163,30 @@ def train_diffusion(
         if config["latent_normalization"] == "phase" and not frozen.network.config.linear_path:
             raise SynBTError("latent_normalization 'phase' needs an autoencoder with a linear path "
                              f"(linear_path: true); {frozen.source} has none")
+        # checks that need only the autoencoder, before any case is read or anything written
+        net = frozen.network
+        kinetic = bool(config["kinetic_conditioning"])
+        if kinetic and not 0 < float(config["kinetics_dropout"]) < 1:
+            raise SynBTError(f"kinetics_dropout must be between 0 and 1 (exclusive: 'unspecified' must be "
+                             f"learned too), got {config['kinetics_dropout']!r}")
+        if kinetic and net.config.in_channels < 3:
+            raise SynBTError("kinetic_conditioning needs a pre-contrast and at least two post-contrast phases")
+        rotation = None
+        if config["latent_normalization"] == "phase" and source is None:
+            weight = net.linear_decoder.weight.detach().cpu().numpy()
+            rotation = phase_separating_rotation(weight)
+            groups = phase_group_sizes(weight, rotation)
+            if groups[0] >= net.config.latent_channels:
+                raise SynBTError(f"latent_normalization 'phase' separates nothing here: every one of the "
+                                 f"{net.config.latent_channels} latent channels changes the pre-contrast phase "
+                                 f"(a cell has {net.config.compression ** 3} voxels); use 'channel'")
+            config["latent_phase_groups"] = groups
+        mask_channels = mask_condition_channels(config["mask_encoding"], net.config.compression)
+        if source is not None and int(config["denoiser"].get("mask_channels", 1)) != mask_channels:
+            raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
+                             f"denoiser ({config['denoiser'].get('mask_channels', 1)} mask channels)")
+        if source is not None and bool(config["denoiser"].get("kinetic_classes", False)) != kinetic:
+            raise SynBTError(f"kinetic_conditioning {kinetic} differs from the finetune bundle's denoiser")
         if source is not None and not config["finetune"].get("warm_start", False):
             _check_same_latent_space(source, frozen)
         out = prepare_run_dir(out, resume, dist, data=data)
@@ -172,18 +196,6 @@ def train_diffusion(
             raise SynBTError(
                 f"the autoencoder expects {ae.config.in_channels} phases but the cases in {data} have {cases[0].image.shape[0]}"
             )
-        mask_channels = mask_condition_channels(config["mask_encoding"], ae.config.compression)
-        if source is not None and int(config["denoiser"].get("mask_channels", 1)) != mask_channels:
-            raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
-                             f"denoiser ({config['denoiser'].get('mask_channels', 1)} mask channels)")
-        kinetic = bool(config["kinetic_conditioning"])
-        if kinetic and not 0 < float(config["kinetics_dropout"]) < 1:
-            raise SynBTError(f"kinetics_dropout must be between 0 and 1 (exclusive: 'unspecified' must be "
-                             f"learned too), got {config['kinetics_dropout']!r}")
-        if kinetic and ae.config.in_channels < 3:
-            raise SynBTError("kinetic_conditioning needs a pre-contrast and at least two post-contrast phases")
-        if source is not None and bool(config["denoiser"].get("kinetic_classes", False)) != kinetic:
-            raise SynBTError(f"kinetic_conditioning {kinetic} differs from the finetune bundle's denoiser")
         config["denoiser"] = {**config["denoiser"], "latent_channels": ae.config.latent_channels,
                               "mask_channels": mask_channels, "kinetic_classes": kinetic}
         den_config = DenoiserConfig.from_dict(config["denoiser"])
@@ -211,16 +223,6 @@ def train_diffusion(
         if config["latent_normalization"] in ("channel", "phase"):
             # mean 0 / std 1 per channel over the training latents (see nets/latent_norm.py); a
             # continued denoiser keeps the statistics it was trained with
-            rotation = None
-            if config["latent_normalization"] == "phase" and source is None:
-                weight = ae.linear_decoder.weight.detach().cpu().numpy()
-                rotation = phase_separating_rotation(weight)
-                groups = phase_group_sizes(weight, rotation)
-                if groups[0] >= ae.config.latent_channels:
-                    raise SynBTError(f"latent_normalization 'phase' separates nothing here: every one of the "
-                                     f"{ae.config.latent_channels} latent channels changes the pre-contrast phase "
-                                     f"(a cell has {ae.config.compression ** 3} voxels); use 'channel'")
-                config["latent_phase_groups"] = groups
             channels = (source.channels if source is not None
                         else ChannelStandardizer.fit([item.latent for item in encoded], rotation=rotation))
             for item in encoded:
