@@ -162,7 +162,8 @@ def phase_group_sizes(decoder_weight: np.ndarray, rotation: np.ndarray, toleranc
     """How many rotated channels first change each phase (phase_separating_rotation's groups)."""
     weight = np.asarray(decoder_weight, dtype=np.float64)
     latent, phases = weight.shape[:2]
+    # (phase, rotated channel): the largest change a unit of that channel makes to a voxel of that phase
     effect = np.stack([np.abs(weight[:, p].reshape(latent, -1).T @ np.asarray(rotation).T).max(0) for p in range(phases)])
-    first = [int(np.argmax(column > tolerance * max(effect.max(), 1e-30))) if (column > tolerance * max(effect.max(), 1e-30)).any()
-             else phases - 1 for column in effect.T]
-    return [first.count(p) for p in range(phases)]
+    changes = effect > tolerance * max(effect.max(), 1e-30)
+    first = np.where(changes.any(0), changes.argmax(0), phases - 1)
+    return [int((first == p).sum()) for p in range(phases)]

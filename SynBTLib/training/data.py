@@ -244,9 +244,12 @@ def tumor_curve_classes(case: TrainingCase, image: np.ndarray, tumor: np.ndarray
     classes = np.zeros(count, dtype=np.int64)
     if image.shape[0] < 3 or case.intensity_range is None:
         return classes
+    import torch
+
+    from ..conditioning import latent_mask_to_voxels
+
     low, high = case.intensity_range
-    c = compression
-    cells = np.repeat(np.repeat(np.repeat(components, c, 0), c, 1), c, 2)[: tumor.shape[0], : tumor.shape[1], : tumor.shape[2]]
+    cells = latent_mask_to_voxels(torch.from_numpy(components)[None, None], compression, tumor.shape)[0, 0].numpy()
     for k in range(1, count + 1):
         voxels = (cells == k) & (tumor > 0)
         if voxels.any():
