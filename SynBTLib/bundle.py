@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .calibration import LatentCalibration
 from .errors import SynBTError
 from .nets.latent_norm import ChannelStandardizer
 from .paths import default_bundle_path  # noqa: F401  (re-exported)
@@ -44,6 +45,7 @@ class Bundle:
     sha256: str
     path: Path
     channels: ChannelStandardizer = field(default_factory=ChannelStandardizer)  # identity without statistics
+    calibration: LatentCalibration | None = None  # moment correction of generated tumors (calibration.py)
 
     @property
     def phase_names(self) -> list[str]:
@@ -243,7 +245,15 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         sha256=bundle_sha256(path),
         path=path,
         channels=ChannelStandardizer.from_config(config, autoencoder.config.latent_channels),
+        calibration=_calibration_of(path, config, autoencoder.config.latent_channels),
     )
+
+
+def _calibration_of(path: Path, config: dict, channels: int) -> LatentCalibration | None:
+    try:
+        return LatentCalibration.from_config(config, channels)
+    except SynBTError as exc:
+        raise SynBTError(f"bundle {path}: {CONFIG_FILE}: {exc}") from None
 
 
 def replace_decoder(bundle: str | Path, decoder_bundle: str | Path, out: str | Path) -> Path:

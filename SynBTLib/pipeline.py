@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
 
+from .calibration import LatentCalibration, tumor_cells
 from .case import Case, Geometry, check_finite
 from .conditioning import Box, box_overlap, crop_padded, denoiser_condition, erase_mask, mask_condition_channels, roi_box
 from .errors import SynBTError
@@ -44,6 +45,8 @@ class SynthesisPipeline:
     mask_dilation_cells: latent cells around the mask that are generated too and erased from the
         context (a bundle records what its denoiser was trained with; 0 for older bundles).
         Whether the denoiser also sees the tumor's voxel outline follows from its mask_channels.
+    calibration: per-channel moment correction of every generated tumor's latent cells
+        (calibration.py, fitted by ``synbt calibrate``; None: the denoiser's samples as they are).
 
     With ``denoiser=None`` (an autoencoder-only bundle, ``from_bundle(..., reconstruct_only=True)``)
     the pipeline can only ``reconstruct``: a check of an autoencoder before a denoiser is trained on it.
@@ -64,6 +67,7 @@ class SynthesisPipeline:
         channels: ChannelStandardizer | None = None,
         mask_dilation_cells: int = 0,
         kinetic_frequencies: dict | None = None,
+        calibration: LatentCalibration | None = None,
     ):
         if not 0 <= blend_mm <= context_margin_mm:
             raise SynBTError(f"blend_mm ({blend_mm}) must be between 0 and context_margin_mm ({context_margin_mm})")
@@ -97,6 +101,10 @@ class SynthesisPipeline:
                 raise SynBTError(f"the denoiser takes {denoiser.config.mask_channels} mask channels; with this "
                                  f"autoencoder (compression {compression}) it must be one of {sorted(known)}")
             self.mask_encoding = known[denoiser.config.mask_channels]
+        if calibration is not None and calibration.channels != autoencoder.config.latent_channels:
+            raise SynBTError(f"the latent calibration has {calibration.channels} channels, the autoencoder "
+                             f"{autoencoder.config.latent_channels}")
+        self.calibration = calibration
         self.working_spacing = None if working_spacing is None else tuple(float(v) for v in working_spacing)
         self.kinetic_frequencies = self._checked_frequencies(kinetic_frequencies)
 
@@ -157,6 +165,7 @@ class SynthesisPipeline:
         options.setdefault("channels", bundle.channels)
         options.setdefault("mask_dilation_cells", int(bundle.config.get("mask_dilation_cells") or 0))
         options.setdefault("kinetic_frequencies", bundle.config.get("kinetic_frequencies"))
+        options.setdefault("calibration", bundle.calibration)
         return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
 
     @property
@@ -190,6 +199,27 @@ class SynthesisPipeline:
         Same case, mask, seed, kinetics and weights give the same output. If `progress(done, total,
         message)` raises (e.g. on Cancel), its exception propagates and nothing is returned.
         """
+        return self._replace_region(case, mask, seed, self._sampler(steps, kinetics, seed, progress, calibrate=True))
+
+    @torch.no_grad()
+    def latent_pair(self, case: Case, mask: np.ndarray, seed: int = 0, steps: int | None = None,
+                    kinetics: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(encoded latent of the case, latent generated into `mask` without calibration, the tumor's
+        latent cells), all in the denoiser's space over the region of interest: what ``synbt calibrate``
+        compares. The case's own tumor under `mask` is what the encoded latent holds there."""
+        recorded = {}
+        sample = self._sampler(steps, kinetics, seed, None, calibrate=False)
+
+        def record(known_latent, roi_image, roi_mask_t, generator):
+            recorded.update(known=known_latent, cells=tumor_cells(roi_mask_t, self.compression))
+            recorded["generated"] = sample(known_latent, roi_image, roi_mask_t, generator)
+            return recorded["generated"]
+
+        self._replace_region(case, mask, seed, record)
+        return recorded["known"], recorded["generated"], recorded["cells"]
+
+    def _sampler(self, steps: int | None, kinetics: str | None, seed: int, progress: Progress | None, calibrate: bool):
+        """``latent_of`` for _replace_region that denoises (and with ``calibrate`` applies the calibration)."""
         if self.denoiser is None:
             raise SynBTError("this pipeline has no denoiser (autoencoder-only bundle): it can only reconstruct")
         steps = check_inference_steps(self.scheduler, DEFAULT_INFERENCE_STEPS if steps is None else steps)
@@ -201,12 +231,15 @@ class SynthesisPipeline:
                                                      self.mask_encoding)
             context_latent = self.channels.standardize(
                 self.autoencoder.encode_volume(erase_mask(roi_image, erased)) * self.latent_scale)
-            return inpaint_latent(
+            latent = inpaint_latent(
                 self.denoiser, self.scheduler, known_latent, context_latent, mask_latent, steps, generator,
                 guidance_scale=self.guidance_scale, eta=self.eta, progress=progress, kinetics=label,
             )
+            if calibrate and self.calibration is not None:
+                latent = self.calibration.apply(latent, tumor_cells(roi_mask_t, self.compression))
+            return latent
 
-        return self._replace_region(case, mask, seed, denoise)
+        return denoise
 
     @torch.no_grad()
     def reconstruct(self, case: Case, mask: np.ndarray, seed: int = 0) -> Case:

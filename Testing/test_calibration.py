@@ -1,0 +1,154 @@
+"""Latent moment calibration (calibration.py, `synbt calibrate`) with a tiny real pipeline and real files."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from SynBTLib.bundle import bundle_sha256, load_bundle, save_bundle, write_checksums
+from SynBTLib.calibration import (
+    LatentCalibration,
+    calibrate_bundle,
+    channel_moments,
+    fit_calibration,
+    tumor_cells,
+)
+from SynBTLib.cli import main as cli_main
+from SynBTLib.errors import SynBTError
+from SynBTLib.io import write_case, write_label
+from SynBTLib.nets.scheduler import SchedulerConfig
+from SynBTLib.pipeline import SynthesisPipeline
+
+from test_pipeline import MARGINS, STEPS, make_case, pipeline, tumor  # noqa: F401  (pipeline is a fixture)
+
+CHANNELS = 4  # the tiny pipeline's latent channels
+
+
+def test_tumor_cells_take_cells_at_least_half_tumor_or_the_best_covered_ones():
+    mask = torch.zeros(1, 1, 4, 4, 4)
+    mask[0, 0, 0:2, 0:2, 0:2] = 1  # cell (0, 0, 0) full
+    mask[0, 0, 2:4, 0:2, 0] = 1  # cell (1, 0, 0) half
+    mask[0, 0, 0, 2, 2] = 1  # cell (0, 1, 1) one voxel of eight
+    cells = tumor_cells(mask, 2)[0, 0]
+    assert cells.shape == (2, 2, 2)
+    assert set(map(tuple, torch.nonzero(cells).tolist())) == {(0, 0, 0), (1, 0, 0)}
+    small = torch.zeros(1, 1, 5, 4, 4)
+    small[0, 0, 4, 3, 3] = 1  # one voxel, in the padded last cell
+    assert torch.nonzero(tumor_cells(small, 2)[0, 0]).tolist() == [[2, 1, 1]]
+    with pytest.raises(SynBTError, match="mask must be"):
+        tumor_cells(torch.zeros(4, 4, 4), 2)
+
+
+def test_apply_sets_the_tumor_moments_and_leaves_every_other_cell_alone():
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(1, CHANNELS, 6, 6, 6, generator=generator) * torch.tensor([1.0, 2.0, 0.5, 1.0]).reshape(1, -1, 1, 1, 1)
+    cells = torch.zeros(1, 1, 6, 6, 6, dtype=torch.bool)
+    cells[..., 1:4, 2:5, 1:5] = True
+    calibration = LatentCalibration(shift=(0.5, -1.0, 0.0, 0.0), factor=(0.5, 1.0, 3.0, 1.0))
+    out = calibration.apply(latent, cells)
+    assert torch.equal(out[:, :, ~cells[0, 0]], latent[:, :, ~cells[0, 0]])
+    mean_before, std_before = channel_moments(latent, cells)
+    mean_after, std_after = channel_moments(out, cells)
+    np.testing.assert_allclose(mean_after, mean_before + np.array(calibration.shift), atol=1e-5)
+    np.testing.assert_allclose(std_after, std_before * np.array(calibration.factor), rtol=1e-5)
+    assert torch.equal(calibration.apply(latent, torch.zeros_like(cells)), latent)
+    identity = LatentCalibration(shift=(0.0,) * CHANNELS, factor=(1.0,) * CHANNELS)
+    torch.testing.assert_close(identity.apply(latent, cells), latent)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"shift": [0.0, 0.0], "factor": [1.0, 1.0]}, "has 2 channels, the latent 4"),
+    ({"shift": [0.0] * 4, "factor": [1.0, 0.0, 1.0, 1.0]}, "factors positive"),
+    ({"shift": [0.0, float("nan"), 0.0, 0.0], "factor": [1.0] * 4}, "finite"),
+    ({"shift": [0.0] * 4}, "'shift' and 'factor'"),
+    ({"shift": ["a"] * 4, "factor": [1.0] * 4}, "lists of numbers"),
+])
+def test_a_bad_calibration_config_is_refused(entry, message):
+    with pytest.raises(SynBTError, match=message):
+        LatentCalibration.from_config({"latent_calibration": entry}, CHANNELS)
+    assert LatentCalibration.from_config({}, CHANNELS) is None
+
+
+def test_the_pipeline_applies_its_calibration_only_to_the_generated_tumor(pipeline):  # noqa: F811
+    case = make_case(seed=4)
+    mask = tumor(case.shape, (10, 20, 20), radius_mm=5.0)
+    plain = pipeline(case, mask, seed=1, steps=STEPS).phases
+    identity = LatentCalibration(shift=(0.0,) * CHANNELS, factor=(1.0,) * CHANNELS)
+    calibrated = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
+                                   calibration=LatentCalibration(shift=(2.0, 0.0, -2.0, 0.0), factor=(0.2, 1.0, 1.0, 0.2)), **MARGINS)
+    same = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
+                             calibration=identity, **MARGINS)
+    np.testing.assert_allclose(same(case, mask, seed=1, steps=STEPS).phases, plain, rtol=1e-5, atol=1e-3)
+    moved = calibrated(case, mask, seed=1, steps=STEPS).phases
+    assert np.abs(moved - plain)[:, mask > 0].mean() > 10 * max(np.abs(moved - plain)[:, mask == 0].mean(), 1e-6)
+    reconstructed = calibrated.reconstruct(case, mask, seed=1).phases  # reconstruct never calibrates
+    assert np.array_equal(reconstructed, pipeline.reconstruct(case, mask, seed=1).phases)
+    with pytest.raises(SynBTError, match="calibration has 2 channels"):
+        SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
+                          calibration=LatentCalibration((0.0, 0.0), (1.0, 1.0)), **MARGINS)
+
+
+def test_the_fitted_calibration_maps_the_generated_moments_onto_the_real_ones(pipeline):  # noqa: F811
+    samples = []
+    for seed, center in ((5, (10, 20, 20)), (6, (9, 17, 22)), (7, (11, 22, 18))):
+        case = make_case(seed=seed)
+        samples.append((case, tumor(case.shape, center, radius_mm=5.0)))
+    fit = fit_calibration(pipeline, samples, seed=3, steps=STEPS)
+    assert fit.tumors == 3 and len(fit.table()) == CHANNELS
+    real, generated = [], []
+    for index, (case, mask) in enumerate(samples):
+        known, raw, cells = pipeline.latent_pair(case, mask, seed=3 + index, steps=STEPS)
+        real.append(channel_moments(known, cells))
+        generated.append(channel_moments(fit.calibration.apply(raw, cells), cells))
+    np.testing.assert_allclose(np.mean([m for m, _ in generated], 0), np.mean([m for m, _ in real], 0), atol=1e-4)
+    rms = lambda moments: np.sqrt(np.mean([s**2 for _, s in moments], 0))  # noqa: E731
+    np.testing.assert_allclose(rms(generated), rms(real), rtol=1e-3)
+    assert not np.allclose(fit.calibration.factor, 1.0)  # the random tiny denoiser is far from the encoder
+    with pytest.raises(SynBTError, match="at least 2 tumors"):
+        fit_calibration(pipeline, samples[:1], steps=STEPS)
+
+
+def _dataset(root, seeds=(5, 6)):
+    for seed in seeds:
+        case = make_case(seed=seed)
+        mask = tumor(case.shape, (10, 20, 11), radius_mm=5.0) | tumor(case.shape, (10, 20, 29), radius_mm=5.0)
+        write_case(case, root / f"case_{seed}")
+        write_label(mask, case.geometry, root / f"case_{seed}" / "tumor_labels.nii.gz")
+    return root
+
+
+def test_calibrate_writes_a_new_bundle_and_never_touches_the_input(pipeline, tmp_path):  # noqa: F811
+    bundle = save_bundle(tmp_path / "bundle", pipeline.autoencoder, pipeline.denoiser, SchedulerConfig(),
+                         pipeline.latent_scale, meta={"phases": 3, **MARGINS}, card_text="# tiny\n")
+    before = bundle_sha256(bundle)
+    data = _dataset(tmp_path / "data")
+    out, fit = calibrate_bundle(bundle, data, tmp_path / "calibrated", seed=0, steps=STEPS, max_tumors=3)
+    assert fit.tumors == 3  # two cases with two tumors each, capped
+    assert bundle_sha256(bundle) == before
+    loaded = load_bundle(out)
+    assert loaded.calibration == fit.calibration and load_bundle(bundle).calibration is None
+    assert loaded.config["latent_calibration_source"]["tumors"] == 3
+    assert "## Latent calibration" in (out / "MODEL_CARD.md").read_text()
+    assert SynthesisPipeline.from_bundle(out).calibration == fit.calibration
+    for target, message in ((bundle, "is the input bundle"), (out, "not empty")):
+        with pytest.raises(SynBTError, match=message):
+            calibrate_bundle(bundle, data, target, steps=STEPS)
+    # a calibration edited by hand into something meaningless is refused at load, by name
+    config = json.loads((out / "config.json").read_text())
+    config["latent_calibration"]["factor"][0] = -1.0
+    (out / "config.json").write_text(json.dumps(config))
+    write_checksums(out)
+    with pytest.raises(SynBTError, match="latent_calibration.*factors positive"):
+        load_bundle(out)
+
+
+def test_calibrate_cli_reports_bad_input_in_one_line(pipeline, tmp_path, capsys):  # noqa: F811
+    bundle = save_bundle(tmp_path / "bundle", pipeline.autoencoder, pipeline.denoiser, SchedulerConfig(),
+                         pipeline.latent_scale, meta={"phases": 3, **MARGINS}, card_text="# tiny\n")
+    data = _dataset(tmp_path / "data", seeds=(5,))
+    assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--out", str(tmp_path / "c"),
+                     "--max-tumors", "1"]) == 2
+    assert "max_tumors must be a whole number, 2 or more" in capsys.readouterr().err
+    assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--out", str(tmp_path / "c"),
+                     "--steps", str(STEPS)]) == 0
+    assert "calibrated bundle" in capsys.readouterr().out
