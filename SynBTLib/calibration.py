@@ -11,7 +11,10 @@ same mask. From them it fits, per channel,
     factor = sqrt(mean of real spread^2 / mean of generated spread^2)
     shift  = mean of (real mean - generated mean)
 
-and stores them in a new bundle. The pipeline then maps every generated tumor's cells as
+and stores them in a new bundle. For a denoiser with curve-type labels every tumor is generated with
+the curve type of the real one (measured on its voxels), and the shift is also fitted per type
+(types with at least two tumors; the others use the pooled shift): a denoiser that moves the
+late-phase level only a third as much as the label asks gets the rest from its type's shift. The pipeline then maps every generated tumor's cells as
 ``mean + shift + (latent - mean) * factor`` (per channel, the mean over that tumor's cells), so a
 tumor keeps its own structure and level relative to its context and only the systematic error of
 the sampler is removed. Cells outside the tumor (the generated rim and the context) are untouched.
@@ -21,13 +24,14 @@ tumors, not its memory of the training ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import SynBTError
+from .kinetics import CURVE_TYPES, classify_curve
 
 CONFIG_KEY = "latent_calibration"
 
@@ -60,6 +64,7 @@ class LatentCalibration:
 
     shift: tuple[float, ...]
     factor: tuple[float, ...]
+    kinetic_shift: dict[str, tuple[float, ...]] = field(default_factory=dict)  # curve type -> its own shift
 
     def __post_init__(self):
         shift, factor = np.asarray(self.shift, np.float64), np.asarray(self.factor, np.float64)
@@ -68,13 +73,23 @@ class LatentCalibration:
                              f"{shift.shape} and {factor.shape}")
         if not (np.isfinite(shift).all() and np.isfinite(factor).all() and (factor > 0).all()):
             raise SynBTError(f"{CONFIG_KEY}: the shifts must be finite and the factors positive")
+        for name, values in self.kinetic_shift.items():
+            values = np.asarray(values, np.float64)
+            if name not in CURVE_TYPES or values.shape != shift.shape or not np.isfinite(values).all():
+                raise SynBTError(f"{CONFIG_KEY}: kinetic_shift needs finite shifts, one per channel, for curve "
+                                 f"types among {CURVE_TYPES} (got {name!r})")
 
     @property
     def channels(self) -> int:
         return len(self.shift)
 
-    def apply(self, latent: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        """(1, C, z, y, x) latent with its ``cells`` (1, 1, z, y, x bool) mapped; other cells unchanged."""
+    def shift_for(self, kinetics: str | None) -> tuple[float, ...]:
+        """The shift of curve type ``kinetics`` where one was fitted, else the pooled one."""
+        return self.kinetic_shift.get(kinetics, self.shift)
+
+    def apply(self, latent: torch.Tensor, cells: torch.Tensor, kinetics: str | None = None) -> torch.Tensor:
+        """(1, C, z, y, x) latent with its ``cells`` (1, 1, z, y, x bool) mapped; other cells unchanged.
+        ``kinetics``: the curve type the tumor was generated with (its shift, if fitted)."""
         if latent.shape[1] != self.channels:
             raise SynBTError(f"the calibration has {self.channels} channels, the latent {latent.shape[1]}")
         if not cells.any():
@@ -82,12 +97,15 @@ class LatentCalibration:
         shape = (1, -1, 1, 1, 1)
         weight = cells.to(latent.dtype)
         mean = (latent * weight).sum(dim=(2, 3, 4), keepdim=True) / weight.sum()
-        shift = torch.tensor(self.shift, dtype=latent.dtype, device=latent.device).reshape(shape)
+        shift = torch.tensor(self.shift_for(kinetics), dtype=latent.dtype, device=latent.device).reshape(shape)
         factor = torch.tensor(self.factor, dtype=latent.dtype, device=latent.device).reshape(shape)
         return torch.where(cells, mean + shift + (latent - mean) * factor, latent)
 
     def to_config(self) -> dict:
-        return {CONFIG_KEY: {"shift": list(self.shift), "factor": list(self.factor)}}
+        entry = {"shift": list(self.shift), "factor": list(self.factor)}
+        if self.kinetic_shift:
+            entry["kinetic_shift"] = {name: list(values) for name, values in self.kinetic_shift.items()}
+        return {CONFIG_KEY: entry}
 
     @classmethod
     def from_config(cls, config: dict, channels: int) -> "LatentCalibration | None":
@@ -98,9 +116,10 @@ class LatentCalibration:
         if not isinstance(entry, dict) or "shift" not in entry or "factor" not in entry:
             raise SynBTError(f"{CONFIG_KEY} must be an object with 'shift' and 'factor' lists")
         try:
-            calibration = cls(tuple(float(v) for v in entry["shift"]), tuple(float(v) for v in entry["factor"]))
-        except (TypeError, ValueError):
-            raise SynBTError(f"{CONFIG_KEY} shift and factor must be lists of numbers") from None
+            kinetic = {str(k): tuple(float(v) for v in values) for k, values in entry.get("kinetic_shift", {}).items()}
+            calibration = cls(tuple(float(v) for v in entry["shift"]), tuple(float(v) for v in entry["factor"]), kinetic)
+        except (TypeError, ValueError, AttributeError):
+            raise SynBTError(f"{CONFIG_KEY} shift, factor and kinetic_shift must hold lists of numbers") from None
         if calibration.channels != channels:
             raise SynBTError(f"{CONFIG_KEY} has {calibration.channels} channels, the latent {channels}")
         return calibration
@@ -116,6 +135,7 @@ class CalibrationFit:
     generated_spread: np.ndarray
     real_mean: np.ndarray  # mean of the per-tumor means
     generated_mean: np.ndarray
+    kinetic_counts: dict[str, int] = field(default_factory=dict)  # tumors per measured curve type
 
     def table(self) -> list[dict]:
         """One row per channel, for printing and the model card."""
@@ -132,11 +152,16 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
     """Fit a LatentCalibration of ``pipeline``'s samples from ``(case, tumor_mask)`` pairs.
 
     Each mask holds one real tumor of its case: the pipeline generates a tumor into it (seed
-    ``seed + index``, without any calibration the pipeline carries) and both latents are compared
-    over the tumor's cells. ``progress(done)`` is called after each tumor."""
-    real_means, real_stds, generated_means, generated_stds, spread_known = [], [], [], [], []
+    ``seed + index``, without any calibration the pipeline carries; with the real tumor's curve
+    type where the denoiser takes one) and both latents are compared over the tumor's cells.
+    ``progress(done)`` is called after each tumor."""
+    real_means, real_stds, generated_means, generated_stds, spread_known, types = [], [], [], [], [], []
     for index, (case, mask) in enumerate(samples):
-        known, generated, cells = pipeline.latent_pair(case, mask, seed=seed + index, steps=steps)
+        kinetics = None
+        if pipeline.kinetic_choices and case.phases.shape[0] >= 3:
+            kinetics = classify_curve(case.phases[:, mask > 0].astype(np.float64).mean(axis=1))
+        types.append(kinetics)
+        known, generated, cells = pipeline.latent_pair(case, mask, seed=seed + index, steps=steps, kinetics=kinetics)
         for latent, means, stds in ((known, real_means, real_stds), (generated, generated_means, generated_stds)):
             mean, std = channel_moments(latent, cells)
             means.append(mean)
@@ -154,9 +179,14 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
     if not (generated_spread > 0).all():
         raise SynBTError("a latent channel of the generated tumors is constant; cannot calibrate its spread")
     real_mean, generated_mean = np.mean(real_means, axis=0), np.mean(generated_means, axis=0)
-    calibration = LatentCalibration(tuple(float(v) for v in real_mean - generated_mean),
-                                    tuple(float(v) for v in real_spread / generated_spread))
-    return CalibrationFit(calibration, len(real_means), real_spread, generated_spread, real_mean, generated_mean)
+    differences = np.asarray(real_means) - np.asarray(generated_means)
+    counts = {name: types.count(name) for name in CURVE_TYPES if name in types}
+    kinetic_shift = {name: tuple(float(v) for v in differences[[t == name for t in types]].mean(axis=0))
+                     for name, count in counts.items() if count >= 2}
+    calibration = LatentCalibration(tuple(float(v) for v in differences.mean(axis=0)),
+                                    tuple(float(v) for v in real_spread / generated_spread), kinetic_shift)
+    return CalibrationFit(calibration, len(real_means), real_spread, generated_spread, real_mean, generated_mean,
+                          counts)
 
 
 def tumor_samples(data, max_tumors: int | None = None):
@@ -214,7 +244,16 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
         f"the spread and mean over a tumor's cells of the encoded real tumor and of the one generated into "
         f"its mask (SynBTLib/calibration.py).\n\n"
         "| channel | real spread | generated spread | factor | real mean | generated mean | shift |\n"
-        "|---|---|---|---|---|---|---|\n" + rows + "\n")
+        "|---|---|---|---|---|---|---|\n" + rows + "\n" + _kinetic_lines(fit))
     scheduler_config = SchedulerConfig.from_dict(base.config["scheduler"])
     path = save_bundle(out, base.autoencoder, base.denoiser, scheduler_config, base.latent_scale, meta, card)
     return path, fit
+
+
+def _kinetic_lines(fit: CalibrationFit) -> str:
+    if not fit.kinetic_counts:
+        return ""
+    counts = ", ".join(f"{name} {count}" for name, count in fit.kinetic_counts.items())
+    fitted = ", ".join(fit.calibration.kinetic_shift) or "none (fewer than 2 tumors of every type)"
+    return (f"\nCurve types of the calibration tumors (each generated with its own): {counts}; a shift of its own "
+            f"fitted for: {fitted}.\n")

@@ -236,7 +236,7 @@ class SynthesisPipeline:
                 guidance_scale=self.guidance_scale, eta=self.eta, progress=progress, kinetics=label,
             )
             if calibrate and self.calibration is not None:
-                latent = self.calibration.apply(latent, tumor_cells(roi_mask_t, self.compression))
+                latent = self.calibration.apply(latent, tumor_cells(roi_mask_t, self.compression), chosen)
             return latent
 
         return denoise

@@ -152,3 +152,44 @@ def test_calibrate_cli_reports_bad_input_in_one_line(pipeline, tmp_path, capsys)
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--out", str(tmp_path / "c"),
                      "--steps", str(STEPS)]) == 0
     assert "calibrated bundle" in capsys.readouterr().out
+
+
+def _case_with_curve(seed, post1, post2):
+    base = make_case(seed=seed)
+    tissue = base.phases[0]
+    return base.with_phases(np.stack([tissue, tissue * post1, tissue * post2]).astype(np.float32))
+
+
+def test_a_kinetic_denoiser_gets_a_shift_per_curve_type_fitted_on_tumors_of_that_type(pipeline):  # noqa: F811
+    from SynBTLib.nets.denoiser import DenoiserConfig, MaskConditionedDenoiser
+    from test_denoiser import randomize_zero_parameters
+
+    torch.manual_seed(1)
+    denoiser = randomize_zero_parameters(MaskConditionedDenoiser(DenoiserConfig(
+        channels=(8, 16, 16), attention_levels=(False, False, True), num_head_channels=8, norm_num_groups=4,
+        kinetic_classes=True)))
+    kinetic = SynthesisPipeline(pipeline.autoencoder, denoiser, pipeline.scheduler, pipeline.latent_scale, **MARGINS)
+    curves = {"washout": (1.6, 1.2), "persistent": (1.3, 1.7), "plateau": (1.4, 1.42)}
+    names = ["washout", "persistent", "washout", "persistent", "plateau"]
+    samples = []
+    for index, name in enumerate(names):
+        case = _case_with_curve(10 + index, *curves[name])
+        samples.append((case, tumor(case.shape, (10, 20, 20), radius_mm=5.0)))
+    fit = fit_calibration(kinetic, samples, seed=0, steps=STEPS)
+    assert fit.kinetic_counts == {"persistent": 2, "plateau": 1, "washout": 2}
+    assert set(fit.calibration.kinetic_shift) == {"persistent", "washout"}  # plateau: one tumor, pooled shift
+    assert fit.calibration.shift_for("plateau") == fit.calibration.shift
+    for name in ("washout", "persistent"):
+        real, made = [], []
+        for index, (case, mask) in enumerate(samples):
+            if names[index] != name:
+                continue
+            known, raw, cells = kinetic.latent_pair(case, mask, seed=index, steps=STEPS, kinetics=name)
+            real.append(channel_moments(known, cells)[0])
+            made.append(channel_moments(fit.calibration.apply(raw, cells, name), cells)[0])
+        np.testing.assert_allclose(np.mean(made, 0), np.mean(real, 0), atol=1e-4)
+    entry = fit.calibration.to_config()
+    assert LatentCalibration.from_config(entry, CHANNELS) == fit.calibration
+    entry["latent_calibration"]["kinetic_shift"] = {"fast": [0.0] * CHANNELS}
+    with pytest.raises(SynBTError, match="curve types among"):
+        LatentCalibration.from_config(entry, CHANNELS)

@@ -36,5 +36,8 @@ def run(args) -> int:
     for row in fit.table():
         print(f"{row['channel']:>7}  {row['real_spread']:>11}  {row['generated_spread']:>16}  {row['factor']:>6}  "
               f"{row['real_mean']:>9}  {row['generated_mean']:>14}  {row['shift']:>5}")
+    if fit.kinetic_counts:
+        print("curve types: " + ", ".join(f"{k} {v}" for k, v in fit.kinetic_counts.items())
+              + "; own shift for: " + (", ".join(fit.calibration.kinetic_shift) or "none"))
     print(f"calibrated bundle: {path}")
     return 0
