@@ -23,12 +23,14 @@ tumors, not its memory of the training ones.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from .errors import SynBTError
 from .kinetics import CURVE_TYPES, classify_curve
@@ -92,14 +94,21 @@ class LatentCalibration:
         ``kinetics``: the curve type the tumor was generated with (its shift, if fitted)."""
         if latent.shape[1] != self.channels:
             raise SynBTError(f"the calibration has {self.channels} channels, the latent {latent.shape[1]}")
-        if not cells.any():
-            return latent
+        if latent.shape[0] != 1 or cells.shape != (1, 1, *latent.shape[2:]):
+            raise SynBTError(f"apply takes one latent (1, C, z, y, x) and its cells (1, 1, z, y, x), got "
+                             f"{tuple(latent.shape)} and {tuple(cells.shape)}")
         shape = (1, -1, 1, 1, 1)
-        weight = cells.to(latent.dtype)
-        mean = (latent * weight).sum(dim=(2, 3, 4), keepdim=True) / weight.sum()
         shift = torch.tensor(self.shift_for(kinetics), dtype=latent.dtype, device=latent.device).reshape(shape)
         factor = torch.tensor(self.factor, dtype=latent.dtype, device=latent.device).reshape(shape)
-        return torch.where(cells, mean + shift + (latent - mean) * factor, latent)
+        # each separate tumor of a multifocal mask around its own mean, as the fit measured them
+        components, count = ndimage.label(cells[0, 0].cpu().numpy(), structure=np.ones((3, 3, 3)))
+        components = torch.from_numpy(components).to(latent.device)
+        out = latent
+        for label in range(1, count + 1):
+            inside = components == label
+            mean = latent[0][:, inside].mean(dim=1).reshape(shape)
+            out = torch.where(inside, mean + shift + (latent - mean) * factor, out)
+        return out
 
     def to_config(self) -> dict:
         entry = {"shift": list(self.shift), "factor": list(self.factor)}
@@ -115,14 +124,23 @@ class LatentCalibration:
             return None
         if not isinstance(entry, dict) or "shift" not in entry or "factor" not in entry:
             raise SynBTError(f"{CONFIG_KEY} must be an object with 'shift' and 'factor' lists")
-        try:
-            kinetic = {str(k): tuple(float(v) for v in values) for k, values in entry.get("kinetic_shift", {}).items()}
-            calibration = cls(tuple(float(v) for v in entry["shift"]), tuple(float(v) for v in entry["factor"]), kinetic)
-        except (TypeError, ValueError, AttributeError):
-            raise SynBTError(f"{CONFIG_KEY} shift, factor and kinetic_shift must hold lists of numbers") from None
+        unknown = sorted(set(entry) - {"shift", "factor", "kinetic_shift"})
+        if unknown:
+            raise SynBTError(f"{CONFIG_KEY} has unknown key(s) {', '.join(map(repr, unknown))}")
+        kinetic = entry.get("kinetic_shift", {})
+        if not isinstance(kinetic, dict):
+            raise SynBTError(f"{CONFIG_KEY} kinetic_shift must map curve types to lists of numbers")
+        calibration = cls(_numbers(entry["shift"], "shift"), _numbers(entry["factor"], "factor"),
+                          {str(k): _numbers(v, f"kinetic_shift {k}") for k, v in kinetic.items()})
         if calibration.channels != channels:
             raise SynBTError(f"{CONFIG_KEY} has {calibration.channels} channels, the latent {channels}")
         return calibration
+
+
+def _numbers(values, name: str) -> tuple[float, ...]:
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise SynBTError(f"{CONFIG_KEY} {name} must be a list of numbers")
+    return tuple(float(v) for v in values)
 
 
 @dataclass
@@ -149,19 +167,23 @@ class CalibrationFit:
 
 def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: int | None = None,
                     progress: Callable[[int], None] | None = None) -> CalibrationFit:
-    """Fit a LatentCalibration of ``pipeline``'s samples from ``(case, tumor_mask)`` pairs.
+    """Fit a LatentCalibration of ``pipeline``'s samples from ``(name, case, tumor_mask)`` triples.
 
     Each mask holds one real tumor of its case: the pipeline generates a tumor into it (seed
     ``seed + index``, without any calibration the pipeline carries; with the real tumor's curve
     type where the denoiser takes one) and both latents are compared over the tumor's cells.
     ``progress(done)`` is called after each tumor."""
     real_means, real_stds, generated_means, generated_stds, spread_known, types = [], [], [], [], [], []
-    for index, (case, mask) in enumerate(samples):
-        kinetics = None
-        if pipeline.kinetic_choices and case.phases.shape[0] >= 3:
-            kinetics = classify_curve(case.phases[:, mask > 0].astype(np.float64).mean(axis=1))
+    for index, (name, case, mask) in enumerate(samples):
+        try:
+            kinetics = None
+            if pipeline.kinetic_choices and case.phases.shape[0] >= 3:
+                kinetics = classify_curve(case.phases[:, mask > 0].astype(np.float64).mean(axis=1))
+            known, generated, cells = pipeline.latent_pair(case, mask, seed=seed + index, steps=steps,
+                                                           kinetics=kinetics)
+        except SynBTError as exc:
+            raise SynBTError(f"calibration tumor {index + 1} ({name}): {exc}") from None
         types.append(kinetics)
-        known, generated, cells = pipeline.latent_pair(case, mask, seed=seed + index, steps=steps, kinetics=kinetics)
         for latent, means, stds in ((known, real_means, real_stds), (generated, generated_means, generated_stds)):
             mean, std = channel_moments(latent, cells)
             means.append(mean)
@@ -189,11 +211,10 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
                           counts)
 
 
-def tumor_samples(data, max_tumors: int | None = None):
-    """(case_id, Case, one-tumor mask) for every connected tumor of every labelled case in ``data``
-    (any layout SynBTLib.io reads), at most ``max_tumors``, case by case (one case in memory at a time)."""
-    from scipy import ndimage
-
+def tumor_samples(data, max_tumors: int | None = None, min_voxels: int = 27):
+    """(case_id, Case, one-tumor mask) for every connected tumor (26-connected, at least ``min_voxels``)
+    of every labelled case in ``data`` (any layout SynBTLib.io reads), at most ``max_tumors``, case by
+    case (one case in memory at a time). Cases without a tumor label are skipped."""
     from .io import read_case, read_dataset, read_mask
 
     count = 0
@@ -201,12 +222,15 @@ def tumor_samples(data, max_tumors: int | None = None):
         if ref.label_path is None:
             continue
         case = read_case(list(ref.phase_paths))
-        components, n = ndimage.label(read_mask(ref.label_path, case.geometry) > 0)
+        components, n = ndimage.label(read_mask(ref.label_path, case.geometry) > 0, structure=np.ones((3, 3, 3)))
         for label in range(1, n + 1):
+            mask = (components == label).astype(np.uint8)
+            if mask.sum() < min_voxels:
+                continue
             if max_tumors is not None and count >= max_tumors:
                 return
             count += 1
-            yield ref.case_id, case, (components == label).astype(np.uint8)
+            yield f"{ref.case_id} tumor {label}", case, mask
 
 
 def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None, max_tumors: int = 24,
@@ -217,35 +241,43 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
     from pathlib import Path
 
     from .bundle import CARD_FILE, RESERVED_KEYS, load_bundle, save_bundle
-    from .nets.scheduler import SchedulerConfig
+    from .nets.scheduler import DEFAULT_INFERENCE_STEPS, SchedulerConfig, check_inference_steps
     from .pipeline import SynthesisPipeline
 
     out = Path(out)
-    if out.resolve() == Path(bundle).resolve():
-        raise SynBTError(f"--out {out} is the input bundle; write the calibrated bundle to a new folder")
+    for source, what in ((Path(bundle), "the input bundle"), (Path(data), "the calibration data")):
+        if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+            raise SynBTError(f"--out {out} is inside {what} ({source}); write the calibrated bundle to a new folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SynBTError(f"{out} already exists and is not empty; choose a new folder")
     if not (isinstance(max_tumors, int) and max_tumors >= 2):
         raise SynBTError(f"max_tumors must be a whole number, 2 or more, got {max_tumors!r}")
     base = load_bundle(bundle)
+    if base.denoiser is None:
+        raise SynBTError(f"bundle {bundle} has no denoiser (autoencoder-only): there is nothing to calibrate")
+    scheduler_config = SchedulerConfig.from_dict(base.config.get("scheduler") or {})
     pipeline = SynthesisPipeline.from_bundle(bundle, calibration=None)
-    samples = ((case, mask) for _, case, mask in tumor_samples(data, max_tumors))
-    fit = fit_calibration(pipeline, samples, seed=seed, steps=steps, progress=progress)
+    steps = check_inference_steps(pipeline.scheduler, DEFAULT_INFERENCE_STEPS if steps is None else steps)
+    samples = tumor_samples(data, max_tumors)
+    try:
+        first = next(samples)
+    except StopIteration:
+        raise SynBTError(f"no labelled tumor found in {data} (cases without a tumor label are skipped)") from None
+    fit = fit_calibration(pipeline, itertools.chain([first], samples), seed=seed, steps=steps, progress=progress)
     meta = {k: v for k, v in base.config.items() if k not in RESERVED_KEYS and k != "latent_calibration_source"}
     meta.update(fit.calibration.to_config())
     meta["latent_calibration_source"] = {"data": str(data), "tumors": fit.tumors, "seed": seed, "steps": steps,
+                                         "guidance_scale": pipeline.guidance_scale, "eta": pipeline.eta,
                                          "base_bundle_sha256": base.sha256}
     rows = "\n".join(f"| {r['channel']} | {r['real_spread']} | {r['generated_spread']} | {r['factor']} | "
                      f"{r['real_mean']} | {r['generated_mean']} | {r['shift']} |" for r in fit.table())
-    card = (base.path / CARD_FILE).read_text().rstrip("\n")
-    card = card.split("\n## Latent calibration\n")[0] + (
+    card = _without_section((base.path / CARD_FILE).read_text().rstrip("\n"), "## Latent calibration") + (
         f"\n\n## Latent calibration\n\nFitted by `{command or 'synbt calibrate'}` on {fit.tumors} tumors of "
         f"`{data}` (base bundle sha256 {base.sha256[:16]}...): per latent channel of the denoiser's space, "
         f"the spread and mean over a tumor's cells of the encoded real tumor and of the one generated into "
-        f"its mask (SynBTLib/calibration.py).\n\n"
+        f"its mask (SynBTLib/calibration.py), {steps} sampling steps.\n\n"
         "| channel | real spread | generated spread | factor | real mean | generated mean | shift |\n"
         "|---|---|---|---|---|---|---|\n" + rows + "\n" + _kinetic_lines(fit))
-    scheduler_config = SchedulerConfig.from_dict(base.config["scheduler"])
     path = save_bundle(out, base.autoencoder, base.denoiser, scheduler_config, base.latent_scale, meta, card)
     return path, fit
 
@@ -257,3 +289,12 @@ def _kinetic_lines(fit: CalibrationFit) -> str:
     fitted = ", ".join(fit.calibration.kinetic_shift) or "none (fewer than 2 tumors of every type)"
     return (f"\nCurve types of the calibration tumors (each generated with its own): {counts}; a shift of its own "
             f"fitted for: {fitted}.\n")
+
+
+def _without_section(card: str, heading: str) -> str:
+    """The card without its ``heading`` section (up to the next heading of the same level)."""
+    start = card.find("\n" + heading + "\n")
+    if start < 0:
+        return card
+    end = card.find("\n## ", start + len(heading) + 2)
+    return card[:start] + (card[end:] if end >= 0 else "")

@@ -61,7 +61,9 @@ def test_apply_sets_the_tumor_moments_and_leaves_every_other_cell_alone():
     ({"shift": [0.0] * 4, "factor": [1.0, 0.0, 1.0, 1.0]}, "factors positive"),
     ({"shift": [0.0, float("nan"), 0.0, 0.0], "factor": [1.0] * 4}, "finite"),
     ({"shift": [0.0] * 4}, "'shift' and 'factor'"),
-    ({"shift": ["a"] * 4, "factor": [1.0] * 4}, "lists of numbers"),
+    ({"shift": ["a"] * 4, "factor": [1.0] * 4}, "shift must be a list of numbers"),
+    ({"shift": "0000", "factor": [1.0] * 4}, "shift must be a list of numbers"),
+    ({"shift": [0.0] * 4, "factor": [1.0] * 4, "kinetic_shifts": {}}, "unknown key"),
 ])
 def test_a_bad_calibration_config_is_refused(entry, message):
     with pytest.raises(SynBTError, match=message):
@@ -92,11 +94,11 @@ def test_the_fitted_calibration_maps_the_generated_moments_onto_the_real_ones(pi
     samples = []
     for seed, center in ((5, (10, 20, 20)), (6, (9, 17, 22)), (7, (11, 22, 18))):
         case = make_case(seed=seed)
-        samples.append((case, tumor(case.shape, center, radius_mm=5.0)))
+        samples.append((f"case {seed}", case, tumor(case.shape, center, radius_mm=5.0)))
     fit = fit_calibration(pipeline, samples, seed=3, steps=STEPS)
     assert fit.tumors == 3 and len(fit.table()) == CHANNELS
     real, generated = [], []
-    for index, (case, mask) in enumerate(samples):
+    for index, (_, case, mask) in enumerate(samples):
         known, raw, cells = pipeline.latent_pair(case, mask, seed=3 + index, steps=STEPS)
         real.append(channel_moments(known, cells))
         generated.append(channel_moments(fit.calibration.apply(raw, cells), cells))
@@ -106,6 +108,19 @@ def test_the_fitted_calibration_maps_the_generated_moments_onto_the_real_ones(pi
     assert not np.allclose(fit.calibration.factor, 1.0)  # the random tiny denoiser is far from the encoder
     with pytest.raises(SynBTError, match="at least 2 tumors"):
         fit_calibration(pipeline, samples[:1], steps=STEPS)
+    with pytest.raises(SynBTError, match=r"calibration tumor 2 \(odd case\): the tumor mask has shape"):
+        fit_calibration(pipeline, [samples[0], ("odd case", samples[1][1], samples[1][2][:-1])], steps=STEPS)
+
+
+def test_apply_maps_every_separate_tumor_around_its_own_mean():
+    latent = torch.zeros(1, CHANNELS, 8, 8, 8)
+    latent[..., 0:2, 0:2, 0:3] = torch.arange(1.0, 13.0).reshape(2, 2, 3)
+    latent[..., 5:7, 5:7, 4:7] = 100.0 + torch.arange(1.0, 13.0).reshape(2, 2, 3)
+    cells = latent[:, :1] != 0
+    out = LatentCalibration((1.0,) * CHANNELS, (0.5,) * CHANNELS).apply(latent, cells)
+    for box, mean in (((slice(0, 2), slice(0, 2), slice(0, 3)), 6.5), ((slice(5, 7), slice(5, 7), slice(4, 7)), 106.5)):
+        expected = mean + 1.0 + (latent[(0, 0, *box)] - mean) * 0.5
+        torch.testing.assert_close(out[(0, 0, *box)], expected)
 
 
 def _dataset(root, seeds=(5, 6)):
@@ -130,7 +145,8 @@ def test_calibrate_writes_a_new_bundle_and_never_touches_the_input(pipeline, tmp
     assert loaded.config["latent_calibration_source"]["tumors"] == 3
     assert "## Latent calibration" in (out / "MODEL_CARD.md").read_text()
     assert SynthesisPipeline.from_bundle(out).calibration == fit.calibration
-    for target, message in ((bundle, "is the input bundle"), (out, "not empty")):
+    for target, message in ((bundle, "inside the input bundle"), (bundle / "sub", "inside the input bundle"),
+                            (data / "sub", "inside the calibration data"), (out, "not empty")):
         with pytest.raises(SynBTError, match=message):
             calibrate_bundle(bundle, data, target, steps=STEPS)
     # a calibration edited by hand into something meaningless is refused at load, by name
@@ -152,6 +168,10 @@ def test_calibrate_cli_reports_bad_input_in_one_line(pipeline, tmp_path, capsys)
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--out", str(tmp_path / "c"),
                      "--steps", str(STEPS)]) == 0
     assert "calibrated bundle" in capsys.readouterr().out
+    unlabelled = tmp_path / "unlabelled"
+    write_case(make_case(seed=5), unlabelled / "case_5")
+    assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(unlabelled), "--out", str(tmp_path / "d")]) == 2
+    assert "no labelled tumor found" in capsys.readouterr().err
 
 
 def _case_with_curve(seed, post1, post2):
@@ -174,14 +194,14 @@ def test_a_kinetic_denoiser_gets_a_shift_per_curve_type_fitted_on_tumors_of_that
     samples = []
     for index, name in enumerate(names):
         case = _case_with_curve(10 + index, *curves[name])
-        samples.append((case, tumor(case.shape, (10, 20, 20), radius_mm=5.0)))
+        samples.append((name, case, tumor(case.shape, (10, 20, 20), radius_mm=5.0)))
     fit = fit_calibration(kinetic, samples, seed=0, steps=STEPS)
     assert fit.kinetic_counts == {"persistent": 2, "plateau": 1, "washout": 2}
     assert set(fit.calibration.kinetic_shift) == {"persistent", "washout"}  # plateau: one tumor, pooled shift
     assert fit.calibration.shift_for("plateau") == fit.calibration.shift
     for name in ("washout", "persistent"):
         real, made = [], []
-        for index, (case, mask) in enumerate(samples):
+        for index, (_, case, mask) in enumerate(samples):
             if names[index] != name:
                 continue
             known, raw, cells = kinetic.latent_pair(case, mask, seed=index, steps=STEPS, kinetics=name)
@@ -193,3 +213,12 @@ def test_a_kinetic_denoiser_gets_a_shift_per_curve_type_fitted_on_tumors_of_that
     entry["latent_calibration"]["kinetic_shift"] = {"fast": [0.0] * CHANNELS}
     with pytest.raises(SynBTError, match="curve types among"):
         LatentCalibration.from_config(entry, CHANNELS)
+    # the pipeline shifts a tumor by the shift of the curve type it is asked for
+    only_washout = LatentCalibration((0.0,) * CHANNELS, (1.0,) * CHANNELS, {"washout": (3.0,) * CHANNELS})
+    shifted = SynthesisPipeline(kinetic.autoencoder, denoiser, kinetic.scheduler, kinetic.latent_scale,
+                                calibration=only_washout, **MARGINS)
+    _, case, mask = samples[0]
+    for name, moves in (("washout", True), ("persistent", False)):
+        difference = np.abs(shifted(case, mask, seed=0, steps=STEPS, kinetics=name).phases
+                            - kinetic(case, mask, seed=0, steps=STEPS, kinetics=name).phases)[:, mask > 0].mean()
+        assert (difference > 1.0) == moves, (name, difference)

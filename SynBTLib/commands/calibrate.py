@@ -1,6 +1,8 @@
 """`synbt calibrate`: fit the per-channel moment calibration of a diffusion bundle's samples."""
 from __future__ import annotations
 
+import shlex
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -21,15 +23,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import sys
-
     from tqdm import tqdm
 
     from ..calibration import calibrate_bundle
 
     with tqdm(total=args.max_tumors, desc="calibrate", unit="tumor", disable=None) as bar:
         path, fit = calibrate_bundle(args.bundle, args.data, args.out, seed=args.seed, steps=args.steps,
-                                     max_tumors=args.max_tumors, command=" ".join(["synbt"] + sys.argv[1:]),
+                                     max_tumors=args.max_tumors, command=_command(args),
                                      progress=lambda done: bar.update(done - bar.n))
     print(f"{fit.tumors} tumors; per latent channel (denoiser space):")
     print("channel  real_spread  generated_spread  factor  real_mean  generated_mean  shift")
@@ -41,3 +41,9 @@ def run(args) -> int:
               + "; own shift for: " + (", ".join(fit.calibration.kinetic_shift) or "none"))
     print(f"calibrated bundle: {path}")
     return 0
+
+
+def _command(args) -> str:
+    words = ["synbt", "calibrate", "--bundle", str(args.bundle), "--data", str(args.data), "--out", str(args.out),
+             "--max-tumors", str(args.max_tumors), "--seed", str(args.seed)]
+    return shlex.join(words + (["--steps", str(args.steps)] if args.steps is not None else []))
