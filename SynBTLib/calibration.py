@@ -8,8 +8,12 @@ of a calibration cohort, in the denoiser's (standardized) space: for every tumor
 spread over its cells of the encoded real tumor and of a tumor the pipeline generates into the
 same mask. From them it fits, per channel,
 
-    factor = sqrt(mean of real spread^2 / mean of generated spread^2)
+    factor = geometric mean of (real spread / generated spread)
     shift  = mean of (real mean - generated mean)
+
+(the spread ratio over tumors of at least MIN_SPREAD_CELLS cells, each tumor weighted alike: an
+RMS ratio lets a few large heterogeneous tumors set it; on the phantom both scored the same
+realism, the geometric mean left less pre-contrast speckle: std 0.167 vs 0.189, real 0.109)
 
 and stores them in a new bundle. For a denoiser with curve-type labels every tumor is generated with
 the curve type of the real one (measured on its voxels), and the shift is also fitted per type
@@ -36,6 +40,8 @@ from .errors import SynBTError
 from .kinetics import CURVE_TYPES, classify_curve
 
 CONFIG_KEY = "latent_calibration"
+# a tumor's spread over fewer latent cells says little; such tumors count for the shift only
+MIN_SPREAD_CELLS = 8
 
 
 def tumor_cells(mask: torch.Tensor, compression: int) -> torch.Tensor:
@@ -149,7 +155,7 @@ class CalibrationFit:
 
     calibration: LatentCalibration
     tumors: int
-    real_spread: np.ndarray  # root mean square of the real tumors' per-tumor spread
+    real_spread: np.ndarray  # geometric mean of the per-tumor spreads (tumors used for the factor)
     generated_spread: np.ndarray
     real_mean: np.ndarray  # mean of the per-tumor means
     generated_mean: np.ndarray
@@ -188,18 +194,17 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
             mean, std = channel_moments(latent, cells)
             means.append(mean)
             stds.append(std)
-        spread_known.append(int(cells.sum()) >= 2)  # a one-cell tumor has a mean but no spread
+        spread_known.append(int(cells.sum()) >= MIN_SPREAD_CELLS)
         if progress is not None:
             progress(index + 1)
     if len(real_means) < 2:
         raise SynBTError(f"calibration needs at least 2 tumors, got {len(real_means)}")
-    if not any(spread_known):
-        raise SynBTError("every calibration tumor covers a single latent cell; use larger tumors")
-    with_spread = np.asarray(spread_known)
-    real_spread = np.sqrt(np.mean(np.square(real_stds)[with_spread], axis=0))
-    generated_spread = np.sqrt(np.mean(np.square(generated_stds)[with_spread], axis=0))
-    if not (generated_spread > 0).all():
-        raise SynBTError("a latent channel of the generated tumors is constant; cannot calibrate its spread")
+    with_spread = np.asarray(spread_known) & (np.min(real_stds, axis=1) > 0) & (np.min(generated_stds, axis=1) > 0)
+    if not with_spread.any():
+        raise SynBTError(f"no calibration tumor covers {MIN_SPREAD_CELLS} latent cells or more (with a spread in "
+                         "every channel); use larger tumors")
+    real_spread = np.exp(np.mean(np.log(np.asarray(real_stds)[with_spread]), axis=0))
+    generated_spread = np.exp(np.mean(np.log(np.asarray(generated_stds)[with_spread]), axis=0))
     real_mean, generated_mean = np.mean(real_means, axis=0), np.mean(generated_means, axis=0)
     differences = np.asarray(real_means) - np.asarray(generated_means)
     counts = {name: types.count(name) for name in CURVE_TYPES if name in types}
