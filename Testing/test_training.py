@@ -512,6 +512,10 @@ def test_diffusion_mask_loss_weight_changes_the_training_and_is_validated(datase
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "neg", {**config, "mask_loss_weight": -1},
                         verbose=False)
     assert not (tmp_path / "neg").exists()
+    with pytest.raises(SynBTError, match="mask_loss_balanced must be true or false"):
+        train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bal", {**config, "mask_loss_balanced": "yes"},
+                        verbose=False)
+    assert not (tmp_path / "bal").exists()
 
 
 def test_diffusion_records_its_context_margin_for_the_pipeline(dataset, autoencoder_run, tmp_path):
@@ -742,3 +746,17 @@ def test_linear_path_run_starts_from_the_block_pca_and_resumes_exactly(dataset, 
     train_autoencoder(dataset, out, config, resume=True, verbose=False)
     reference, final = weights_of(tmp_path / "whole" / CHECKPOINT_FILE)["autoencoder"], weights_of(out / CHECKPOINT_FILE)["autoencoder"]
     assert all(torch.equal(reference[k], final[k]) for k in reference)
+
+
+def test_a_balanced_mask_loss_gives_every_tumor_the_same_share_whatever_its_size():
+    from SynBTLib.training.diffusion import loss_weight
+
+    region = torch.zeros(3, 1, 6, 6, 6)
+    region[0, 0, :1, :1, :2] = 1  # 2 cells
+    region[1, 0, :2, :2, :2] = 1  # 8 cells
+    extra = lambda w: (w - 1.0).sum(dim=(1, 2, 3, 4))  # noqa: E731
+    plain, balanced = loss_weight(region, 2.0), loss_weight(region, 2.0, balanced=True)
+    assert extra(plain).tolist() == [4.0, 16.0, 0.0]
+    torch.testing.assert_close(extra(balanced), torch.tensor([10.0, 10.0, 0.0]))  # same total, shared alike
+    assert torch.equal(balanced[region == 0], torch.ones(int((region == 0).sum())))
+    assert torch.equal(loss_weight(torch.zeros(2, 1, 3, 3, 3), 5.0, balanced=True), torch.ones(2, 1, 3, 3, 3))

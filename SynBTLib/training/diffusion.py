@@ -51,6 +51,10 @@ DEFAULT_CONFIG = {
     # extra weight of the noise error inside the tumor mask: the ROI is mostly context, which the
     # sampler replaces anyway, so an unweighted loss spends most of its signal outside the tumor
     "mask_loss_weight": 0.0,
+    # with true, every sample's tumor region gets the same share of that weight whatever its size
+    # (loss_weight): otherwise a 5,000-voxel tumor outweighs a 60-voxel one 80 to 1, and small
+    # tumors came out dim (relative enhancement 0.9-1.4 vs 1.8-2.2 real on the phantom)
+    "mask_loss_balanced": False,
     # tissue around the mask the pipeline gives this denoiser as context, recorded in the bundle
     # (None: the pipeline's default, 16 mm). Less is faster but riskier: the shipped 2x bundle at
     # 10 mm ran 1.6x faster and scored the same realism AUC, yet made saturated blobs (looked at)
@@ -66,6 +70,20 @@ DEFAULT_CONFIG = {
     "kinetic_conditioning": False,
     "kinetics_dropout": 0.2,
 }
+
+
+def loss_weight(region: torch.Tensor, mask_weight: float, balanced: bool = False) -> torch.Tensor:
+    """(B, 1, z, y, x) per-cell loss weight: 1 + mask_weight inside the generated ``region``. With
+    ``balanced`` each sample's extra weight is rescaled so that every sample's region carries the same
+    total: mask_weight times the mean region size of the batch's samples that have one."""
+    region = (region > 0).to(torch.float32)
+    if not balanced:
+        return 1.0 + mask_weight * region
+    cells = region.sum(dim=(1, 2, 3, 4), keepdim=True)
+    if not (cells > 0).any():
+        return torch.ones_like(region)
+    share = torch.where(cells > 0, cells[cells > 0].mean() / cells.clamp(min=1.0), torch.zeros_like(cells))
+    return 1.0 + mask_weight * region * share
 
 
 def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -143,6 +161,9 @@ def train_diffusion(
     mask_weight = float(config["mask_loss_weight"])
     if not mask_weight >= 0:
         raise SynBTError(f"mask_loss_weight must be 0 or more, got {config['mask_loss_weight']!r}")
+    balanced = config["mask_loss_balanced"]
+    if not isinstance(balanced, bool):
+        raise SynBTError(f"mask_loss_balanced must be true or false, got {balanced!r}")
     margin = config["context_margin_mm"]
     if margin is not None and not (isinstance(margin, (int, float)) and margin > 0):
         raise SynBTError(f"context_margin_mm must be a positive number of mm (or null), got {margin!r}")
@@ -254,7 +275,8 @@ def train_diffusion(
             noise = torch.randn(latent.shape, generator=generator, device=dist.device)
             t = torch.randint(0, timesteps_total, (latent.shape[0],), generator=generator, device=dist.device)
             noisy = scheduler.add_noise(latent, noise, t)
-            weight = 1.0 + mask_weight * mask[:, :1]  # the generated region, also where the condition is dropped
+            # the generated region, also where the condition is dropped
+            weight = loss_weight(mask[:, :1], mask_weight, balanced)
             context, mask = drop_condition(context, mask, dropout, generator)
             extra = {"kinetics": drop_kinetics(kinetics, kinetics_dropout, generator)} if kinetic else {}
             with trainer.autocast():
