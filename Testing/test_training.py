@@ -516,6 +516,9 @@ def test_diffusion_mask_loss_weight_changes_the_training_and_is_validated(datase
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bal", {**config, "mask_loss_balanced": "yes"},
                         verbose=False)
     assert not (tmp_path / "bal").exists()
+    with pytest.raises(SynBTError, match="mask_loss_balanced shares out mask_loss_weight, which is 0"):
+        train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bal0",
+                        {**config, "mask_loss_weight": 0.0, "mask_loss_balanced": True}, verbose=False)
 
 
 def test_diffusion_records_its_context_margin_for_the_pipeline(dataset, autoencoder_run, tmp_path):
