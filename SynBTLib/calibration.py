@@ -1,9 +1,9 @@
 """Moment calibration of a denoiser's samples against the autoencoder's own latents (opt-in).
 
 A denoiser trained briefly on a small cohort (a CPU run on the phantom) gets the tumors' latent
-statistics wrong in a systematic way: re-encoded, its tumors' fine pre-contrast channels spread
-about twice as much as real tumors' (speckle where a real tumor is flat) and its enhancement
-channels sit too low (dim tumors). ``synbt calibrate`` measures that per latent channel on tumors
+statistics wrong in a systematic way: re-encoded, its tumors' pre-contrast channels spread up to
+4x as much as real tumors' (speckle where a real tumor is flat) and its curve-type label barely
+moves the late phase. ``synbt calibrate`` measures that per latent channel on tumors
 of a calibration cohort, in the denoiser's (standardized) space: for every tumor, the mean and
 spread over its cells of the encoded real tumor and of a tumor the pipeline generates into the
 same mask. From them it fits, per channel,
@@ -18,7 +18,8 @@ realism, the geometric mean left less pre-contrast speckle: std 0.167 vs 0.189, 
 and stores them in a new bundle. For a denoiser with curve-type labels every tumor is generated with
 the curve type of the real one (measured on its voxels), and the shift is also fitted per type
 (types with at least two tumors; the others use the pooled shift): a denoiser that moves the
-late-phase level only a third as much as the label asks gets the rest from its type's shift. The pipeline then maps every generated tumor's cells as
+late-phase level far less than the label asks is moved by its type's shift (on the phantom, about
+half of the way to the real tumors' late change). The pipeline then maps every generated tumor's cells as
 ``mean + shift + (latent - mean) * factor`` (per channel, the mean over that tumor's cells), so a
 tumor keeps its own structure and level relative to its context and only the systematic error of
 the sampler is removed. Cells outside the tumor (the generated rim and the context) are untouched.
