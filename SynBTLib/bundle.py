@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .calibration import LatentCalibration
+from .calibration import ImageCalibration, LatentCalibration
 from .errors import SynBTError
 from .nets.latent_norm import ChannelStandardizer
 from .paths import default_bundle_path  # noqa: F401  (re-exported)
@@ -46,6 +46,7 @@ class Bundle:
     path: Path
     channels: ChannelStandardizer = field(default_factory=ChannelStandardizer)  # identity without statistics
     calibration: LatentCalibration | None = None  # moment correction of generated tumors (calibration.py)
+    image_calibration: ImageCalibration | None = None  # the same per phase, after decoding
 
     @property
     def phase_names(self) -> list[str]:
@@ -245,13 +246,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         sha256=bundle_sha256(path),
         path=path,
         channels=ChannelStandardizer.from_config(config, autoencoder.config.latent_channels),
-        calibration=_calibration_of(path, config, autoencoder.config.latent_channels),
+        calibration=_calibration_of(LatentCalibration, path, config, autoencoder.config.latent_channels),
+        image_calibration=_calibration_of(ImageCalibration, path, config, autoencoder.config.in_channels),
     )
 
 
-def _calibration_of(path: Path, config: dict, channels: int) -> LatentCalibration | None:
+def _calibration_of(kind, path: Path, config: dict, channels: int):
     try:
-        return LatentCalibration.from_config(config, channels)
+        return kind.from_config(config, channels)
     except SynBTError as exc:
         raise SynBTError(f"bundle {path}: {CONFIG_FILE}: {exc}") from None
 

@@ -41,6 +41,7 @@ from .errors import SynBTError
 from .kinetics import CURVE_TYPES, classify_curve
 
 CONFIG_KEY = "latent_calibration"
+IMAGE_CONFIG_KEY = "image_calibration"
 # a tumor's spread over fewer latent cells says little; such tumors count for the shift only
 MIN_SPREAD_CELLS = 8
 
@@ -68,24 +69,30 @@ def channel_moments(latent: torch.Tensor, cells: torch.Tensor) -> tuple[np.ndarr
 
 
 @dataclass(frozen=True)
-class LatentCalibration:
-    """Per-channel ``shift`` and ``factor`` applied to a generated tumor's cells (see the module doc)."""
+class _MomentMap:
+    """Per-channel ``shift`` and ``factor`` (and per-curve-type shifts) that map a tumor's values as
+    ``mean + shift + (value - mean) * factor``, the mean taken per channel over that tumor."""
 
     shift: tuple[float, ...]
     factor: tuple[float, ...]
     kinetic_shift: dict[str, tuple[float, ...]] = field(default_factory=dict)  # curve type -> its own shift
 
+    CONFIG_KEY = CONFIG_KEY
+    UNIT = "channel"  # what one entry of shift and factor belongs to, for messages
+    TARGET = "the latent"
+
     def __post_init__(self):
+        key = self.CONFIG_KEY
         shift, factor = np.asarray(self.shift, np.float64), np.asarray(self.factor, np.float64)
         if shift.ndim != 1 or shift.shape != factor.shape or shift.size == 0:
-            raise SynBTError(f"{CONFIG_KEY} needs one shift and one factor per channel, got "
+            raise SynBTError(f"{key} needs one shift and one factor per {self.UNIT}, got "
                              f"{shift.shape} and {factor.shape}")
         if not (np.isfinite(shift).all() and np.isfinite(factor).all() and (factor > 0).all()):
-            raise SynBTError(f"{CONFIG_KEY}: the shifts must be finite and the factors positive")
+            raise SynBTError(f"{key}: the shifts must be finite and the factors positive")
         for name, values in self.kinetic_shift.items():
             values = np.asarray(values, np.float64)
             if name not in CURVE_TYPES or values.shape != shift.shape or not np.isfinite(values).all():
-                raise SynBTError(f"{CONFIG_KEY}: kinetic_shift needs finite shifts, one per channel, for curve "
+                raise SynBTError(f"{key}: kinetic_shift needs finite shifts, one per {self.UNIT}, for curve "
                                  f"types among {CURVE_TYPES} (got {name!r})")
 
     @property
@@ -95,6 +102,37 @@ class LatentCalibration:
     def shift_for(self, kinetics: str | None) -> tuple[float, ...]:
         """The shift of curve type ``kinetics`` where one was fitted, else the pooled one."""
         return self.kinetic_shift.get(kinetics, self.shift)
+
+    def to_config(self) -> dict:
+        entry = {"shift": list(self.shift), "factor": list(self.factor)}
+        if self.kinetic_shift:
+            entry["kinetic_shift"] = {name: list(values) for name, values in self.kinetic_shift.items()}
+        return {self.CONFIG_KEY: entry}
+
+    @classmethod
+    def from_config(cls, config: dict, channels: int):
+        """The calibration a bundle config records (None if it has none), checked against ``channels``."""
+        key = cls.CONFIG_KEY
+        entry = config.get(key)
+        if entry is None:
+            return None
+        if not isinstance(entry, dict) or "shift" not in entry or "factor" not in entry:
+            raise SynBTError(f"{key} must be an object with 'shift' and 'factor' lists")
+        unknown = sorted(set(entry) - {"shift", "factor", "kinetic_shift"})
+        if unknown:
+            raise SynBTError(f"{key} has unknown key(s) {', '.join(map(repr, unknown))}")
+        kinetic = entry.get("kinetic_shift", {})
+        if not isinstance(kinetic, dict):
+            raise SynBTError(f"{key} kinetic_shift must map curve types to lists of numbers")
+        calibration = cls(_numbers(entry["shift"], "shift", key), _numbers(entry["factor"], "factor", key),
+                          {str(k): _numbers(v, f"kinetic_shift {k}", key) for k, v in kinetic.items()})
+        if calibration.channels != channels:
+            raise SynBTError(f"{key} has {calibration.channels} {cls.UNIT}s, {cls.TARGET} {channels}")
+        return calibration
+
+
+class LatentCalibration(_MomentMap):
+    """Per latent channel, applied to a generated tumor's latent cells (see the module doc)."""
 
     def apply(self, latent: torch.Tensor, cells: torch.Tensor, kinetics: str | None = None) -> torch.Tensor:
         """(1, C, z, y, x) latent with its ``cells`` (1, 1, z, y, x bool) mapped; other cells unchanged.
@@ -117,36 +155,37 @@ class LatentCalibration:
             out = torch.where(inside, mean + shift + (latent - mean) * factor, out)
         return out
 
-    def to_config(self) -> dict:
-        entry = {"shift": list(self.shift), "factor": list(self.factor)}
-        if self.kinetic_shift:
-            entry["kinetic_shift"] = {name: list(values) for name, values in self.kinetic_shift.items()}
-        return {CONFIG_KEY: entry}
 
-    @classmethod
-    def from_config(cls, config: dict, channels: int) -> "LatentCalibration | None":
-        """The calibration a bundle config records (None if it has none), checked against ``channels``."""
-        entry = config.get(CONFIG_KEY)
-        if entry is None:
-            return None
-        if not isinstance(entry, dict) or "shift" not in entry or "factor" not in entry:
-            raise SynBTError(f"{CONFIG_KEY} must be an object with 'shift' and 'factor' lists")
-        unknown = sorted(set(entry) - {"shift", "factor", "kinetic_shift"})
-        if unknown:
-            raise SynBTError(f"{CONFIG_KEY} has unknown key(s) {', '.join(map(repr, unknown))}")
-        kinetic = entry.get("kinetic_shift", {})
-        if not isinstance(kinetic, dict):
-            raise SynBTError(f"{CONFIG_KEY} kinetic_shift must map curve types to lists of numbers")
-        calibration = cls(_numbers(entry["shift"], "shift"), _numbers(entry["factor"], "factor"),
-                          {str(k): _numbers(v, f"kinetic_shift {k}") for k, v in kinetic.items()})
-        if calibration.channels != channels:
-            raise SynBTError(f"{CONFIG_KEY} has {calibration.channels} channels, the latent {channels}")
-        return calibration
+class ImageCalibration(_MomentMap):
+    """Per DCE phase, in normalized units, applied to a generated tumor's voxels after decoding: the
+    level and contrast error the latent calibration leaves (the decoder is not linear, and a tumor's
+    edge voxels lie in latent cells that are mostly context)."""
+
+    CONFIG_KEY = IMAGE_CONFIG_KEY
+    UNIT = "phase"
+    TARGET = "the model"
+
+    def apply(self, image: np.ndarray, mask: np.ndarray, kinetics: str | None = None) -> np.ndarray:
+        """(P, Z, Y, X) normalized image with the voxels of ``mask`` (Z, Y, X) mapped per phase, each
+        connected tumor around its own mean; a new array, other voxels unchanged."""
+        if image.ndim != 4 or image.shape[0] != self.channels or mask.shape != image.shape[1:]:
+            raise SynBTError(f"the image calibration has {self.channels} phases: apply takes a (P, Z, Y, X) image "
+                             f"and a (Z, Y, X) mask, got {image.shape} and {mask.shape}")
+        shift = np.asarray(self.shift_for(kinetics), np.float32)[:, None]
+        factor = np.asarray(self.factor, np.float32)[:, None]
+        components, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
+        out = image.copy()
+        for label in range(1, count + 1):
+            inside = components == label
+            values = image[:, inside]
+            mean = values.mean(axis=1, keepdims=True)
+            out[:, inside] = mean + shift + (values - mean) * factor
+        return out
 
 
-def _numbers(values, name: str) -> tuple[float, ...]:
+def _numbers(values, name: str, key: str = CONFIG_KEY) -> tuple[float, ...]:
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise SynBTError(f"{CONFIG_KEY} {name} must be a list of numbers")
+        raise SynBTError(f"{key} {name} must be a list of numbers")
     return tuple(float(v) for v in values)
 
 
@@ -183,9 +222,7 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
     real_means, real_stds, generated_means, generated_stds, spread_known, types = [], [], [], [], [], []
     for index, (name, case, mask) in enumerate(samples):
         try:
-            kinetics = None
-            if pipeline.kinetic_choices and case.phases.shape[0] >= 3:
-                kinetics = classify_curve(case.phases[:, mask > 0].astype(np.float64).mean(axis=1))
+            kinetics = _curve_type(pipeline, case, mask)
             known, generated, cells = pipeline.latent_pair(case, mask, seed=seed + index, steps=steps,
                                                            kinetics=kinetics)
         except SynBTError as exc:
@@ -198,12 +235,56 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
         spread_known.append(int(cells.sum()) >= MIN_SPREAD_CELLS)
         if progress is not None:
             progress(index + 1)
+    return _fit_moments(LatentCalibration, real_means, real_stds, generated_means, generated_stds, spread_known,
+                        types, f"no calibration tumor covers {MIN_SPREAD_CELLS} latent cells or more")
+
+
+def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: int | None = None,
+                          progress: Callable[[int], None] | None = None) -> CalibrationFit:
+    """Fit an ImageCalibration of ``pipeline``'s syntheses from ``(name, case, tumor_mask)`` triples.
+
+    As fit_calibration, but a whole synthesis (with the latent calibration the pipeline carries)
+    is compared with the real tumor per phase over the mask's voxels, in the case's normalized
+    units (the pipeline must carry no image calibration)."""
+    from .preprocess import fit_normalization, normalize
+
+    if pipeline.image_calibration is not None:
+        raise SynBTError("fit the image calibration with a pipeline that carries none")
+    real_means, real_stds, generated_means, generated_stds, types = [], [], [], [], []
+    for index, (name, case, mask) in enumerate(samples):
+        try:
+            kinetics = _curve_type(pipeline, case, mask)
+            synthetic = pipeline(case, mask, seed=seed + index, steps=steps, kinetics=kinetics)
+        except SynBTError as exc:
+            raise SynBTError(f"calibration tumor {index + 1} ({name}): {exc}") from None
+        types.append(kinetics)
+        norm = fit_normalization(case)
+        for image, means, stds in ((case, real_means, real_stds), (synthetic, generated_means, generated_stds)):
+            values = normalize(image.phases[:, mask > 0], norm).astype(np.float64)
+            means.append(values.mean(axis=1))
+            stds.append(values.std(axis=1))
+        if progress is not None:
+            progress(index + 1)
+    return _fit_moments(ImageCalibration, real_means, real_stds, generated_means, generated_stds,
+                        [True] * len(types), types, "no calibration tumor")
+
+
+def _curve_type(pipeline, case, mask) -> str | None:
+    """The real tumor's curve type, for a denoiser that takes one (None otherwise)."""
+    if pipeline.kinetic_choices and case.phases.shape[0] >= 3:
+        return classify_curve(case.phases[:, mask > 0].astype(np.float64).mean(axis=1))
+    return None
+
+
+def _fit_moments(kind, real_means, real_stds, generated_means, generated_stds, spread_known, types,
+                 no_spread: str) -> CalibrationFit:
+    """shift = mean of (real mean - generated mean), factor = geometric mean of the spread ratios over
+    the tumors with a known spread; a shift per curve type with at least two tumors."""
     if len(real_means) < 2:
         raise SynBTError(f"calibration needs at least 2 tumors, got {len(real_means)}")
     with_spread = np.asarray(spread_known) & (np.min(real_stds, axis=1) > 0) & (np.min(generated_stds, axis=1) > 0)
     if not with_spread.any():
-        raise SynBTError(f"no calibration tumor covers {MIN_SPREAD_CELLS} latent cells or more (with a spread in "
-                         "every channel); use larger tumors")
+        raise SynBTError(f"{no_spread} (with a spread in every {kind.UNIT}); use larger tumors")
     real_spread = np.exp(np.mean(np.log(np.asarray(real_stds)[with_spread]), axis=0))
     generated_spread = np.exp(np.mean(np.log(np.asarray(generated_stds)[with_spread]), axis=0))
     real_mean, generated_mean = np.mean(real_means, axis=0), np.mean(generated_means, axis=0)
@@ -211,8 +292,8 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
     counts = {name: types.count(name) for name in CURVE_TYPES if name in types}
     kinetic_shift = {name: tuple(float(v) for v in differences[[t == name for t in types]].mean(axis=0))
                      for name, count in counts.items() if count >= 2}
-    calibration = LatentCalibration(tuple(float(v) for v in differences.mean(axis=0)),
-                                    tuple(float(v) for v in real_spread / generated_spread), kinetic_shift)
+    calibration = kind(tuple(float(v) for v in differences.mean(axis=0)),
+                       tuple(float(v) for v in real_spread / generated_spread), kinetic_shift)
     return CalibrationFit(calibration, len(real_means), real_spread, generated_spread, real_mean, generated_mean,
                           counts)
 
@@ -240,10 +321,14 @@ def tumor_samples(data, max_tumors: int | None = None, min_voxels: int = 27):
 
 
 def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None, max_tumors: int = 24,
-                     command: str | None = None, progress: Callable[[int], None] | None = None) -> tuple:
+                     command: str | None = None, progress: Callable[[int], None] | None = None,
+                     image: bool = True) -> tuple:
     """Fit the calibration of ``bundle``'s samples on the tumors of ``data`` and write a copy of the
     bundle that carries it to ``out`` (a new or empty folder; the input bundle is never modified).
-    Returns (out path, CalibrationFit). A calibration the input bundle already has is ignored (refitted)."""
+    With ``image``, an ImageCalibration is then fitted on whole syntheses that carry the new latent
+    calibration (the same tumors and seeds). Returns (out path, latent CalibrationFit, image
+    CalibrationFit or None). Calibrations the input bundle already has are ignored (refitted).
+    ``progress(done)`` counts tumors over both passes."""
     from pathlib import Path
 
     from .bundle import CARD_FILE, RESERVED_KEYS, load_bundle, save_bundle
@@ -262,7 +347,7 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
     if base.denoiser is None:
         raise SynBTError(f"bundle {bundle} has no denoiser (autoencoder-only): there is nothing to calibrate")
     scheduler_config = SchedulerConfig.from_dict(base.config.get("scheduler") or {})
-    pipeline = SynthesisPipeline.from_bundle(bundle, calibration=None)
+    pipeline = SynthesisPipeline.from_bundle(bundle, calibration=None, image_calibration=None)
     steps = check_inference_steps(pipeline.scheduler, DEFAULT_INFERENCE_STEPS if steps is None else steps)
     samples = tumor_samples(data, max_tumors)
     try:
@@ -270,8 +355,17 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
     except StopIteration:
         raise SynBTError(f"no labelled tumor found in {data} (cases without a tumor label are skipped)") from None
     fit = fit_calibration(pipeline, itertools.chain([first], samples), seed=seed, steps=steps, progress=progress)
-    meta = {k: v for k, v in base.config.items() if k not in RESERVED_KEYS and k != "latent_calibration_source"}
+    image_fit = None
+    if image:
+        pipeline.calibration = fit.calibration
+        offset = (lambda done: progress(fit.tumors + done)) if progress is not None else None
+        image_fit = fit_image_calibration(pipeline, tumor_samples(data, max_tumors), seed=seed, steps=steps,
+                                          progress=offset)
+    meta = {k: v for k, v in base.config.items()
+            if k not in RESERVED_KEYS and k not in ("latent_calibration_source", IMAGE_CONFIG_KEY)}
     meta.update(fit.calibration.to_config())
+    if image_fit is not None:
+        meta.update(image_fit.calibration.to_config())
     meta["latent_calibration_source"] = {"data": str(data), "tumors": fit.tumors, "seed": seed, "steps": steps,
                                          "guidance_scale": pipeline.guidance_scale, "eta": pipeline.eta,
                                          "base_bundle_sha256": base.sha256}
@@ -283,9 +377,22 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
         f"the spread and mean over a tumor's cells of the encoded real tumor and of the one generated into "
         f"its mask (SynBTLib/calibration.py), {steps} sampling steps.\n\n"
         "| channel | real spread | generated spread | factor | real mean | generated mean | shift |\n"
-        "|---|---|---|---|---|---|---|\n" + rows + "\n" + _kinetic_lines(fit))
+        "|---|---|---|---|---|---|---|\n" + rows + "\n" + _kinetic_lines(fit) + _image_lines(image_fit))
     path = save_bundle(out, base.autoencoder, base.denoiser, scheduler_config, base.latent_scale, meta, card)
-    return path, fit
+    return path, fit, image_fit
+
+
+def _image_lines(fit: CalibrationFit | None) -> str:
+    if fit is None:
+        return ""
+    rows = "\n".join(f"| {r['channel']} | {r['real_spread']} | {r['generated_spread']} | {r['factor']} | "
+                     f"{r['real_mean']} | {r['generated_mean']} | {r['shift']} |" for r in fit.table())
+    kinetic = "".join(f"\nShift of {name} tumors: {', '.join(f'{v:.3f}' for v in values)}."
+                      for name, values in fit.calibration.kinetic_shift.items())
+    return ("\nThen, per DCE phase in normalized units, the same over the mask's voxels of the real tumor and of a "
+            "whole synthesis with the latent calibration (the image calibration, applied after decoding):\n\n"
+            "| phase | real spread | generated spread | factor | real mean | generated mean | shift |\n"
+            "|---|---|---|---|---|---|---|\n" + rows + "\n" + kinetic + ("\n" if kinetic else ""))
 
 
 def _kinetic_lines(fit: CalibrationFit) -> str:

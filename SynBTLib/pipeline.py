@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
 
-from .calibration import LatentCalibration, tumor_cells
+from .calibration import ImageCalibration, LatentCalibration, tumor_cells
 from .case import Case, Geometry, check_finite
 from .conditioning import Box, box_overlap, crop_padded, denoiser_condition, erase_mask, mask_condition_channels, roi_box
 from .errors import SynBTError
@@ -47,6 +47,8 @@ class SynthesisPipeline:
         Whether the denoiser also sees the tumor's voxel outline follows from its mask_channels.
     calibration: per-channel moment correction of every generated tumor's latent cells
         (calibration.py, fitted by ``synbt calibrate``; None: the denoiser's samples as they are).
+    image_calibration: per-phase moment correction of every generated tumor's voxels after decoding
+        (normalized units; fitted by ``synbt calibrate`` after the latent one; None: none).
 
     With ``denoiser=None`` (an autoencoder-only bundle, ``from_bundle(..., reconstruct_only=True)``)
     the pipeline can only ``reconstruct``: a check of an autoencoder before a denoiser is trained on it.
@@ -68,6 +70,7 @@ class SynthesisPipeline:
         mask_dilation_cells: int = 0,
         kinetic_frequencies: dict | None = None,
         calibration: LatentCalibration | None = None,
+        image_calibration: ImageCalibration | None = None,
     ):
         if not 0 <= blend_mm <= context_margin_mm:
             raise SynBTError(f"blend_mm ({blend_mm}) must be between 0 and context_margin_mm ({context_margin_mm})")
@@ -105,6 +108,10 @@ class SynthesisPipeline:
             raise SynBTError(f"the latent calibration has {calibration.channels} channels, the autoencoder "
                              f"{autoencoder.config.latent_channels}")
         self.calibration = calibration
+        if image_calibration is not None and image_calibration.channels != autoencoder.config.in_channels:
+            raise SynBTError(f"the image calibration has {image_calibration.channels} phases, the autoencoder "
+                             f"{autoencoder.config.in_channels}")
+        self.image_calibration = image_calibration
         self.working_spacing = None if working_spacing is None else tuple(float(v) for v in working_spacing)
         self.kinetic_frequencies = self._checked_frequencies(kinetic_frequencies)
 
@@ -166,6 +173,7 @@ class SynthesisPipeline:
         options.setdefault("mask_dilation_cells", int(bundle.config.get("mask_dilation_cells") or 0))
         options.setdefault("kinetic_frequencies", bundle.config.get("kinetic_frequencies"))
         options.setdefault("calibration", bundle.calibration)
+        options.setdefault("image_calibration", bundle.image_calibration)
         return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
 
     @property
@@ -199,7 +207,12 @@ class SynthesisPipeline:
         Same case, mask, seed, kinetics and weights give the same output. If `progress(done, total,
         message)` raises (e.g. on Cancel), its exception propagates and nothing is returned.
         """
-        return self._replace_region(case, mask, seed, self._sampler(steps, kinetics, seed, progress, calibrate=True))
+        finish = None
+        if self.image_calibration is not None:
+            chosen = self.choose_kinetics(kinetics, seed)
+            finish = lambda image, roi_mask: self.image_calibration.apply(image, roi_mask, chosen)  # noqa: E731
+        return self._replace_region(case, mask, seed, self._sampler(steps, kinetics, seed, progress, calibrate=True),
+                                    finish)
 
     @torch.no_grad()
     def latent_pair(self, case: Case, mask: np.ndarray, seed: int = 0, steps: int | None = None,
@@ -251,8 +264,9 @@ class SynthesisPipeline:
         """
         return self._replace_region(case, mask, seed, lambda known_latent, *_: known_latent)
 
-    def _replace_region(self, case: Case, mask: np.ndarray, seed: int, latent_of) -> Case:
-        """Normalize, crop, encode, `latent_of(known_latent, roi_image, roi_mask, generator)`, decode, blend."""
+    def _replace_region(self, case: Case, mask: np.ndarray, seed: int, latent_of, finish=None) -> Case:
+        """Normalize, crop, encode, `latent_of(known_latent, roi_image, roi_mask, generator)`, decode,
+        `finish(decoded, roi_mask)` (normalized units, on the case grid), blend."""
         mask = validated_mask(case, mask, expected_phases=self.autoencoder.config.in_channels)
 
         norm = fit_normalization(case)
@@ -280,6 +294,8 @@ class SynthesisPipeline:
             measured = roi_mask.copy()
             measured[~_inside_volume(box, case.shape)] = 1  # padding has no noise: leave it out
             decoded = decoded + detail_noise(original, measured, seed, decoded)
+        if finish is not None:
+            decoded = finish(decoded, roi_mask)
         generated = denormalize(decoded, norm).astype(np.float32)
         weight = blend_weight(roi_mask, case.geometry.spacing[::-1], self.blend_mm)
         return case.with_phases(paste_blended(case.phases, generated, weight, box))

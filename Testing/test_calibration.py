@@ -1,4 +1,4 @@
-"""Latent moment calibration (calibration.py, `synbt calibrate`) with a tiny real pipeline and real files."""
+"""Latent and image moment calibration (calibration.py, `synbt calibrate`) with a tiny real pipeline and real files."""
 import json
 
 import numpy as np
@@ -8,10 +8,12 @@ import torch
 from SynBTLib.bundle import bundle_sha256, load_bundle, save_bundle, write_checksums
 from SynBTLib.calibration import (
     MIN_SPREAD_CELLS,
+    ImageCalibration,
     LatentCalibration,
     calibrate_bundle,
     channel_moments,
     fit_calibration,
+    fit_image_calibration,
     tumor_cells,
 )
 from SynBTLib.cli import main as cli_main
@@ -19,6 +21,7 @@ from SynBTLib.errors import SynBTError
 from SynBTLib.io import write_case, write_label
 from SynBTLib.nets.scheduler import SchedulerConfig
 from SynBTLib.pipeline import SynthesisPipeline
+from SynBTLib.preprocess import fit_normalization, normalize
 
 from test_pipeline import MARGINS, STEPS, make_case, pipeline, tumor  # noqa: F401  (pipeline is a fixture)
 
@@ -142,14 +145,23 @@ def test_calibrate_writes_a_new_bundle_and_never_touches_the_input(pipeline, tmp
                          pipeline.latent_scale, meta={"phases": 3, **MARGINS}, card_text="# tiny\n")
     before = bundle_sha256(bundle)
     data = _dataset(tmp_path / "data")
-    out, fit = calibrate_bundle(bundle, data, tmp_path / "calibrated", seed=0, steps=STEPS, max_tumors=3)
-    assert fit.tumors == 3  # two cases with two tumors each, capped
+    done = []
+    out, fit, image_fit = calibrate_bundle(bundle, data, tmp_path / "calibrated", seed=0, steps=STEPS, max_tumors=3,
+                                           progress=done.append)
+    assert fit.tumors == 3 and image_fit.tumors == 3  # two cases with two tumors each, capped
+    assert done == [1, 2, 3, 4, 5, 6]  # both passes
     assert bundle_sha256(bundle) == before
     loaded = load_bundle(out)
     assert loaded.calibration == fit.calibration and load_bundle(bundle).calibration is None
+    assert loaded.image_calibration == image_fit.calibration and load_bundle(bundle).image_calibration is None
     assert loaded.config["latent_calibration_source"]["tumors"] == 3
-    assert "## Latent calibration" in (out / "MODEL_CARD.md").read_text()
-    assert SynthesisPipeline.from_bundle(out).calibration == fit.calibration
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Latent calibration" in card and "| phase | real spread" in card
+    built = SynthesisPipeline.from_bundle(out)
+    assert built.calibration == fit.calibration and built.image_calibration == image_fit.calibration
+    # recalibrating a calibrated bundle latent-only drops the old image calibration
+    again, _, none = calibrate_bundle(out, data, tmp_path / "latent_only", steps=STEPS, max_tumors=2, image=False)
+    assert none is None and load_bundle(again).image_calibration is None and load_bundle(again).calibration is not None
     for target, message in ((bundle, "inside the input bundle"), (bundle / "sub", "inside the input bundle"),
                             (data / "sub", "inside the calibration data"), (out, "not empty")):
         with pytest.raises(SynBTError, match=message):
@@ -171,8 +183,11 @@ def test_calibrate_cli_reports_bad_input_in_one_line(pipeline, tmp_path, capsys)
                      "--max-tumors", "1"]) == 2
     assert "max_tumors must be a whole number, 2 or more" in capsys.readouterr().err
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--out", str(tmp_path / "c"),
-                     "--steps", str(STEPS)]) == 0
-    assert "calibrated bundle" in capsys.readouterr().out
+                     "--steps", str(STEPS), "--latent-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "calibrated bundle" in printed and "image calibration" not in printed
+    assert load_bundle(tmp_path / "c").image_calibration is None
+    assert "--latent-only" in load_bundle(tmp_path / "c").path.joinpath("MODEL_CARD.md").read_text()
     unlabelled = tmp_path / "unlabelled"
     write_case(make_case(seed=5), unlabelled / "case_5")
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(unlabelled), "--out", str(tmp_path / "d")]) == 2
@@ -227,3 +242,55 @@ def test_a_kinetic_denoiser_gets_a_shift_per_curve_type_fitted_on_tumors_of_that
         difference = np.abs(shifted(case, mask, seed=0, steps=STEPS, kinetics=name).phases
                             - kinetic(case, mask, seed=0, steps=STEPS, kinetics=name).phases)[:, mask > 0].mean()
         assert (difference > 1.0) == moves, (name, difference)
+
+
+def test_image_apply_sets_each_tumors_phase_moments_and_leaves_other_voxels_alone():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(3, 10, 12, 12)).astype(np.float32) * np.array([1.0, 2.0, 0.5], np.float32)[:, None, None, None]
+    mask = np.zeros((10, 12, 12), bool)
+    mask[1:4, 2:6, 2:6] = True
+    mask[6:9, 7:11, 7:11] = True  # a second, separate tumor
+    calibration = ImageCalibration(shift=(0.1, 0.5, -0.2), factor=(0.5, 1.0, 2.0), kinetic_shift={"washout": (0.0, 1.0, 2.0)})
+    out = calibration.apply(image, mask)
+    assert np.array_equal(out[:, ~mask], image[:, ~mask]) and out is not image
+    for box in ((slice(1, 4), slice(2, 6), slice(2, 6)), (slice(6, 9), slice(7, 11), slice(7, 11))):
+        before, after = image[(slice(None), *box)].reshape(3, -1), out[(slice(None), *box)].reshape(3, -1)
+        np.testing.assert_allclose(after.mean(1), before.mean(1) + np.array(calibration.shift), atol=1e-5)
+        np.testing.assert_allclose(after.std(1), before.std(1) * np.array(calibration.factor), rtol=1e-4)
+    washout = calibration.apply(image, mask, "washout")
+    np.testing.assert_allclose((washout - out)[:, mask].mean(1), np.array([0.0, 1.0, 2.0]) - calibration.shift, atol=1e-5)
+    with pytest.raises(SynBTError, match="has 3 phases"):
+        calibration.apply(image[:2], mask)
+    with pytest.raises(SynBTError, match="image_calibration has 2 phases, the model 3"):
+        ImageCalibration.from_config({"image_calibration": {"shift": [0.0, 0.0], "factor": [1.0, 1.0]}}, 3)
+    with pytest.raises(SynBTError, match="image_calibration: the shifts must be finite"):
+        ImageCalibration.from_config({"image_calibration": {"shift": [0.0, 0.0, 0.0], "factor": [1.0, -1.0, 1.0]}}, 3)
+    assert ImageCalibration.from_config(calibration.to_config(), 3) == calibration
+
+
+def test_the_fitted_image_calibration_maps_whole_syntheses_onto_the_real_tumors(pipeline):  # noqa: F811
+    samples = []
+    for seed, center in ((5, (10, 20, 20)), (6, (9, 17, 22)), (7, (11, 22, 18))):
+        case = make_case(seed=seed)
+        samples.append((f"case {seed}", case, tumor(case.shape, center, radius_mm=6.0)))
+    fit = fit_image_calibration(pipeline, samples, seed=3, steps=STEPS)
+    assert fit.tumors == 3 and len(fit.table()) == 3
+    calibrated = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
+                                   image_calibration=fit.calibration, **MARGINS)
+    real, made = [], []
+    for index, (_, case, mask) in enumerate(samples):
+        norm = fit_normalization(case)
+        synthetic = calibrated(case, mask, seed=3 + index, steps=STEPS)
+        plain = pipeline(case, mask, seed=3 + index, steps=STEPS)
+        assert np.array_equal(synthetic.phases[:, mask == 0], plain.phases[:, mask == 0])  # only the mask moves
+        real.append(normalize(case.phases[:, mask > 0], norm).astype(np.float64))
+        made.append(normalize(synthetic.phases[:, mask > 0], norm).astype(np.float64))
+    np.testing.assert_allclose(np.mean([v.mean(1) for v in made], 0), np.mean([v.mean(1) for v in real], 0), atol=1e-4)
+    geometric = lambda values: np.exp(np.mean([np.log(v.std(1)) for v in values], 0))  # noqa: E731
+    np.testing.assert_allclose(geometric(made), geometric(real), rtol=1e-3)
+    assert not np.allclose(fit.calibration.shift, 0.0, atol=1e-3)  # the random tiny denoiser is far from real
+    with pytest.raises(SynBTError, match="carries none"):
+        fit_image_calibration(calibrated, samples, steps=STEPS)
+    with pytest.raises(SynBTError, match="image calibration has 2 phases"):
+        SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
+                          image_calibration=ImageCalibration((0.0, 0.0), (1.0, 1.0)), **MARGINS)

@@ -19,6 +19,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-tumors", type=int, default=24, help="tumors to measure (default 24)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first generated tumor (default 0)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's)")
+    p.add_argument("--latent-only", action="store_true",
+                   help="fit the latent calibration only, not the per-phase image calibration after it")
     p.set_defaults(func=run)
 
 
@@ -27,10 +29,12 @@ def run(args) -> int:
 
     from ..calibration import calibrate_bundle
 
-    with tqdm(total=args.max_tumors, desc="calibrate", unit="tumor", disable=None) as bar:
-        path, fit = calibrate_bundle(args.bundle, args.data, args.out, seed=args.seed, steps=args.steps,
-                                     max_tumors=args.max_tumors, command=_command(args),
-                                     progress=lambda done: bar.update(done - bar.n))
+    passes = 1 if args.latent_only else 2
+    with tqdm(total=passes * args.max_tumors, desc="calibrate", unit="tumor", disable=None) as bar:
+        path, fit, image_fit = calibrate_bundle(args.bundle, args.data, args.out, seed=args.seed, steps=args.steps,
+                                                max_tumors=args.max_tumors, command=_command(args),
+                                                progress=lambda done: bar.update(done - bar.n),
+                                                image=not args.latent_only)
     print(f"{fit.tumors} tumors; per latent channel (denoiser space):")
     print("channel  real_spread  generated_spread  factor  real_mean  generated_mean  shift")
     for row in fit.table():
@@ -39,6 +43,12 @@ def run(args) -> int:
     if fit.kinetic_counts:
         print("curve types: " + ", ".join(f"{k} {v}" for k, v in fit.kinetic_counts.items())
               + "; own shift for: " + (", ".join(fit.calibration.kinetic_shift) or "none"))
+    if image_fit is not None:
+        print("image calibration, per phase (normalized units):")
+        print("phase  real_spread  generated_spread  factor  real_mean  generated_mean  shift")
+        for row in image_fit.table():
+            print(f"{row['channel']:>5}  {row['real_spread']:>11}  {row['generated_spread']:>16}  {row['factor']:>6}  "
+                  f"{row['real_mean']:>9}  {row['generated_mean']:>14}  {row['shift']:>5}")
     print(f"calibrated bundle: {path}")
     return 0
 
@@ -46,4 +56,5 @@ def run(args) -> int:
 def _command(args) -> str:
     words = ["synbt", "calibrate", "--bundle", str(args.bundle), "--data", str(args.data), "--out", str(args.out),
              "--max-tumors", str(args.max_tumors), "--seed", str(args.seed)]
-    return shlex.join(words + (["--steps", str(args.steps)] if args.steps is not None else []))
+    words += ["--steps", str(args.steps)] if args.steps is not None else []
+    return shlex.join(words + (["--latent-only"] if args.latent_only else []))
