@@ -25,6 +25,13 @@ tumor keeps its own structure and level relative to its context and only the sys
 the sampler is removed. Cells outside the tumor (the generated rim and the context) are untouched.
 Use a cohort the denoiser was not trained on, so what is measured is the sampler's error on new
 tumors, not its memory of the training ones.
+
+A second, per-phase stage (``ImageCalibration``, on by default) is then fitted the same way on
+whole syntheses that carry the latent calibration: per DCE phase, the mean and spread over the
+mask's voxels of the real tumor and of the synthetic one, in the case's normalized units, and
+the pipeline maps every generated tumor's voxels after decoding. It corrects what the latent
+stage cannot reach: the decoder is not linear, and a tumor's edge voxels lie in cells that are
+mostly context (on the phantom the latent stage left the pre-contrast spread 1.5x the real one).
 """
 from __future__ import annotations
 

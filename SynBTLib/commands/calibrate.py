@@ -1,4 +1,4 @@
-"""`synbt calibrate`: fit the per-channel moment calibration of a diffusion bundle's samples."""
+"""`synbt calibrate`: fit the latent and image moment calibration of a diffusion bundle's samples."""
 from __future__ import annotations
 
 import shlex
@@ -10,7 +10,8 @@ def register(subparsers) -> None:
         help="correct a denoiser's systematic latent errors, measured on a calibration cohort",
         description="Generates a tumor into the mask of every real tumor of --data (at most --max-tumors), compares "
         "its latent with the encoded real tumor channel by channel, and writes a copy of --bundle whose pipeline "
-        "corrects the mean and spread of every generated tumor by what was measured (SynBTLib/calibration.py). "
+        "corrects the mean and spread of every generated tumor by what was measured; then does the same per DCE "
+        "phase on the decoded syntheses, after the latent correction (SynBTLib/calibration.py). "
         "Use cases the denoiser was not trained on. The input bundle is not modified.",
     )
     p.add_argument("--bundle", required=True, metavar="B", help="diffusion bundle to calibrate")
