@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .calibration import ImageCalibration, LatentCalibration
+from .calibration import IMAGE_CONFIG_KEY, ImageCalibration, LatentCalibration
 from .errors import SynBTError
 from .nets.latent_norm import ChannelStandardizer
 from .paths import default_bundle_path  # noqa: F401  (re-exported)
@@ -285,12 +285,17 @@ def replace_decoder(bundle: str | Path, decoder_bundle: str | Path, out: str | P
         from .nets.scheduler import SchedulerConfig
 
         scheduler_config = SchedulerConfig.from_dict(base.config["scheduler"])
-    meta = {k: v for k, v in base.config.items() if k not in RESERVED_KEYS}
+    # an image calibration was fitted on the old decoder's output: it does not carry over (the latent one does:
+    # the encoder, hence the latent space, is unchanged)
+    meta = {k: v for k, v in base.config.items() if k not in RESERVED_KEYS and k != IMAGE_CONFIG_KEY}
+    dropped = IMAGE_CONFIG_KEY in base.config
     meta["decoder_from"] = {"bundle": str(decoder_bundle), "sha256": donor.sha256,
                             "training": donor.config.get("training"), "base_bundle_sha256": base.sha256}
     card = (base.path / CARD_FILE).read_text().rstrip("\n") + (
         f"\n\n## Decoder\n\nThe autoencoder decoder was replaced by the one of `{decoder_bundle}` "
         f"(sha256 {donor.sha256[:16]}...), fine-tuned with the encoder frozen, so the latent space is "
-        f"unchanged (encoder weights checked bit-identical).\n\n" + (donor.path / CARD_FILE).read_text()
+        f"unchanged (encoder weights checked bit-identical)."
+        + (" The image calibration of the base bundle was fitted on its old decoder and was dropped; run "
+           "`synbt calibrate` again." if dropped else "") + "\n\n" + (donor.path / CARD_FILE).read_text()
     )
     return save_bundle(out, donor.autoencoder, base.denoiser, scheduler_config, base.latent_scale, meta, card)

@@ -198,9 +198,9 @@ def _numbers(values, name: str, key: str = CONFIG_KEY) -> tuple[float, ...]:
 
 @dataclass
 class CalibrationFit:
-    """The fitted calibration and what it was fitted from (per channel, over the tumors)."""
+    """The fitted calibration and what it was fitted from (per latent channel or DCE phase, over the tumors)."""
 
-    calibration: LatentCalibration
+    calibration: LatentCalibration | ImageCalibration
     tumors: int
     real_spread: np.ndarray  # geometric mean of the per-tumor spreads (tumors used for the factor)
     generated_spread: np.ndarray
@@ -334,7 +334,8 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
     bundle that carries it to ``out`` (a new or empty folder; the input bundle is never modified).
     With ``image``, an ImageCalibration is then fitted on whole syntheses that carry the new latent
     calibration (the same tumors and seeds). Returns (out path, latent CalibrationFit, image
-    CalibrationFit or None). Calibrations the input bundle already has are ignored (refitted).
+    CalibrationFit or None). Calibrations the input bundle already has are ignored: refitted, or
+    with ``image=False`` the image one dropped.
     ``progress(done)`` counts tumors over both passes."""
     from pathlib import Path
 
@@ -375,7 +376,7 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
         meta.update(image_fit.calibration.to_config())
     meta["latent_calibration_source"] = {"data": str(data), "tumors": fit.tumors, "seed": seed, "steps": steps,
                                          "guidance_scale": pipeline.guidance_scale, "eta": pipeline.eta,
-                                         "base_bundle_sha256": base.sha256}
+                                         "base_bundle_sha256": base.sha256, "image": image_fit is not None}
     rows = "\n".join(f"| {r['channel']} | {r['real_spread']} | {r['generated_spread']} | {r['factor']} | "
                      f"{r['real_mean']} | {r['generated_mean']} | {r['shift']} |" for r in fit.table())
     card = _without_section((base.path / CARD_FILE).read_text().rstrip("\n"), "## Latent calibration") + (

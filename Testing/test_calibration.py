@@ -242,6 +242,18 @@ def test_a_kinetic_denoiser_gets_a_shift_per_curve_type_fitted_on_tumors_of_that
         difference = np.abs(shifted(case, mask, seed=0, steps=STEPS, kinetics=name).phases
                             - kinetic(case, mask, seed=0, steps=STEPS, kinetics=name).phases)[:, mask > 0].mean()
         assert (difference > 1.0) == moves, (name, difference)
+    # and the image stage by its phase shifts for that type: the seed's own draw when none is asked for
+    image_washout = ImageCalibration((0.0,) * 3, (1.0,) * 3, {"washout": (0.0, 0.2, 0.2)})
+    imaged = SynthesisPipeline(kinetic.autoencoder, denoiser, kinetic.scheduler, kinetic.latent_scale,
+                               image_calibration=image_washout, **MARGINS)
+    norm = fit_normalization(case)
+    assert {kinetic.choose_kinetics(None, seed) == "washout" for seed in range(8)} == {True, False}
+    for seed in range(8):
+        drawn = kinetic.choose_kinetics(None, seed)
+        moved = normalize(imaged(case, mask, seed=seed, steps=1).phases[:, mask > 0], norm).mean(1) \
+            - normalize(kinetic(case, mask, seed=seed, steps=1).phases[:, mask > 0], norm).mean(1)
+        expected = [0.0, 0.2, 0.2] if drawn == "washout" else [0.0, 0.0, 0.0]
+        np.testing.assert_allclose(moved, expected, atol=1e-3, err_msg=f"seed {seed}, drawn {drawn}")
 
 
 def test_image_apply_sets_each_tumors_phase_moments_and_leaves_other_voxels_alone():
@@ -289,6 +301,8 @@ def test_the_fitted_image_calibration_maps_whole_syntheses_onto_the_real_tumors(
     geometric = lambda values: np.exp(np.mean([np.log(v.std(1)) for v in values], 0))  # noqa: E731
     np.testing.assert_allclose(geometric(made), geometric(real), rtol=1e-3)
     assert not np.allclose(fit.calibration.shift, 0.0, atol=1e-3)  # the random tiny denoiser is far from real
+    _, case, mask = samples[0]  # reconstruct never calibrates
+    assert np.array_equal(calibrated.reconstruct(case, mask, seed=1).phases, pipeline.reconstruct(case, mask, seed=1).phases)
     with pytest.raises(SynBTError, match="carries none"):
         fit_image_calibration(calibrated, samples, steps=STEPS)
     with pytest.raises(SynBTError, match="image calibration has 2 phases"):

@@ -1,6 +1,7 @@
 """Trainers: exact resume, the loss log, distributed runs (2 gloo processes) and the bundles they write."""
 import csv
 import hashlib
+import json
 import os
 import socket
 
@@ -660,6 +661,16 @@ def test_replace_decoder_keeps_the_denoiser_and_refuses_another_latent_space(dat
     config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 1}}
     diffusion = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "diff", config, verbose=False).bundle
     tuned = train_autoencoder(dataset, tmp_path / "ft", finetune_config(autoencoder_run.bundle), verbose=False).bundle
+    # a calibrated base bundle: the image calibration belongs to its old decoder, the latent one to its latent space
+    from SynBTLib.bundle import write_checksums
+    from SynBTLib.calibration import ImageCalibration, LatentCalibration
+
+    channels = load_bundle(diffusion).autoencoder.config.latent_channels
+    base_config = json.loads((diffusion / "config.json").read_text())
+    base_config.update(LatentCalibration((0.1,) * channels, (0.9,) * channels).to_config())
+    base_config.update(ImageCalibration((0.0, 0.1, 0.1), (0.5, 1.0, 1.0)).to_config())
+    (diffusion / "config.json").write_text(json.dumps(base_config))
+    write_checksums(diffusion)
     sums_before = (diffusion / "SHA256SUMS").read_text()
 
     assert cli.main(["replace-decoder", "--bundle", str(diffusion), "--decoder", str(tuned),
@@ -669,6 +680,9 @@ def test_replace_decoder_keeps_the_denoiser_and_refuses_another_latent_space(dat
     assert all(torch.equal(a, b) for a, b in zip(combined.autoencoder.state_dict().values(), donor.autoencoder.state_dict().values()))
     assert combined.latent_scale == base.latent_scale and combined.config["decoder_from"]["sha256"] == donor.sha256
     assert "Decoder" in (tmp_path / "combined" / "MODEL_CARD.md").read_text()
+    assert combined.calibration == base.calibration is not None
+    assert base.image_calibration is not None and combined.image_calibration is None
+    assert "image calibration of the base bundle" in (tmp_path / "combined" / "MODEL_CARD.md").read_text()
     assert (diffusion / "SHA256SUMS").read_text() == sums_before  # the input is untouched
     SynthesisPipeline.from_bundle(tmp_path / "combined")
 

@@ -7,7 +7,7 @@ import shlex
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "calibrate",
-        help="correct a denoiser's systematic latent errors, measured on a calibration cohort",
+        help="correct a denoiser's systematic errors (latent, then per phase), measured on a calibration cohort",
         description="Generates a tumor into the mask of every real tumor of --data (at most --max-tumors), compares "
         "its latent with the encoded real tumor channel by channel, and writes a copy of --bundle whose pipeline "
         "corrects the mean and spread of every generated tumor by what was measured; then does the same per DCE "
