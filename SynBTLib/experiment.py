@@ -47,6 +47,7 @@ class ExperimentPlan:
     synthetic_cases: int = 20
     synthetic_size_mm: tuple[float, float] = (10.0, 36.0)
     synthesis_steps: int | None = None
+    synthetic_kinetics: str | None = None  # export's --kinetics for the diffusion arm (None: drawn by the seed)
     ratio: float = 0.5
     steps: int = 600
     steps_per_epoch: int = 100
@@ -146,6 +147,7 @@ def make_synthetic(plan: ExperimentPlan, method: str, train_dir: Path, out: Path
         num_cases=plan.synthetic_cases, format="nnunet", method=method, size_mm=plan.synthetic_size_mm,
         seed=plan.cohort_seed, bundle=bundle if method == "diffusion" else None,
         steps=plan.synthesis_steps if method == "diffusion" else None,
+        kinetics=plan.synthetic_kinetics if method == "diffusion" else None,
     )
     export_dataset(train_dir, out, settings, log=lambda message: None)
     return out

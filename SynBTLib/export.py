@@ -27,6 +27,9 @@ from scipy import ndimage
 from . import __version__
 from .case import Case
 from .errors import SynBTError
+from .kinetics import CURVE_TYPES, classify_curve
+
+KINETICS_CHOICES = (*CURVE_TYPES, "any", "source")
 
 FORMATS = ("nnunet", "monai")
 SETTINGS_FILE = "export.json"
@@ -54,6 +57,9 @@ class ExportSettings:
     steps: int | None = None
     dataset_id: int = 501
     dataset_name: str = "SynBT"
+    # curve type of every synthetic tumor, for a diffusion bundle trained with curve types: None draws it by
+    # the seed (as often as in the bundle's training data), "source" takes the source case's own tumor's
+    kinetics: str | None = None
 
     def __post_init__(self):
         from .shapes import MAX_DIAMETER_MM, MIN_DIAMETER_MM
@@ -78,6 +84,10 @@ class ExportSettings:
             raise SynBTError(f"--dataset-name {self.dataset_name!r} must be letters, digits and '-' only")
         if not 1 <= self.dataset_id <= 999:
             raise SynBTError(f"--dataset-id must be in 1..999 (nnU-Net's DatasetXXX), got {self.dataset_id}")
+        if self.kinetics is not None and self.kinetics not in KINETICS_CHOICES:
+            raise SynBTError(f"unknown --kinetics {self.kinetics!r}; choose one of {', '.join(KINETICS_CHOICES)}")
+        if self.kinetics is not None and self.method == "handcrafted":
+            raise SynBTError("--kinetics needs the diffusion method with a bundle trained with curve types")
 
     @property
     def name_width(self) -> int:
@@ -207,6 +217,11 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
 
     name = settings.case_name(index)
     case, existing = _read_source(ref)
+    kinetics = settings.kinetics
+    if kinetics == "source":  # the source tumor's measured curve type; the seed's draw when there is none
+        kinetics = classify_curve(case.phases[:, existing > 0].mean(axis=1)) \
+            if existing.any() and case.num_phases >= 3 else None
+    options = {} if kinetics is None else {"kinetics": kinetics}
     spacing_zyx = case.geometry.spacing[::-1]
     breast = np.asarray(breast_tissue_mask(case).breast, dtype=bool)
     allowed = breast & ~_clearance(existing, spacing_zyx, EXISTING_TUMOR_CLEARANCE_MM)
@@ -217,14 +232,14 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
         what = f"case {name} (source {ref.case_id}), tumor {t + 1}"
         placement, diameter, kind, shape_seed = _place(allowed, case.geometry, settings, rng, what)
         synthesis_seed = int(rng.integers(2**31))
-        case = synth(case, placement.mask, seed=synthesis_seed, steps=steps)
+        case = synth(case, placement.mask, seed=synthesis_seed, steps=steps, **options)
         label[placement.mask > 0] = 1
         allowed &= ~_clearance(placement.mask, spacing_zyx, EXISTING_TUMOR_CLEARANCE_MM)
         tumor = {
             "index": t, "diameter_mm": diameter, "kind": kind, "center_mm": list(placement.center_mm),
             "shape_seed": shape_seed, "synthesis_seed": synthesis_seed, "voxels": int(placement.mask.sum()),
         }
-        described = synth.describe(synthesis_seed) if hasattr(synth, "describe") else {}
+        described = synth.describe(synthesis_seed, **options) if hasattr(synth, "describe") else {}
         if described:  # the handcrafted appearance, or the curve type a kinetic bundle drew
             tumor["synthesis"] = described
         tumors.append(tumor)
@@ -453,9 +468,15 @@ def export_dataset(
     refs = read_dataset(source)
     num_phases = _source_phase_count(refs)
     synth, method, steps = make_synthesizer(settings.method, settings.bundle, settings.steps)
+    if settings.kinetics is not None and not getattr(synth, "kinetic_choices", ()):
+        raise SynBTError(f"--kinetics {settings.kinetics}: the {method} synthesizer takes no curve type "
+                         "(it needs a diffusion bundle trained with kinetic_conditioning)")
     bundle_path, bundle_sha = _bundle_identity(method, settings.bundle)
+    settings_record = asdict(settings) | {"size_mm": list(settings.size_mm)}
+    if settings.kinetics is None:  # exports made before the option existed resume with the same record
+        settings_record.pop("kinetics")
     record = {
-        "settings": asdict(settings) | {"size_mm": list(settings.size_mm)},
+        "settings": settings_record,
         "source": str(source), "num_phases": num_phases, "method": method, "steps": steps,
         "bundle": bundle_path, "bundle_sha256": bundle_sha, "synbt_version": __version__,
     }

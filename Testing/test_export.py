@@ -14,6 +14,8 @@ from SynBTLib.errors import SynBTError
 from SynBTLib.io import read_case, read_dataset, read_image
 from SynBTLib.phantom import make_phantom, write_phantom
 
+from test_pipeline import pipeline  # noqa: F401  (a fixture: the tiny pipeline)
+
 SETTINGS = dict(num_cases=3, tumors_per_case=1, size_mm=(10.0, 16.0), seed=7)
 NUM_PHASES = 3
 FILE_OPS_PER_CASE = 2 * (NUM_PHASES + 1)  # every image and the label: written to the temp folder, then moved
@@ -180,3 +182,53 @@ def test_bad_requests_are_refused(source, reference, tmp_path):
         export.ExportSettings(num_cases=1, size_mm=(20, 10))
     with pytest.raises(SynBTError, match="not monai"):
         export.merge(reference, "monai")
+
+
+
+def test_kinetics_source_gives_every_tumor_the_curve_type_of_its_source_tumor(source, reference, pipeline, tmp_path):  # noqa: F811
+    import torch
+
+    from SynBTLib.bundle import save_bundle
+    from SynBTLib.kinetics import classify_curve
+    from SynBTLib.nets.denoiser import DenoiserConfig, MaskConditionedDenoiser
+    from SynBTLib.nets.scheduler import SchedulerConfig
+    from test_denoiser import randomize_zero_parameters
+    from test_pipeline import MARGINS
+
+    torch.manual_seed(1)
+    denoiser = randomize_zero_parameters(MaskConditionedDenoiser(DenoiserConfig(
+        channels=(8, 16, 16), attention_levels=(False, False, True), num_head_channels=8, norm_num_groups=4,
+        kinetic_classes=True)))
+    meta = {"phases": NUM_PHASES, **MARGINS}
+    bundle = save_bundle(tmp_path / "kinetic", pipeline.autoencoder, denoiser, SchedulerConfig(), pipeline.latent_scale,
+                         meta=meta, card_text="# tiny\n")
+    settings = export.ExportSettings(**{**SETTINGS, "num_cases": 6}, method="diffusion", bundle=str(bundle), steps=2,
+                                     kinetics="source")
+    out = tmp_path / "Dataset501_SynBT"
+    export.export_dataset(source, out, settings, log=lambda message: None)
+    refs = {ref.case_id: ref for ref in read_dataset(source)}
+    with_tumor = 0
+    for index in range(6):
+        record = json.loads(export.provenance_path(out, settings.case_name(index)).read_text())
+        made = record["tumors"][0]["synthesis"]["kinetics"]
+        ref = refs[record["source_case"]]
+        label = read_image(ref.label_path)[0] > 0 if ref.label_path is not None else None
+        if label is None or not label.any():  # no source tumor: drawn by the seed
+            assert made in ("persistent", "plateau", "washout")
+            continue
+        case = read_case(list(ref.phase_paths))
+        assert made == classify_curve(case.phases[:, label].mean(axis=1))
+        with_tumor += 1
+    assert with_tumor == 3  # the two sources in turn: one with a tumor, one without
+    assert json.loads((out / export.SETTINGS_FILE).read_text())["settings"]["kinetics"] == "source"
+    # an export without --kinetics records no such key, so exports made before the option still resume
+    assert "kinetics" not in json.loads((reference / export.SETTINGS_FILE).read_text())["settings"]
+    with pytest.raises(SynBTError, match="unknown --kinetics"):
+        export.ExportSettings(num_cases=1, kinetics="fast")
+    with pytest.raises(SynBTError, match="--kinetics needs the diffusion method"):
+        export.ExportSettings(num_cases=1, method="handcrafted", kinetics="washout")
+    plain = save_bundle(tmp_path / "plain", pipeline.autoencoder, pipeline.denoiser, SchedulerConfig(),
+                        pipeline.latent_scale, meta=meta, card_text="# tiny\n")
+    with pytest.raises(SynBTError, match="takes no curve type"):
+        export.export_dataset(source, tmp_path / "x", export.ExportSettings(
+            num_cases=1, method="diffusion", bundle=str(plain), steps=2, kinetics="washout"))

@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--bundle", help="diffusion bundle for the SynBT arm (default: SynBTLib/bundles/phantom)")
     p.add_argument("--steps", type=int, help="training steps per run (default 600, 4000 with --full)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--kinetics", metavar="TYPE",
+                   help="curve type of the diffusion arm's synthetic tumors (synbt export --kinetics), e.g. source: that "
+                   "of the real training case each is made from (default: drawn by the seed)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +31,8 @@ def run(args) -> int:
 
     if args.steps is not None and args.steps < 1:
         raise SynBTError(f"--steps must be at least 1, got {args.steps}")
-    plan = plan_with_overrides(ExperimentPlan.default(full=args.full), steps=args.steps)
+    plan = plan_with_overrides(ExperimentPlan.default(full=args.full), steps=args.steps,
+                               synthetic_kinetics=args.kinetics)
     summary = run_experiment(args.out, plan, seeds=args.seeds, arms=args.arms, bundle=args.bundle, device=args.device)
     for row in summary:
         print(f"{row['arm']:>11}: Dice {row['dice_mean']:.3f} ± {row['dice_std']:.3f}, "

@@ -24,6 +24,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bundle", metavar="B", help="model bundle folder (diffusion method)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion method)")
+    p.add_argument("--kinetics", default=None, metavar="TYPE",
+                   help="curve type of every tumor (a bundle trained with curve types): persistent, plateau, washout, "
+                   "any, or source = that of the source case's own tumor (default: drawn by the seed, as often as "
+                   "in the bundle's training data)")
     p.add_argument("--shard", metavar="i/n", help="make only the cases j with j %% n == i")
     p.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id (DatasetXXX)")
     p.add_argument("--dataset-name", default="SynBT", help="data set name, also the case name prefix")
@@ -45,7 +49,7 @@ def run(args) -> int:
     settings = export.ExportSettings(
         num_cases=args.num_cases, format=args.format, method=args.method, tumors_per_case=args.tumors_per_case,
         size_mm=tuple(args.size_mm), seed=args.seed, bundle=args.bundle, steps=args.steps,
-        dataset_id=args.dataset_id, dataset_name=args.dataset_name,
+        dataset_id=args.dataset_id, dataset_name=args.dataset_name, kinetics=args.kinetics,
     )
     shard = export.parse_shard(args.shard)
     made = export.export_dataset(args.source, args.out, settings, shard=shard)
