@@ -343,6 +343,7 @@ class ExportRequest:
     seed: int = 0
     bundle: str | None = None
     steps: int | None = None
+    kinetics: str | None = None  # curve type for a kinetic bundle, or "source" (synbt export --kinetics)
 
 
 @dataclass
@@ -389,6 +390,8 @@ def build_export_command(python: str, request: ExportRequest) -> list[str]:
             command += ["--bundle", str(request.bundle)]
         if request.steps is not None:
             command += ["--steps", str(int(request.steps))]
+        if request.kinetics:
+            command += ["--kinetics", str(request.kinetics)]
     return command
 
 
