@@ -377,30 +377,31 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
     meta["latent_calibration_source"] = {"data": str(data), "tumors": fit.tumors, "seed": seed, "steps": steps,
                                          "guidance_scale": pipeline.guidance_scale, "eta": pipeline.eta,
                                          "base_bundle_sha256": base.sha256, "image": image_fit is not None}
-    rows = "\n".join(f"| {r['channel']} | {r['real_spread']} | {r['generated_spread']} | {r['factor']} | "
-                     f"{r['real_mean']} | {r['generated_mean']} | {r['shift']} |" for r in fit.table())
     card = _without_section((base.path / CARD_FILE).read_text().rstrip("\n"), "## Latent calibration") + (
         f"\n\n## Latent calibration\n\nFitted by `{command or 'synbt calibrate'}` on {fit.tumors} tumors of "
         f"`{data}` (base bundle sha256 {base.sha256[:16]}...): per latent channel of the denoiser's space, "
         f"the spread and mean over a tumor's cells of the encoded real tumor and of the one generated into "
         f"its mask (SynBTLib/calibration.py), {steps} sampling steps.\n\n"
         "| channel | real spread | generated spread | factor | real mean | generated mean | shift |\n"
-        "|---|---|---|---|---|---|---|\n" + rows + "\n" + _kinetic_lines(fit) + _image_lines(image_fit))
+        "|---|---|---|---|---|---|---|\n" + _markdown_rows(fit) + "\n" + _kinetic_lines(fit) + _image_lines(image_fit))
     path = save_bundle(out, base.autoencoder, base.denoiser, scheduler_config, base.latent_scale, meta, card)
     return path, fit, image_fit
+
+
+def _markdown_rows(fit: CalibrationFit) -> str:
+    return "\n".join(f"| {r['channel']} | {r['real_spread']} | {r['generated_spread']} | {r['factor']} | "
+                     f"{r['real_mean']} | {r['generated_mean']} | {r['shift']} |" for r in fit.table())
 
 
 def _image_lines(fit: CalibrationFit | None) -> str:
     if fit is None:
         return ""
-    rows = "\n".join(f"| {r['channel']} | {r['real_spread']} | {r['generated_spread']} | {r['factor']} | "
-                     f"{r['real_mean']} | {r['generated_mean']} | {r['shift']} |" for r in fit.table())
     kinetic = "".join(f"\nShift of {name} tumors: {', '.join(f'{v:.3f}' for v in values)}."
                       for name, values in fit.calibration.kinetic_shift.items())
     return ("\nThen, per DCE phase in normalized units, the same over the mask's voxels of the real tumor and of a "
             "whole synthesis with the latent calibration (the image calibration, applied after decoding):\n\n"
             "| phase | real spread | generated spread | factor | real mean | generated mean | shift |\n"
-            "|---|---|---|---|---|---|---|\n" + rows + "\n" + kinetic + ("\n" if kinetic else ""))
+            "|---|---|---|---|---|---|---|\n" + _markdown_rows(fit) + "\n" + kinetic + ("\n" if kinetic else ""))
 
 
 def _kinetic_lines(fit: CalibrationFit) -> str:

@@ -188,6 +188,10 @@ def test_calibrate_cli_reports_bad_input_in_one_line(pipeline, tmp_path, capsys)
     assert "calibrated bundle" in printed and "image calibration" not in printed
     assert load_bundle(tmp_path / "c").image_calibration is None
     assert "--latent-only" in load_bundle(tmp_path / "c").path.joinpath("MODEL_CARD.md").read_text()
+    assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--out", str(tmp_path / "both"),
+                     "--steps", str(STEPS)]) == 0
+    printed = capsys.readouterr().out
+    assert "image calibration, per phase" in printed and "\nphase  real_spread" in printed
     unlabelled = tmp_path / "unlabelled"
     write_case(make_case(seed=5), unlabelled / "case_5")
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(unlabelled), "--out", str(tmp_path / "d")]) == 2

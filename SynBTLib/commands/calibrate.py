@@ -37,21 +37,22 @@ def run(args) -> int:
                                                 progress=lambda done: bar.update(done - bar.n),
                                                 image=not args.latent_only)
     print(f"{fit.tumors} tumors; per latent channel (denoiser space):")
-    print("channel  real_spread  generated_spread  factor  real_mean  generated_mean  shift")
-    for row in fit.table():
-        print(f"{row['channel']:>7}  {row['real_spread']:>11}  {row['generated_spread']:>16}  {row['factor']:>6}  "
-              f"{row['real_mean']:>9}  {row['generated_mean']:>14}  {row['shift']:>5}")
+    _print_table(fit, "channel")
     if fit.kinetic_counts:
         print("curve types: " + ", ".join(f"{k} {v}" for k, v in fit.kinetic_counts.items())
               + "; own shift for: " + (", ".join(fit.calibration.kinetic_shift) or "none"))
     if image_fit is not None:
         print("image calibration, per phase (normalized units):")
-        print("phase  real_spread  generated_spread  factor  real_mean  generated_mean  shift")
-        for row in image_fit.table():
-            print(f"{row['channel']:>5}  {row['real_spread']:>11}  {row['generated_spread']:>16}  {row['factor']:>6}  "
-                  f"{row['real_mean']:>9}  {row['generated_mean']:>14}  {row['shift']:>5}")
+        _print_table(image_fit, "phase")
     print(f"calibrated bundle: {path}")
     return 0
+
+
+def _print_table(fit, unit: str) -> None:
+    print(f"{unit}  real_spread  generated_spread  factor  real_mean  generated_mean  shift")
+    for row in fit.table():
+        print(f"{row['channel']:>{len(unit)}}  {row['real_spread']:>11}  {row['generated_spread']:>16}  "
+              f"{row['factor']:>6}  {row['real_mean']:>9}  {row['generated_mean']:>14}  {row['shift']:>5}")
 
 
 def _command(args) -> str:
