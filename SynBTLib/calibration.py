@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .errors import SynBTError
-from .kinetics import CURVE_TYPES, classify_curve
+from .kinetics import CURVE_TYPES, tumor_curve_type
 
 CONFIG_KEY = "latent_calibration"
 IMAGE_CONFIG_KEY = "image_calibration"
@@ -278,9 +278,7 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
 
 def _curve_type(pipeline, case, mask) -> str | None:
     """The real tumor's curve type, for a denoiser that takes one (None otherwise)."""
-    if pipeline.kinetic_choices and case.phases.shape[0] >= 3:
-        return classify_curve(case.phases[:, mask > 0].astype(np.float64).mean(axis=1))
-    return None
+    return tumor_curve_type(case.phases, mask) if pipeline.kinetic_choices else None
 
 
 def _fit_moments(kind, real_means, real_stds, generated_means, generated_stds, spread_known, types,

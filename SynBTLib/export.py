@@ -27,7 +27,7 @@ from scipy import ndimage
 from . import __version__
 from .case import Case
 from .errors import SynBTError
-from .kinetics import CURVE_TYPES, classify_curve
+from .kinetics import CURVE_TYPES, tumor_curve_type
 
 KINETICS_CHOICES = (*CURVE_TYPES, "any", "source")
 
@@ -219,8 +219,7 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
     case, existing = _read_source(ref)
     kinetics = settings.kinetics
     if kinetics == "source":  # the source tumor's measured curve type; the seed's draw when there is none
-        kinetics = classify_curve(case.phases[:, existing > 0].mean(axis=1)) \
-            if existing.any() and case.num_phases >= 3 else None
+        kinetics = tumor_curve_type(case.phases, existing)
     options = {} if kinetics is None else {"kinetics": kinetics}
     spacing_zyx = case.geometry.spacing[::-1]
     breast = np.asarray(breast_tissue_mask(case).breast, dtype=bool)

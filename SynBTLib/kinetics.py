@@ -129,6 +129,15 @@ def classify_curve(signal, threshold: float = 0.10) -> str:
     return "plateau"
 
 
+def tumor_curve_type(phases, mask) -> str | None:
+    """classify_curve of the mean signal of (P, Z, Y, X) ``phases`` over ``mask``; None for an empty
+    mask or fewer than three phases."""
+    inside = np.asarray(mask) > 0
+    if not inside.any() or len(phases) < 3:
+        return None
+    return classify_curve(np.asarray(phases)[:, inside].astype(np.float64).mean(axis=1))
+
+
 def relative_enhancement(signal) -> np.ndarray:
     """(S_k - S_0) / S_0 along the last axis."""
     s = np.asarray(signal, dtype=np.float64)

@@ -4,8 +4,9 @@
 encode the box and the box with the tumor erased -> latent mask -> DDIM inpainting in latent
 space (RePaint-style: only the masked latent is generated) -> latent calibration -> decode ->
 noise restoration -> image calibration -> denormalize -> blend back into the full volume with a
-soft margin (the calibrations where the bundle has them, ``synbt calibrate``). Voxels outside the blend region are bit-identical to the
-input, and the cost grows with the tumor, not with the field of view.
+soft margin (the calibrations where the bundle has them, ``synbt calibrate``). Voxels outside the
+blend region are bit-identical to the input, and the cost grows with the tumor, not with the field
+of view.
 """
 from __future__ import annotations
 

@@ -63,3 +63,17 @@ def test_classify_curve_and_phase_times_validate_input():
     np.testing.assert_allclose(kin.phase_times(4, 60.0), [0, 60, 120, 180])
     with pytest.raises(SynBTError):
         kin.phase_times(1)
+
+
+def test_tumor_curve_type_measures_the_mean_curve_inside_the_mask():
+    from SynBTLib.kinetics import tumor_curve_type
+
+    phases = np.ones((3, 4, 4, 4), np.float32)
+    mask = np.zeros((4, 4, 4), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1
+    phases[1][mask > 0], phases[2][mask > 0] = 2.0, 1.5  # -25 % after the peak inside, flat outside
+    assert tumor_curve_type(phases, mask) == "washout"
+    phases[2][mask > 0] = 2.5
+    assert tumor_curve_type(phases, mask) == "persistent"
+    assert tumor_curve_type(phases, np.zeros_like(mask)) is None
+    assert tumor_curve_type(phases[:2], mask) is None
