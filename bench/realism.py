@@ -21,6 +21,10 @@ to the denoiser's multiple, so it can differ a little: 0.892 vs 0.912 for the sh
 
     python bench/realism.py --bundle runs/ae/bundle --autoencoder-only --n 12 --out /tmp/ae_realism
 
+With --real-kinetics a bundle trained with curve types is asked for each real tumor's measured
+type (as `synbt calibrate` and `synbt export --kinetics source` do) instead of the seed's draw: the
+realism of the tumors a user gets who picks the type.
+
 Writes realism_features.csv, realism_auc.csv, realism_feature_means.csv and realism.png
 (example crops and kinetic curves) to --out.
 """
@@ -62,11 +66,13 @@ def crop_of(case, mask: np.ndarray) -> dict:
 
 
 def run_study(synthesizers: dict, seeds, shape, steps, examples: int,
-              reconstructor=None) -> tuple[list[dict], list[dict], dict]:
+              reconstructor=None, real_kinetics: bool = False) -> tuple[list[dict], list[dict], dict]:
     """Feature rows of every tumor (real, per method and, with a ``reconstructor`` pipeline, the real
-    tumor through its autoencoder), example crops, and seconds per synthesis."""
+    tumor through its autoencoder), example crops, and seconds per synthesis. With ``real_kinetics``
+    a synthesizer that takes a curve type is asked for the real tumor's measured one."""
     from tqdm import tqdm
 
+    from SynBTLib.kinetics import tumor_curve_type
     from SynBTLib.realism import phantom_study_case, realism_features
 
     rows, crops, seconds = [], [], {name: [] for name in synthesizers}
@@ -89,7 +95,10 @@ def run_study(synthesizers: dict, seeds, shape, steps, examples: int,
                 example[AE_CONTROL] = crop_of(recon, study.mask)
         for name, synth in synthesizers.items():
             start = time.perf_counter()
-            synthetic = synth(study.background, study.mask, seed=seed, steps=steps.get(name))
+            options = {}
+            if real_kinetics and getattr(synth, "kinetic_choices", ()):
+                options["kinetics"] = tumor_curve_type(study.real.phases, study.mask)
+            synthetic = synth(study.background, study.mask, seed=seed, steps=steps.get(name), **options)
             seconds[name].append(time.perf_counter() - start)
             rows.append({**common, "source": name,
                          **realism_features(synthetic, study.mask, study.background_reference)})
@@ -197,6 +206,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eta", type=float, default=None,
                         help="DDIM stochasticity of the diffusion pipeline (default 0: deterministic steps)")
     parser.add_argument("--first-seed", type=int, default=100_000, help="first phantom seed (default 100000)")
+    parser.add_argument("--real-kinetics", action="store_true",
+                        help="ask a bundle with curve types for each real tumor's measured type (default: the seed's draw)")
     parser.add_argument("--shape", type=int, nargs=3, default=(192, 192, 64), metavar=("X", "Y", "Z"))
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=20, help="fold shuffles of the cross-validation (default 20)")
@@ -238,7 +249,8 @@ def main(argv=None) -> int:
             reconstructor = synthesizers.get("diffusion")
         seeds = list(range(args.first_seed, args.first_seed + args.n))
         started = time.perf_counter()
-        rows, crops, seconds = run_study(synthesizers, seeds, tuple(args.shape), steps, args.examples, reconstructor)
+        rows, crops, seconds = run_study(synthesizers, seeds, tuple(args.shape), steps, args.examples, reconstructor,
+                                         real_kinetics=args.real_kinetics)
         elapsed = time.perf_counter() - started
     except SynBTError as exc:
         print(f"error: {exc}", file=sys.stderr)
