@@ -94,11 +94,17 @@ def test_the_pipeline_applies_its_calibration_only_to_the_generated_tumor(pipeli
                           calibration=LatentCalibration((0.0, 0.0), (1.0, 1.0)), **MARGINS)
 
 
-def test_the_fitted_calibration_maps_the_generated_moments_onto_the_real_ones(pipeline):  # noqa: F811
+def _three_tumors(radius_mm: float) -> list[tuple]:
+    """(name, case, one-tumor mask) of three tiny cases, for the fits."""
     samples = []
     for seed, center in ((5, (10, 20, 20)), (6, (9, 17, 22)), (7, (11, 22, 18))):
         case = make_case(seed=seed)
-        samples.append((f"case {seed}", case, tumor(case.shape, center, radius_mm=8.0)))
+        samples.append((f"case {seed}", case, tumor(case.shape, center, radius_mm=radius_mm)))
+    return samples
+
+
+def test_the_fitted_calibration_maps_the_generated_moments_onto_the_real_ones(pipeline):  # noqa: F811
+    samples = _three_tumors(radius_mm=8.0)
     fit = fit_calibration(pipeline, samples, seed=3, steps=STEPS)
     assert fit.tumors == 3 and len(fit.table()) == CHANNELS
     real, generated = [], []
@@ -285,10 +291,7 @@ def test_image_apply_sets_each_tumors_phase_moments_and_leaves_other_voxels_alon
 
 
 def test_the_fitted_image_calibration_maps_whole_syntheses_onto_the_real_tumors(pipeline):  # noqa: F811
-    samples = []
-    for seed, center in ((5, (10, 20, 20)), (6, (9, 17, 22)), (7, (11, 22, 18))):
-        case = make_case(seed=seed)
-        samples.append((f"case {seed}", case, tumor(case.shape, center, radius_mm=6.0)))
+    samples = _three_tumors(radius_mm=6.0)
     fit = fit_image_calibration(pipeline, samples, seed=3, steps=STEPS)
     assert fit.tumors == 3 and len(fit.table()) == 3
     calibrated = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
