@@ -224,14 +224,14 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
 
     Each mask holds one real tumor of its case: the pipeline generates a tumor into it (seed
     ``seed + index``, without any calibration the pipeline carries; with the real tumor's curve
-    type where the denoiser takes one) and both latents are compared over the tumor's cells.
+    type and necrotic core where the denoiser takes them) and both latents are compared over the tumor's cells.
     ``progress(done)`` is called after each tumor."""
     real_means, real_stds, generated_means, generated_stds, spread_known, types = [], [], [], [], [], []
     for index, (name, case, mask) in enumerate(samples):
         try:
             kinetics = _curve_type(pipeline, case, mask)
             known, generated, cells = pipeline.latent_pair(case, mask, seed=seed + index, steps=steps,
-                                                           kinetics=kinetics)
+                                                           kinetics=kinetics, necrosis=_core(pipeline, case, mask))
         except SynBTError as exc:
             raise SynBTError(f"calibration tumor {index + 1} ({name}): {exc}") from None
         types.append(kinetics)
@@ -261,7 +261,8 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
     for index, (name, case, mask) in enumerate(samples):
         try:
             kinetics = _curve_type(pipeline, case, mask)
-            synthetic = pipeline(case, mask, seed=seed + index, steps=steps, kinetics=kinetics)
+            synthetic = pipeline(case, mask, seed=seed + index, steps=steps, kinetics=kinetics,
+                                 necrosis=_core(pipeline, case, mask))
         except SynBTError as exc:
             raise SynBTError(f"calibration tumor {index + 1} ({name}): {exc}") from None
         types.append(kinetics)
@@ -279,6 +280,15 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
 def _curve_type(pipeline, case, mask) -> str | None:
     """The real tumor's curve type, for a denoiser that takes one (None otherwise)."""
     return tumor_curve_type(case.phases, mask) if pipeline.kinetic_choices else None
+
+
+def _core(pipeline, case, mask):
+    """The real tumor's necrotic core (necrosis.necrotic_core), for a denoiser that takes one (else None)."""
+    if not getattr(pipeline, "takes_necrosis", False):
+        return None
+    from .necrosis import necrotic_core
+
+    return necrotic_core(case.phases, mask)
 
 
 def _fit_moments(kind, real_means, real_stds, generated_means, generated_stds, spread_known, types,

@@ -87,27 +87,33 @@ def voxel_outline_channels(mask: torch.Tensor, compression: int) -> torch.Tensor
 MASK_ENCODINGS = ("cells", "voxels")
 
 
-def mask_condition_channels(encoding: str, compression: int) -> int:
-    """Channels of the denoiser's mask condition: the generated region, plus the tumor's voxel outline for "voxels"."""
+def mask_condition_channels(encoding: str, compression: int, necrosis: bool = False) -> int:
+    """Channels of the denoiser's mask condition: the generated region, plus the tumor's voxel outline
+    for "voxels", plus the necrotic core's voxels with ``necrosis``."""
     if encoding not in MASK_ENCODINGS:
         raise SynBTError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {encoding!r}")
-    return 1 if encoding == "cells" else 1 + int(compression) ** 3
+    cell = int(compression) ** 3
+    return (1 if encoding == "cells" else 1 + cell) + (cell if necrosis else 0)
 
 
-def denoiser_condition(mask: torch.Tensor, compression: int, dilation_cells: int, encoding: str = "cells"
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def denoiser_condition(mask: torch.Tensor, compression: int, dilation_cells: int, encoding: str = "cells",
+                       core: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask condition for the denoiser, voxel mask erased from its context) for a (B, 1, Z, Y, X) tumor mask.
 
     Channel 0 of the condition is the latent region that is generated (generation_region); with
     "voxels" the tumor's outline at voxel resolution follows (voxel_outline_channels). With "cells"
     the denoiser knows only which latent cells to fill (with a dilation, a blocky region around the
     tumor), not where in them the tumor's edge lies, while the mask the result is pasted under is
-    the voxel outline."""
+    the voxel outline. With ``core`` ((B, 1, Z, Y, X), for a denoiser trained with necrosis) the
+    necrotic core's voxels follow the same way (all 0: a tumor without one)."""
     region, erased = generation_region(mask, compression, dilation_cells)
     mask_condition_channels(encoding, compression)
-    if encoding == "cells":
-        return region, erased
-    return torch.cat([region, voxel_outline_channels(mask, compression)], dim=1), erased
+    parts = [region] if encoding == "cells" else [region, voxel_outline_channels(mask, compression)]
+    if core is not None:
+        if core.shape != mask.shape:
+            raise SynBTError(f"the necrotic core {tuple(core.shape)} must have the tumor mask's shape {tuple(mask.shape)}")
+        parts.append(voxel_outline_channels(core * (mask > 0), compression))
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)), erased
 
 
 def _per_axis(value, name: str) -> tuple[int, int, int]:

@@ -21,6 +21,7 @@ from .calibration import ImageCalibration, LatentCalibration, tumor_cells
 from .case import Case, Geometry, check_finite
 from .conditioning import Box, box_overlap, crop_padded, denoiser_condition, erase_mask, mask_condition_channels, roi_box
 from .errors import SynBTError
+from .necrosis import core_from_mask, equivalent_diameter_mm
 from .nets.denoiser import KINETIC_CLASSES, guided_noise
 from .nets.latent_norm import ChannelStandardizer
 from .nets.scheduler import DEFAULT_INFERENCE_STEPS, check_inference_steps
@@ -51,6 +52,8 @@ class SynthesisPipeline:
         (calibration.py, fitted by ``synbt calibrate``; None: the denoiser's samples as they are).
     image_calibration: per-phase moment correction of every generated tumor's voxels after decoding
         (normalized units; fitted by ``synbt calibrate`` after the latent one; None: none).
+    necrosis: for a denoiser trained with necrotic cores, how often and how large its training tumors'
+        cores were (a bundle's "necrosis", necrosis.necrosis_statistics): what ``choose_core`` draws from.
 
     With ``denoiser=None`` (an autoencoder-only bundle, ``from_bundle(..., reconstruct_only=True)``)
     the pipeline can only ``reconstruct``: a check of an autoencoder before a denoiser is trained on it.
@@ -73,6 +76,7 @@ class SynthesisPipeline:
         kinetic_frequencies: dict | None = None,
         calibration: LatentCalibration | None = None,
         image_calibration: ImageCalibration | None = None,
+        necrosis: dict | None = None,
     ):
         if not 0 <= blend_mm <= context_margin_mm:
             raise SynBTError(f"blend_mm ({blend_mm}) must be between 0 and context_margin_mm ({context_margin_mm})")
@@ -101,7 +105,7 @@ class SynthesisPipeline:
         self.mask_encoding = "cells"
         if denoiser is not None:
             compression = int(autoencoder.config.compression)
-            known = {mask_condition_channels(e, compression): e for e in ("cells", "voxels")}
+            known = {mask_condition_channels(e, compression, denoiser.config.necrosis): e for e in ("cells", "voxels")}
             if denoiser.config.mask_channels not in known:
                 raise SynBTError(f"the denoiser takes {denoiser.config.mask_channels} mask channels; with this "
                                  f"autoencoder (compression {compression}) it must be one of {sorted(known)}")
@@ -116,6 +120,7 @@ class SynthesisPipeline:
         self.image_calibration = image_calibration
         self.working_spacing = None if working_spacing is None else tuple(float(v) for v in working_spacing)
         self.kinetic_frequencies = self._checked_frequencies(kinetic_frequencies)
+        self.necrosis = dict(necrosis or {})
 
     @property
     def kinetic_choices(self) -> tuple[str, ...]:
@@ -152,10 +157,50 @@ class SynthesisPipeline:
                              f"{', '.join(self.kinetic_choices)} or any")
         return kinetics
 
-    def describe(self, seed: int, kinetics: str | None = None) -> dict:
-        """What a synthesis with ``seed`` and ``kinetics`` records in provenance ({} for older bundles)."""
+    @property
+    def takes_necrosis(self) -> bool:
+        """True when the denoiser was trained with necrotic cores (it can be asked for one)."""
+        return self.denoiser is not None and bool(getattr(self.denoiser.config, "necrosis", False))
+
+    def choose_core(self, necrosis, seed: int, mask: np.ndarray, spacing_zyx) -> np.ndarray | None:
+        """The necrotic core (bool, the mask's shape) a synthesis with ``necrosis`` and ``seed`` gets.
+
+        ``necrosis``: True (a core of the middle of the training cores' volume fraction range, the
+        deepest part of the mask), False (none), a core mask (used as given, inside the mask), or None:
+        drawn by the seed from the bundle's training tumors: a mask at least as large as the smallest
+        necrotic training tumor is necrotic at their frequency, its core's volume fraction uniform in
+        their 10th-90th percentile range. None for a denoiser without necrosis (which refuses True or a core)."""
+        if not self.takes_necrosis:
+            if necrosis is True or (isinstance(necrosis, np.ndarray) and necrosis.any()):
+                raise SynBTError("this bundle's denoiser was trained without necrotic cores; it cannot be given one")
+            return None
+        mask = np.asarray(mask) > 0
+        if isinstance(necrosis, np.ndarray):
+            if necrosis.shape != mask.shape:
+                raise SynBTError(f"the necrotic core has shape {necrosis.shape}, the tumor mask {mask.shape}")
+            return (necrosis > 0) & mask
+        low, high = self.necrosis.get("core_fraction", (0.05, 0.1))
+        if necrosis is None:
+            rng = np.random.default_rng([int(seed), 13])
+            draw, fraction = rng.random(), rng.uniform(low, high)
+            diameter = equivalent_diameter_mm(int(mask.sum()), spacing_zyx)
+            necrosis = ("min_diameter_mm" in self.necrosis and diameter >= self.necrosis["min_diameter_mm"]
+                        and draw < float(self.necrosis.get("frequency", 0.0)))
+        else:
+            fraction = (low + high) / 2
+        if necrosis is not True and necrosis is not False:
+            raise SynBTError(f"necrosis must be True, False, None or a core mask, got {necrosis!r}")
+        return core_from_mask(mask, fraction, spacing_zyx) if necrosis else np.zeros(mask.shape, dtype=bool)
+
+    def describe(self, seed: int, kinetics: str | None = None, mask: np.ndarray | None = None,
+                 spacing_zyx=(1.0, 1.0, 1.0), necrosis=None) -> dict:
+        """What a synthesis with ``seed``, ``kinetics`` (and into ``mask``, with ``necrosis``) records in
+        provenance: the curve type and the necrotic core's voxels, where the denoiser takes them."""
         chosen = self.choose_kinetics(kinetics, seed)
-        return {} if chosen is None else {"kinetics": chosen}
+        record = {} if chosen is None else {"kinetics": chosen}
+        if mask is not None and self.takes_necrosis:
+            record["necrotic_core_voxels"] = int(np.count_nonzero(self.choose_core(necrosis, seed, mask, spacing_zyx)))
+        return record
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu", reconstruct_only: bool = False,
@@ -176,6 +221,7 @@ class SynthesisPipeline:
         options.setdefault("kinetic_frequencies", bundle.config.get("kinetic_frequencies"))
         options.setdefault("calibration", bundle.calibration)
         options.setdefault("image_calibration", bundle.image_calibration)
+        options.setdefault("necrosis", bundle.config.get("necrosis"))
         return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
 
     @property
@@ -201,36 +247,39 @@ class SynthesisPipeline:
         steps: int | None = None,
         progress: Progress | None = None,
         kinetics: str | None = None,
+        necrosis=None,
     ) -> Case:
         """A new case with a tumor generated inside `mask` (uint8 (Z, Y, X) on the case grid).
 
         ``kinetics``: the tumor's curve type ("persistent", "plateau", "washout", "any") for a denoiser
         trained with kinetic classes; None draws one by the seed (``choose_kinetics``).
-        Same case, mask, seed, kinetics and weights give the same output. If `progress(done, total,
-        message)` raises (e.g. on Cancel), its exception propagates and nothing is returned.
+        ``necrosis``: True, False, a necrotic core mask, or None (drawn by the seed) for a denoiser
+        trained with necrotic cores (``choose_core``).
+        Same case, mask, seed, kinetics, necrosis and weights give the same output. If `progress(done,
+        total, message)` raises (e.g. on Cancel), its exception propagates and nothing is returned.
         """
         finish = None
         if self.image_calibration is not None:
             chosen = self.choose_kinetics(kinetics, seed)
             finish = lambda image, roi_mask: self.image_calibration.apply(image, roi_mask, chosen)  # noqa: E731
         return self._replace_region(case, mask, seed, self._sampler(steps, kinetics, seed, progress, calibrate=True),
-                                    finish)
+                                    finish, necrosis)
 
     @torch.no_grad()
     def latent_pair(self, case: Case, mask: np.ndarray, seed: int = 0, steps: int | None = None,
-                    kinetics: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    kinetics: str | None = None, necrosis=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(encoded latent of the case, latent generated into `mask` without calibration, the tumor's
         latent cells), all in the denoiser's space over the region of interest: what ``synbt calibrate``
         compares. The case's own tumor under `mask` is what the encoded latent holds there."""
         recorded = {}
         sample = self._sampler(steps, kinetics, seed, None, calibrate=False)
 
-        def record(known_latent, roi_image, roi_mask_t, generator):
+        def record(known_latent, roi_image, roi_mask_t, generator, roi_core_t):
             recorded.update(known=known_latent, cells=tumor_cells(roi_mask_t, self.compression))
-            recorded["generated"] = sample(known_latent, roi_image, roi_mask_t, generator)
+            recorded["generated"] = sample(known_latent, roi_image, roi_mask_t, generator, roi_core_t)
             return recorded["generated"]
 
-        self._replace_region(case, mask, seed, record)
+        self._replace_region(case, mask, seed, record, necrosis=necrosis)
         return recorded["known"], recorded["generated"], recorded["cells"]
 
     def _sampler(self, steps: int | None, kinetics: str | None, seed: int, progress: Progress | None, calibrate: bool):
@@ -241,9 +290,9 @@ class SynthesisPipeline:
         chosen = self.choose_kinetics(kinetics, seed)
         label = None if chosen is None else (0 if chosen == "any" else KINETIC_CLASSES.index(chosen))
 
-        def denoise(known_latent, roi_image, roi_mask_t, generator):
+        def denoise(known_latent, roi_image, roi_mask_t, generator, roi_core_t):
             mask_latent, erased = denoiser_condition(roi_mask_t, self.compression, self.mask_dilation_cells,
-                                                     self.mask_encoding)
+                                                     self.mask_encoding, roi_core_t)
             context_latent = self.channels.standardize(
                 self.autoencoder.encode_volume(erase_mask(roi_image, erased)) * self.latent_scale)
             latent = inpaint_latent(
@@ -264,28 +313,33 @@ class SynthesisPipeline:
         image itself instead of a denoised one: the closest any synthesis with these autoencoder
         weights can come to the original, i.e. the autoencoder's share of what a realism study sees.
         """
-        return self._replace_region(case, mask, seed, lambda known_latent, *_: known_latent)
+        return self._replace_region(case, mask, seed, lambda known_latent, *_: known_latent, necrosis=False)
 
-    def _replace_region(self, case: Case, mask: np.ndarray, seed: int, latent_of, finish=None) -> Case:
-        """Normalize, crop, encode, `latent_of(known_latent, roi_image, roi_mask, generator)`, decode,
-        `finish(decoded, roi_mask)` (normalized units, on the case grid), blend."""
+    def _replace_region(self, case: Case, mask: np.ndarray, seed: int, latent_of, finish=None, necrosis=None) -> Case:
+        """Normalize, crop, encode, `latent_of(known_latent, roi_image, roi_mask, generator, roi_core)`,
+        decode, `finish(decoded, roi_mask)` (normalized units, on the case grid), blend. ``roi_core`` is
+        the necrotic core (``choose_core``) over the region, or None for a denoiser without necrosis."""
         mask = validated_mask(case, mask, expected_phases=self.autoencoder.config.in_channels)
+        core = self.choose_core(necrosis, seed, mask, case.geometry.spacing[::-1])
 
         norm = fit_normalization(case)
         box = self.region_of_interest(case, mask)
         roi_image = self._tensor(normalize(crop_padded(case.phases, box, mode="edge"), norm))[None]
         roi_mask = crop_padded(mask, box, mode="constant")
         roi_mask_t = self._tensor(roi_mask)[None, None]
+        roi_core_t = None if core is None else self._tensor(crop_padded(core.astype(np.uint8), box, mode="constant"))[None, None]
         working_shape = self.working_shape(case.geometry, roi_mask.shape)
         if working_shape is not None:
             roi_image = resize(roi_image, working_shape)
             roi_mask_t = (resize(roi_mask_t, working_shape) >= 0.5).float()
             if not roi_mask_t.any():  # a tumor smaller than one working voxel keeps its nearest cell
                 roi_mask_t = resize(self._tensor(roi_mask)[None, None], working_shape, mode="nearest")
+            if roi_core_t is not None:
+                roi_core_t = (resize(roi_core_t, working_shape) >= 0.5).float() * roi_mask_t
 
         known_latent = self.channels.standardize(self.autoencoder.encode_volume(roi_image) * self.latent_scale)
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        latent = latent_of(known_latent, roi_image, roi_mask_t, generator)
+        latent = latent_of(known_latent, roi_image, roi_mask_t, generator, roi_core_t)
 
         decoded = self.autoencoder.decode_volume(self.channels.restore(latent) / self.latent_scale)
         if working_shape is not None:

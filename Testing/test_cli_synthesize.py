@@ -163,8 +163,9 @@ def test_diffusion_without_a_bundle_is_one_clear_line(inputs, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def kinetic_bundle(folder, frequencies, kinetic=True):
-    """A tiny bundle (random real networks) whose denoiser takes a kinetic curve type (or not)."""
+def kinetic_bundle(folder, frequencies, kinetic=True, necrosis=False):
+    """A tiny bundle (random real networks) whose denoiser takes a kinetic curve type (or not), and a
+    necrotic core (drawn for every tumor of 1 mm or more)."""
     import torch
 
     from SynBTLib.bundle import save_bundle
@@ -175,8 +176,11 @@ def kinetic_bundle(folder, frequencies, kinetic=True):
     torch.manual_seed(0)
     autoencoder = PatchVolumeAutoencoder(AutoencoderConfig(channels=(8, 8, 8), norm_num_groups=1))
     denoiser = MaskConditionedDenoiser(DenoiserConfig(channels=(8, 16, 16), attention_levels=(False, False, True),
-                                                      num_head_channels=8, norm_num_groups=4, kinetic_classes=kinetic))
+                                                      num_head_channels=8, norm_num_groups=4, kinetic_classes=kinetic,
+                                                      mask_channels=1 + 4**3 if necrosis else 1, necrosis=necrosis))
     meta = {"phases": 3, **({"kinetic_frequencies": frequencies} if kinetic else {})}
+    if necrosis:
+        meta["necrosis"] = {"tumors": 4, "necrotic": 4, "min_diameter_mm": 1.0, "frequency": 1.0, "core_fraction": [0.1, 0.2]}
     return save_bundle(folder, autoencoder, denoiser, SchedulerConfig(), 1.0, meta=meta, card_text="# tiny\n")
 
 
@@ -193,6 +197,25 @@ def test_kinetics_is_obeyed_recorded_and_refused_where_it_does_not_apply(inputs,
     assert run_cli("--phases", *phases, "--mask", mask, "--label", 1, "--method", "diffusion", "--bundle", plain,
                    "--kinetics", "washout", "--out", tmp_path / "plain_out") == 2
     assert "takes no kinetic curve type" in error_line(capsys) and not (tmp_path / "plain_out").exists()
+
+
+def test_necrosis_is_obeyed_recorded_and_refused_where_it_does_not_apply(inputs, tmp_path, capsys):
+    _, phases, mask = inputs
+    bundle = kinetic_bundle(tmp_path / "bundle", None, kinetic=False, necrosis=True)
+    common = ["--phases", *phases, "--mask", mask, "--label", 1, "--method", "diffusion", "--bundle", bundle, "--steps", 2]
+    cores = {}
+    for option in ("yes", "no", None):
+        out = tmp_path / f"n_{option}"
+        assert run_cli(*common, *(["--necrosis", option] if option else []), "--out", out) == 0
+        cores[option] = json.loads((out / "provenance.json").read_text())["details"]["necrotic_core_voxels"]
+    assert cores["yes"] > 0 and cores["no"] == 0 and cores[None] > 0  # drawn: every training tumor was necrotic
+    capsys.readouterr()
+    plain = kinetic_bundle(tmp_path / "plain", None, kinetic=False)
+    for extra, message in ((["--method", "diffusion", "--bundle", plain], "trained without necrotic cores"),
+                           (["--method", "handcrafted"], "--necrosis applies to the diffusion method")):
+        out = tmp_path / "refused"
+        assert run_cli("--phases", *phases, "--mask", mask, "--label", 1, *extra, "--necrosis", "yes", "--out", out) == 2
+        assert message in error_line(capsys) and not out.exists()
 
 
 def test_overwrite_leaves_no_phase_of_an_earlier_result(inputs, tmp_path):

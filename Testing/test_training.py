@@ -32,8 +32,9 @@ DIFFUSION_CONFIG = {
 }
 
 
-def write_case(folder, seed, shape=(20, 32, 36)):
-    """A 3-phase case on a 1x1x2 mm grid: an ellipsoidal body with an enhancing spherical tumor."""
+def write_case(folder, seed, shape=(20, 32, 36), core_radius=0.0):
+    """A 3-phase case on a 1x1x2 mm grid: an ellipsoidal body with an enhancing spherical tumor
+    (with a non-enhancing core of ``core_radius`` voxels)."""
     rng = np.random.default_rng(seed)
     z, y, x = np.indices(shape)
     half = np.array(shape) / 2
@@ -41,7 +42,9 @@ def write_case(folder, seed, shape=(20, 32, 36)):
         (x - half[2]) / (0.4 * shape[2])
     ) ** 2 < 1
     center = np.array(shape) // 2 + rng.integers(-3, 4, 3)
-    tumor = ((z - center[0]) ** 2 + (y - center[1]) ** 2 + (x - center[2]) ** 2) < 9
+    distance2 = (z - center[0]) ** 2 + (y - center[1]) ** 2 + (x - center[2]) ** 2
+    tumor = distance2 < 9 + 16 * (core_radius > 0)  # room for a core: radius 5 instead of 3
+    enhancing = tumor & (distance2 >= core_radius**2)
     folder.mkdir(parents=True)
 
     def write(array, name):
@@ -50,7 +53,7 @@ def write_case(folder, seed, shape=(20, 32, 36)):
         sitk.WriteImage(image, str(folder / name))
 
     for phase in range(3):
-        values = body * (100 + 20 * np.sin(x / 3.0 + seed)) + tumor * 80 * phase + rng.normal(0, 5, shape)
+        values = body * (100 + 20 * np.sin(x / 3.0 + seed)) + enhancing * 80 * phase + rng.normal(0, 5, shape)
         write(values.astype(np.float32), f"phase_{phase}.nii.gz")
     write(tumor.astype(np.uint8), "tumor_labels.nii.gz")
 
@@ -777,3 +780,71 @@ def test_a_balanced_mask_loss_gives_every_tumor_the_same_share_whatever_its_size
     torch.testing.assert_close(extra(balanced), torch.tensor([10.0, 10.0, 0.0]))  # same total, shared alike
     assert torch.equal(balanced[region == 0], torch.ones(int((region == 0).sum())))
     assert torch.equal(loss_weight(torch.zeros(2, 1, 3, 3, 3), 5.0, balanced=True), torch.ones(2, 1, 3, 3, 3))
+
+
+def test_necrosis_conditioning_widens_a_finetuned_denoiser_and_the_pipeline_makes_cores(dataset, autoencoder_run,
+                                                                                          tmp_path):
+    from SynBTLib.io import read_case, read_mask
+    from SynBTLib.necrosis import necrotic_core
+    from SynBTLib.pipeline import SynthesisPipeline
+
+    necrotic_data = tmp_path / "necrotic"
+    for k in range(2):
+        write_case(necrotic_data / f"case{k}", seed=k, core_radius=2.5)
+    config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 2}}
+    plain = train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "plain", config, verbose=False)
+    tuned = train_diffusion(necrotic_data, autoencoder_run.bundle, tmp_path / "tuned",
+                            {**config, "necrosis_conditioning": True, "finetune": {"bundle": str(plain.bundle)}},
+                            verbose=False)
+    source, bundle = load_bundle(plain.bundle), load_bundle(tuned.bundle)
+    assert bundle.denoiser.config.necrosis and not source.denoiser.config.necrosis
+    assert bundle.denoiser.config.mask_channels == source.denoiser.config.mask_channels + 4**3  # compression 4
+    stats = bundle.config["necrosis"]
+    assert stats["tumors"] == 2 and stats["necrotic"] == 2 and stats["frequency"] == 1.0  # unflipped tumors
+    assert 0 < stats["core_fraction"][0] <= stats["core_fraction"][1] < 0.5
+
+    pipeline = SynthesisPipeline.from_bundle(tuned.bundle)
+    case = read_case(sorted((necrotic_data / "case0").glob("phase_*.nii.gz")))
+    mask = read_mask(necrotic_data / "case0" / "tumor_labels.nii.gz", case.geometry)
+    spacing = case.geometry.spacing[::-1]
+    drawn = pipeline.choose_core(None, 0, mask, spacing)
+    assert drawn.any() and not np.any(drawn & (mask == 0))  # every training tumor was necrotic
+    assert not pipeline.choose_core(False, 0, mask, spacing).any()
+    assert pipeline.describe(0, mask=mask, spacing_zyx=spacing)["necrotic_core_voxels"] == int(drawn.sum())
+    measured = necrotic_core(case.phases, mask)
+    with_core = pipeline(case, mask, seed=1, steps=2, necrosis=measured)
+    without = pipeline(case, mask, seed=1, steps=2, necrosis=False)
+    assert np.array_equal(with_core.phases, pipeline(case, mask, seed=1, steps=2, necrosis=measured).phases)
+    assert not np.array_equal(with_core.phases, without.phases)
+    changed = np.any(with_core.phases != without.phases, axis=0)
+    assert changed.any() and not changed[case.phases[0] == 0].any()  # only where the tumor is generated
+    with pytest.raises(SynBTError, match="necrosis must be"):
+        pipeline(case, mask, seed=1, steps=2, necrosis="yes")
+    with pytest.raises(SynBTError, match="without necrotic cores"):
+        SynthesisPipeline.from_bundle(plain.bundle)(case, mask, seed=1, steps=2, necrosis=True)
+    with pytest.raises(SynBTError, match="necrosis_conditioning"):
+        train_diffusion(necrotic_data, autoencoder_run.bundle, tmp_path / "off",
+                        {**config, "finetune": {"bundle": str(tuned.bundle)}}, verbose=False)
+    with pytest.raises(SynBTError, match="necrosis_conditioning must be"):
+        train_diffusion(necrotic_data, autoencoder_run.bundle, tmp_path / "bad",
+                        {**config, "necrosis_conditioning": "yes"}, verbose=False)
+
+
+def test_widened_input_starts_as_the_source_denoiser():
+    from SynBTLib.nets.denoiser import DenoiserConfig, MaskConditionedDenoiser
+    from SynBTLib.training.diffusion import widened_input
+
+    small = dict(latent_channels=2, channels=(8, 8), attention_levels=(False, False), num_head_channels=8)
+    torch.manual_seed(0)
+    source = MaskConditionedDenoiser(DenoiserConfig(**small, mask_channels=1)).eval()
+    wide = MaskConditionedDenoiser(DenoiserConfig(**small, mask_channels=9, necrosis=True)).eval()
+    wide.load_state_dict(widened_input(source.state_dict(), wide.state_dict()))
+    noisy, context = torch.randn(1, 2, 4, 4, 4), torch.randn(1, 2, 4, 4, 4)
+    mask = torch.ones(1, 1, 4, 4, 4)
+    with torch.no_grad():
+        before = source(noisy, context, mask, 10)
+        after = wide(noisy, context, torch.cat([mask, torch.zeros(1, 8, 4, 4, 4)], 1), 10)
+        core = wide(noisy, context, torch.cat([mask, torch.ones(1, 8, 4, 4, 4)], 1), 10)
+    assert torch.allclose(before, after, atol=1e-6) and torch.equal(before, core)  # new weights start at 0
+    with pytest.raises(SynBTError, match="cannot continue"):
+        widened_input(wide.state_dict(), source.state_dict())

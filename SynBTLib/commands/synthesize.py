@@ -34,6 +34,10 @@ def register(subparsers) -> None:
                    help="the tumor's kinetic curve type, for bundles trained with kinetic classes (default: "
                    "drawn by the seed from the types the bundle was trained on; any: the model's own choice, "
                    "which is what bundles without kinetic classes always do)")
+    p.add_argument("--necrosis", choices=("yes", "no"),
+                   help="whether the tumor gets a non-enhancing necrotic core (the deepest part of the mask), for "
+                   "bundles trained with necrotic cores (default: drawn by the seed as often as in the bundle's "
+                   "training tumors of that size)")
     p.add_argument("--resample", action="store_true", help="resample phases and mask onto the first phase's grid")
     p.add_argument("--resample-mask", action="store_true", help="resample only the mask onto the case grid")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out folder")
@@ -130,6 +134,12 @@ def run(args) -> int:
         if not hasattr(synthesizer, "choose_kinetics"):
             raise SynBTError(f"--kinetics applies to the diffusion method, not to {args.method}")
         synthesizer.choose_kinetics(args.kinetics, args.seed)
+    necrosis = None if args.necrosis is None else args.necrosis == "yes"
+    if necrosis is not None:
+        if not hasattr(synthesizer, "takes_necrosis"):
+            raise SynBTError(f"--necrosis applies to the diffusion method, not to {args.method}")
+        if necrosis and not synthesizer.takes_necrosis:
+            raise SynBTError("--necrosis yes: this bundle's denoiser was trained without necrotic cores")
     progress = Progress(args.progress)
     try:
         progress(0, "reading the phases")
@@ -139,6 +149,8 @@ def run(args) -> int:
         inputs = list(args.phases) + ([args.mask] if args.mask else [])
         out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs)
         extra = {"kinetics": args.kinetics} if args.kinetics else {}
+        if necrosis is not None:
+            extra["necrosis"] = necrosis
         result = synthesizer(case, mask, seed=args.seed, steps=steps, progress=progress.within(10, 90), **extra)
         progress(90, "writing the outputs")
         details["steps"] = steps
@@ -147,7 +159,7 @@ def run(args) -> int:
 
             bundle = Path(args.bundle) if args.bundle else default_bundle_path()
             details["bundle"] = {"path": str(bundle.resolve()), "sha256": bundle_sha256(bundle)}
-            details.update(synthesizer.describe(args.seed, args.kinetics))
+            details.update(synthesizer.describe(args.seed, args.kinetics, mask, case.geometry.spacing[::-1], necrosis))
         elif hasattr(synthesizer, "describe"):
             details["synthesizer"] = synthesizer.describe(args.seed)
         write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case)

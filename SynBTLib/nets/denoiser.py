@@ -40,6 +40,9 @@ class DenoiserConfig:
     mask_channels: int = 1
     # a class label for the tumor's kinetic curve type (KINETIC_CLASSES); False in older bundles
     kinetic_classes: bool = False
+    # the mask condition ends with the necrotic core's voxels (c**3 channels, counted in mask_channels;
+    # necrosis.py); False in older bundles
+    necrosis: bool = False
 
     def __post_init__(self):
         self.mask_channels = int(self.mask_channels)
@@ -66,7 +69,7 @@ class DenoiserConfig:
         data = asdict(self)
         data["channels"] = list(self.channels)
         data["attention_levels"] = list(self.attention_levels)
-        for key, default in (("mask_channels", 1), ("kinetic_classes", False)):
+        for key, default in (("mask_channels", 1), ("kinetic_classes", False), ("necrosis", False)):
             if data[key] == default:  # older SynBTLib versions then still read the config
                 del data[key]
         return data

@@ -151,6 +151,9 @@ class LatentCase:
     mask: np.ndarray
     tumor_centers: np.ndarray  # (N, 3) latent-grid centers of the tumor components
     tumor_kinetics: np.ndarray | None = None  # (N,) KINETIC_CLASSES index of each component (0: unknown)
+    # (equivalent diameter mm, necrotic core's volume fraction or 0) of each voxel-level tumor
+    # component, measured with necrosis conditioning (on the unflipped variant only)
+    tumor_necrosis: list[tuple[float, float]] | None = None
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int, minimum: Sequence[int], mode: str) -> np.ndarray:
@@ -174,6 +177,7 @@ def encode_cases(
     mask_encoding: str = "cells",
     cache_dir: str | Path | None = None,
     kinetics: bool = False,
+    necrosis: bool = False,
 ) -> list[LatentCase]:
     """Encode every case and its tumor-erased copy once (and their x-flipped versions), for ROI sampling.
 
@@ -182,11 +186,14 @@ def encode_cases(
     ``mask_encoding="voxels"`` the mask condition also holds the tumor's voxel outline
     (conditioning.denoiser_condition). Masks are kept as uint8. With ``cache_dir`` every latent is
     looked up in / added to a latent_cache.LatentCache there (keyed by the encoder and the voxels).
-    With ``kinetics`` every tumor component gets its curve type (tumor_curve_classes)."""
+    With ``kinetics`` every tumor component gets its curve type (tumor_curve_classes); with
+    ``necrosis`` the mask condition ends with each tumor's necrotic core as measured on its image
+    (necrosis.necrotic_core), and every tumor's size and core fraction are kept."""
     import torch
     from tqdm.auto import tqdm
 
     from ..conditioning import denoiser_condition, erase_mask
+    from ..necrosis import necrotic_core
 
     compression = 2 ** (len(autoencoder.config.channels) - 1)
     cache = None
@@ -210,7 +217,9 @@ def encode_cases(
                 image, tumor = image[..., ::-1], tumor[..., ::-1]
             image_t = torch.from_numpy(np.ascontiguousarray(image)).to(device)[None]
             tumor_t = torch.from_numpy(np.ascontiguousarray(tumor)).to(device)[None, None]
-            generated, erased = denoiser_condition(tumor_t, compression, mask_dilation_cells, mask_encoding)
+            core = necrotic_core(image, tumor) if necrosis else None
+            core_t = None if core is None else torch.from_numpy(core.astype(np.uint8)).to(device)[None, None]
+            generated, erased = denoiser_condition(tumor_t, compression, mask_dilation_cells, mask_encoding, core_t)
             erased_t = erase_mask(image_t, erased[0])
             latent, context = encode(image_t), encode(erased_t)
             latent_mask = generated[0].cpu().numpy()
@@ -226,11 +235,24 @@ def encode_cases(
                     mask=latent_mask.astype(np.uint8),
                     tumor_centers=np.round(centers).astype(int).reshape(-1, 3),
                     tumor_kinetics=curve_types,
+                    tumor_necrosis=_necrosis_records(tumor, core, case.spacing) if necrosis and not flip else None,
                 )
             )
     if cache is not None and progress:
         tqdm.write(f"latent cache {cache.folder}: {cache.hits} reused, {cache.misses} encoded")
     return encoded
+
+
+def _necrosis_records(tumor: np.ndarray, core: np.ndarray, spacing_xyz) -> list[tuple[float, float]]:
+    from ..necrosis import equivalent_diameter_mm
+
+    components, count = ndimage.label(tumor > 0)
+    records = []
+    for k in range(1, count + 1):
+        component = components == k
+        voxels = int(component.sum())
+        records.append((equivalent_diameter_mm(voxels, spacing_xyz[::-1]), float((core & component).sum()) / voxels))
+    return records
 
 
 def tumor_curve_classes(case: TrainingCase, image: np.ndarray, tumor: np.ndarray, components: np.ndarray,

@@ -70,6 +70,10 @@ DEFAULT_CONFIG = {
     # denoiser, dropped to "unspecified" with kinetics_dropout (nets/denoiser.py KINETIC_CLASSES)
     "kinetic_conditioning": False,
     "kinetics_dropout": 0.2,
+    # (optional) "necrosis_conditioning": true: the mask condition also carries each training tumor's
+    # necrotic core, measured on its image (necrosis.py); a finetune bundle without it is widened (its
+    # denoiser's weights for the new channels start at 0, so it starts out as it was). Absent from the
+    # defaults so that checkpoints of older runs still resume.
 }
 
 
@@ -151,6 +155,7 @@ def train_diffusion(
     (training/latent_cache.py); entries are keyed by the encoder, the device type and the voxels."""
     from ..bundle import save_bundle
     from ..conditioning import MASK_ENCODINGS, mask_condition_channels
+    from ..necrosis import necrosis_statistics
     from ..nets.denoiser import KINETIC_CLASSES, DenoiserConfig, MaskConditionedDenoiser, drop_condition, drop_kinetics
     from ..nets.scheduler import SchedulerConfig, make_scheduler, training_target
 
@@ -205,8 +210,16 @@ def train_diffusion(
                                  f"{net.config.latent_channels} latent channels changes the pre-contrast phase "
                                  f"(a cell has {net.config.compression ** 3} voxels); use 'channel'")
             config["latent_phase_groups"] = groups
-        mask_channels = mask_condition_channels(config["mask_encoding"], net.config.compression)
-        if source is not None and int(config["denoiser"].get("mask_channels", 1)) != mask_channels:
+        necrosis = config.get("necrosis_conditioning", False)
+        if not isinstance(necrosis, bool):
+            raise SynBTError(f"necrosis_conditioning must be true or false, got {necrosis!r}")
+        mask_channels = mask_condition_channels(config["mask_encoding"], net.config.compression, necrosis)
+        widen = (source is not None and necrosis and not config["denoiser"].get("necrosis", False)
+                 and int(config["denoiser"].get("mask_channels", 1))
+                 == mask_condition_channels(config["mask_encoding"], net.config.compression))
+        if source is not None and config["denoiser"].get("necrosis", False) and not necrosis:
+            raise SynBTError("the finetune bundle's denoiser was trained with necrosis_conditioning; keep it on")
+        if source is not None and not widen and int(config["denoiser"].get("mask_channels", 1)) != mask_channels:
             raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
                              f"denoiser ({config['denoiser'].get('mask_channels', 1)} mask channels)")
         if source is not None and bool(config["denoiser"].get("kinetic_classes", False)) != kinetic:
@@ -221,7 +234,7 @@ def train_diffusion(
                 f"the autoencoder expects {ae.config.in_channels} phases but the cases in {data} have {cases[0].image.shape[0]}"
             )
         config["denoiser"] = {**config["denoiser"], "latent_channels": ae.config.latent_channels,
-                              "mask_channels": mask_channels, "kinetic_classes": kinetic}
+                              "mask_channels": mask_channels, "kinetic_classes": kinetic, "necrosis": necrosis}
         den_config = DenoiserConfig.from_dict(config["denoiser"])
         sched_config = SchedulerConfig.from_dict(config["scheduler"])
         config.update(autoencoder=ae.config.to_dict(), denoiser=den_config.to_dict(), scheduler=sched_config.to_dict())
@@ -239,7 +252,7 @@ def train_diffusion(
         encoded = encode_cases(
             cases, ae, scale, roi, flip_x=bool(config["data"].get("flip_x", True)),
             device=dist.device, progress=verbose and dist.is_main, mask_dilation_cells=dilation,
-            mask_encoding=config["mask_encoding"], cache_dir=latent_cache, kinetics=kinetic,
+            mask_encoding=config["mask_encoding"], cache_dir=latent_cache, kinetics=kinetic, necrosis=necrosis,
         )
         if kinetic and not any(c.tumor_kinetics is not None and c.tumor_kinetics.any() for c in encoded):
             raise SynBTError(f"no training tumor in {data} could be given a curve type; train without kinetic_conditioning")
@@ -258,7 +271,8 @@ def train_diffusion(
         seed_everything(settings.seed)
         denoiser = MaskConditionedDenoiser(den_config).to(dist.device)
         if source is not None:
-            denoiser.load_state_dict(source.denoiser.state_dict())
+            state = source.denoiser.state_dict()
+            denoiser.load_state_dict(widened_input(state, denoiser.state_dict()) if widen else state)
         scheduler = make_scheduler(sched_config)
         optimizer = torch.optim.AdamW(denoiser.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         trainer = Trainer(
@@ -301,6 +315,8 @@ def train_diffusion(
                 counts = np.bincount(np.concatenate([c.tumor_kinetics for c in encoded if c.tumor_kinetics is not None]),
                                      minlength=len(KINETIC_CLASSES))
                 meta["kinetic_frequencies"] = {name: int(n) for name, n in zip(KINETIC_CLASSES, counts)}
+            if necrosis:  # how often and how large the training tumors' cores were: the pipeline draws from these
+                meta["necrosis"] = necrosis_statistics([r for c in encoded for r in (c.tumor_necrosis or [])])
             if source is not None:
                 meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256,
                                           "warm_start": bool(config["finetune"].get("warm_start", False))}
@@ -314,6 +330,26 @@ def train_diffusion(
         return DiffusionRun(denoiser, losses, bundle_path, out)
     finally:
         teardown_distributed()
+
+
+def widened_input(source: dict, target: dict) -> dict:
+    """``source`` state dict fitted to ``target``'s: tensors whose input dimension (1) grew get the new
+    input channels appended with zero weights (a network that ignores them at first); any other
+    difference is refused."""
+    out = {}
+    for key, value in source.items():
+        want = target.get(key)
+        if want is None:
+            raise SynBTError(f"the finetune bundle's denoiser has a weight {key} this denoiser lacks")
+        if want.shape != value.shape:
+            if value.ndim < 2 or want.shape[:1] != value.shape[:1] or want.shape[2:] != value.shape[2:] \
+                    or want.shape[1] < value.shape[1]:
+                raise SynBTError(f"cannot continue the finetune bundle's {key} {tuple(value.shape)} as {tuple(want.shape)}")
+            grown = torch.zeros(want.shape, dtype=value.dtype)
+            grown[:, : value.shape[1]] = value
+            value = grown
+        out[key] = value
+    return out
 
 
 def _finetune_source(config: dict):
