@@ -25,12 +25,18 @@ def necrotic_core(phases: np.ndarray, tumor: np.ndarray) -> np.ndarray:
     Per connected component: voxels at least one voxel inside the outline (its partial-volume rim
     enhances little too) whose enhancement is under CORE_ENHANCEMENT_RATIO of the component's 90th
     percentile, the largest connected part kept if it has MIN_CORE_VOXELS or more, then grown back by
-    one voxel inside the tumor (the erosion took that much off the core's edge as well)."""
+    one voxel into the tumor's low-enhancing voxels (the erosion took that much off the core's edge too)."""
     phases, tumor = np.asarray(phases), np.asarray(tumor) > 0
     if phases.ndim != 4 or phases.shape[0] < 2 or phases.shape[1:] != tumor.shape:
         raise SynBTError(f"necrotic_core needs (C >= 2, Z, Y, X) phases matching the (Z, Y, X) tumor mask, "
                          f"got {phases.shape} and {tumor.shape}")
-    enhancement = phases[1].astype(np.float64) - phases[0]
+    full = np.zeros(tumor.shape, dtype=bool)
+    if not tumor.any():
+        return full
+    # only the tumors' box (and one voxel around it) is looked at, not a 512x512x160 grid
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in ndimage.find_objects(tumor.astype(np.uint8))[0])
+    tumor = tumor[box]
+    enhancement = phases[(slice(None), *box)][1].astype(np.float64) - phases[(slice(None), *box)][0]
     inner = ndimage.binary_erosion(tumor)
     components, count = ndimage.label(tumor)
     core = np.zeros(tumor.shape, dtype=bool)
@@ -49,12 +55,14 @@ def necrotic_core(phases: np.ndarray, tumor: np.ndarray) -> np.ndarray:
         largest = parts == (int(sizes.argmax()) + 1)
         grown = ndimage.binary_dilation(largest) & component & (enhancement < CORE_ENHANCEMENT_RATIO * strong)
         core |= largest | grown
-    return core
+    full[box] = core
+    return full
 
 
 def core_from_mask(mask: np.ndarray, volume_fraction: float, spacing_zyx=(1.0, 1.0, 1.0)) -> np.ndarray:
-    """(Z, Y, X) bool: the deepest ``volume_fraction`` of every component of ``mask`` (the voxels
-    farthest from its outline, in mm), at least its deepest voxel: the core a necrotic tumor gets."""
+    """(Z, Y, X) bool: the deepest ``volume_fraction`` of every component of ``mask`` (its round(f * n)
+    voxels farthest from its outline, in mm; ties go to those nearer the component's centre), at least
+    its deepest voxel: the core a necrotic tumor gets."""
     mask = np.asarray(mask) > 0
     if not 0 < volume_fraction < 1:
         raise SynBTError(f"a necrotic core's volume fraction must be between 0 and 1, got {volume_fraction}")
@@ -67,10 +75,12 @@ def core_from_mask(mask: np.ndarray, volume_fraction: float, spacing_zyx=(1.0, 1
     components, count = ndimage.label(inside)
     local = np.zeros(inside.shape, dtype=bool)
     for k in range(1, count + 1):
-        component = components == k
-        values = depth[component]
-        threshold = np.quantile(values, 1.0 - volume_fraction)
-        local |= component & (depth >= min(threshold, values.max()))
+        voxels = np.argwhere(components == k)
+        depths = depth[tuple(voxels.T)]
+        off_centre = np.linalg.norm((voxels - voxels.mean(axis=0)) * np.asarray(spacing_zyx, dtype=float), axis=1)
+        order = np.lexsort((off_centre, -depths))  # deepest first, then nearest the centre
+        chosen = voxels[order[: max(1, int(round(volume_fraction * len(voxels))))]]
+        local[tuple(chosen.T)] = True
     core[box] = local
     return core
 

@@ -170,6 +170,10 @@ class SynthesisPipeline:
         drawn by the seed from the bundle's training tumors: a mask at least as large as the smallest
         necrotic training tumor is necrotic at their frequency, its core's volume fraction uniform in
         their 10th-90th percentile range. None for a denoiser without necrosis (which refuses True or a core)."""
+        if isinstance(necrosis, np.bool_):
+            necrosis = bool(necrosis)
+        if not (necrosis is None or isinstance(necrosis, (bool, np.ndarray))):
+            raise SynBTError(f"necrosis must be True, False, None or a core mask, got {necrosis!r}")
         if not self.takes_necrosis:
             if necrosis is True or (isinstance(necrosis, np.ndarray) and necrosis.any()):
                 raise SynBTError("this bundle's denoiser was trained without necrotic cores; it cannot be given one")
@@ -178,8 +182,14 @@ class SynthesisPipeline:
         if isinstance(necrosis, np.ndarray):
             if necrosis.shape != mask.shape:
                 raise SynBTError(f"the necrotic core has shape {necrosis.shape}, the tumor mask {mask.shape}")
-            return (necrosis > 0) & mask
-        low, high = self.necrosis.get("core_fraction", (0.05, 0.1))
+            core = (necrosis > 0) & mask
+            if necrosis.any() and not core.any():
+                raise SynBTError("the necrotic core lies wholly outside the tumor mask")
+            return core
+        if "core_fraction" not in self.necrosis:
+            raise SynBTError("this bundle records no necrotic training tumors (its config's \"necrosis\"); "
+                             "give the core as a mask")
+        low, high = self.necrosis["core_fraction"]
         if necrosis is None:
             rng = np.random.default_rng([int(seed), 13])
             draw, fraction = rng.random(), rng.uniform(low, high)
@@ -188,8 +198,6 @@ class SynthesisPipeline:
                         and draw < float(self.necrosis.get("frequency", 0.0)))
         else:
             fraction = (low + high) / 2
-        if necrosis is not True and necrosis is not False:
-            raise SynBTError(f"necrosis must be True, False, None or a core mask, got {necrosis!r}")
         return core_from_mask(mask, fraction, spacing_zyx) if necrosis else np.zeros(mask.shape, dtype=bool)
 
     def describe(self, seed: int, kinetics: str | None = None, mask: np.ndarray | None = None,
@@ -270,7 +278,8 @@ class SynthesisPipeline:
                     kinetics: str | None = None, necrosis=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(encoded latent of the case, latent generated into `mask` without calibration, the tumor's
         latent cells), all in the denoiser's space over the region of interest: what ``synbt calibrate``
-        compares. The case's own tumor under `mask` is what the encoded latent holds there."""
+        compares. The case's own tumor under `mask` is what the encoded latent holds there. ``kinetics``
+        and ``necrosis`` as for ``__call__``."""
         recorded = {}
         sample = self._sampler(steps, kinetics, seed, None, calibrate=False)
 
@@ -335,7 +344,10 @@ class SynthesisPipeline:
             if not roi_mask_t.any():  # a tumor smaller than one working voxel keeps its nearest cell
                 roi_mask_t = resize(self._tensor(roi_mask)[None, None], working_shape, mode="nearest")
             if roi_core_t is not None:
-                roi_core_t = (resize(roi_core_t, working_shape) >= 0.5).float() * roi_mask_t
+                resized = (resize(roi_core_t, working_shape) >= 0.5).float() * roi_mask_t
+                if roi_core_t.any() and not resized.any():  # a core smaller than one working voxel keeps its nearest
+                    resized = resize(roi_core_t, working_shape, mode="nearest") * roi_mask_t
+                roi_core_t = resized
 
         known_latent = self.channels.standardize(self.autoencoder.encode_volume(roi_image) * self.latent_scale)
         generator = torch.Generator(device=self.device).manual_seed(int(seed))

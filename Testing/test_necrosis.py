@@ -49,6 +49,9 @@ def test_core_from_mask_takes_the_deepest_share_of_each_tumor():
         part = mask & (np.abs(x - cx) < 12)
         share = np.count_nonzero(core & part) / np.count_nonzero(part)
         assert 0.08 <= share <= 0.14 and core[15, 20, cx]
+    cube = np.zeros((5, 5, 5), bool)
+    cube[1:4, 1:4, 1:4] = True  # 27 voxels, 26 of them at the same depth as one another
+    assert np.count_nonzero(core_from_mask(cube, 0.1)) == 3 and core_from_mask(cube, 0.1)[2, 2, 2]
     tiny = np.zeros((5, 5, 5), bool)
     tiny[2, 2, 2] = True
     assert np.array_equal(core_from_mask(tiny, 0.05), tiny)  # at least the deepest voxel

@@ -825,6 +825,17 @@ def test_necrosis_conditioning_widens_a_finetuned_denoiser_and_the_pipeline_make
     with pytest.raises(SynBTError, match="necrosis_conditioning"):
         train_diffusion(necrotic_data, autoencoder_run.bundle, tmp_path / "off",
                         {**config, "finetune": {"bundle": str(tuned.bundle)}}, verbose=False)
+    plain_pipeline = SynthesisPipeline.from_bundle(plain.bundle)
+    with pytest.raises(SynBTError, match="necrosis must be"):
+        plain_pipeline(case, mask, seed=1, steps=2, necrosis="yes")
+    with pytest.raises(SynBTError, match="outside the tumor mask"):
+        pipeline(case, mask, seed=1, steps=2, necrosis=(mask == 0))
+    with pytest.raises(SynBTError, match="no training tumor .* necrotic"):
+        train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "none", {**config, "necrosis_conditioning": True},
+                        verbose=False)
+    with pytest.raises(SynBTError, match="differs from the finetune bundle's 'cells'"):
+        train_diffusion(necrotic_data, autoencoder_run.bundle, tmp_path / "enc",
+                        {**config, "mask_encoding": "voxels", "finetune": {"bundle": str(tuned.bundle)}}, verbose=False)
     with pytest.raises(SynBTError, match="necrosis_conditioning must be"):
         train_diffusion(necrotic_data, autoencoder_run.bundle, tmp_path / "bad",
                         {**config, "necrosis_conditioning": "yes"}, verbose=False)

@@ -101,8 +101,9 @@ def full_worker(spec: dict) -> dict:
     norm = fit_normalization(case)
     image = torch.from_numpy(normalize(np.pad(case.phases, [(0, 0), *padding], mode="edge"), norm))[None]
     mask_t = torch.from_numpy(np.pad(mask, padding).astype(np.float32))[None, None]
+    core_t = torch.zeros_like(mask_t) if pipeline.takes_necrosis else None  # the cost is the same with a core
     mask_latent, erased = denoiser_condition(mask_t, pipeline.compression, pipeline.mask_dilation_cells,
-                                             pipeline.mask_encoding)
+                                             pipeline.mask_encoding, core_t)
     known = pipeline.channels.standardize(ae.encode_volume(image) * scale)
     context = pipeline.channels.standardize(ae.encode_volume(erase_mask(image, erased)) * scale)
     del image

@@ -36,8 +36,8 @@ def register(subparsers) -> None:
                    "which is what bundles without kinetic classes always do)")
     p.add_argument("--necrosis", choices=("yes", "no"),
                    help="whether the tumor gets a non-enhancing necrotic core (the deepest part of the mask), for "
-                   "bundles trained with necrotic cores (default: drawn by the seed as often as in the bundle's "
-                   "training tumors of that size)")
+                   "bundles trained with necrotic cores (default: drawn by the seed, as often as the bundle's "
+                   "training tumors at least as large as its smallest necrotic one had a core)")
     p.add_argument("--resample", action="store_true", help="resample phases and mask onto the first phase's grid")
     p.add_argument("--resample-mask", action="store_true", help="resample only the mask onto the case grid")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out folder")

@@ -36,7 +36,8 @@ class DenoiserConfig:
     num_head_channels: int = 16
     norm_num_groups: int = 8
     # channels of the mask condition: 1 = the generated latent region (older bundles); 1 + c**3 adds
-    # the tumor's voxel outline (conditioning.denoiser_condition, "mask_encoding": "voxels")
+    # the tumor's voxel outline (conditioning.denoiser_condition, "mask_encoding": "voxels"); with
+    # necrosis c**3 more (so the count alone does not tell the encoding: the bundle records it)
     mask_channels: int = 1
     # a class label for the tumor's kinetic curve type (KINETIC_CLASSES); False in older bundles
     kinetic_classes: bool = False
@@ -46,6 +47,8 @@ class DenoiserConfig:
 
     def __post_init__(self):
         self.mask_channels = int(self.mask_channels)
+        if not isinstance(self.necrosis, bool):
+            raise SynBTError(f"denoiser necrosis must be true or false, got {self.necrosis!r}")
         if self.mask_channels < 1:
             raise SynBTError(f"denoiser mask_channels must be 1 or more, got {self.mask_channels}")
         self.channels = tuple(int(c) for c in self.channels)

@@ -214,11 +214,16 @@ def train_diffusion(
         if not isinstance(necrosis, bool):
             raise SynBTError(f"necrosis_conditioning must be true or false, got {necrosis!r}")
         mask_channels = mask_condition_channels(config["mask_encoding"], net.config.compression, necrosis)
-        widen = (source is not None and necrosis and not config["denoiser"].get("necrosis", False)
-                 and int(config["denoiser"].get("mask_channels", 1))
-                 == mask_condition_channels(config["mask_encoding"], net.config.compression))
-        if source is not None and config["denoiser"].get("necrosis", False) and not necrosis:
+        if necrosis and net.config.in_channels < 2:
+            raise SynBTError("necrosis_conditioning needs a pre-contrast and a post-contrast phase")
+        if source is not None and source.config.get("mask_encoding", "cells") != config["mask_encoding"]:
+            # checked by name: with necrosis, "cells" has as many channels as "voxels" without
+            raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
+                             f"{source.config.get('mask_encoding', 'cells')!r}")
+        source_necrosis = source is not None and bool(config["denoiser"].get("necrosis", False))
+        if source_necrosis and not necrosis:
             raise SynBTError("the finetune bundle's denoiser was trained with necrosis_conditioning; keep it on")
+        widen = source is not None and necrosis and not source_necrosis
         if source is not None and not widen and int(config["denoiser"].get("mask_channels", 1)) != mask_channels:
             raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
                              f"denoiser ({config['denoiser'].get('mask_channels', 1)} mask channels)")
@@ -254,6 +259,9 @@ def train_diffusion(
             device=dist.device, progress=verbose and dist.is_main, mask_dilation_cells=dilation,
             mask_encoding=config["mask_encoding"], cache_dir=latent_cache, kinetics=kinetic, necrosis=necrosis,
         )
+        if necrosis and not any(f > 0 for c in encoded for _, f in (c.tumor_necrosis or [])):
+            raise SynBTError(f"no training tumor in {data} has a necrotic (non-enhancing) core; train without "
+                             "necrosis_conditioning")
         if kinetic and not any(c.tumor_kinetics is not None and c.tumor_kinetics.any() for c in encoded):
             raise SynBTError(f"no training tumor in {data} could be given a curve type; train without kinetic_conditioning")
         channels = ChannelStandardizer()
