@@ -83,6 +83,9 @@ class _MomentMap:
     shift: tuple[float, ...]
     factor: tuple[float, ...]
     kinetic_shift: dict[str, tuple[float, ...]] = field(default_factory=dict)  # curve type -> its own shift
+    # the factor of tumors generated with a necrotic core, where one was fitted (``factor`` is then
+    # that of the tumors without one): a core spreads a tumor's values far more than its absence does
+    necrotic_factor: tuple[float, ...] | None = None
 
     CONFIG_KEY = CONFIG_KEY
     UNIT = "channel"  # what one entry of shift and factor belongs to, for messages
@@ -96,6 +99,10 @@ class _MomentMap:
                              f"{shift.shape} and {factor.shape}")
         if not (np.isfinite(shift).all() and np.isfinite(factor).all() and (factor > 0).all()):
             raise SynBTError(f"{key}: the shifts must be finite and the factors positive")
+        if self.necrotic_factor is not None:
+            necrotic = np.asarray(self.necrotic_factor, np.float64)
+            if necrotic.shape != factor.shape or not (np.isfinite(necrotic).all() and (necrotic > 0).all()):
+                raise SynBTError(f"{key}: necrotic_factor needs one positive factor per {self.UNIT}")
         for name, values in self.kinetic_shift.items():
             values = np.asarray(values, np.float64)
             if name not in CURVE_TYPES or values.shape != shift.shape or not np.isfinite(values).all():
@@ -110,8 +117,14 @@ class _MomentMap:
         """The shift of curve type ``kinetics`` where one was fitted, else the pooled one."""
         return self.kinetic_shift.get(kinetics, self.shift)
 
+    def factor_for(self, necrotic: bool) -> tuple[float, ...]:
+        """The factor of a tumor with (``necrotic``) or without a necrotic core."""
+        return self.necrotic_factor if necrotic and self.necrotic_factor is not None else self.factor
+
     def to_config(self) -> dict:
         entry = {"shift": list(self.shift), "factor": list(self.factor)}
+        if self.necrotic_factor is not None:
+            entry["necrotic_factor"] = list(self.necrotic_factor)
         if self.kinetic_shift:
             entry["kinetic_shift"] = {name: list(values) for name, values in self.kinetic_shift.items()}
         return {self.CONFIG_KEY: entry}
@@ -125,14 +138,16 @@ class _MomentMap:
             return None
         if not isinstance(entry, dict) or "shift" not in entry or "factor" not in entry:
             raise SynBTError(f"{key} must be an object with 'shift' and 'factor' lists")
-        unknown = sorted(set(entry) - {"shift", "factor", "kinetic_shift"})
+        unknown = sorted(set(entry) - {"shift", "factor", "kinetic_shift", "necrotic_factor"})
         if unknown:
             raise SynBTError(f"{key} has unknown key(s) {', '.join(map(repr, unknown))}")
         kinetic = entry.get("kinetic_shift", {})
         if not isinstance(kinetic, dict):
             raise SynBTError(f"{key} kinetic_shift must map curve types to lists of numbers")
+        necrotic = entry.get("necrotic_factor")
         calibration = cls(_numbers(entry["shift"], "shift", key), _numbers(entry["factor"], "factor", key),
-                          {str(k): _numbers(v, f"kinetic_shift {k}", key) for k, v in kinetic.items()})
+                          {str(k): _numbers(v, f"kinetic_shift {k}", key) for k, v in kinetic.items()},
+                          None if necrotic is None else _numbers(necrotic, "necrotic_factor", key))
         if calibration.channels != channels:
             raise SynBTError(f"{key} has {calibration.channels} {cls.UNIT}s, {cls.TARGET} {channels}")
         return calibration
@@ -172,18 +187,21 @@ class ImageCalibration(_MomentMap):
     UNIT = "phase"
     TARGET = "the model"
 
-    def apply(self, image: np.ndarray, mask: np.ndarray, kinetics: str | None = None) -> np.ndarray:
+    def apply(self, image: np.ndarray, mask: np.ndarray, kinetics: str | None = None,
+              core: np.ndarray | None = None) -> np.ndarray:
         """(P, Z, Y, X) normalized image with the voxels of ``mask`` (Z, Y, X) mapped per phase, each
-        connected tumor around its own mean; a new array, other voxels unchanged."""
+        connected tumor around its own mean (with the necrotic factor where it holds part of ``core``,
+        the necrotic core it was generated with); a new array, other voxels unchanged."""
         if image.ndim != 4 or image.shape[0] != self.channels or mask.shape != image.shape[1:]:
             raise SynBTError(f"the image calibration has {self.channels} phases: apply takes a (P, Z, Y, X) image "
                              f"and a (Z, Y, X) mask, got {image.shape} and {mask.shape}")
         shift = np.asarray(self.shift_for(kinetics), np.float32)[:, None]
-        factor = np.asarray(self.factor, np.float32)[:, None]
         components, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
         out = image.copy()
         for label in range(1, count + 1):
             inside = components == label
+            necrotic = core is not None and bool(np.any(np.asarray(core)[inside]))
+            factor = np.asarray(self.factor_for(necrotic), np.float32)[:, None]
             values = image[:, inside]
             mean = values.mean(axis=1, keepdims=True)
             out[:, inside] = mean + shift + (values - mean) * factor
@@ -207,6 +225,7 @@ class CalibrationFit:
     real_mean: np.ndarray  # mean of the per-tumor means
     generated_mean: np.ndarray
     kinetic_counts: dict[str, int] = field(default_factory=dict)  # tumors per measured curve type
+    necrotic_tumors: int = 0  # tumors generated with their measured necrotic core
 
     def table(self) -> list[dict]:
         """One row per channel, for printing and the model card."""
@@ -257,15 +276,16 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
 
     if pipeline.image_calibration is not None:
         raise SynBTError("fit the image calibration with a pipeline that carries none")
-    real_means, real_stds, generated_means, generated_stds, types = [], [], [], [], []
+    real_means, real_stds, generated_means, generated_stds, types, necrotic = [], [], [], [], [], []
     for index, (name, case, mask) in enumerate(samples):
         try:
             kinetics = _curve_type(pipeline, case, mask)
-            synthetic = pipeline(case, mask, seed=seed + index, steps=steps, kinetics=kinetics,
-                                 necrosis=_core(pipeline, case, mask))
+            core = _core(pipeline, case, mask)
+            synthetic = pipeline(case, mask, seed=seed + index, steps=steps, kinetics=kinetics, necrosis=core)
         except SynBTError as exc:
             raise SynBTError(f"calibration tumor {index + 1} ({name}): {exc}") from None
         types.append(kinetics)
+        necrotic.append(core is not None and bool(core.any()))
         norm = fit_normalization(case)
         for image, means, stds in ((case, real_means, real_stds), (synthetic, generated_means, generated_stds)):
             values = normalize(image.phases[:, mask > 0], norm).astype(np.float64)
@@ -274,7 +294,7 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         if progress is not None:
             progress(index + 1)
     return _fit_moments(ImageCalibration, real_means, real_stds, generated_means, generated_stds,
-                        [True] * len(types), types, "no calibration tumor")
+                        [True] * len(types), types, "no calibration tumor", necrotic)
 
 
 def _curve_type(pipeline, case, mask) -> str | None:
@@ -292,14 +312,22 @@ def _core(pipeline, case, mask):
 
 
 def _fit_moments(kind, real_means, real_stds, generated_means, generated_stds, spread_known, types,
-                 no_spread: str) -> CalibrationFit:
+                 no_spread: str, necrotic=None) -> CalibrationFit:
     """shift = mean of (real mean - generated mean), factor = geometric mean of the spread ratios over
-    the tumors with a known spread; a shift per curve type with at least two tumors."""
+    the tumors with a known spread; a shift per curve type with at least two tumors. With ``necrotic``
+    (a flag per tumor: generated with a core) and at least two tumors with a spread on either side,
+    the factor is fitted apart for each: ``necrotic_factor`` and ``factor`` (the other tumors)."""
     if len(real_means) < 2:
         raise SynBTError(f"calibration needs at least 2 tumors, got {len(real_means)}")
     with_spread = np.asarray(spread_known) & (np.min(real_stds, axis=1) > 0) & (np.min(generated_stds, axis=1) > 0)
     if not with_spread.any():
         raise SynBTError(f"{no_spread} (with a spread in every {kind.UNIT}); use larger tumors")
+    flags = np.zeros(len(real_means), bool) if necrotic is None else np.asarray(necrotic, bool)
+    split = int((with_spread & flags).sum()) >= 2 and int((with_spread & ~flags).sum()) >= 2
+    necrotic_factor = None
+    if split:
+        necrotic_factor = tuple(float(v) for v in _spread_ratio(real_stds, generated_stds, with_spread & flags))
+        with_spread = with_spread & ~flags  # the pooled factor is then that of the tumors without a core
     real_spread = np.exp(np.mean(np.log(np.asarray(real_stds)[with_spread]), axis=0))
     generated_spread = np.exp(np.mean(np.log(np.asarray(generated_stds)[with_spread]), axis=0))
     real_mean, generated_mean = np.mean(real_means, axis=0), np.mean(generated_means, axis=0)
@@ -308,9 +336,15 @@ def _fit_moments(kind, real_means, real_stds, generated_means, generated_stds, s
     kinetic_shift = {name: tuple(float(v) for v in differences[[t == name for t in types]].mean(axis=0))
                      for name, count in counts.items() if count >= 2}
     calibration = kind(tuple(float(v) for v in differences.mean(axis=0)),
-                       tuple(float(v) for v in real_spread / generated_spread), kinetic_shift)
+                       tuple(float(v) for v in real_spread / generated_spread), kinetic_shift, necrotic_factor)
     return CalibrationFit(calibration, len(real_means), real_spread, generated_spread, real_mean, generated_mean,
-                          counts)
+                          counts, int(flags.sum()))
+
+
+def _spread_ratio(real_stds, generated_stds, which) -> np.ndarray:
+    """Geometric mean of real / generated spread over the tumors ``which``."""
+    real = np.exp(np.mean(np.log(np.asarray(real_stds)[which]), axis=0))
+    return real / np.exp(np.mean(np.log(np.asarray(generated_stds)[which]), axis=0))
 
 
 def tumor_samples(data, max_tumors: int | None = None, min_voxels: int = 27):
@@ -406,10 +440,20 @@ def _image_lines(fit: CalibrationFit | None) -> str:
         return ""
     kinetic = "".join(f"\nShift of {name} tumors: {', '.join(f'{v:.3f}' for v in values)}."
                       for name, values in fit.calibration.kinetic_shift.items())
+    kinetic += _necrotic_line(fit)
     return ("\nThen, per DCE phase in normalized units, the same over the mask's voxels of the real tumor and of a "
             "whole synthesis with the latent calibration (the image calibration, applied after decoding):\n\n"
             "| phase | real spread | generated spread | factor | real mean | generated mean | shift |\n"
             "|---|---|---|---|---|---|---|\n" + _markdown_rows(fit) + "\n" + kinetic + ("\n" if kinetic else ""))
+
+
+def _necrotic_line(fit: CalibrationFit) -> str:
+    """The necrotic tumors' own factor, where one was fitted ('' otherwise)."""
+    if fit.calibration.necrotic_factor is None:
+        return ""
+    return (f"\nFactor of the {fit.necrotic_tumors} tumors generated with their necrotic core: "
+            f"{', '.join(f'{v:.3f}' for v in fit.calibration.necrotic_factor)} (the table's spreads and "
+            "factor are those of the other tumors).")
 
 
 def _kinetic_lines(fit: CalibrationFit) -> str:

@@ -68,6 +68,8 @@ def test_apply_sets_the_tumor_moments_and_leaves_every_other_cell_alone():
     ({"shift": ["a"] * 4, "factor": [1.0] * 4}, "shift must be a list of numbers"),
     ({"shift": "0000", "factor": [1.0] * 4}, "shift must be a list of numbers"),
     ({"shift": [0.0] * 4, "factor": [1.0] * 4, "kinetic_shifts": {}}, "unknown key"),
+    ({"shift": [0.0] * 4, "factor": [1.0] * 4, "necrotic_factor": [1.0, 1.0, 0.0, 1.0]}, "necrotic_factor needs"),
+    ({"shift": [0.0] * 4, "factor": [1.0] * 4, "necrotic_factor": [1.0] * 3}, "necrotic_factor needs"),
 ])
 def test_a_bad_calibration_config_is_refused(entry, message):
     with pytest.raises(SynBTError, match=message):
@@ -288,6 +290,40 @@ def test_image_apply_sets_each_tumors_phase_moments_and_leaves_other_voxels_alon
     with pytest.raises(SynBTError, match="image_calibration: the shifts must be finite"):
         ImageCalibration.from_config({"image_calibration": {"shift": [0.0, 0.0, 0.0], "factor": [1.0, -1.0, 1.0]}}, 3)
     assert ImageCalibration.from_config(calibration.to_config(), 3) == calibration
+
+
+def test_a_tumor_generated_with_a_necrotic_core_gets_the_necrotic_factor():
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(3, 10, 12, 12)).astype(np.float32)
+    mask = np.zeros((10, 12, 12), bool)
+    mask[1:4, 2:6, 2:6] = True
+    mask[6:9, 7:11, 7:11] = True
+    core = np.zeros_like(mask)
+    core[7, 8, 8] = True  # only the second tumor has a core
+    calibration = ImageCalibration(shift=(0.0,) * 3, factor=(0.5,) * 3, necrotic_factor=(2.0, 3.0, 4.0))
+    out = calibration.apply(image, mask, core=core)
+    first, second = (slice(None), slice(1, 4), slice(2, 6), slice(2, 6)), (slice(None), slice(6, 9), slice(7, 11), slice(7, 11))
+    np.testing.assert_allclose(out[first].reshape(3, -1).std(1), image[first].reshape(3, -1).std(1) * 0.5, rtol=1e-4)
+    np.testing.assert_allclose(out[second].reshape(3, -1).std(1), image[second].reshape(3, -1).std(1) * [2.0, 3.0, 4.0],
+                               rtol=1e-4)
+    np.testing.assert_allclose(calibration.apply(image, mask), calibration.apply(image, mask, core=np.zeros_like(mask)))
+    assert ImageCalibration.from_config(calibration.to_config(), 3) == calibration
+
+
+def test_the_necrotic_factor_is_fitted_apart_only_with_two_tumors_on_either_side():
+    from SynBTLib.calibration import _fit_moments
+
+    real_means = [np.zeros(2)] * 5
+    real_stds = [np.array([2.0, 2.0])] * 3 + [np.array([1.0, 1.0])] * 2
+    generated_stds = [np.array([1.0, 1.0])] * 5
+    split = _fit_moments(ImageCalibration, real_means, real_stds, real_means, generated_stds, [True] * 5,
+                         [None] * 5, "none", [True, True, True, False, False])
+    assert split.calibration.necrotic_factor == (2.0, 2.0) and split.calibration.factor == (1.0, 1.0)
+    assert split.necrotic_tumors == 3
+    pooled = _fit_moments(ImageCalibration, real_means, real_stds, real_means, generated_stds, [True] * 5,
+                          [None] * 5, "none", [True, False, False, False, False])
+    assert pooled.calibration.necrotic_factor is None
+    np.testing.assert_allclose(pooled.calibration.factor, [2 ** 0.6] * 2)  # geometric mean over all five
 
 
 def test_the_fitted_image_calibration_maps_whole_syntheses_onto_the_real_tumors(pipeline):  # noqa: F811

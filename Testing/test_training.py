@@ -820,6 +820,13 @@ def test_necrosis_conditioning_widens_a_finetuned_denoiser_and_the_pipeline_make
     assert changed.any() and not changed[case.phases[0] == 0].any()  # only where the tumor is generated
     with pytest.raises(SynBTError, match="necrosis must be"):
         pipeline(case, mask, seed=1, steps=2, necrosis="yes")
+    from SynBTLib.calibration import ImageCalibration
+
+    widened = SynthesisPipeline.from_bundle(  # the image stage's necrotic factor reaches only tumors with a core
+        tuned.bundle, image_calibration=ImageCalibration((0.0,) * 3, (1.0,) * 3, necrotic_factor=(2.0,) * 3))
+    np.testing.assert_allclose(widened(case, mask, seed=1, steps=2, necrosis=False).phases, without.phases, atol=1e-3)
+    spread = widened(case, mask, seed=1, steps=2, necrosis=measured).phases
+    assert not np.array_equal(spread, with_core.phases) and np.array_equal(spread[:, mask == 0], with_core.phases[:, mask == 0])
     with pytest.raises(SynBTError, match="without necrotic cores"):
         SynthesisPipeline.from_bundle(plain.bundle)(case, mask, seed=1, steps=2, necrosis=True)
     with pytest.raises(SynBTError, match="necrosis_conditioning"):

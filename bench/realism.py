@@ -23,7 +23,9 @@ to the denoiser's multiple, so it can differ a little: 0.892 vs 0.912 for the sh
 
 With --real-kinetics a bundle trained with curve types is asked for each real tumor's measured
 type (as `synbt calibrate` and `synbt export --kinetics source` do) instead of the seed's draw: the
-realism of the tumors a user gets who picks the type.
+realism of the tumors a user gets who picks the type. With --real-necrosis a bundle trained with
+necrotic cores gets each real tumor's measured core (necrosis.necrotic_core, as `synbt calibrate`
+does) instead of one drawn by the seed.
 
 Writes realism_features.csv, realism_auc.csv, realism_feature_means.csv and realism.png
 (example crops and kinetic curves) to --out.
@@ -66,13 +68,16 @@ def crop_of(case, mask: np.ndarray) -> dict:
 
 
 def run_study(synthesizers: dict, seeds, shape, steps, examples: int,
-              reconstructor=None, real_kinetics: bool = False) -> tuple[list[dict], list[dict], dict]:
+              reconstructor=None, real_kinetics: bool = False, real_necrosis: bool = False
+              ) -> tuple[list[dict], list[dict], dict]:
     """Feature rows of every tumor (real, per method and, with a ``reconstructor`` pipeline, the real
     tumor through its autoencoder), example crops, and seconds per synthesis. With ``real_kinetics``
-    a synthesizer that takes a curve type is asked for the real tumor's measured one."""
+    a synthesizer that takes a curve type is asked for the real tumor's measured one, with
+    ``real_necrosis`` one that takes a necrotic core gets the real tumor's measured core."""
     from tqdm import tqdm
 
     from SynBTLib.kinetics import tumor_curve_type
+    from SynBTLib.necrosis import necrotic_core
     from SynBTLib.realism import phantom_study_case, realism_features
 
     rows, crops, seconds = [], [], {name: [] for name in synthesizers}
@@ -98,6 +103,8 @@ def run_study(synthesizers: dict, seeds, shape, steps, examples: int,
             options = {}
             if real_kinetics and getattr(synth, "kinetic_choices", ()):
                 options["kinetics"] = tumor_curve_type(study.real.phases, study.mask)
+            if real_necrosis and getattr(synth, "takes_necrosis", False):
+                options["necrosis"] = necrotic_core(study.real.phases, study.mask)
             synthetic = synth(study.background, study.mask, seed=seed, steps=steps.get(name), **options)
             seconds[name].append(time.perf_counter() - start)
             rows.append({**common, "source": name,
@@ -208,6 +215,8 @@ def main(argv=None) -> int:
     parser.add_argument("--first-seed", type=int, default=100_000, help="first phantom seed (default 100000)")
     parser.add_argument("--real-kinetics", action="store_true",
                         help="ask a bundle with curve types for each real tumor's measured type (default: the seed's draw)")
+    parser.add_argument("--real-necrosis", action="store_true",
+                        help="give a bundle with necrotic cores each real tumor's measured core (default: the seed's draw)")
     parser.add_argument("--shape", type=int, nargs=3, default=(192, 192, 64), metavar=("X", "Y", "Z"))
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=20, help="fold shuffles of the cross-validation (default 20)")
@@ -250,7 +259,7 @@ def main(argv=None) -> int:
         seeds = list(range(args.first_seed, args.first_seed + args.n))
         started = time.perf_counter()
         rows, crops, seconds = run_study(synthesizers, seeds, tuple(args.shape), steps, args.examples, reconstructor,
-                                         real_kinetics=args.real_kinetics)
+                                         real_kinetics=args.real_kinetics, real_necrosis=args.real_necrosis)
         elapsed = time.perf_counter() - started
     except SynBTError as exc:
         print(f"error: {exc}", file=sys.stderr)

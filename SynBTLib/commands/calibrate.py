@@ -44,6 +44,9 @@ def run(args) -> int:
     if image_fit is not None:
         print("image calibration, per phase (normalized units):")
         _print_table(image_fit, "phase")
+        if image_fit.calibration.necrotic_factor is not None:
+            print(f"tumors with a necrotic core ({image_fit.necrotic_tumors}): factor "
+                  + ", ".join(f"{v:.3f}" for v in image_fit.calibration.necrotic_factor) + " (the table: the others)")
     print(f"calibrated bundle: {path}")
     return 0
 
