@@ -462,11 +462,11 @@ def test_diffusion_kinetic_conditioning_records_frequencies_and_the_pipeline_obe
     bundle = load_bundle(run.bundle)
     assert bundle.denoiser.config.kinetic_classes is True
     frequencies = bundle.config["kinetic_frequencies"]
-    assert frequencies["persistent"] == 4 and sum(frequencies.values()) == 4  # 2 cases x flip, all rising
+    assert frequencies["persistent"] == 2 and sum(frequencies.values()) == 2  # 2 whole tumors, all rising (flips not counted)
     pipeline = SynthesisPipeline.from_bundle(run.bundle)
     assert pipeline.kinetic_choices == ("persistent", "plateau", "washout")
     assert {pipeline.choose_kinetics(None, seed) for seed in range(20)} == {"persistent"}  # as trained
-    assert pipeline.kinetic_frequencies == {"persistent": 4.0, "plateau": 0.0, "washout": 0.0}
+    assert pipeline.kinetic_frequencies == {"persistent": 2.0, "plateau": 0.0, "washout": 0.0}
     uniform = SynthesisPipeline.from_bundle(run.bundle, kinetic_frequencies=None)  # none given: every type alike
     assert {uniform.choose_kinetics(None, seed) for seed in range(30)} == set(uniform.kinetic_choices)
     with pytest.raises(SynBTError, match="kinetic_frequencies"):
@@ -487,6 +487,18 @@ def test_diffusion_kinetic_conditioning_records_frequencies_and_the_pipeline_obe
     with pytest.raises(SynBTError, match="kinetic"):
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "ft",
                         {**config, "kinetic_conditioning": False, "finetune": {"bundle": str(run.bundle)}}, verbose=False)
+
+
+def test_whole_tumor_types_skip_fragments_and_read_the_original_intensities(dataset):
+    from SynBTLib.training.data import whole_tumor_types
+
+    case = load_cases(dataset, need_tumors=True, progress=False)[0]
+    tumor = case.tumor.copy()
+    tumor[0, 0, 0] = 1  # a one-voxel fragment: not a tumor of its own
+    assert whole_tumor_types(case, case.image, tumor) == ["persistent"]
+    washout = case.image.copy()
+    washout[2][case.tumor > 0] = washout[1][case.tumor > 0] - 0.2  # the last phase falls well below the peak
+    assert whole_tumor_types(case, washout, case.tumor) == ["washout"]
 
 
 def test_weighted_mse_counts_the_masked_error_by_its_weight():

@@ -154,6 +154,9 @@ class LatentCase:
     # (equivalent diameter mm, necrotic core's volume fraction or 0) of each voxel-level tumor
     # component, measured with necrosis conditioning (on the unflipped variant only)
     tumor_necrosis: list[tuple[float, float]] | None = None
+    # curve type of each whole tumor (26-connected, >= MIN_TUMOR_VOXELS) on the unflipped variant: what
+    # the pipeline's draw follows (the labels above are per latent component, fragments and flips included)
+    whole_tumor_types: list[str] | None = None
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int, minimum: Sequence[int], mode: str) -> np.ndarray:
@@ -236,6 +239,7 @@ def encode_cases(
                     tumor_centers=np.round(centers).astype(int).reshape(-1, 3),
                     tumor_kinetics=curve_types,
                     tumor_necrosis=_necrosis_records(tumor, core, case.spacing) if necrosis and not flip else None,
+                    whole_tumor_types=whole_tumor_types(case, image, tumor) if kinetics and not flip else None,
                 )
             )
     if cache is not None and progress:
@@ -253,6 +257,26 @@ def _necrosis_records(tumor: np.ndarray, core: np.ndarray, spacing_xyz) -> list[
         voxels = int(component.sum())
         records.append((equivalent_diameter_mm(voxels, spacing_xyz[::-1]), float((core & component).sum()) / voxels))
     return records
+
+
+MIN_TUMOR_VOXELS = 27  # smaller components are fragments (a spicule's tip), as in calibration.tumor_samples
+
+
+def whole_tumor_types(case: TrainingCase, image: np.ndarray, tumor: np.ndarray) -> list[str]:
+    """The BI-RADS curve type of every whole tumor (26-connected component of at least MIN_TUMOR_VOXELS
+    voxels) in the original intensities; [] without 3 phases or an intensity range."""
+    from ..kinetics import classify_curve
+
+    if image.shape[0] < 3 or case.intensity_range is None:
+        return []
+    low, high = case.intensity_range
+    components, count = ndimage.label(tumor > 0, structure=np.ones((3, 3, 3)))
+    types = []
+    for k in range(1, count + 1):
+        inside = components == k
+        if inside.sum() >= MIN_TUMOR_VOXELS:
+            types.append(classify_curve(image[:, inside].astype(np.float64).mean(axis=1) * (high - low) + low))
+    return types
 
 
 def tumor_curve_classes(case: TrainingCase, image: np.ndarray, tumor: np.ndarray, components: np.ndarray,

@@ -319,10 +319,9 @@ def train_diffusion(
                 meta["context_margin_mm"] = float(margin)
             meta["mask_dilation_cells"] = dilation
             meta["mask_encoding"] = config["mask_encoding"]
-            if kinetic:  # how often each curve type was trained: the pipeline draws from these by default
-                counts = np.bincount(np.concatenate([c.tumor_kinetics for c in encoded if c.tumor_kinetics is not None]),
-                                     minlength=len(KINETIC_CLASSES))
-                meta["kinetic_frequencies"] = {name: int(n) for name, n in zip(KINETIC_CLASSES, counts)}
+            if kinetic:  # how many whole training tumors had each curve type: the pipeline draws from these
+                types = [t for c in encoded for t in (c.whole_tumor_types or [])]
+                meta["kinetic_frequencies"] = {name: types.count(name) for name in KINETIC_CLASSES}
             if necrosis:  # how often and how large the training tumors' cores were: the pipeline draws from these
                 meta["necrosis"] = necrosis_statistics([r for c in encoded for r in (c.tumor_necrosis or [])])
             if source is not None:
