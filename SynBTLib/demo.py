@@ -129,7 +129,7 @@ def run_demo(
 
     log("writing the outputs and the figure")
     synthetic_dir = out / "synthetic"
-    synthetic_dir.mkdir()
+    synthetic_dir.mkdir(exist_ok=True)  # with overwrite, a second demo replaces the first one's files
     write_case(result, synthetic_dir)
     write_label(placement.mask, case.geometry, synthetic_dir / "tumor_labels.nii.gz")
     figure = synthesis_montage(

@@ -186,9 +186,11 @@ class SynthesisPipeline:
             if necrosis.any() and not core.any():
                 raise SynBTError("the necrotic core lies wholly outside the tumor mask")
             return core
-        if "core_fraction" not in self.necrosis:
-            raise SynBTError("this bundle records no necrotic training tumors (its config's \"necrosis\"); "
-                             "give the core as a mask")
+        if "core_fraction" not in self.necrosis:  # no necrotic training tumor recorded: none drawn, no size known
+            if necrosis:
+                raise SynBTError("this bundle records no necrotic training tumors (its config's \"necrosis\"); "
+                                 "give the core as a mask")
+            return np.zeros(mask.shape, dtype=bool)
         low, high = self.necrosis["core_fraction"]
         if necrosis is None:
             rng = np.random.default_rng([int(seed), 13])

@@ -30,6 +30,9 @@ def test_demo_writes_outputs_and_changes_only_the_tumor_region(tmp_path):
     assert enh > 1.3
     assert json.loads((out / "demo.json").read_text())["method"] == "handcrafted"
     assert summary["tumor_voxels"] == int(mask.sum())
+    (out / "synthetic" / "phase_0.nii.gz").write_bytes(b"stale")
+    again = run_demo(out, seed=2, method="handcrafted", size_mm=20.0, shape=(96, 96, 32), overwrite=True)
+    assert again["tumor_voxels"] > 0 and read_case(sorted((out / "synthetic").glob("phase_*.nii.gz"))).num_phases == 3
 
 
 def test_demo_refuses_an_existing_folder(tmp_path, capsys):
