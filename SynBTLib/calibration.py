@@ -326,10 +326,11 @@ def _fit_moments(kind, real_means, real_stds, generated_means, generated_stds, s
     split = int((with_spread & flags).sum()) >= 2 and int((with_spread & ~flags).sum()) >= 2
     necrotic_factor = None
     if split:
-        necrotic_factor = tuple(float(v) for v in _spread_ratio(real_stds, generated_stds, with_spread & flags))
+        which = with_spread & flags
+        necrotic_factor = tuple(float(v) for v in _geometric_spread(real_stds, which) / _geometric_spread(generated_stds, which))
         with_spread = with_spread & ~flags  # the pooled factor is then that of the tumors without a core
-    real_spread = np.exp(np.mean(np.log(np.asarray(real_stds)[with_spread]), axis=0))
-    generated_spread = np.exp(np.mean(np.log(np.asarray(generated_stds)[with_spread]), axis=0))
+    real_spread = _geometric_spread(real_stds, with_spread)
+    generated_spread = _geometric_spread(generated_stds, with_spread)
     real_mean, generated_mean = np.mean(real_means, axis=0), np.mean(generated_means, axis=0)
     differences = np.asarray(real_means) - np.asarray(generated_means)
     counts = {name: types.count(name) for name in CURVE_TYPES if name in types}
@@ -341,10 +342,9 @@ def _fit_moments(kind, real_means, real_stds, generated_means, generated_stds, s
                           counts, int(flags.sum()))
 
 
-def _spread_ratio(real_stds, generated_stds, which) -> np.ndarray:
-    """Geometric mean of real / generated spread over the tumors ``which``."""
-    real = np.exp(np.mean(np.log(np.asarray(real_stds)[which]), axis=0))
-    return real / np.exp(np.mean(np.log(np.asarray(generated_stds)[which]), axis=0))
+def _geometric_spread(stds, which) -> np.ndarray:
+    """Per channel, the geometric mean of the tumors' spreads over the tumors ``which``."""
+    return np.exp(np.mean(np.log(np.asarray(stds)[which]), axis=0))
 
 
 def tumor_samples(data, max_tumors: int | None = None, min_voxels: int = 27):
