@@ -36,7 +36,8 @@ def necrotic_core(phases: np.ndarray, tumor: np.ndarray) -> np.ndarray:
     # only the tumors' box (and one voxel around it) is looked at, not a 512x512x160 grid
     box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in ndimage.find_objects(tumor.astype(np.uint8))[0])
     tumor = tumor[box]
-    enhancement = phases[(slice(None), *box)][1].astype(np.float64) - phases[(slice(None), *box)][0]
+    roi = phases[(slice(None), *box)]
+    enhancement = roi[1].astype(np.float64) - roi[0]
     inner = ndimage.binary_erosion(tumor)
     components, count = ndimage.label(tumor)
     core = np.zeros(tumor.shape, dtype=bool)
