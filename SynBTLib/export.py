@@ -238,11 +238,8 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
             "index": t, "diameter_mm": diameter, "kind": kind, "center_mm": list(placement.center_mm),
             "shape_seed": shape_seed, "synthesis_seed": synthesis_seed, "voxels": int(placement.mask.sum()),
         }
-        described = {}
-        if hasattr(synth, "choose_core"):  # a diffusion pipeline: also the necrotic core it made
-            described = synth.describe(synthesis_seed, mask=placement.mask, spacing_zyx=spacing_zyx, **options)
-        elif hasattr(synth, "describe"):
-            described = synth.describe(synthesis_seed, **options)
+        described = (synth.describe(synthesis_seed, mask=placement.mask, spacing_zyx=spacing_zyx, **options)
+                     if hasattr(synth, "describe") else {})
         if described:  # the handcrafted appearance, or the curve type a kinetic bundle drew
             tumor["synthesis"] = described
         tumors.append(tumor)

@@ -151,8 +151,9 @@ class HandcraftedSynthesizer:
         report(total, total, "tumor synthesized")
         return case.with_phases(result)
 
-    def describe(self, seed: int) -> dict:
-        """The settings and the drawn appearance of the tumor for `seed`, for provenance."""
+    def describe(self, seed: int, mask=None, spacing_zyx=None) -> dict:
+        """The settings and the drawn appearance of the tumor for `seed`, for provenance (the mask and
+        spacing, which a diffusion pipeline's record needs, change nothing here)."""
         return {"blend_mm": self.blend_mm, "context_mm": self.context_mm, "appearance": draw_appearance(seed).to_dict()}
 
     @staticmethod

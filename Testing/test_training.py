@@ -490,15 +490,15 @@ def test_diffusion_kinetic_conditioning_records_frequencies_and_the_pipeline_obe
 
 
 def test_whole_tumor_types_skip_fragments_and_read_the_original_intensities(dataset):
-    from SynBTLib.training.data import whole_tumor_types
+    from SynBTLib.training.data import whole_tumor_types, whole_tumors
 
     case = load_cases(dataset, need_tumors=True, progress=False)[0]
     tumor = case.tumor.copy()
     tumor[0, 0, 0] = 1  # a one-voxel fragment: not a tumor of its own
-    assert whole_tumor_types(case, case.image, tumor) == ["persistent"]
+    assert whole_tumor_types(case, case.image, whole_tumors(tumor)) == ["persistent"]
     washout = case.image.copy()
     washout[2][case.tumor > 0] = washout[1][case.tumor > 0] - 0.2  # the last phase falls well below the peak
-    assert whole_tumor_types(case, washout, case.tumor) == ["washout"]
+    assert whole_tumor_types(case, washout, whole_tumors(case.tumor)) == ["washout"]
 
 
 def test_weighted_mse_counts_the_masked_error_by_its_weight():

@@ -220,6 +220,7 @@ def encode_cases(
                 image, tumor = image[..., ::-1], tumor[..., ::-1]
             image_t = torch.from_numpy(np.ascontiguousarray(image)).to(device)[None]
             tumor_t = torch.from_numpy(np.ascontiguousarray(tumor)).to(device)[None, None]
+            tumors = whole_tumors(tumor) if (necrosis or kinetics) and not flip else []
             core = necrotic_core(image, tumor) if necrosis else None
             core_t = None if core is None else torch.from_numpy(core.astype(np.uint8)).to(device)[None, None]
             generated, erased = denoiser_condition(tumor_t, compression, mask_dilation_cells, mask_encoding, core_t)
@@ -238,8 +239,8 @@ def encode_cases(
                     mask=latent_mask.astype(np.uint8),
                     tumor_centers=np.round(centers).astype(int).reshape(-1, 3),
                     tumor_kinetics=curve_types,
-                    tumor_necrosis=_necrosis_records(tumor, core, case.spacing) if necrosis and not flip else None,
-                    whole_tumor_types=whole_tumor_types(case, image, tumor) if kinetics and not flip else None,
+                    tumor_necrosis=_necrosis_records(tumors, core, case.spacing) if necrosis and not flip else None,
+                    whole_tumor_types=whole_tumor_types(case, image, tumors) if kinetics and not flip else None,
                 )
             )
     if cache is not None and progress:
@@ -247,36 +248,32 @@ def encode_cases(
     return encoded
 
 
-def _necrosis_records(tumor: np.ndarray, core: np.ndarray, spacing_xyz) -> list[tuple[float, float]]:
-    from ..necrosis import equivalent_diameter_mm
-
-    components, count = ndimage.label(tumor > 0)
-    records = []
-    for k in range(1, count + 1):
-        component = components == k
-        voxels = int(component.sum())
-        records.append((equivalent_diameter_mm(voxels, spacing_xyz[::-1]), float((core & component).sum()) / voxels))
-    return records
-
-
 MIN_TUMOR_VOXELS = 27  # smaller components are fragments (a spicule's tip), as in calibration.tumor_samples
 
 
-def whole_tumor_types(case: TrainingCase, image: np.ndarray, tumor: np.ndarray) -> list[str]:
-    """The BI-RADS curve type of every whole tumor (26-connected component of at least MIN_TUMOR_VOXELS
-    voxels) in the original intensities; [] without 3 phases or an intensity range."""
+def whole_tumors(tumor: np.ndarray) -> list[np.ndarray]:
+    """A bool mask per whole tumor: 26-connected components of at least MIN_TUMOR_VOXELS voxels."""
+    components, count = ndimage.label(tumor > 0, structure=np.ones((3, 3, 3)))
+    masks = (components == k for k in range(1, count + 1))
+    return [inside for inside in masks if inside.sum() >= MIN_TUMOR_VOXELS]
+
+
+def _necrosis_records(tumors: list[np.ndarray], core: np.ndarray, spacing_xyz) -> list[tuple[float, float]]:
+    from ..necrosis import equivalent_diameter_mm
+
+    return [(equivalent_diameter_mm(int(inside.sum()), spacing_xyz[::-1]), float((core & inside).sum()) / inside.sum())
+            for inside in tumors]
+
+
+def whole_tumor_types(case: TrainingCase, image: np.ndarray, tumors: list[np.ndarray]) -> list[str]:
+    """The BI-RADS curve type of every whole tumor (``whole_tumors``) in the original intensities;
+    [] without 3 phases or an intensity range."""
     from ..kinetics import classify_curve
 
     if image.shape[0] < 3 or case.intensity_range is None:
         return []
     low, high = case.intensity_range
-    components, count = ndimage.label(tumor > 0, structure=np.ones((3, 3, 3)))
-    types = []
-    for k in range(1, count + 1):
-        inside = components == k
-        if inside.sum() >= MIN_TUMOR_VOXELS:
-            types.append(classify_curve(image[:, inside].astype(np.float64).mean(axis=1) * (high - low) + low))
-    return types
+    return [classify_curve(image[:, inside].astype(np.float64).mean(axis=1) * (high - low) + low) for inside in tumors]
 
 
 def tumor_curve_classes(case: TrainingCase, image: np.ndarray, tumor: np.ndarray, components: np.ndarray,
