@@ -564,7 +564,7 @@ def test_train_campaign_runs_jobs_in_parallel_and_a_deadline_still_yields_a_bund
     jobs = [
         {"name": "ae", "kind": "ae", "data": str(dataset), "config": long_ae},
         {"name": "diffusion", "kind": "diffusion", "data": str(dataset), "autoencoder": str(autoencoder_run.bundle),
-         "config": DIFFUSION_CONFIG},
+         "config": DIFFUSION_CONFIG, "latent_cache": str(tmp_path / "latent_cache")},
     ]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     end_at = time.time() + 40  # the autoencoder job cannot finish a million steps: it hits the deadline
@@ -576,6 +576,7 @@ def test_train_campaign_runs_jobs_in_parallel_and_a_deadline_still_yields_a_bund
     assert result.returncode == 0, result.stderr[-2000:]
     assert "diffusion: complete" in result.stdout
     assert "ae: deadline at step" in result.stdout
+    assert any((tmp_path / "latent_cache").glob("*.safetensors"))  # the job's latent cache was used
     for name in ("ae", "diffusion"):
         with tarfile.open(tmp_path / "out" / f"{name}.tar") as tar:
             tar.extractall(tmp_path / "extracted", filter="data")
@@ -583,6 +584,28 @@ def test_train_campaign_runs_jobs_in_parallel_and_a_deadline_still_yields_a_bund
         assert (bundle.denoiser is not None) == (name == "diffusion")
     steps = load_bundle(tmp_path / "extracted" / "ae" / "bundle").config["training"]["steps"]
     assert steps > 0 and steps % 2 == 0  # the last checkpoint's step
+
+
+def test_train_campaign_deadline_before_the_first_checkpoint_reports_no_bundle(dataset, tmp_path):
+    import json
+    import subprocess
+    import sys
+    import tarfile
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    rare = {**AE_CONFIG, "training": {**AE_CONFIG["training"], "steps": 10**6, "checkpoint_every": 10**6}}
+    (tmp_path / "jobs.json").write_text(json.dumps([{"name": "early", "kind": "ae", "data": str(dataset), "config": rare}]))
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "train_campaign.py"), str(tmp_path / "jobs.json"),
+         "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--end-at", str(time.time() + 20)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "early: deadline at step" in result.stdout and "before the first checkpoint: no bundle" in result.stdout
+    with tarfile.open(tmp_path / "out" / "early.tar") as tar:
+        assert not any("bundle" in name for name in tar.getnames())
 
 
 # ---- decoder fine-tuning on a frozen encoder, and putting the decoder under a diffusion bundle

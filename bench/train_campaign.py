@@ -4,7 +4,8 @@
 
 For a lent GPU with a hard time limit: tiny networks leave most of an H100 idle, so several runs
 share it. JOBS.json is a list of {"name", "kind": "ae"|"diffusion", "data", "config": {...},
-"autoencoder": bundle or run (diffusion only), "command": text for the model card}. Each job runs
+"autoencoder": bundle or run (diffusion only), "latent_cache": folder (diffusion only, optional: a
+resume after the deadline then skips the encoding), "command": text for the model card}. Each job runs
 in its own process with 3 threads; its run folder is RUNDIR/name and DIR/name.tar gets its bundle,
 losses.csv, config.json and log. A job still training when the deadline nears stops at its last
 checkpoint and is resumed with steps = that checkpoint, so it still writes a bundle (with the
@@ -56,17 +57,21 @@ def run_job(job: dict, out: str, runs: str, end_at: float) -> None:
         common = dict(resume=resume, verbose=False, progress=progress_fn, command=job.get("command", ""))
         if job["kind"] == "ae":
             return train_autoencoder(job["data"], run_dir, config, **common)
-        return train_diffusion(job["data"], job["autoencoder"], run_dir, config, **common)
+        return train_diffusion(job["data"], job["autoencoder"], run_dir, config, latent_cache=job.get("latent_cache"),
+                               **common)
 
     try:
         run = train(job["config"], progress_fn=progress)
         status = "complete"
     except Deadline as stop:
-        step = read_checkpoint(run_dir / CHECKPOINT_FILE)["step"]
-        status = f"deadline at step {stop.args[0]}; bundle from the checkpoint at step {step} (LR not annealed)"
-        config = json.loads(json.dumps(job["config"]))
-        config.setdefault("training", {})["steps"] = step
-        run = train(config, resume=True)
+        if (run_dir / CHECKPOINT_FILE).is_file():
+            step = read_checkpoint(run_dir / CHECKPOINT_FILE)["step"]
+            status = f"deadline at step {stop.args[0]}; bundle from the checkpoint at step {step} (LR not annealed)"
+            config = json.loads(json.dumps(job["config"]))
+            config.setdefault("training", {})["steps"] = step
+            run = train(config, resume=True)
+        else:
+            status, run = f"deadline at step {stop.args[0]}, before the first checkpoint: no bundle", None
     except Exception:
         traceback.print_exc(file=log)
         status, run = "failed", None
@@ -105,7 +110,8 @@ def main(argv=None) -> int:
             proc.terminate()
     for name in names:
         log = Path(args.runs) / f"{name}.log"
-        print(log.read_text().strip().splitlines()[-1] if log.is_file() else f"{name}: no log", flush=True)
+        lines = log.read_text().strip().splitlines() if log.is_file() else []
+        print(lines[-1] if lines else f"{name}: no log", flush=True)
     return 0
 
 
