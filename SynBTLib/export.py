@@ -60,6 +60,8 @@ class ExportSettings:
     # curve type of every synthetic tumor, for a diffusion bundle trained with curve types: None draws it by
     # the seed (as often as in the bundle's training data), "source" takes the source case's own tumor's
     kinetics: str | None = None
+    # whether every synthetic tumor gets a necrotic core (a bundle trained with cores): None draws it by the seed
+    necrosis: bool | None = None
 
     def __post_init__(self):
         from .shapes import MAX_DIAMETER_MM, MIN_DIAMETER_MM
@@ -88,6 +90,10 @@ class ExportSettings:
             raise SynBTError(f"unknown --kinetics {self.kinetics!r}; choose one of {', '.join(KINETICS_CHOICES)}")
         if self.kinetics is not None and self.method == "handcrafted":
             raise SynBTError("--kinetics needs the diffusion method with a bundle trained with curve types")
+        if self.necrosis is not None and not isinstance(self.necrosis, bool):
+            raise SynBTError(f"necrosis must be true, false or unset (drawn by the seed), got {self.necrosis!r}")
+        if self.necrosis is not None and self.method == "handcrafted":
+            raise SynBTError("--necrosis needs the diffusion method with a bundle trained with necrotic cores")
 
     @property
     def name_width(self) -> int:
@@ -221,6 +227,8 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
     if kinetics == "source":  # the source tumor's measured curve type; the seed's draw when there is none
         kinetics = tumor_curve_type(case.phases, existing)
     options = {} if kinetics is None else {"kinetics": kinetics}
+    if settings.necrosis is not None:
+        options["necrosis"] = settings.necrosis
     spacing_zyx = case.geometry.spacing[::-1]
     breast = np.asarray(breast_tissue_mask(case).breast, dtype=bool)
     allowed = breast & ~_clearance(existing, spacing_zyx, EXISTING_TUMOR_CLEARANCE_MM)
@@ -471,10 +479,15 @@ def export_dataset(
     if settings.kinetics is not None and not getattr(synth, "kinetic_choices", ()):
         raise SynBTError(f"--kinetics {settings.kinetics}: the {method} synthesizer takes no curve type "
                          "(it needs a diffusion bundle trained with kinetic_conditioning)")
+    if settings.necrosis is not None and not hasattr(synth, "takes_necrosis"):
+        raise SynBTError(f"--necrosis: the {method} synthesizer takes no necrotic core (it needs the diffusion method)")
+    if settings.necrosis is not None and synth.core_refusal(settings.necrosis):
+        raise SynBTError(f"--necrosis yes: {synth.core_refusal(settings.necrosis)}")
     bundle_path, bundle_sha = _bundle_identity(method, settings.bundle)
     settings_record = asdict(settings) | {"size_mm": list(settings.size_mm)}
-    if settings.kinetics is None:  # exports made before the option existed resume with the same record
-        settings_record.pop("kinetics")
+    for option in ("kinetics", "necrosis"):  # exports made before an option existed resume with the same record
+        if getattr(settings, option) is None:
+            settings_record.pop(option)
     record = {
         "settings": settings_record,
         "source": str(source), "num_phases": num_phases, "method": method, "steps": steps,

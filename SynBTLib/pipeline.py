@@ -162,6 +162,14 @@ class SynthesisPipeline:
         """True when the denoiser was trained with necrotic cores (it can be asked for one)."""
         return self.denoiser is not None and bool(getattr(self.denoiser.config, "necrosis", False))
 
+    def core_refusal(self, necrosis: bool | None) -> str | None:
+        """Why ``necrosis`` (True / False / None = drawn) cannot be given to this pipeline, or None."""
+        if necrosis and not self.takes_necrosis:
+            return "this bundle's denoiser was trained without necrotic cores"
+        if necrosis and "core_fraction" not in self.necrosis:
+            return "this bundle records no necrotic training tumors (its config's \"necrosis\"), so no core size is known"
+        return None
+
     def choose_core(self, necrosis, seed: int, mask: np.ndarray, spacing_zyx) -> np.ndarray | None:
         """The necrotic core (bool, the mask's shape) a synthesis with ``necrosis`` and ``seed`` gets.
 

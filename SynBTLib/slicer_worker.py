@@ -47,6 +47,7 @@ class SynthesisRequest:
     auto_size_mm: float | None = None
     center_mm: tuple[float, float, float] | None = None  # LPS, with auto_size_mm
     kinetics: str | None = None  # curve type for a bundle trained with kinetic classes (None: drawn by the seed)
+    necrosis: str | None = None  # "yes" / "no": a necrotic core, for a bundle trained with cores (None: drawn)
 
 
 @dataclass
@@ -104,7 +105,20 @@ def build_synthesize_command(python: str, inputs: WorkerInputs, out_dir: str | P
         command += ["--bundle", str(request.bundle)]
     if request.kinetics:
         command += ["--kinetics", str(request.kinetics)]
+    if request.necrosis is not None:
+        command += ["--necrosis", necrosis_choice(request.necrosis)]
     return command + ["--out", str(out_dir), "--progress", "json"]
+
+
+NECROSIS_CHOICES = ("yes", "no")
+
+
+def necrosis_choice(value) -> str:
+    """'yes' or 'no' for the commands' --necrosis (bools accepted); anything else is refused."""
+    text = {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else str(value)
+    if text not in NECROSIS_CHOICES:
+        raise SynBTError(f"necrosis must be 'yes' or 'no' (or left to the seed), got {value!r}")
+    return text
 
 
 def parse_progress_line(line: str) -> ProgressEvent | None:
@@ -344,6 +358,7 @@ class ExportRequest:
     bundle: str | None = None
     steps: int | None = None
     kinetics: str | None = None  # curve type for a kinetic bundle, or "source" (synbt export --kinetics)
+    necrosis: str | None = None  # "yes" / "no" for a bundle trained with necrotic cores (None: drawn by the seed)
 
 
 @dataclass
@@ -392,6 +407,8 @@ def build_export_command(python: str, request: ExportRequest) -> list[str]:
             command += ["--steps", str(int(request.steps))]
         if request.kinetics:
             command += ["--kinetics", str(request.kinetics)]
+        if request.necrosis is not None:
+            command += ["--necrosis", necrosis_choice(request.necrosis)]
     return command
 
 

@@ -71,6 +71,8 @@ class SynBTParameterNode:
     steps: Annotated[int, WithinRange(1, 1000)] = 30
     # the tumor's curve type, for bundles trained with kinetic classes ("drawn": by the seed)
     kinetics: Annotated[str, Choice(["drawn", "persistent", "plateau", "washout", "any"])] = "drawn"
+    # a necrotic core, for bundles trained with cores ("drawn": by the seed)
+    necrosis: Annotated[str, Choice(["drawn", "yes", "no"])] = "drawn"
     outputSuffix: str = " SynBT"
     # Export synthetic cases (`synbt export`); the diffusion method uses bundlePath and steps above.
     exportSource: str = ""
@@ -81,6 +83,7 @@ class SynBTParameterNode:
     exportSizeMinMm: Annotated[float, WithinRange(5.0, 80.0)] = 10.0
     exportSizeMaxMm: Annotated[float, WithinRange(5.0, 80.0)] = 30.0
     exportSeed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    exportNecrosis: Annotated[str, Choice(["drawn", "yes", "no"])] = "drawn"
     # Train segmentation (`synbt train-seg`).
     trainData: str = ""
     trainOutput: str = ""
@@ -107,6 +110,7 @@ class SynBTParameterNode:
             bundle=(self.bundlePath or None) if diffusion else None,
             auto_size_mm=self.autoSizeMm if self.useAutoTumor else None,
             kinetics=self.kinetics if diffusion and self.kinetics != "drawn" else None,
+            necrosis=self.necrosis if diffusion and self.necrosis != "drawn" else None,
         )
 
     def exportRequest(self):
@@ -117,6 +121,7 @@ class SynBTParameterNode:
             source=self.exportSource, out=self.exportOutput, num_cases=self.exportNumCases, format=self.exportFormat,
             method=self.exportMethod, size_mm=(self.exportSizeMinMm, self.exportSizeMaxMm), seed=self.exportSeed,
             bundle=(self.bundlePath or None) if diffusion else None, steps=self.steps if diffusion else None,
+            necrosis=self.exportNecrosis if diffusion and self.exportNecrosis != "drawn" else None,
         )
 
     def trainRequest(self):
@@ -303,6 +308,7 @@ class SynBTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.bundlePathLineEdit.enabled = diffusion
         self.ui.stepsSpinBox.enabled = diffusion
         self.ui.kineticsComboBox.enabled = diffusion
+        self.ui.necrosisComboBox.enabled = diffusion
         self.ui.segmentSelector.enabled = bool(p and not p.useAutoTumor)
         self.ui.autoSizeSpinBox.enabled = bool(p and p.useAutoTumor)
         if not hasattr(self, "exportSection"):  # before setup() has finished
@@ -318,6 +324,7 @@ class SynBTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainSyntheticPathLineEdit.enabled = bool(p and p.trainSynthetic == "offline")
         self.ui.trainRatioSpinBox.enabled = bool(p and p.trainSynthetic != "none")
         self.ui.trainMethodComboBox.enabled = bool(p and p.trainSynthetic == "on-the-fly")
+        self.ui.exportNecrosisComboBox.enabled = bool(p and p.exportMethod == "diffusion")
 
     def onApplyButton(self):
         if self._job is not None:
@@ -408,10 +415,12 @@ class SynBTLogic(ScriptedLoadableModuleLogic):
         return not missing_modules()
 
     def synthesize(self, phaseNodes, segmentationNode=None, segmentId=None, seed=0, method=None,
-                   steps=None, bundle=None, autoSizeMm=None, suffix=" SynBT", progress=None, kinetics=None):
+                   steps=None, bundle=None, autoSizeMm=None, suffix=" SynBT", progress=None, kinetics=None,
+                   necrosis=None):
         """Synthesize in this process; returns SynBTLib.mrml.SynthesisResult (new nodes).
         method None: diffusion with the shipped bundle when it is there, else handcrafted.
-        kinetics: the curve type for a bundle trained with kinetic classes (None: drawn by the seed)."""
+        kinetics: the curve type for a bundle trained with kinetic classes (None: drawn by the seed).
+        necrosis: "yes"/"no" (or True/False): a necrotic core, for a bundle trained with cores (None: drawn)."""
         from SynBTLib import mrml
         from SynBTLib.slicer_worker import auto_tumor_mask
         from SynBTLib.synthesizers import make_synthesizer
@@ -424,6 +433,17 @@ class SynBTLogic(ScriptedLoadableModuleLogic):
             if not hasattr(synthesizer, "choose_kinetics"):
                 raise SynBTError(f"a kinetic curve type applies to the diffusion method, not to {method}")
             synthesizer = functools.partial(synthesizer, kinetics=kinetics)
+        if necrosis is not None:
+            from SynBTLib.errors import SynBTError
+            from SynBTLib.slicer_worker import necrosis_choice
+
+            core = necrosis_choice(necrosis) == "yes"
+            plain = synthesizer.func if isinstance(synthesizer, functools.partial) else synthesizer
+            if not hasattr(plain, "takes_necrosis"):
+                raise SynBTError(f"a necrotic core applies to the diffusion method, not to {method}")
+            if plain.core_refusal(core):
+                raise SynBTError(f"necrosis 'yes': {plain.core_refusal(core)}")
+            synthesizer = functools.partial(synthesizer, necrosis=core)
         if autoSizeMm is None:
             return mrml.synthesize_nodes(slicer.mrmlScene, phaseNodes, segmentationNode, segmentId, synthesizer,
                                          seed=seed, steps=steps, progress=progress, suffix=suffix)

@@ -163,9 +163,9 @@ def test_diffusion_without_a_bundle_is_one_clear_line(inputs, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def kinetic_bundle(folder, frequencies, kinetic=True, necrosis=False):
+def kinetic_bundle(folder, frequencies, kinetic=True, necrosis=False, necrosis_frequency=1.0):
     """A tiny bundle (random real networks) whose denoiser takes a kinetic curve type (or not), and a
-    necrotic core (drawn for every tumor of 1 mm or more)."""
+    necrotic core (drawn with ``necrosis_frequency`` for every tumor of 1 mm or more)."""
     import torch
 
     from SynBTLib.bundle import save_bundle
@@ -180,7 +180,8 @@ def kinetic_bundle(folder, frequencies, kinetic=True, necrosis=False):
                                                       mask_channels=1 + 4**3 if necrosis else 1, necrosis=necrosis))
     meta = {"phases": 3, **({"kinetic_frequencies": frequencies} if kinetic else {})}
     if necrosis:
-        meta["necrosis"] = {"tumors": 4, "necrotic": 4, "min_diameter_mm": 1.0, "frequency": 1.0, "core_fraction": [0.1, 0.2]}
+        meta["necrosis"] = {"tumors": 4, "necrotic": 4, "min_diameter_mm": 1.0, "frequency": necrosis_frequency,
+                             "core_fraction": [0.1, 0.2]}
     return save_bundle(folder, autoencoder, denoiser, SchedulerConfig(), 1.0, meta=meta, card_text="# tiny\n")
 
 

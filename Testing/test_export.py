@@ -232,3 +232,44 @@ def test_kinetics_source_gives_every_tumor_the_curve_type_of_its_source_tumor(so
     with pytest.raises(SynBTError, match="takes no curve type"):
         export.export_dataset(source, tmp_path / "x", export.ExportSettings(
             num_cases=1, method="diffusion", bundle=str(plain), steps=2, kinetics="washout"))
+
+
+def test_necrosis_option_gives_every_tumor_a_core_or_none_and_is_refused_where_it_does_not_apply(source, tmp_path):
+    from test_cli_synthesize import kinetic_bundle
+
+    # drawn: never (frequency 0), so every core below comes from the option
+    bundle = kinetic_bundle(tmp_path / "necrotic", None, kinetic=False, necrosis=True, necrosis_frequency=0.0)
+    cores = {}
+    for option in (True, False, None):
+        settings = export.ExportSettings(**SETTINGS, method="diffusion", bundle=str(bundle), steps=2, necrosis=option)
+        out = tmp_path / f"out_{option}"
+        export.export_dataset(source, out, settings, log=lambda message: None)
+        cores[option] = [json.loads(export.provenance_path(out, settings.case_name(i)).read_text())
+                         ["tumors"][0]["synthesis"]["necrotic_core_voxels"] for i in range(SETTINGS["num_cases"])]
+        recorded = json.loads((out / export.SETTINGS_FILE).read_text())["settings"]
+        assert recorded["necrosis"] is option if option is not None else "necrosis" not in recorded
+    assert all(n > 0 for n in cores[True]) and cores[False] == cores[None] == [0] * SETTINGS["num_cases"]
+    with pytest.raises(SynBTError, match="necrosis"):  # resuming with another choice is refused
+        export.export_dataset(source, tmp_path / "out_True", export.ExportSettings(
+            **SETTINGS, method="diffusion", bundle=str(bundle), steps=2, necrosis=False), log=lambda message: None)
+    with pytest.raises(SynBTError, match="--necrosis needs the diffusion method"):
+        export.ExportSettings(num_cases=1, method="handcrafted", necrosis=True)
+    with pytest.raises(SynBTError, match="true, false or unset"):
+        export.ExportSettings(num_cases=1, necrosis="yes")
+    plain = kinetic_bundle(tmp_path / "plain", None, kinetic=False)
+    with pytest.raises(SynBTError, match="trained without necrotic cores"):
+        export.export_dataset(source, tmp_path / "x", export.ExportSettings(
+            num_cases=1, method="diffusion", bundle=str(plain), steps=2, necrosis=True))
+    assert not (tmp_path / "x").exists()
+    # the command line: refused in one line before anything is written
+    out = tmp_path / "cli"
+    assert main(["export", "--source", str(source), "--out", str(out), "--num-cases", "1", "--format", "nnunet",
+                 "--method", "handcrafted", "--necrosis", "yes"]) == 2
+    assert not out.exists()
+    # a denoiser trained with cores whose bundle records no necrotic training tumor: no core size to draw
+    from SynBTLib.pipeline import SynthesisPipeline
+
+    stats_free = SynthesisPipeline.from_bundle(bundle)
+    stats_free.necrosis = {}
+    assert "no necrotic training tumors" in stats_free.core_refusal(True)
+    assert stats_free.core_refusal(False) is None and stats_free.core_refusal(None) is None

@@ -122,6 +122,10 @@ def test_method_choices_match_the_engine_and_the_commands():
     from SynBTLib.nets.denoiser import KINETIC_CLASSES
 
     assert tuple(fields["kinetics"][1]) == ("drawn", *KINETIC_CLASSES[1:], "any")  # drawn = the CLI's default
+    from SynBTLib.slicer_worker import NECROSIS_CHOICES
+
+    for name in ("necrosis", "exportNecrosis"):  # drawn = the commands' default (no --necrosis)
+        assert tuple(fields[name][1]) == ("drawn", *NECROSIS_CHOICES)
 
 
 def test_export_and_train_sections_have_settings_a_button_progress_and_a_log():
@@ -246,6 +250,12 @@ def test_command_line_for_mask_auto_and_diffusion_requests(tmp_path):
     assert "--kinetics" not in auto and "--kinetics" not in command
     washout = sw.build_synthesize_command("py", inputs, "o", sw.SynthesisRequest(method="diffusion", kinetics="washout"))
     assert washout[washout.index("--kinetics") + 1] == "washout"
+    assert "--necrosis" not in auto and "--necrosis" not in command
+    for value, text in (("yes", "yes"), (True, "yes"), ("no", "no"), (False, "no")):
+        core = sw.build_synthesize_command("py", inputs, "o", sw.SynthesisRequest(method="diffusion", necrosis=value))
+        assert core[core.index("--necrosis") + 1] == text
+    with pytest.raises(SynBTError, match="necrosis must be 'yes' or 'no'"):
+        sw.build_synthesize_command("py", inputs, "o", sw.SynthesisRequest(method="diffusion", necrosis="maybe"))
     assert "--mask" not in auto and auto[auto.index("--size-mm") + 1] == "12.5"
     assert auto[auto.index("--steps") + 1] == "20" and auto[auto.index("--bundle") + 1] == "b"
     assert [float(v) for v in auto[auto.index("--center") + 1:auto.index("--center") + 4]] == [1, 2, 3]

@@ -59,9 +59,10 @@ def test_export_command_line(tmp_path):
     assert value_after(command, "--size-mm", 2) == ["8", "12.5"] and value_after(command, "--seed") == "3"
     assert "--bundle" not in command and "--steps" not in command  # handcrafted ignores them
     diffusion = sw.build_export_command("py", sw.ExportRequest(str(tmp_path), "o", method="diffusion", bundle="b", steps=9,
-                                                                kinetics="source"))
+                                                                kinetics="source", necrosis="no"))
     assert value_after(diffusion, "--bundle") == "b" and value_after(diffusion, "--steps") == "9"
     assert value_after(diffusion, "--kinetics") == "source" and "--kinetics" not in command
+    assert value_after(diffusion, "--necrosis") == "no" and "--necrosis" not in command
 
 
 @pytest.mark.parametrize("change, problem", [

@@ -28,6 +28,9 @@ def register(subparsers) -> None:
                    help="curve type of every tumor (a bundle trained with curve types): persistent, plateau, washout, "
                    "any, or source = that of the source case's own tumor (default: drawn by the seed, as often as "
                    "in the bundle's training data)")
+    p.add_argument("--necrosis", choices=("yes", "no"), default=None,
+                   help="whether every tumor gets a non-enhancing necrotic core (a bundle trained with cores; "
+                   "default: drawn by the seed, as often as the bundle's training tumors of that size had one)")
     p.add_argument("--shard", metavar="i/n", help="make only the cases j with j %% n == i")
     p.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id (DatasetXXX)")
     p.add_argument("--dataset-name", default="SynBT", help="data set name, also the case name prefix")
@@ -50,6 +53,7 @@ def run(args) -> int:
         num_cases=args.num_cases, format=args.format, method=args.method, tumors_per_case=args.tumors_per_case,
         size_mm=tuple(args.size_mm), seed=args.seed, bundle=args.bundle, steps=args.steps,
         dataset_id=args.dataset_id, dataset_name=args.dataset_name, kinetics=args.kinetics,
+        necrosis=None if args.necrosis is None else args.necrosis == "yes",
     )
     shard = export.parse_shard(args.shard)
     made = export.export_dataset(args.source, args.out, settings, shard=shard)

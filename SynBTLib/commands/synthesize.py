@@ -138,8 +138,8 @@ def run(args) -> int:
     if necrosis is not None:
         if not hasattr(synthesizer, "takes_necrosis"):
             raise SynBTError(f"--necrosis applies to the diffusion method, not to {args.method}")
-        if necrosis and not synthesizer.takes_necrosis:
-            raise SynBTError("--necrosis yes: this bundle's denoiser was trained without necrotic cores")
+        if synthesizer.core_refusal(necrosis):
+            raise SynBTError(f"--necrosis yes: {synthesizer.core_refusal(necrosis)}")
     progress = Progress(args.progress)
     try:
         progress(0, "reading the phases")
