@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -120,3 +121,27 @@ def test_kinetic_control_reports_what_a_kinetic_bundle_made(tmp_path):
     plain = kinetic_bundle(tmp_path / "plain", None, kinetic=False)
     refused = subprocess.run([*command[:3], str(plain), *command[4:]], capture_output=True, text=True, timeout=240)
     assert refused.returncode == 2 and "takes no curve type" in refused.stderr
+
+
+def test_phase_coherence_measures_shared_texture(tmp_path):
+    sys.path.insert(0, str(BENCH.parent))
+    from bench.phase_coherence import residual_moments
+    from test_cli_synthesize import kinetic_bundle
+
+    rng = np.random.default_rng(0)
+    texture = rng.normal(size=(3, 12, 12, 12))
+    phases = np.stack([texture[0], 2.0 * texture[0] + 5.0, texture[1]])  # phase 1 shares phase 0's texture
+    inside = np.zeros((12, 12, 12), bool)
+    inside[2:10, 2:10, 2:10] = True
+    row = residual_moments(phases, inside)
+    assert row["corr_0_1"] > 0.999 and abs(row["corr_0_2"]) < 0.2
+    assert abs(row["hp_sd_1"] / row["hp_sd_0"] - 2.0) < 1e-9
+
+    bundle = kinetic_bundle(tmp_path / "bundle", None, kinetic=False)
+    command = [sys.executable, str(BENCH / "phase_coherence.py"), "--bundle", str(bundle), "--n", "2", "--shape",
+               "128", "128", "48", "--steps", "2", "--threads", "1", "--out", str(tmp_path / "out")]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = read_rows(tmp_path / "out" / "phase_coherence.csv")
+    assert {row["source"] for row in rows} == {"real", "diffusion", "autoencoder-control"}
+    assert all(-1.0 <= float(row["corr_1_2"]) <= 1.0 for row in rows)
