@@ -469,7 +469,7 @@ def export_dataset(
     from tqdm import tqdm
 
     from .io import read_dataset
-    from .synthesizers import make_synthesizer
+    from .synthesizers import check_necrosis, make_synthesizer
 
     source = Path(source).expanduser().resolve()
     out = Path(out).expanduser().resolve()
@@ -479,10 +479,7 @@ def export_dataset(
     if settings.kinetics is not None and not getattr(synth, "kinetic_choices", ()):
         raise SynBTError(f"--kinetics {settings.kinetics}: the {method} synthesizer takes no curve type "
                          "(it needs a diffusion bundle trained with kinetic_conditioning)")
-    if settings.necrosis is not None and not hasattr(synth, "takes_necrosis"):
-        raise SynBTError(f"--necrosis: the {method} synthesizer takes no necrotic core (it needs the diffusion method)")
-    if settings.necrosis is not None and synth.core_refusal(settings.necrosis):
-        raise SynBTError(f"--necrosis yes: {synth.core_refusal(settings.necrosis)}")
+    check_necrosis(synth, settings.necrosis, method)
     bundle_path, bundle_sha = _bundle_identity(method, settings.bundle)
     settings_record = asdict(settings) | {"size_mm": list(settings.size_mm)}
     for option in ("kinetics", "necrosis"):  # exports made before an option existed resume with the same record

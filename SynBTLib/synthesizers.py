@@ -34,3 +34,15 @@ def make_synthesizer(method: str = "diffusion", bundle: str | Path | None = None
             raise SynBTError(f"--steps must be at least 1, got {steps}")
         return SynthesisPipeline.from_bundle(path), method, steps
     raise SynBTError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def check_necrosis(synthesizer, necrosis: bool | None, method: str, option: str = "--necrosis") -> None:
+    """Refuse ``necrosis`` (True / False; None = drawn by the seed) where ``synthesizer`` cannot follow it:
+    a method without necrotic cores, or a bundle that cannot make one. Called before anything is written."""
+    if necrosis is None:
+        return
+    if not hasattr(synthesizer, "takes_necrosis"):
+        raise SynBTError(f"{option} applies to the diffusion method, not to {method}")
+    refusal = synthesizer.core_refusal(necrosis)
+    if refusal:
+        raise SynBTError(f"{option} yes: {refusal}")

@@ -434,15 +434,12 @@ class SynBTLogic(ScriptedLoadableModuleLogic):
                 raise SynBTError(f"a kinetic curve type applies to the diffusion method, not to {method}")
             synthesizer = functools.partial(synthesizer, kinetics=kinetics)
         if necrosis is not None:
-            from SynBTLib.errors import SynBTError
             from SynBTLib.slicer_worker import necrosis_choice
+            from SynBTLib.synthesizers import check_necrosis
 
             core = necrosis_choice(necrosis) == "yes"
             plain = synthesizer.func if isinstance(synthesizer, functools.partial) else synthesizer
-            if not hasattr(plain, "takes_necrosis"):
-                raise SynBTError(f"a necrotic core applies to the diffusion method, not to {method}")
-            if plain.core_refusal(core):
-                raise SynBTError(f"necrosis 'yes': {plain.core_refusal(core)}")
+            check_necrosis(plain, core, method, option="necrosis")
             synthesizer = functools.partial(synthesizer, necrosis=core)
         if autoSizeMm is None:
             return mrml.synthesize_nodes(slicer.mrmlScene, phaseNodes, segmentationNode, segmentId, synthesizer,

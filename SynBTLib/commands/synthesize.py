@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import SynBTError
-from ..synthesizers import METHODS
+from ..synthesizers import METHODS, check_necrosis
 
 
 def register(subparsers) -> None:
@@ -135,11 +135,7 @@ def run(args) -> int:
             raise SynBTError(f"--kinetics applies to the diffusion method, not to {args.method}")
         synthesizer.choose_kinetics(args.kinetics, args.seed)
     necrosis = None if args.necrosis is None else args.necrosis == "yes"
-    if necrosis is not None:
-        if not hasattr(synthesizer, "takes_necrosis"):
-            raise SynBTError(f"--necrosis applies to the diffusion method, not to {args.method}")
-        if synthesizer.core_refusal(necrosis):
-            raise SynBTError(f"--necrosis yes: {synthesizer.core_refusal(necrosis)}")
+    check_necrosis(synthesizer, necrosis, args.method)
     progress = Progress(args.progress)
     try:
         progress(0, "reading the phases")
