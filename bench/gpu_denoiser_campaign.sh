@@ -2,6 +2,8 @@
 # Denoiser trainings on a lent GPU (the device tool), as run on 2026-11-27; results in bench/results/gpu_denoiser/.
 #
 #   bash bench/gpu_denoiser_campaign.sh OUTDIR [BUDGET_S]      (SMALL=1: a minutes-long CPU rehearsal)
+#   WORK=/tmp/synbt_gpu.X bash ...   reuses that folder's cohorts and latent cache (a second call on a warm machine)
+#   N_NEW=40 bash ...                fewer new cases (making one took ~28 s per worker on the H200 machine)
 #
 # The device machine has torch but not SimpleITK, MONAI or nibabel: they travel in .whl/ (SimpleITK
 # repacked as sitk.tar.xz to fit the 64 MiB the working tree may carry). It makes the training
@@ -18,7 +20,8 @@ start=$(date +%s)
 small=${SMALL:-0}
 here=$(pwd)
 mkdir -p "$out"
-work=$(mktemp -d /tmp/synbt_gpu.XXXX)
+work=${WORK:-$(mktemp -d /tmp/synbt_gpu.XXXX)}
+mkdir -p "$work"
 
 if [ -f .whl/sitk.tar.xz ] && ! python3 -c "import SimpleITK" 2>/dev/null; then
   mkdir -p /tmp/site
@@ -32,7 +35,8 @@ $py -c "import torch, monai, SimpleITK; print('torch', torch.__version__, 'cuda'
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 
 if [ "$small" = 1 ]; then n1=2; n3=2; n5=8; shape="128 128 48"; steps=4; workers=2; else
-  n1=24; n3=40; n5=100; shape="192 192 64"; steps=4000; workers=16; fi
+  n1=24; n3=40; n5=${N_NEW:-100}; shape="192 192 64"; steps=4000; workers=16; fi
+if [ -d "$work/diff" ]; then echo "reusing the cohorts in $work/diff"; else
 $py -m SynBTLib phantom-cohort --out "$work/c1" --n $n1 --seed 100 --shape $shape --workers $workers
 $py -m SynBTLib phantom-cohort --out "$work/c3" --n $n3 --seed 2000 --max-tumors 4 --shape $shape --workers $workers
 $py -m SynBTLib phantom-cohort --out "$work/c5" --n $n5 --seed 6000 --max-tumors 4 --shape $shape --workers $workers
@@ -43,6 +47,7 @@ for d in "$work"/c1/case_0*; do
 done
 for d in "$work"/c3/case_*; do ln -s "$d" "$work/diff/c3_${d##*/}"; done
 for d in "$work"/c5/case_*; do ln -s "$d" "$work/diff/c5_${d##*/}"; done
+fi
 echo "cohorts ready at $(( $(date +%s) - start )) s: $(ls "$work/diff" | wc -l) cases"
 
 $py - "$work" "$steps" <<'EOF'
@@ -63,9 +68,9 @@ jobs = [{"name": name, "kind": "diffusion", "data": data, "autoencoder": "SynBTL
 json.dump(jobs, open(f"{work}/jobs.json", "w"), indent=1)
 EOF
 cp "$work/jobs.json" "$out/jobs.json"
-$py bench/train_campaign.py "$work/jobs.json" --out "$work/tars" --runs "$work/runs" --end-at $((start + budget)) \
+$py bench/train_campaign.py "$work/jobs.json" --out "$work/tars.$start" --runs "$work/runs.$start" --end-at $((start + budget)) \
   2>&1 | tee "$out/campaign.log"
-for tar in "$work"/tars/*.tar; do
+for tar in "$work/tars.$start"/*.tar; do
   name=$(basename "$tar")
   split -b 15M -d "$tar" "$out/$name."
 done
