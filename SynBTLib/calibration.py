@@ -32,9 +32,20 @@ mask's voxels of the real tumor and of the synthetic one, in the case's normaliz
 the pipeline maps every generated tumor's voxels after decoding. It corrects what the latent
 stage cannot reach: the decoder is not linear, and a tumor's edge voxels lie in cells that are
 mostly context (on the phantom the latent stage left the pre-contrast spread 1.5x the real one).
+
+The image stage also carries a shape map (``ShapeMap``): a moment map cannot change the form of
+a tumor's intensity histogram, and on the phantom a real tumor's post-contrast voxels are skewed
+to the right (a few bright voxels; (p90 - median) / (median - p10) = 1.19) where the generated
+ones lean left (0.94). Per phase, every tumor's voxel values are standardized over the tumor
+(z = (value - mean) / std) and their quantiles at SHAPE_LEVELS averaged over the calibration
+tumors, real and generated apart; the pipeline maps a generated tumor's z monotonically from the
+generated quantiles onto the real ones, then restores the tumor's mean and spread, so only the
+histogram's form changes, never a voxel's rank. Tumors generated with a necrotic core (whose
+histogram the core shapes) get a map of their own, or none.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -51,6 +62,9 @@ CONFIG_KEY = "latent_calibration"
 IMAGE_CONFIG_KEY = "image_calibration"
 # a tumor's spread over fewer latent cells says little; such tumors count for the shift only
 MIN_SPREAD_CELLS = 8
+# the quantile levels of a ShapeMap, and the calibration tumors (of a kind: with or without a core) it needs
+SHAPE_LEVELS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+MIN_SHAPE_TUMORS = 3
 
 
 def tumor_cells(mask: torch.Tensor, compression: int) -> torch.Tensor:
@@ -75,6 +89,74 @@ def channel_moments(latent: torch.Tensor, cells: torch.Tensor) -> tuple[np.ndarr
     return values.mean(dim=1).cpu().numpy(), values.std(dim=1, unbiased=False).cpu().numpy()
 
 
+def standardized_quantiles(values: np.ndarray) -> np.ndarray:
+    """(P, N) values of one tumor -> (P, len(SHAPE_LEVELS)) quantiles of each row standardized over the row."""
+    values = np.asarray(values, np.float64)
+    std = values.std(axis=1, keepdims=True)
+    z = (values - values.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
+    return np.quantile(z, SHAPE_LEVELS, axis=1).T
+
+
+@dataclass(frozen=True)
+class ShapeMap:
+    """Per phase, a monotone map of a tumor's standardized values from the ``generated`` tumors' average
+    quantiles (at SHAPE_LEVELS) onto the ``real`` ones' (see the module doc); linear with slope 1
+    beyond the outer levels."""
+
+    generated: tuple[tuple[float, ...], ...]  # (phases, levels)
+    real: tuple[tuple[float, ...], ...]
+
+    def __post_init__(self):
+        generated, real = np.asarray(self.generated, np.float64), np.asarray(self.real, np.float64)
+        if generated.ndim != 2 or generated.shape != real.shape or generated.shape[1] != len(SHAPE_LEVELS):
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} shape map needs {len(SHAPE_LEVELS)} generated and real quantiles "
+                             f"per phase, got {generated.shape} and {real.shape}")
+        if not (np.isfinite(generated).all() and np.isfinite(real).all()):
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} shape map quantiles must be finite")
+        if not ((np.diff(generated, axis=1) > 0).all() and (np.diff(real, axis=1) >= 0).all()):
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} shape map quantiles must increase with the level")
+
+    @property
+    def channels(self) -> int:
+        return len(self.generated)
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """(P, N) voxel values of one tumor, each phase's histogram reshaped, mean and spread kept."""
+        values = np.asarray(values)
+        mean = values.mean(axis=1, keepdims=True, dtype=np.float64)
+        std = values.std(axis=1, keepdims=True, dtype=np.float64)
+        out = values.astype(np.float64, copy=True)
+        for phase, (generated, real) in enumerate(zip(self.generated, self.real)):
+            if std[phase, 0] <= 0 or values.shape[1] < 2:
+                continue
+            z = (out[phase] - mean[phase]) / std[phase]
+            mapped = np.interp(z, generated, real)
+            mapped = np.where(z < generated[0], real[0] + (z - generated[0]), mapped)
+            mapped = np.where(z > generated[-1], real[-1] + (z - generated[-1]), mapped)
+            spread = mapped.std()
+            if spread > 0:
+                out[phase] = mean[phase] + std[phase] * (mapped - mapped.mean()) / spread
+        return out.astype(values.dtype, copy=False)
+
+    def to_config(self) -> dict:
+        return {"levels": list(SHAPE_LEVELS), "generated": [list(q) for q in self.generated],
+                "real": [list(q) for q in self.real]}
+
+    @classmethod
+    def from_config(cls, entry, name: str) -> "ShapeMap":
+        if not isinstance(entry, dict) or set(entry) != {"levels", "generated", "real"}:
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} {name} must be an object with 'levels', 'generated' and 'real'")
+        if _numbers(entry["levels"], f"{name} levels", IMAGE_CONFIG_KEY) != SHAPE_LEVELS:
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} {name} was fitted at other quantile levels than this version's "
+                             f"{list(SHAPE_LEVELS)}; recalibrate the bundle")
+        rows = {}
+        for key in ("generated", "real"):
+            if not isinstance(entry[key], list):
+                raise SynBTError(f"{IMAGE_CONFIG_KEY} {name} {key} must be a list of lists of numbers")
+            rows[key] = tuple(_numbers(q, f"{name} {key}", IMAGE_CONFIG_KEY) for q in entry[key])
+        return cls(rows["generated"], rows["real"])
+
+
 @dataclass(frozen=True)
 class _MomentMap:
     """Per-channel ``shift`` and ``factor`` (and per-curve-type shifts) that map a tumor's values as
@@ -90,6 +172,7 @@ class _MomentMap:
     CONFIG_KEY = CONFIG_KEY
     UNIT = "channel"  # what one entry of shift and factor belongs to, for messages
     TARGET = "the latent"
+    EXTRA_KEYS = ()  # a subclass's own config keys (its ShapeMap fields)
 
     def __post_init__(self):
         key = self.CONFIG_KEY
@@ -103,6 +186,10 @@ class _MomentMap:
             necrotic = np.asarray(self.necrotic_factor, np.float64)
             if necrotic.shape != factor.shape or not (np.isfinite(necrotic).all() and (necrotic > 0).all()):
                 raise SynBTError(f"{key}: necrotic_factor needs one positive factor per {self.UNIT}")
+        for name in self.EXTRA_KEYS:
+            extra = getattr(self, name)
+            if extra is not None and extra.channels != shift.size:
+                raise SynBTError(f"{key} {name} has {extra.channels} {self.UNIT}s, the shifts {shift.size}")
         for name, values in self.kinetic_shift.items():
             values = np.asarray(values, np.float64)
             if name not in CURVE_TYPES or values.shape != shift.shape or not np.isfinite(values).all():
@@ -127,6 +214,9 @@ class _MomentMap:
             entry["necrotic_factor"] = list(self.necrotic_factor)
         if self.kinetic_shift:
             entry["kinetic_shift"] = {name: list(values) for name, values in self.kinetic_shift.items()}
+        for name in self.EXTRA_KEYS:
+            if getattr(self, name) is not None:
+                entry[name] = getattr(self, name).to_config()
         return {self.CONFIG_KEY: entry}
 
     @classmethod
@@ -138,7 +228,7 @@ class _MomentMap:
             return None
         if not isinstance(entry, dict) or "shift" not in entry or "factor" not in entry:
             raise SynBTError(f"{key} must be an object with 'shift' and 'factor' lists")
-        unknown = sorted(set(entry) - {"shift", "factor", "kinetic_shift", "necrotic_factor"})
+        unknown = sorted(set(entry) - {"shift", "factor", "kinetic_shift", "necrotic_factor", *cls.EXTRA_KEYS})
         if unknown:
             raise SynBTError(f"{key} has unknown key(s) {', '.join(map(repr, unknown))}")
         kinetic = entry.get("kinetic_shift", {})
@@ -147,7 +237,8 @@ class _MomentMap:
         necrotic = entry.get("necrotic_factor")
         calibration = cls(_numbers(entry["shift"], "shift", key), _numbers(entry["factor"], "factor", key),
                           {str(k): _numbers(v, f"kinetic_shift {k}", key) for k, v in kinetic.items()},
-                          None if necrotic is None else _numbers(necrotic, "necrotic_factor", key))
+                          None if necrotic is None else _numbers(necrotic, "necrotic_factor", key),
+                          **{name: ShapeMap.from_config(entry[name], name) for name in cls.EXTRA_KEYS if name in entry})
         if calibration.channels != channels:
             raise SynBTError(f"{key} has {calibration.channels} {cls.UNIT}s, {cls.TARGET} {channels}")
         return calibration
@@ -178,20 +269,31 @@ class LatentCalibration(_MomentMap):
         return out
 
 
+@dataclass(frozen=True)
 class ImageCalibration(_MomentMap):
     """Per DCE phase, in normalized units, applied to a generated tumor's voxels after decoding: the
     level and contrast error the latent calibration leaves (the decoder is not linear, and a tumor's
-    edge voxels lie in latent cells that are mostly context)."""
+    edge voxels lie in latent cells that are mostly context), then the histogram's form (``shape``;
+    ``necrotic_shape`` for tumors generated with a necrotic core, which get none without it)."""
+
+    shape: ShapeMap | None = None
+    necrotic_shape: ShapeMap | None = None
 
     CONFIG_KEY = IMAGE_CONFIG_KEY
     UNIT = "phase"
     TARGET = "the model"
+    EXTRA_KEYS = ("shape", "necrotic_shape")
+
+    def shape_for(self, necrotic: bool) -> ShapeMap | None:
+        """The shape map of a tumor with (``necrotic``) or without a necrotic core, None if none was fitted."""
+        return self.necrotic_shape if necrotic else self.shape
 
     def apply(self, image: np.ndarray, mask: np.ndarray, kinetics: str | None = None,
               core: np.ndarray | None = None) -> np.ndarray:
         """(P, Z, Y, X) normalized image with the voxels of ``mask`` (Z, Y, X) mapped per phase, each
         connected tumor around its own mean (with the necrotic factor where it holds part of ``core``,
-        the necrotic core it was generated with); a new array, other voxels unchanged."""
+        the necrotic core it was generated with), then its histogram reshaped by the shape map of its
+        kind; a new array, other voxels unchanged."""
         if image.ndim != 4 or image.shape[0] != self.channels or mask.shape != image.shape[1:]:
             raise SynBTError(f"the image calibration has {self.channels} phases: apply takes a (P, Z, Y, X) image "
                              f"and a (Z, Y, X) mask, got {image.shape} and {mask.shape}")
@@ -204,7 +306,9 @@ class ImageCalibration(_MomentMap):
             factor = np.asarray(self.factor_for(necrotic), np.float32)[:, None]
             values = image[:, inside]
             mean = values.mean(axis=1, keepdims=True)
-            out[:, inside] = mean + shift + (values - mean) * factor
+            mapped = mean + shift + (values - mean) * factor
+            shape = self.shape_for(necrotic)
+            out[:, inside] = mapped if shape is None else shape.apply(mapped)
         return out
 
 
@@ -266,17 +370,19 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
 
 
 def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: int | None = None,
-                          progress: Callable[[int], None] | None = None) -> CalibrationFit:
+                          progress: Callable[[int], None] | None = None, shape: bool = True) -> CalibrationFit:
     """Fit an ImageCalibration of ``pipeline``'s syntheses from ``(name, case, tumor_mask)`` triples.
 
     As fit_calibration, but a whole synthesis (with the latent calibration the pipeline carries)
     is compared with the real tumor per phase over the mask's voxels, in the case's normalized
-    units (the pipeline must carry no image calibration)."""
+    units (the pipeline must carry no image calibration). With ``shape``, the shape maps of the
+    tumors with and without a necrotic core, for each kind with MIN_SHAPE_TUMORS tumors or more."""
     from .preprocess import fit_normalization, normalize
 
     if pipeline.image_calibration is not None:
         raise SynBTError("fit the image calibration with a pipeline that carries none")
     real_means, real_stds, generated_means, generated_stds, types, necrotic = [], [], [], [], [], []
+    quantiles = {"real": [], "generated": []}
     for index, (name, case, mask) in enumerate(samples):
         try:
             kinetics = _curve_type(pipeline, case, mask)
@@ -287,14 +393,32 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         types.append(kinetics)
         necrotic.append(core is not None and bool(core.any()))
         norm = fit_normalization(case)
-        for image, means, stds in ((case, real_means, real_stds), (synthetic, generated_means, generated_stds)):
+        for image, means, stds, kind in ((case, real_means, real_stds, "real"),
+                                         (synthetic, generated_means, generated_stds, "generated")):
             values = normalize(image.phases[:, mask > 0], norm).astype(np.float64)
             means.append(values.mean(axis=1))
             stds.append(values.std(axis=1))
+            quantiles[kind].append(standardized_quantiles(values))
         if progress is not None:
             progress(index + 1)
-    return _fit_moments(ImageCalibration, real_means, real_stds, generated_means, generated_stds,
-                        [True] * len(types), types, "no calibration tumor", necrotic)
+    fit = _fit_moments(ImageCalibration, real_means, real_stds, generated_means, generated_stds,
+                       [True] * len(types), types, "no calibration tumor", necrotic)
+    if shape:
+        flags = np.asarray(necrotic, bool)
+        maps = {name: _shape_map(quantiles, which) for name, which in (("shape", ~flags), ("necrotic_shape", flags))}
+        fit.calibration = dataclasses.replace(fit.calibration, **maps)
+    return fit
+
+
+def _shape_map(quantiles: dict, which: np.ndarray) -> ShapeMap | None:
+    """The ShapeMap of the tumors ``which`` (their quantiles averaged), None with fewer than MIN_SHAPE_TUMORS
+    or where the generated tumors' average quantiles do not increase (too few distinct voxel values)."""
+    if int(which.sum()) < MIN_SHAPE_TUMORS:
+        return None
+    generated, real = (np.asarray(quantiles[kind])[which].mean(axis=0) for kind in ("generated", "real"))
+    if not (np.diff(generated, axis=1) > 0).all():
+        return None
+    return ShapeMap(tuple(tuple(float(v) for v in q) for q in generated), tuple(tuple(float(v) for v in q) for q in real))
 
 
 def _curve_type(pipeline, case, mask) -> str | None:
@@ -371,11 +495,11 @@ def tumor_samples(data, max_tumors: int | None = None, min_voxels: int = 27):
 
 def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None, max_tumors: int = 24,
                      command: str | None = None, progress: Callable[[int], None] | None = None,
-                     image: bool = True) -> tuple:
+                     image: bool = True, shape: bool = True) -> tuple:
     """Fit the calibration of ``bundle``'s samples on the tumors of ``data`` and write a copy of the
     bundle that carries it to ``out`` (a new or empty folder; the input bundle is never modified).
     With ``image``, an ImageCalibration is then fitted on whole syntheses that carry the new latent
-    calibration (the same tumors and seeds). Returns (out path, latent CalibrationFit, image
+    calibration (the same tumors and seeds), with its shape maps unless ``shape`` is False. Returns (out path, latent CalibrationFit, image
     CalibrationFit or None). Calibrations the input bundle already has are ignored: refitted, or
     with ``image=False`` the image one dropped.
     ``progress(done)`` counts tumors over both passes."""
@@ -410,7 +534,7 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
         pipeline.calibration = fit.calibration
         offset = (lambda done: progress(fit.tumors + done)) if progress is not None else None
         image_fit = fit_image_calibration(pipeline, tumor_samples(data, max_tumors), seed=seed, steps=steps,
-                                          progress=offset)
+                                          progress=offset, shape=shape)
     meta = {k: v for k, v in base.config.items()
             if k not in RESERVED_KEYS and k not in ("latent_calibration_source", IMAGE_CONFIG_KEY)}
     meta.update(fit.calibration.to_config())
@@ -440,7 +564,7 @@ def _image_lines(fit: CalibrationFit | None) -> str:
         return ""
     kinetic = "".join(f"\nShift of {name} tumors: {', '.join(f'{v:.3f}' for v in values)}."
                       for name, values in fit.calibration.kinetic_shift.items())
-    kinetic += _necrotic_line(fit)
+    kinetic += _necrotic_line(fit) + _shape_lines(fit)
     return ("\nThen, per DCE phase in normalized units, the same over the mask's voxels of the real tumor and of a "
             "whole synthesis with the latent calibration (the image calibration, applied after decoding):\n\n"
             "| phase | real spread | generated spread | factor | real mean | generated mean | shift |\n"
@@ -454,6 +578,21 @@ def _necrotic_line(fit: CalibrationFit) -> str:
     return (f"\nFactor of the {fit.necrotic_tumors} tumors generated with their necrotic core: "
             f"{', '.join(f'{v:.3f}' for v in fit.calibration.necrotic_factor)} (the table's spreads and "
             "factor are those of the other tumors).")
+
+
+def _shape_lines(fit: CalibrationFit) -> str:
+    """The shape maps' quantiles ('' where none was fitted)."""
+    lines = ""
+    for name, what in (("shape", "tumors without a necrotic core"), ("necrotic_shape", "tumors with one")):
+        shape = getattr(fit.calibration, name)
+        if shape is None:
+            continue
+        lines += (f"\n\nShape map of the {what} (standardized quantiles at levels "
+                  f"{', '.join(f'{v:g}' for v in SHAPE_LEVELS)}, generated -> real):\n")
+        for phase, (generated, real) in enumerate(zip(shape.generated, shape.real)):
+            lines += (f"\n- phase {phase}: {' '.join(f'{v:.2f}' for v in generated)} -> "
+                      f"{' '.join(f'{v:.2f}' for v in real)}")
+    return lines
 
 
 def _kinetic_lines(fit: CalibrationFit) -> str:

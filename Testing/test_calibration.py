@@ -10,10 +10,12 @@ from SynBTLib.calibration import (
     MIN_SPREAD_CELLS,
     ImageCalibration,
     LatentCalibration,
+    ShapeMap,
     calibrate_bundle,
     channel_moments,
     fit_calibration,
     fit_image_calibration,
+    standardized_quantiles,
     tumor_cells,
 )
 from SynBTLib.cli import main as cli_main
@@ -165,6 +167,9 @@ def test_calibrate_writes_a_new_bundle_and_never_touches_the_input(pipeline, tmp
     assert loaded.config["latent_calibration_source"]["tumors"] == 3
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Latent calibration" in card and "| phase | real spread" in card
+    # three tumors without a core: their shape map, none for necrotic ones
+    assert image_fit.calibration.shape is not None and image_fit.calibration.necrotic_shape is None
+    assert "Shape map of the tumors without a necrotic core" in card and "- phase 2: " in card
     built = SynthesisPipeline.from_bundle(out)
     assert built.calibration == fit.calibration and built.image_calibration == image_fit.calibration
     # recalibrating a calibrated bundle latent-only drops the old image calibration
@@ -200,6 +205,12 @@ def test_calibrate_cli_reports_bad_input_in_one_line(pipeline, tmp_path, capsys)
                      "--steps", str(STEPS)]) == 0
     printed = capsys.readouterr().out
     assert "image calibration, per phase" in printed and "\nphase  real_spread" in printed
+    assert "shape maps: none (fewer than 3 tumors of a kind)" in printed  # one case, two tumors
+    assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(_dataset(tmp_path / "data2")), "--out",
+                     str(tmp_path / "moments"), "--steps", str(STEPS), "--max-tumors", "3", "--no-shape"]) == 0
+    assert "shape maps: left out (--no-shape)" in capsys.readouterr().out
+    moments = load_bundle(tmp_path / "moments")
+    assert moments.image_calibration.shape is None and "--no-shape" in (moments.path / "MODEL_CARD.md").read_text()
     unlabelled = tmp_path / "unlabelled"
     write_case(make_case(seed=5), unlabelled / "case_5")
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(unlabelled), "--out", str(tmp_path / "d")]) == 2
@@ -290,6 +301,74 @@ def test_image_apply_sets_each_tumors_phase_moments_and_leaves_other_voxels_alon
     with pytest.raises(SynBTError, match="image_calibration: the shifts must be finite"):
         ImageCalibration.from_config({"image_calibration": {"shift": [0.0, 0.0, 0.0], "factor": [1.0, -1.0, 1.0]}}, 3)
     assert ImageCalibration.from_config(calibration.to_config(), 3) == calibration
+
+
+def _skewed_quantiles(rng, draw, phases=3):
+    return tuple(tuple(float(v) for v in q) for q in standardized_quantiles(draw(rng, (phases, 20000))))
+
+
+def test_the_shape_map_gives_a_tumor_the_real_histogram_form_and_keeps_its_moments_and_ranks():
+    from scipy import stats
+
+    rng = np.random.default_rng(2)
+    symmetric = _skewed_quantiles(rng, lambda r, s: r.normal(size=s))
+    right = _skewed_quantiles(rng, lambda r, s: r.gamma(2.0, size=s))  # the real tumors lean right
+    necrotic_real = _skewed_quantiles(rng, lambda r, s: -r.gamma(2.0, size=s))  # a core: a left tail
+    calibration = ImageCalibration((0.0,) * 3, (1.0,) * 3, shape=ShapeMap(symmetric, right),
+                                   necrotic_shape=ShapeMap(symmetric, necrotic_real))
+    image = (rng.normal(size=(3, 12, 14, 14)) * 0.3 + 2.0).astype(np.float32)
+    mask = np.zeros((12, 14, 14), bool)
+    mask[1:6, 2:8, 2:8] = True
+    mask[7:12, 8:14, 8:14] = True  # a second tumor, generated with a core
+    core = np.zeros_like(mask)
+    core[9, 11, 11] = True
+    out = calibration.apply(image, mask, core=core)
+    assert np.array_equal(out[:, ~mask], image[:, ~mask])
+    first, second = (slice(None), slice(1, 6), slice(2, 8), slice(2, 8)), (slice(None), slice(7, 12), slice(8, 14), slice(8, 14))
+    for box, sign in ((first, 1), (second, -1)):
+        before, after = image[box].reshape(3, -1).astype(np.float64), out[box].reshape(3, -1).astype(np.float64)
+        np.testing.assert_allclose(after.mean(1), before.mean(1), atol=1e-5)
+        np.testing.assert_allclose(after.std(1), before.std(1), rtol=1e-4)
+        assert (sign * stats.skew(after, axis=1) > 0.5).all() and (np.abs(stats.skew(before, axis=1)) < 0.3).all()
+        assert all(np.array_equal(np.argsort(a), np.argsort(b)) for a, b in zip(after, before))  # monotone
+    # without a necrotic map a tumor with a core keeps its form; the moments-only calibration is unchanged
+    plain_core = ImageCalibration((0.0,) * 3, (1.0,) * 3, shape=ShapeMap(symmetric, right)).apply(image, mask, core=core)
+    np.testing.assert_allclose(plain_core[second], image[second], atol=1e-6)
+    np.testing.assert_allclose(plain_core[first], out[first])
+    assert ImageCalibration.from_config(calibration.to_config(), 3) == calibration
+
+
+def test_a_shape_map_edited_into_nonsense_is_refused_by_name():
+    rng = np.random.default_rng(3)
+    good = ImageCalibration((0.0,) * 3, (1.0,) * 3, shape=ShapeMap(_skewed_quantiles(rng, lambda r, s: r.normal(size=s)),
+                                                                 _skewed_quantiles(rng, lambda r, s: r.gamma(2.0, size=s))))
+    for edit, message in (
+            (lambda e: e["shape"]["generated"][1].reverse(), "must increase with the level"),
+            (lambda e: e["shape"].update(levels=[0.1, 0.5, 0.9]), "other quantile levels"),
+            (lambda e: e["shape"]["real"].pop(), "quantiles per phase"),
+            (lambda e: e["shape"].pop("real"), "'levels', 'generated' and 'real'"),
+            (lambda e: e["shape"]["real"][0].__setitem__(0, float("nan")), "must be finite"),
+            (lambda e: e.update(necrotic_shape={**e["shape"], "generated": e["shape"]["generated"][:2],
+                                                "real": e["shape"]["real"][:2]}), "necrotic_shape has 2 phases")):
+        config = json.loads(json.dumps(good.to_config()))
+        edit(config["image_calibration"])
+        with pytest.raises(SynBTError, match=message):
+            ImageCalibration.from_config(config, 3)
+
+
+def test_shape_maps_are_fitted_per_kind_from_enough_tumors():
+    from SynBTLib.calibration import MIN_SHAPE_TUMORS, _shape_map
+
+    rng = np.random.default_rng(4)
+    quantiles = {"real": [standardized_quantiles(rng.gamma(2.0, size=(3, 400))) for _ in range(5)],
+                 "generated": [standardized_quantiles(rng.normal(size=(3, 400))) for _ in range(5)]}
+    which = np.array([True] * MIN_SHAPE_TUMORS + [False] * (5 - MIN_SHAPE_TUMORS))
+    shape = _shape_map(quantiles, which)
+    np.testing.assert_allclose(shape.real, np.mean(np.asarray(quantiles["real"])[which], 0))
+    assert np.asarray(shape.real)[:, -1].mean() > np.asarray(shape.generated)[:, -1].mean()  # the longer right tail
+    assert _shape_map(quantiles, ~which) is None  # too few tumors
+    quantiles["generated"] = [np.zeros((3, 13))] * 5  # flat tumors: no map rather than a division by nothing
+    assert _shape_map(quantiles, which) is None
 
 
 def test_a_tumor_generated_with_a_necrotic_core_gets_the_necrotic_factor():

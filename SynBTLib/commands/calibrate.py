@@ -22,20 +22,22 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's)")
     p.add_argument("--latent-only", action="store_true",
                    help="fit the latent calibration only, not the per-phase image calibration after it")
+    p.add_argument("--no-shape", action="store_true",
+                   help="leave the image calibration's shape maps out (moments only; see SynBTLib/calibration.py)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..calibration import calibrate_bundle
+    from ..calibration import MIN_SHAPE_TUMORS, calibrate_bundle
 
     passes = 1 if args.latent_only else 2
     with tqdm(total=passes * args.max_tumors, desc="calibrate", unit="tumor", disable=None) as bar:
         path, fit, image_fit = calibrate_bundle(args.bundle, args.data, args.out, seed=args.seed, steps=args.steps,
                                                 max_tumors=args.max_tumors, command=_command(args),
                                                 progress=lambda done: bar.update(done - bar.n),
-                                                image=not args.latent_only)
+                                                image=not args.latent_only, shape=not args.no_shape)
     print(f"{fit.tumors} tumors; per latent channel (denoiser space):")
     _print_table(fit, "channel")
     if fit.kinetic_counts:
@@ -47,6 +49,9 @@ def run(args) -> int:
         if image_fit.calibration.necrotic_factor is not None:
             print(f"tumors with a necrotic core ({image_fit.necrotic_tumors}): factor "
                   + ", ".join(f"{v:.3f}" for v in image_fit.calibration.necrotic_factor) + " (the table: the others)")
+        fitted = [name for name in ("shape", "necrotic_shape") if getattr(image_fit.calibration, name) is not None]
+        none = "left out (--no-shape)" if args.no_shape else f"none (fewer than {MIN_SHAPE_TUMORS} tumors of a kind)"
+        print("shape maps: " + (", ".join(fitted) or none))
     print(f"calibrated bundle: {path}")
     return 0
 
@@ -62,4 +67,5 @@ def _command(args) -> str:
     words = ["synbt", "calibrate", "--bundle", str(args.bundle), "--data", str(args.data), "--out", str(args.out),
              "--max-tumors", str(args.max_tumors), "--seed", str(args.seed)]
     words += ["--steps", str(args.steps)] if args.steps is not None else []
-    return shlex.join(words + (["--latent-only"] if args.latent_only else []))
+    words += ["--latent-only"] if args.latent_only else []
+    return shlex.join(words + (["--no-shape"] if args.no_shape else []))
