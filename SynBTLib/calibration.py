@@ -65,6 +65,7 @@ MIN_SPREAD_CELLS = 8
 # the quantile levels of a ShapeMap, and the calibration tumors (of a kind: with or without a core) it needs
 SHAPE_LEVELS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 MIN_SHAPE_TUMORS = 3
+MIN_CURVE_TUMORS = 3  # real tumors of a curve type for its own CurveMap
 
 
 def tumor_cells(mask: torch.Tensor, compression: int) -> torch.Tensor:
@@ -172,7 +173,7 @@ class _MomentMap:
     CONFIG_KEY = CONFIG_KEY
     UNIT = "channel"  # what one entry of shift and factor belongs to, for messages
     TARGET = "the latent"
-    EXTRA_KEYS = ()  # a subclass's own config keys (its ShapeMap fields)
+    EXTRA_KEYS = ()  # a subclass's own config keys (see _extras_from_config)
 
     def __post_init__(self):
         key = self.CONFIG_KEY
@@ -186,10 +187,6 @@ class _MomentMap:
             necrotic = np.asarray(self.necrotic_factor, np.float64)
             if necrotic.shape != factor.shape or not (np.isfinite(necrotic).all() and (necrotic > 0).all()):
                 raise SynBTError(f"{key}: necrotic_factor needs one positive factor per {self.UNIT}")
-        for name in self.EXTRA_KEYS:
-            extra = getattr(self, name)
-            if extra is not None and extra.channels != shift.size:
-                raise SynBTError(f"{key} {name} has {extra.channels} {self.UNIT}s, the shifts {shift.size}")
         for name, values in self.kinetic_shift.items():
             values = np.asarray(values, np.float64)
             if name not in CURVE_TYPES or values.shape != shift.shape or not np.isfinite(values).all():
@@ -214,10 +211,15 @@ class _MomentMap:
             entry["necrotic_factor"] = list(self.necrotic_factor)
         if self.kinetic_shift:
             entry["kinetic_shift"] = {name: list(values) for name, values in self.kinetic_shift.items()}
-        for name in self.EXTRA_KEYS:
-            if getattr(self, name) is not None:
-                entry[name] = getattr(self, name).to_config()
-        return {self.CONFIG_KEY: entry}
+        return {self.CONFIG_KEY: entry | self._extras_to_config()}
+
+    def _extras_to_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def _extras_from_config(cls, entry: dict) -> dict:
+        """The subclass's own fields (keyword arguments) from its EXTRA_KEYS in the config ``entry``."""
+        return {}
 
     @classmethod
     def from_config(cls, config: dict, channels: int):
@@ -238,7 +240,7 @@ class _MomentMap:
         calibration = cls(_numbers(entry["shift"], "shift", key), _numbers(entry["factor"], "factor", key),
                           {str(k): _numbers(v, f"kinetic_shift {k}", key) for k, v in kinetic.items()},
                           None if necrotic is None else _numbers(necrotic, "necrotic_factor", key),
-                          **{name: ShapeMap.from_config(entry[name], name) for name in cls.EXTRA_KEYS if name in entry})
+                          **cls._extras_from_config(entry))
         if calibration.channels != channels:
             raise SynBTError(f"{key} has {calibration.channels} {cls.UNIT}s, {cls.TARGET} {channels}")
         return calibration
@@ -270,34 +272,125 @@ class LatentCalibration(_MomentMap):
 
 
 @dataclass(frozen=True)
+class CurveMap:
+    """Tumor-level kinetics of the tumors of one curve type: per step from one DCE phase to the next,
+    the log ratio of a tumor's mean signal (in the scanner's units: the ratios are the relative
+    enhancement), its mean and spread over the real tumors and over the generated ones. ``apply``
+    maps a generated tumor's steps as ``real_mean + (step - generated_mean) * real_std / generated_std``
+    and scales each post-contrast phase of the tumor to the mapped mean signal."""
+
+    real_mean: tuple[float, ...]  # one per step (phases - 1)
+    real_std: tuple[float, ...]
+    generated_mean: tuple[float, ...]
+    generated_std: tuple[float, ...]
+
+    def __post_init__(self):
+        values = [np.asarray(v, np.float64) for v in (self.real_mean, self.real_std, self.generated_mean,
+                                                      self.generated_std)]
+        if any(v.ndim != 1 or v.shape != values[0].shape for v in values) or values[0].size == 0:
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} curves need one real and generated mean and spread per phase step")
+        if not all(np.isfinite(v).all() for v in values) or (values[1] < 0).any() or (values[3] <= 0).any():
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} curves must be finite, with positive generated spreads")
+
+    @property
+    def channels(self) -> int:
+        return len(self.real_mean) + 1
+
+    def apply(self, values: np.ndarray, zero: float = 0.0) -> np.ndarray:
+        """(P, N) normalized voxel values of one tumor (``zero``: the scanner's zero in normalized units)
+        with its post-contrast phases scaled to the mapped kinetics; unchanged where a phase's mean
+        signal is not positive (no ratio to take)."""
+        signal = np.asarray(values, np.float64) - zero
+        means = signal.mean(axis=1)
+        if not (means > 0).all():
+            return values
+        steps = np.log(means[1:] / means[:-1])
+        mapped = np.asarray(self.real_mean) + (steps - np.asarray(self.generated_mean)) * (
+            np.asarray(self.real_std) / np.asarray(self.generated_std))
+        target = means[0] * np.exp(np.cumsum(mapped))
+        out = signal.copy()
+        out[1:] *= (target / means[1:])[:, None]
+        return (out + zero).astype(np.asarray(values).dtype, copy=False)
+
+    def to_config(self) -> dict:
+        return {"real_mean": list(self.real_mean), "real_std": list(self.real_std),
+                "generated_mean": list(self.generated_mean), "generated_std": list(self.generated_std)}
+
+    @classmethod
+    def from_config(cls, entry, name: str) -> "CurveMap":
+        keys = ("real_mean", "real_std", "generated_mean", "generated_std")
+        if not isinstance(entry, dict) or set(entry) != set(keys):
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} curves {name} must be an object with {', '.join(map(repr, keys))}")
+        return cls(*(_numbers(entry[k], f"curves {name} {k}", IMAGE_CONFIG_KEY) for k in keys))
+
+
+CURVE_KEYS = ("all", *CURVE_TYPES)  # the curve maps a calibration may hold: all tumors pooled, then per type
+
+
+@dataclass(frozen=True)
 class ImageCalibration(_MomentMap):
     """Per DCE phase, in normalized units, applied to a generated tumor's voxels after decoding: the
     level and contrast error the latent calibration leaves (the decoder is not linear, and a tumor's
     edge voxels lie in latent cells that are mostly context), then the histogram's form (``shape``;
-    ``necrotic_shape`` for tumors generated with a necrotic core, which get none without it)."""
+    ``necrotic_shape`` for tumors generated with a necrotic core, which get none without it), then
+    the tumor's kinetics (``curves``: per curve type asked for, else "all")."""
 
     shape: ShapeMap | None = None
     necrotic_shape: ShapeMap | None = None
+    curves: dict[str, CurveMap] = field(default_factory=dict)
 
     CONFIG_KEY = IMAGE_CONFIG_KEY
     UNIT = "phase"
     TARGET = "the model"
-    EXTRA_KEYS = ("shape", "necrotic_shape")
+    EXTRA_KEYS = ("shape", "necrotic_shape", "curves")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("shape", "necrotic_shape"):
+            shape = getattr(self, name)
+            if shape is not None and shape.channels != self.channels:
+                raise SynBTError(f"{IMAGE_CONFIG_KEY} {name} has {shape.channels} phases, the shifts {self.channels}")
+        for name, curve in self.curves.items():
+            if name not in CURVE_KEYS or curve.channels != self.channels:
+                raise SynBTError(f"{IMAGE_CONFIG_KEY} curves: one map per key among {CURVE_KEYS}, each of "
+                                 f"{self.channels - 1} phase steps (got {name!r})")
 
     def shape_for(self, necrotic: bool) -> ShapeMap | None:
         """The shape map of a tumor with (``necrotic``) or without a necrotic core, None if none was fitted."""
         return self.necrotic_shape if necrotic else self.shape
 
+    def curve_for(self, kinetics: str | None) -> CurveMap | None:
+        """The curve map of curve type ``kinetics`` where one was fitted, else the pooled one (or None)."""
+        return self.curves.get(kinetics, self.curves.get("all"))
+
+    def _extras_to_config(self) -> dict:
+        entry = {name: getattr(self, name).to_config() for name in ("shape", "necrotic_shape")
+                 if getattr(self, name) is not None}
+        if self.curves:
+            entry["curves"] = {name: curve.to_config() for name, curve in self.curves.items()}
+        return entry
+
+    @classmethod
+    def _extras_from_config(cls, entry: dict) -> dict:
+        extras = {name: ShapeMap.from_config(entry[name], name) for name in ("shape", "necrotic_shape") if name in entry}
+        if "curves" in entry:
+            if not isinstance(entry["curves"], dict):
+                raise SynBTError(f"{IMAGE_CONFIG_KEY} curves must map curve types to objects")
+            extras["curves"] = {str(k): CurveMap.from_config(v, str(k)) for k, v in entry["curves"].items()}
+        return extras
+
     def apply(self, image: np.ndarray, mask: np.ndarray, kinetics: str | None = None,
-              core: np.ndarray | None = None) -> np.ndarray:
+              core: np.ndarray | None = None, zero: float = 0.0) -> np.ndarray:
         """(P, Z, Y, X) normalized image with the voxels of ``mask`` (Z, Y, X) mapped per phase, each
         connected tumor around its own mean (with the necrotic factor where it holds part of ``core``,
         the necrotic core it was generated with), then its histogram reshaped by the shape map of its
-        kind; a new array, other voxels unchanged."""
+        kind and its kinetics by the curve map of ``kinetics`` (``zero``: the scanner's zero in
+        normalized units); a new array, other voxels unchanged."""
         if image.ndim != 4 or image.shape[0] != self.channels or mask.shape != image.shape[1:]:
             raise SynBTError(f"the image calibration has {self.channels} phases: apply takes a (P, Z, Y, X) image "
                              f"and a (Z, Y, X) mask, got {image.shape} and {mask.shape}")
         shift = np.asarray(self.shift_for(kinetics), np.float32)[:, None]
+        curve = self.curve_for(kinetics)
         components, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
         out = image.copy()
         for label in range(1, count + 1):
@@ -308,7 +401,8 @@ class ImageCalibration(_MomentMap):
             mean = values.mean(axis=1, keepdims=True)
             mapped = mean + shift + (values - mean) * factor
             shape = self.shape_for(necrotic)
-            out[:, inside] = mapped if shape is None else shape.apply(mapped)
+            mapped = mapped if shape is None else shape.apply(mapped)
+            out[:, inside] = mapped if curve is None else curve.apply(mapped, zero)
         return out
 
 
@@ -370,18 +464,19 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
 
 
 def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: int | None = None,
-                          progress: Callable[[int], None] | None = None, shape: bool = True) -> CalibrationFit:
+                          progress: Callable[[int], None] | None = None, moments_only: bool = False) -> CalibrationFit:
     """Fit an ImageCalibration of ``pipeline``'s syntheses from ``(name, case, tumor_mask)`` triples.
 
     As fit_calibration, but a whole synthesis (with the latent calibration the pipeline carries)
     is compared with the real tumor per phase over the mask's voxels, in the case's normalized
-    units (the pipeline must carry no image calibration). With ``shape``, the shape maps of the
-    tumors with and without a necrotic core, for each kind with MIN_SHAPE_TUMORS tumors or more."""
+    units (the pipeline must carry no image calibration). Unless ``moments_only``, also the shape maps of
+    the tumors with and without a necrotic core (each with MIN_SHAPE_TUMORS tumors or more) and
+    the curve maps: all tumors, and each curve type with MIN_CURVE_TUMORS tumors or more."""
     from .preprocess import fit_normalization, normalize
 
     if pipeline.image_calibration is not None:
         raise SynBTError("fit the image calibration with a pipeline that carries none")
-    real_means, real_stds, generated_means, generated_stds, types, necrotic = [], [], [], [], [], []
+    real_means, real_stds, generated_means, generated_stds, types, necrotic, zeros = [], [], [], [], [], [], []
     quantiles = {"real": [], "generated": []}
     for index, (name, case, mask) in enumerate(samples):
         try:
@@ -393,6 +488,7 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         types.append(kinetics)
         necrotic.append(core is not None and bool(core.any()))
         norm = fit_normalization(case)
+        zeros.append(float(normalize(np.zeros(1), norm)[0]))
         for image, means, stds, kind in ((case, real_means, real_stds, "real"),
                                          (synthetic, generated_means, generated_stds, "generated")):
             values = normalize(image.phases[:, mask > 0], norm).astype(np.float64)
@@ -403,11 +499,32 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
             progress(index + 1)
     fit = _fit_moments(ImageCalibration, real_means, real_stds, generated_means, generated_stds,
                        [True] * len(types), types, "no calibration tumor", necrotic)
-    if shape:
+    if not moments_only:
         flags = np.asarray(necrotic, bool)
         maps = {name: _shape_map(quantiles, which) for name, which in (("shape", ~flags), ("necrotic_shape", flags))}
-        fit.calibration = dataclasses.replace(fit.calibration, **maps)
+        # the moment map moves a tumor's mean by its type's shift only (factor and shape keep it)
+        moved = [m + np.asarray(fit.calibration.shift_for(t)) for m, t in zip(generated_means, types)]
+        curves = _curve_maps(np.asarray(real_means) - np.asarray(zeros)[:, None],
+                             np.asarray(moved) - np.asarray(zeros)[:, None], types)
+        fit.calibration = dataclasses.replace(fit.calibration, curves=curves, **maps)
     return fit
+
+
+def _curve_maps(real_signal: np.ndarray, generated_signal: np.ndarray, types: list) -> dict[str, CurveMap]:
+    """CurveMaps from (tumors, phases) mean signals in the scanner's units: "all" and each curve type with
+    MIN_CURVE_TUMORS tumors; none where a tumor's mean signal is not positive or a spread is zero."""
+    if real_signal.shape[1] < 2 or not ((real_signal > 0).all() and (generated_signal > 0).all()):
+        return {}
+    real_steps, generated_steps = (np.diff(np.log(signal), axis=1) for signal in (real_signal, generated_signal))
+    groups = {"all": np.ones(len(types), bool)} | {name: np.asarray([t == name for t in types]) for name in CURVE_TYPES}
+    maps = {}
+    for name, which in groups.items():
+        if int(which.sum()) < MIN_CURVE_TUMORS or (generated_steps[which].std(axis=0) <= 0).any():
+            continue
+        maps[name] = CurveMap(*(tuple(float(v) for v in values) for values in (
+            real_steps[which].mean(axis=0), real_steps[which].std(axis=0),
+            generated_steps[which].mean(axis=0), generated_steps[which].std(axis=0))))
+    return maps
 
 
 def _shape_map(quantiles: dict, which: np.ndarray) -> ShapeMap | None:
@@ -495,11 +612,11 @@ def tumor_samples(data, max_tumors: int | None = None, min_voxels: int = 27):
 
 def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None, max_tumors: int = 24,
                      command: str | None = None, progress: Callable[[int], None] | None = None,
-                     image: bool = True, shape: bool = True) -> tuple:
+                     image: bool = True, moments_only: bool = False) -> tuple:
     """Fit the calibration of ``bundle``'s samples on the tumors of ``data`` and write a copy of the
     bundle that carries it to ``out`` (a new or empty folder; the input bundle is never modified).
     With ``image``, an ImageCalibration is then fitted on whole syntheses that carry the new latent
-    calibration (the same tumors and seeds), with its shape maps unless ``shape`` is False. Returns (out path, latent CalibrationFit, image
+    calibration (the same tumors and seeds), with its shape and curve maps unless ``moments_only``. Returns (out path, latent CalibrationFit, image
     CalibrationFit or None). Calibrations the input bundle already has are ignored: refitted, or
     with ``image=False`` the image one dropped.
     ``progress(done)`` counts tumors over both passes."""
@@ -534,7 +651,7 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
         pipeline.calibration = fit.calibration
         offset = (lambda done: progress(fit.tumors + done)) if progress is not None else None
         image_fit = fit_image_calibration(pipeline, tumor_samples(data, max_tumors), seed=seed, steps=steps,
-                                          progress=offset, shape=shape)
+                                          progress=offset, moments_only=moments_only)
     meta = {k: v for k, v in base.config.items()
             if k not in RESERVED_KEYS and k not in ("latent_calibration_source", IMAGE_CONFIG_KEY)}
     meta.update(fit.calibration.to_config())
@@ -564,7 +681,7 @@ def _image_lines(fit: CalibrationFit | None) -> str:
         return ""
     kinetic = "".join(f"\nShift of {name} tumors: {', '.join(f'{v:.3f}' for v in values)}."
                       for name, values in fit.calibration.kinetic_shift.items())
-    kinetic += _necrotic_line(fit) + _shape_lines(fit)
+    kinetic += _necrotic_line(fit) + _shape_lines(fit) + _curve_lines(fit)
     return ("\nThen, per DCE phase in normalized units, the same over the mask's voxels of the real tumor and of a "
             "whole synthesis with the latent calibration (the image calibration, applied after decoding):\n\n"
             "| phase | real spread | generated spread | factor | real mean | generated mean | shift |\n"
@@ -593,6 +710,20 @@ def _shape_lines(fit: CalibrationFit) -> str:
             lines += (f"\n- phase {phase}: {' '.join(f'{v:.2f}' for v in generated)} -> "
                       f"{' '.join(f'{v:.2f}' for v in real)}")
     return lines
+
+
+def _curve_lines(fit: CalibrationFit) -> str:
+    """The curve maps ('' where none was fitted)."""
+    curves = fit.calibration.curves
+    if not curves:
+        return ""
+    rows = "\n".join(f"| {name} | {step + 1} | {curve.real_mean[step]:+.3f} ({curve.real_std[step]:.3f}) | "
+                     f"{curve.generated_mean[step]:+.3f} ({curve.generated_std[step]:.3f}) |"
+                     for name, curve in curves.items() for step in range(curve.channels - 1))
+    return ("\n\nCurve maps: per step from phase k-1 to phase k, the log ratio of a tumor's mean signal, mean (sd) "
+            "over the real tumors and the generated ones (after the maps above); a generated tumor of a type "
+            "without a map of its own gets the map of all:\n\n| tumors | step | real | generated |\n|---|---|---|---|\n"
+            + rows)
 
 
 def _kinetic_lines(fit: CalibrationFit) -> str:

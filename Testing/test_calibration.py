@@ -8,6 +8,7 @@ import torch
 from SynBTLib.bundle import bundle_sha256, load_bundle, save_bundle, write_checksums
 from SynBTLib.calibration import (
     MIN_SPREAD_CELLS,
+    CurveMap,
     ImageCalibration,
     LatentCalibration,
     ShapeMap,
@@ -207,10 +208,10 @@ def test_calibrate_cli_reports_bad_input_in_one_line(pipeline, tmp_path, capsys)
     assert "image calibration, per phase" in printed and "\nphase  real_spread" in printed
     assert "shape maps: none (fewer than 3 tumors of a kind)" in printed  # one case, two tumors
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(_dataset(tmp_path / "data2")), "--out",
-                     str(tmp_path / "moments"), "--steps", str(STEPS), "--max-tumors", "3", "--no-shape"]) == 0
-    assert "shape maps: left out (--no-shape)" in capsys.readouterr().out
+                     str(tmp_path / "moments"), "--steps", str(STEPS), "--max-tumors", "3", "--moments-only"]) == 0
+    assert "shape maps: left out (--moments-only)" in capsys.readouterr().out
     moments = load_bundle(tmp_path / "moments")
-    assert moments.image_calibration.shape is None and "--no-shape" in (moments.path / "MODEL_CARD.md").read_text()
+    assert moments.image_calibration.shape is None and "--moments-only" in (moments.path / "MODEL_CARD.md").read_text()
     unlabelled = tmp_path / "unlabelled"
     write_case(make_case(seed=5), unlabelled / "case_5")
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(unlabelled), "--out", str(tmp_path / "d")]) == 2
@@ -371,6 +372,68 @@ def test_shape_maps_are_fitted_per_kind_from_enough_tumors():
     assert _shape_map(quantiles, which) is None
 
 
+def test_the_curve_map_sets_a_tumors_kinetics_and_keeps_its_pre_contrast_and_texture():
+    rng = np.random.default_rng(5)
+    curve = CurveMap(real_mean=(0.7, -0.1), real_std=(0.05, 0.01), generated_mean=(0.6, 0.0), generated_std=(0.2, 0.1))
+    zero = -0.1  # the scanner's zero in normalized units
+    values = zero + np.stack([rng.normal(1.0, 0.1, 400), rng.normal(2.2, 0.4, 400), rng.normal(2.0, 0.4, 400)])
+    out = curve.apply(values, zero)
+    signal_before, signal_after = (values - zero).mean(1), (out - zero).mean(1)
+    steps_before, steps_after = np.diff(np.log(signal_before)), np.diff(np.log(signal_after))
+    np.testing.assert_allclose(steps_after, np.array([0.7, -0.1]) + (steps_before - [0.6, 0.0]) * [0.25, 0.1])
+    assert np.array_equal(out[0], values[0])
+    cv = lambda v: (v - zero).std(1) / (v - zero).mean(1)  # noqa: E731  (each phase scaled, texture kept)
+    np.testing.assert_allclose(cv(out), cv(values))
+    dark = values.copy()
+    dark[1] = zero - 0.5  # no positive signal: nothing to take a ratio of
+    assert curve.apply(dark, zero) is dark
+    calibration = ImageCalibration((0.0,) * 3, (1.0,) * 3, curves={"all": curve, "washout": curve})
+    assert calibration.curve_for("washout") is curve and calibration.curve_for("plateau") is curve
+    assert calibration.curve_for(None) is curve and ImageCalibration((0.0,) * 3, (1.0,) * 3).curve_for("washout") is None
+    assert ImageCalibration.from_config(calibration.to_config(), 3) == calibration
+    for edit, message in ((lambda e: e["curves"].update(fast=e["curves"]["all"]), "one map per key"),
+                          (lambda e: e["curves"]["all"]["generated_std"].__setitem__(0, 0.0), "positive generated"),
+                          (lambda e: e["curves"]["all"].pop("real_std"), "must be an object with"),
+                          (lambda e: e["curves"]["all"]["real_mean"].append(0.0), "one real and generated")):
+        config = json.loads(json.dumps(calibration.to_config()))
+        edit(config["image_calibration"])
+        with pytest.raises(SynBTError, match=message):
+            ImageCalibration.from_config(config, 3)
+
+
+def test_curve_maps_are_fitted_per_type_and_carry_the_generated_steps_onto_the_real_ones():
+    from SynBTLib.calibration import MIN_CURVE_TUMORS, _curve_maps
+
+    rng = np.random.default_rng(6)
+    types = ["washout"] * 5 + ["persistent"] * (MIN_CURVE_TUMORS - 1)
+    real = np.exp(np.cumsum(rng.normal([0.0, 0.6, -0.1], [0.1, 0.05, 0.01], (len(types), 3)), axis=1))
+    generated = np.exp(np.cumsum(rng.normal([0.0, 0.5, 0.0], [0.1, 0.2, 0.1], (len(types), 3)), axis=1))
+    maps = _curve_maps(real, generated, types)
+    assert set(maps) == {"all", "washout"}  # too few persistent tumors for a map of their own
+    washout = np.arange(len(types)) < 5
+    mapped = [maps["washout"].apply(g[:, None] * np.ones((3, 4))).mean(1) for g in generated[washout]]
+    steps = np.diff(np.log(mapped), axis=1)
+    np.testing.assert_allclose(steps.mean(0), np.diff(np.log(real[washout]), axis=1).mean(0), atol=1e-9)
+    np.testing.assert_allclose(steps.std(0), np.diff(np.log(real[washout]), axis=1).std(0), rtol=1e-6)
+    assert _curve_maps(-real, generated, types) == {}  # no positive signal, no ratios
+
+
+def test_the_fitted_shape_and_curve_maps_carry_whole_syntheses_to_the_real_kinetics(pipeline):  # noqa: F811
+    samples = _three_tumors(radius_mm=6.0)
+    fit = fit_image_calibration(pipeline, samples, seed=3, steps=STEPS)
+    assert fit.calibration.shape is not None and fit.calibration.necrotic_shape is None
+    assert set(fit.calibration.curves) == {"all"}  # a denoiser without curve types: the pooled map only
+    calibrated = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
+                                   image_calibration=fit.calibration, **MARGINS)
+    real_steps, made_steps = [], []
+    for index, (_, case, mask) in enumerate(samples):
+        synthetic = calibrated(case, mask, seed=3 + index, steps=STEPS)
+        for image, steps in ((case, real_steps), (synthetic, made_steps)):
+            steps.append(np.diff(np.log(image.phases[:, mask > 0].astype(np.float64).mean(1))))
+    np.testing.assert_allclose(np.mean(made_steps, 0), np.mean(real_steps, 0), atol=1e-4)
+    np.testing.assert_allclose(np.std(made_steps, 0), np.std(real_steps, 0), rtol=1e-2, atol=1e-4)
+
+
 def test_a_tumor_generated_with_a_necrotic_core_gets_the_necrotic_factor():
     rng = np.random.default_rng(1)
     image = rng.normal(size=(3, 10, 12, 12)).astype(np.float32)
@@ -407,8 +470,9 @@ def test_the_necrotic_factor_is_fitted_apart_only_with_two_tumors_on_either_side
 
 def test_the_fitted_image_calibration_maps_whole_syntheses_onto_the_real_tumors(pipeline):  # noqa: F811
     samples = _three_tumors(radius_mm=6.0)
-    fit = fit_image_calibration(pipeline, samples, seed=3, steps=STEPS)
+    fit = fit_image_calibration(pipeline, samples, seed=3, steps=STEPS, moments_only=True)
     assert fit.tumors == 3 and len(fit.table()) == 3
+    assert fit.calibration.shape is None and not fit.calibration.curves
     calibrated = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
                                    image_calibration=fit.calibration, **MARGINS)
     real, made = [], []

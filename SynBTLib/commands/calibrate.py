@@ -22,22 +22,23 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's)")
     p.add_argument("--latent-only", action="store_true",
                    help="fit the latent calibration only, not the per-phase image calibration after it")
-    p.add_argument("--no-shape", action="store_true",
-                   help="leave the image calibration's shape maps out (moments only; see SynBTLib/calibration.py)")
+    p.add_argument("--moments-only", action="store_true",
+                   help="fit only the image calibration's moments, not its shape and curve maps "
+                   "(see SynBTLib/calibration.py)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..calibration import MIN_SHAPE_TUMORS, calibrate_bundle
+    from ..calibration import MIN_CURVE_TUMORS, MIN_SHAPE_TUMORS, calibrate_bundle
 
     passes = 1 if args.latent_only else 2
     with tqdm(total=passes * args.max_tumors, desc="calibrate", unit="tumor", disable=None) as bar:
         path, fit, image_fit = calibrate_bundle(args.bundle, args.data, args.out, seed=args.seed, steps=args.steps,
                                                 max_tumors=args.max_tumors, command=_command(args),
                                                 progress=lambda done: bar.update(done - bar.n),
-                                                image=not args.latent_only, shape=not args.no_shape)
+                                                image=not args.latent_only, moments_only=args.moments_only)
     print(f"{fit.tumors} tumors; per latent channel (denoiser space):")
     _print_table(fit, "channel")
     if fit.kinetic_counts:
@@ -49,9 +50,11 @@ def run(args) -> int:
         if image_fit.calibration.necrotic_factor is not None:
             print(f"tumors with a necrotic core ({image_fit.necrotic_tumors}): factor "
                   + ", ".join(f"{v:.3f}" for v in image_fit.calibration.necrotic_factor) + " (the table: the others)")
-        fitted = [name for name in ("shape", "necrotic_shape") if getattr(image_fit.calibration, name) is not None]
-        none = "left out (--no-shape)" if args.no_shape else f"none (fewer than {MIN_SHAPE_TUMORS} tumors of a kind)"
-        print("shape maps: " + (", ".join(fitted) or none))
+        shapes = [name for name in ("shape", "necrotic_shape") if getattr(image_fit.calibration, name) is not None]
+        for what, fitted, least in (("shape", shapes, MIN_SHAPE_TUMORS),
+                                    ("curve", list(image_fit.calibration.curves), MIN_CURVE_TUMORS)):
+            none = "left out (--moments-only)" if args.moments_only else f"none (fewer than {least} tumors of a kind)"
+            print(f"{what} maps: " + (", ".join(fitted) or none))
     print(f"calibrated bundle: {path}")
     return 0
 
@@ -68,4 +71,4 @@ def _command(args) -> str:
              "--max-tumors", str(args.max_tumors), "--seed", str(args.seed)]
     words += ["--steps", str(args.steps)] if args.steps is not None else []
     words += ["--latent-only"] if args.latent_only else []
-    return shlex.join(words + (["--no-shape"] if args.no_shape else []))
+    return shlex.join(words + (["--moments-only"] if args.moments_only else []))
