@@ -42,6 +42,17 @@ tumors, real and generated apart; the pipeline maps a generated tumor's z monoto
 generated quantiles onto the real ones, then restores the tumor's mean and spread, so only the
 histogram's form changes, never a voxel's rank. Tumors generated with a necrotic core (whose
 histogram the core shapes) get a map of their own, or none.
+
+Two more parts of the image stage, fitted on the same syntheses. Deblocking (``deblock``, first): a
+denoiser's latent cells decode with steps at the cells' borders that the encoder's own latents do
+not have (on the phantom, squared differences of neighbouring tumor voxels across a 2-voxel cell
+border were 1.9x those inside a cell; real tumors 0.96x), which makes the subtraction image look
+tiled; per phase, the two voxels on either side of every cell border inside the tumor are moved
+toward each other by a fraction of their difference, the fraction fitted so that the border / inside
+ratio matches the real tumors'. Curve maps (``CurveMap``, last): per curve type, the tumor-level
+log ratios of the mean signal from one phase to the next, the generated ones mapped onto the real
+tumors' mean and spread: the curve-type label moves a tumor's late phase too little and too
+unevenly (asked for washout, most came out plateau).
 """
 from __future__ import annotations
 
@@ -66,6 +77,7 @@ MIN_SPREAD_CELLS = 8
 SHAPE_LEVELS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 MIN_SHAPE_TUMORS = 3
 MIN_CURVE_TUMORS = 3  # real tumors of a curve type for its own CurveMap
+DEBLOCK_GRID = tuple(round(0.05 * k, 2) for k in range(21))  # the deblocking strengths a fit tries
 
 
 def tumor_cells(mask: torch.Tensor, compression: int) -> torch.Tensor:
@@ -88,6 +100,49 @@ def channel_moments(latent: torch.Tensor, cells: torch.Tensor) -> tuple[np.ndarr
     if values.shape[1] == 0:
         raise SynBTError("the tumor covers no latent cell")
     return values.mean(dim=1).cpu().numpy(), values.std(dim=1, unbiased=False).cpu().numpy()
+
+
+def deblock(image: np.ndarray, mask: np.ndarray, strength, cell: int) -> np.ndarray:
+    """(P, Z, Y, X) ``image`` whose index 0 is a latent cell's first voxel on every axis, with each pair of
+    voxels on either side of a border between ``cell``-voxel cells, both inside ``mask``, moved toward
+    each other by ``strength`` (one per phase, 0..1: 1 meets at their mean) of their difference, axis by
+    axis; a new array, other voxels unchanged."""
+    out = np.array(image, copy=True)
+    strength = np.asarray(strength, out.dtype).reshape(-1, 1, 1, 1)
+    inside = np.asarray(mask) > 0
+    for axis in range(3):
+        last = np.arange(cell - 1, inside.shape[axis] - 1, cell)  # last voxel of a cell; last + 1 starts the next
+        if last.size == 0:
+            continue
+        both = np.take(inside, last, axis=axis) & np.take(inside, last + 1, axis=axis)
+        a, b = np.take(out, last, axis=axis + 1), np.take(out, last + 1, axis=axis + 1)
+        step = (b - a) * strength / 2 * both[None]
+        index = [slice(None)] * 4
+        index[axis + 1] = last
+        out[tuple(index)] = a + step
+        index[axis + 1] = last + 1
+        out[tuple(index)] = b - step
+    return out
+
+
+def border_ratio(image: np.ndarray, mask: np.ndarray, cell: int) -> np.ndarray:
+    """Per phase of a (P, Z, Y, X) ``image`` (cells as in ``deblock``): the mean squared difference of
+    neighbouring voxels inside ``mask`` across a cell border over that within a cell (nan without both)."""
+    inside = np.asarray(mask) > 0
+    sums = np.zeros((2, image.shape[0]))
+    counts = np.zeros(2)
+    for axis in range(3):
+        first = np.arange(inside.shape[axis] - 1)
+        both = np.take(inside, first, axis=axis) & np.take(inside, first + 1, axis=axis)
+        squared = (np.take(image, first + 1, axis=axis + 1) - np.take(image, first, axis=axis + 1)).astype(np.float64) ** 2
+        crossing = (first % cell) == cell - 1
+        for row, pick in ((0, crossing), (1, ~crossing)):
+            chosen = np.take(both, np.flatnonzero(pick), axis=axis)
+            sums[row] += np.take(squared, np.flatnonzero(pick), axis=axis + 1)[:, chosen].sum(axis=1)
+            counts[row] += chosen.sum()
+    if counts.min() == 0 or not (sums[1] > 0).all():
+        return np.full(image.shape[0], np.nan)
+    return (sums[0] / counts[0]) / (sums[1] / counts[1])
 
 
 def standardized_quantiles(values: np.ndarray) -> np.ndarray:
@@ -338,14 +393,20 @@ class ImageCalibration(_MomentMap):
     shape: ShapeMap | None = None
     necrotic_shape: ShapeMap | None = None
     curves: dict[str, CurveMap] = field(default_factory=dict)
+    deblock: tuple[float, ...] | None = None  # per phase, the strength of ``deblock`` (applied first)
 
     CONFIG_KEY = IMAGE_CONFIG_KEY
     UNIT = "phase"
     TARGET = "the model"
-    EXTRA_KEYS = ("shape", "necrotic_shape", "curves")
+    EXTRA_KEYS = ("shape", "necrotic_shape", "curves", "deblock")
 
     def __post_init__(self):
         super().__post_init__()
+        if self.deblock is not None:
+            strength = np.asarray(self.deblock, np.float64)
+            if strength.shape != (self.channels,) or not (np.isfinite(strength).all() and (strength >= 0).all()
+                                                          and (strength <= 1).all()):
+                raise SynBTError(f"{IMAGE_CONFIG_KEY} deblock needs one strength from 0 to 1 per phase")
         for name in ("shape", "necrotic_shape"):
             shape = getattr(self, name)
             if shape is not None and shape.channels != self.channels:
@@ -368,6 +429,8 @@ class ImageCalibration(_MomentMap):
                  if getattr(self, name) is not None}
         if self.curves:
             entry["curves"] = {name: curve.to_config() for name, curve in self.curves.items()}
+        if self.deblock is not None:
+            entry["deblock"] = list(self.deblock)
         return entry
 
     @classmethod
@@ -377,11 +440,14 @@ class ImageCalibration(_MomentMap):
             if not isinstance(entry["curves"], dict):
                 raise SynBTError(f"{IMAGE_CONFIG_KEY} curves must map curve types to objects")
             extras["curves"] = {str(k): CurveMap.from_config(v, str(k)) for k, v in entry["curves"].items()}
+        if "deblock" in entry:
+            extras["deblock"] = _numbers(entry["deblock"], "deblock", IMAGE_CONFIG_KEY)
         return extras
 
     def apply(self, image: np.ndarray, mask: np.ndarray, kinetics: str | None = None,
-              core: np.ndarray | None = None, zero: float = 0.0) -> np.ndarray:
-        """(P, Z, Y, X) normalized image with the voxels of ``mask`` (Z, Y, X) mapped per phase, each
+              core: np.ndarray | None = None, zero: float = 0.0, cell: int | None = None) -> np.ndarray:
+        """(P, Z, Y, X) normalized image, deblocked inside ``mask`` (Z, Y, X) where ``cell`` gives the
+        latent cell size of a region decoded from index 0 without resampling, then with the voxels of the mask mapped per phase, each
         connected tumor around its own mean (with the necrotic factor where it holds part of ``core``,
         the necrotic core it was generated with), then its histogram reshaped by the shape map of its
         kind and its kinetics by the curve map of ``kinetics`` (``zero``: the scanner's zero in
@@ -391,6 +457,8 @@ class ImageCalibration(_MomentMap):
                              f"and a (Z, Y, X) mask, got {image.shape} and {mask.shape}")
         shift = np.asarray(self.shift_for(kinetics), np.float32)[:, None]
         curve = self.curve_for(kinetics)
+        if self.deblock is not None and cell is not None and cell > 1:
+            image = deblock(image, mask, self.deblock, cell)
         components, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
         out = image.copy()
         for label in range(1, count + 1):
@@ -469,15 +537,16 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
 
     As fit_calibration, but a whole synthesis (with the latent calibration the pipeline carries)
     is compared with the real tumor per phase over the mask's voxels, in the case's normalized
-    units (the pipeline must carry no image calibration). Unless ``moments_only``, also the shape maps of
-    the tumors with and without a necrotic core (each with MIN_SHAPE_TUMORS tumors or more) and
-    the curve maps: all tumors, and each curve type with MIN_CURVE_TUMORS tumors or more."""
+    units (the pipeline must carry no image calibration). Unless ``moments_only``, first the
+    deblocking strengths (from the tumors whose region was not resampled), then on the deblocked
+    syntheses the moments, the shape maps of the tumors with and without a necrotic core (each with
+    MIN_SHAPE_TUMORS tumors or more) and the curve maps: all tumors, and each curve type with
+    MIN_CURVE_TUMORS tumors or more."""
     from .preprocess import fit_normalization, normalize
 
     if pipeline.image_calibration is not None:
         raise SynBTError("fit the image calibration with a pipeline that carries none")
-    real_means, real_stds, generated_means, generated_stds, types, necrotic, zeros = [], [], [], [], [], [], []
-    quantiles = {"real": [], "generated": []}
+    tumors, types, necrotic, zeros = [], [], [], []
     for index, (name, case, mask) in enumerate(samples):
         try:
             kinetics = _curve_type(pipeline, case, mask)
@@ -489,14 +558,23 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         necrotic.append(core is not None and bool(core.any()))
         norm = fit_normalization(case)
         zeros.append(float(normalize(np.zeros(1), norm)[0]))
-        for image, means, stds, kind in ((case, real_means, real_stds, "real"),
-                                         (synthetic, generated_means, generated_stds, "generated")):
-            values = normalize(image.phases[:, mask > 0], norm).astype(np.float64)
+        box, cell = _cell_aligned_box(pipeline, case, mask)
+        tumors.append((normalize(case.phases[(slice(None), *box)], norm), normalize(synthetic.phases[(slice(None), *box)], norm),
+                       mask[box] > 0, cell))
+        if progress is not None:
+            progress(index + 1)
+    strength = None if moments_only else _deblock_strength(tumors)
+    real_means, real_stds, generated_means, generated_stds = [], [], [], []
+    quantiles = {"real": [], "generated": []}
+    for real, generated, inside, cell in tumors:
+        if strength is not None and cell is not None:
+            generated = deblock(generated, inside, strength, cell)
+        for image, means, stds, kind in ((real, real_means, real_stds, "real"),
+                                         (generated, generated_means, generated_stds, "generated")):
+            values = image[:, inside].astype(np.float64)
             means.append(values.mean(axis=1))
             stds.append(values.std(axis=1))
             quantiles[kind].append(standardized_quantiles(values))
-        if progress is not None:
-            progress(index + 1)
     fit = _fit_moments(ImageCalibration, real_means, real_stds, generated_means, generated_stds,
                        [True] * len(types), types, "no calibration tumor", necrotic)
     if not moments_only:
@@ -506,8 +584,41 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         moved = [m + np.asarray(fit.calibration.shift_for(t)) for m, t in zip(generated_means, types)]
         curves = _curve_maps(np.asarray(real_means) - np.asarray(zeros)[:, None],
                              np.asarray(moved) - np.asarray(zeros)[:, None], types)
-        fit.calibration = dataclasses.replace(fit.calibration, curves=curves, **maps)
+        fit.calibration = dataclasses.replace(fit.calibration, curves=curves, deblock=strength, **maps)
     return fit
+
+
+def _cell_aligned_box(pipeline, case, mask) -> tuple[tuple[slice, ...], int | None]:
+    """The mask's bounding box, its start moved back to a latent cell's first voxel of the region the
+    pipeline processes, and the cell size (None, and the plain box, where that region is resampled)."""
+    roi = pipeline.region_of_interest(case, mask)
+    coords = np.argwhere(np.asarray(mask) > 0)
+    low, high = coords.min(axis=0), coords.max(axis=0) + 1
+    cell = int(pipeline.compression)
+    starts = [r.start + ((lo - r.start) // cell) * cell for r, lo in zip(roi, low)]
+    resampled = pipeline.working_shape(case.geometry, tuple(b.stop - b.start for b in roi)) is not None
+    if resampled or min(starts) < 0:  # (a tumor at the volume's edge whose first cell starts outside it)
+        return tuple(slice(int(lo), int(hi)) for lo, hi in zip(low, high)), None
+    return tuple(slice(int(st), int(hi)) for st, hi in zip(starts, high)), cell
+
+
+def _deblock_strength(tumors: list) -> tuple[float, ...] | None:
+    """Per phase, the DEBLOCK_GRID strength whose deblocked syntheses' border ratio (geometric mean over
+    the tumors) is nearest the real tumors'; None where no tumor has a known cell grid."""
+    known = [(real, generated, inside, cell) for real, generated, inside, cell in tumors if cell is not None]
+    real = np.asarray([border_ratio(r, inside, cell) for r, _, inside, cell in known])
+    usable = np.isfinite(real).all(axis=1) & (real > 0).all(axis=1) if len(known) else np.zeros(0, bool)
+    if not usable.any():
+        return None
+    known = [t for t, keep in zip(known, usable) if keep]
+    target = np.exp(np.mean(np.log(real[usable]), axis=0))
+    errors = []
+    for strength in DEBLOCK_GRID:
+        ratios = np.asarray([border_ratio(deblock(g, inside, [strength] * len(target), cell), inside, cell)
+                             for _, g, inside, cell in known])
+        with np.errstate(divide="ignore"):
+            errors.append(np.abs(np.nanmean(np.log(ratios), axis=0) - np.log(target)))
+    return tuple(float(DEBLOCK_GRID[i]) for i in np.nanargmin(np.asarray(errors), axis=0))
 
 
 def _curve_maps(real_signal: np.ndarray, generated_signal: np.ndarray, types: list) -> dict[str, CurveMap]:

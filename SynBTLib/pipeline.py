@@ -279,8 +279,8 @@ class SynthesisPipeline:
         finish = None
         if self.image_calibration is not None:
             chosen = self.choose_kinetics(kinetics, seed)
-            finish = lambda image, roi_mask, roi_core, zero: self.image_calibration.apply(  # noqa: E731
-                image, roi_mask, chosen, roi_core, zero)
+            finish = lambda image, roi_mask, roi_core, zero, cell: self.image_calibration.apply(  # noqa: E731
+                image, roi_mask, chosen, roi_core, zero, cell)
         return self._replace_region(case, mask, seed, self._sampler(steps, kinetics, seed, progress, calibrate=True),
                                     finish, necrosis)
 
@@ -337,8 +337,9 @@ class SynthesisPipeline:
 
     def _replace_region(self, case: Case, mask: np.ndarray, seed: int, latent_of, finish=None, necrosis=None) -> Case:
         """Normalize, crop, encode, `latent_of(known_latent, roi_image, roi_mask, generator, roi_core)`,
-        decode, `finish(decoded, roi_mask, roi_core, zero)` (normalized units, on the case grid; ``zero``:
-        the scanner's zero in them), blend.
+        decode, `finish(decoded, roi_mask, roi_core, zero, cell)` (normalized units, on the case grid;
+        ``zero``: the scanner's zero in them; ``cell``: the latent cell size on that grid, None where the
+        region was resampled), blend.
         ``roi_core`` is the necrotic core (``choose_core``) over the region, or None for a denoiser
         without necrosis."""
         mask = validated_mask(case, mask, expected_phases=self.autoencoder.config.in_channels)
@@ -377,7 +378,7 @@ class SynthesisPipeline:
             decoded = decoded + detail_noise(original, measured, seed, decoded)
         if finish is not None:
             decoded = finish(decoded, roi_mask, None if core is None else crop_padded(core, box, mode="constant"),
-                             float(normalize(np.zeros(1), norm)[0]))
+                             float(normalize(np.zeros(1), norm)[0]), None if working_shape is not None else self.compression)
         generated = denormalize(decoded, norm).astype(np.float32)
         weight = blend_weight(roi_mask, case.geometry.spacing[::-1], self.blend_mm)
         return case.with_phases(paste_blended(case.phases, generated, weight, box))

@@ -423,6 +423,7 @@ def test_the_fitted_shape_and_curve_maps_carry_whole_syntheses_to_the_real_kinet
     fit = fit_image_calibration(pipeline, samples, seed=3, steps=STEPS)
     assert fit.calibration.shape is not None and fit.calibration.necrotic_shape is None
     assert set(fit.calibration.curves) == {"all"}  # a denoiser without curve types: the pooled map only
+    assert fit.calibration.deblock is not None and len(fit.calibration.deblock) == 3
     calibrated = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
                                    image_calibration=fit.calibration, **MARGINS)
     real_steps, made_steps = [], []
@@ -432,6 +433,71 @@ def test_the_fitted_shape_and_curve_maps_carry_whole_syntheses_to_the_real_kinet
             steps.append(np.diff(np.log(image.phases[:, mask > 0].astype(np.float64).mean(1))))
     np.testing.assert_allclose(np.mean(made_steps, 0), np.mean(real_steps, 0), atol=1e-4)
     np.testing.assert_allclose(np.std(made_steps, 0), np.std(real_steps, 0), rtol=1e-2, atol=1e-4)
+    # the pipeline hands the calibration its cell grid: deblocking moves tumor voxels only, toward smaller borders
+    from SynBTLib.calibration import border_ratio
+
+    _, case, mask = samples[0]
+    made = {}
+    for strength in (0.0, 1.0):
+        calibration = ImageCalibration((0.0,) * 3, (1.0,) * 3, deblock=(strength,) * 3)
+        made[strength] = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler,
+                                           pipeline.latent_scale, image_calibration=calibration, **MARGINS)(
+            case, mask, seed=3, steps=STEPS).phases
+    assert np.array_equal(made[0.0][:, mask == 0], made[1.0][:, mask == 0])
+    box, cell = _aligned(calibrated, case, mask)
+    ratios = {k: border_ratio(v[(slice(None), *box)], mask[box] > 0, cell) for k, v in made.items()}
+    assert (ratios[1.0] < 0.5 * ratios[0.0]).all()
+
+
+def _aligned(pipeline, case, mask):  # noqa: F811
+    from SynBTLib.calibration import _cell_aligned_box
+
+    box, cell = _cell_aligned_box(pipeline, case, mask)
+    assert cell == pipeline.compression
+    return box, cell
+
+
+def _blocky(rng, shape=(3, 12, 14, 16), cell=2, noise=0.5):
+    coarse = rng.normal(size=(shape[0], *(n // cell for n in shape[1:])))
+    return np.kron(coarse, np.ones((1, cell, cell, cell))) + noise * rng.normal(size=shape)
+
+
+def test_deblocking_evens_out_the_steps_at_cell_borders_inside_the_mask_only():
+    from SynBTLib.calibration import border_ratio, deblock
+
+    rng = np.random.default_rng(7)
+    image = _blocky(rng)
+    mask = np.zeros(image.shape[1:], bool)
+    mask[2:10, 3:12, 1:15] = True
+    before = border_ratio(image, mask, 2)
+    assert (before > 3).all() and (np.abs(border_ratio(rng.normal(size=image.shape), mask, 2) - 1) < 0.2).all()
+    out = deblock(image, mask, (0.5, 0.5, 0.5), 2)
+    assert np.array_equal(out[:, ~mask], image[:, ~mask])
+    assert (border_ratio(out, mask, 2) < before / 2).all()
+    assert np.array_equal(deblock(image, mask, (0.0,) * 3, 2), image)
+    # each phase its own strength; a pair with one voxel outside the mask keeps both
+    partial = deblock(image, mask, (0.0, 0.5, 1.0), 2)
+    assert np.array_equal(partial[0], image[0]) and not np.array_equal(partial[1], image[1])
+    np.testing.assert_allclose(partial[:, mask].mean(1), image[:, mask].mean(1), atol=0.02)  # moves, not shifts
+    calibration = ImageCalibration((0.0,) * 3, (1.0,) * 3, deblock=(0.5, 0.5, 0.5))
+    np.testing.assert_allclose(calibration.apply(image.astype(np.float32), mask, cell=2), out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(calibration.apply(image, mask), image, atol=1e-6)  # no cell grid (resampled): none
+    assert ImageCalibration.from_config(calibration.to_config(), 3) == calibration
+    with pytest.raises(SynBTError, match="deblock needs one strength from 0 to 1 per phase"):
+        ImageCalibration((0.0,) * 3, (1.0,) * 3, deblock=(0.5, 1.5, 0.5))
+
+
+def test_the_deblocking_strength_is_fitted_to_the_real_tumors_border_ratio():
+    from SynBTLib.calibration import _deblock_strength, border_ratio, deblock
+
+    rng = np.random.default_rng(8)
+    mask = np.ones((12, 14, 16), bool)
+    tumors = [(rng.normal(size=(3, 12, 14, 16)), _blocky(rng), mask, 2) for _ in range(4)]
+    strength = _deblock_strength(tumors)
+    assert all(0.3 <= value <= 0.8 for value in strength)
+    ratios = [border_ratio(deblock(g, mask, strength, 2), mask, 2) for _, g, _, _ in tumors]
+    np.testing.assert_allclose(np.exp(np.mean(np.log(ratios), 0)), 1.0, atol=0.35)
+    assert _deblock_strength([(r, g, m, None) for r, g, m, _ in tumors]) is None  # resampled regions only
 
 
 def test_a_tumor_generated_with_a_necrotic_core_gets_the_necrotic_factor():
