@@ -792,7 +792,7 @@ def _image_lines(fit: CalibrationFit | None) -> str:
         return ""
     kinetic = "".join(f"\nShift of {name} tumors: {', '.join(f'{v:.3f}' for v in values)}."
                       for name, values in fit.calibration.kinetic_shift.items())
-    kinetic += _necrotic_line(fit) + _shape_lines(fit) + _curve_lines(fit)
+    kinetic += _necrotic_line(fit) + _deblock_line(fit) + _shape_lines(fit) + _curve_lines(fit)
     return ("\nThen, per DCE phase in normalized units, the same over the mask's voxels of the real tumor and of a "
             "whole synthesis with the latent calibration (the image calibration, applied after decoding):\n\n"
             "| phase | real spread | generated spread | factor | real mean | generated mean | shift |\n"
@@ -806,6 +806,14 @@ def _necrotic_line(fit: CalibrationFit) -> str:
     return (f"\nFactor of the {fit.necrotic_tumors} tumors generated with their necrotic core: "
             f"{', '.join(f'{v:.3f}' for v in fit.calibration.necrotic_factor)} (the table's spreads and "
             "factor are those of the other tumors).")
+
+
+def _deblock_line(fit: CalibrationFit) -> str:
+    """The deblocking strengths ('' where none was fitted)."""
+    if fit.calibration.deblock is None:
+        return ""
+    return ("\nDeblocking strength per phase (applied first, to the voxels on either side of a latent cell border): "
+            + ", ".join(f"{v:.2f}" for v in fit.calibration.deblock) + ".")
 
 
 def _shape_lines(fit: CalibrationFit) -> str:

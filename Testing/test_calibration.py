@@ -171,6 +171,7 @@ def test_calibrate_writes_a_new_bundle_and_never_touches_the_input(pipeline, tmp
     # three tumors without a core: their shape map, none for necrotic ones
     assert image_fit.calibration.shape is not None and image_fit.calibration.necrotic_shape is None
     assert "Shape map of the tumors without a necrotic core" in card and "- phase 2: " in card
+    assert "Deblocking strength per phase" in card and "| all | 2 |" in card
     built = SynthesisPipeline.from_bundle(out)
     assert built.calibration == fit.calibration and built.image_calibration == image_fit.calibration
     # recalibrating a calibrated bundle latent-only drops the old image calibration
@@ -207,6 +208,7 @@ def test_calibrate_cli_reports_bad_input_in_one_line(pipeline, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "image calibration, per phase" in printed and "\nphase  real_spread" in printed
     assert "shape maps: none (fewer than 3 tumors of a kind)" in printed  # one case, two tumors
+    assert "curve maps: none (fewer than 3 tumors of a kind)" in printed and "deblocking strength per phase" in printed
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(_dataset(tmp_path / "data2")), "--out",
                      str(tmp_path / "moments"), "--steps", str(STEPS), "--max-tumors", "3", "--moments-only"]) == 0
     assert "shape maps: left out (--moments-only)" in capsys.readouterr().out

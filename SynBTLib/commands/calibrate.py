@@ -50,6 +50,8 @@ def run(args) -> int:
         if image_fit.calibration.necrotic_factor is not None:
             print(f"tumors with a necrotic core ({image_fit.necrotic_tumors}): factor "
                   + ", ".join(f"{v:.3f}" for v in image_fit.calibration.necrotic_factor) + " (the table: the others)")
+        if image_fit.calibration.deblock is not None:
+            print("deblocking strength per phase: " + ", ".join(f"{v:.2f}" for v in image_fit.calibration.deblock))
         shapes = [name for name in ("shape", "necrotic_shape") if getattr(image_fit.calibration, name) is not None]
         for what, fitted, least in (("shape", shapes, MIN_SHAPE_TUMORS),
                                     ("curve", list(image_fit.calibration.curves), MIN_CURVE_TUMORS)):
