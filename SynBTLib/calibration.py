@@ -385,10 +385,11 @@ CURVE_KEYS = ("all", *CURVE_TYPES)  # the curve maps a calibration may hold: all
 @dataclass(frozen=True)
 class ImageCalibration(_MomentMap):
     """Per DCE phase, in normalized units, applied to a generated tumor's voxels after decoding: the
-    level and contrast error the latent calibration leaves (the decoder is not linear, and a tumor's
-    edge voxels lie in latent cells that are mostly context), then the histogram's form (``shape``;
-    ``necrotic_shape`` for tumors generated with a necrotic core, which get none without it), then
-    the tumor's kinetics (``curves``: per curve type asked for, else "all")."""
+    steps at latent cell borders (``deblock``), the level and contrast error the latent calibration
+    leaves (the decoder is not linear, and a tumor's edge voxels lie in latent cells that are mostly
+    context), the histogram's form (``shape``; ``necrotic_shape`` for tumors generated with a
+    necrotic core, which get none without it), and the tumor's kinetics (``curves``: of the curve
+    type asked for, else "all"), in this order."""
 
     shape: ShapeMap | None = None
     necrotic_shape: ShapeMap | None = None
@@ -447,8 +448,8 @@ class ImageCalibration(_MomentMap):
     def apply(self, image: np.ndarray, mask: np.ndarray, kinetics: str | None = None,
               core: np.ndarray | None = None, zero: float = 0.0, cell: int | None = None) -> np.ndarray:
         """(P, Z, Y, X) normalized image, deblocked inside ``mask`` (Z, Y, X) where ``cell`` gives the
-        latent cell size of a region decoded from index 0 without resampling, then with the voxels of the mask mapped per phase, each
-        connected tumor around its own mean (with the necrotic factor where it holds part of ``core``,
+        latent cell size (a region decoded from index 0, not resampled), then with the voxels of the
+        mask mapped per phase, each connected tumor around its own mean (with the necrotic factor where it holds part of ``core``,
         the necrotic core it was generated with), then its histogram reshaped by the shape map of its
         kind and its kinetics by the curve map of ``kinetics`` (``zero``: the scanner's zero in
         normalized units); a new array, other voxels unchanged."""
