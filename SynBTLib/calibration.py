@@ -43,7 +43,8 @@ generated quantiles onto the real ones, then restores the tumor's mean and sprea
 histogram's form changes, never a voxel's rank. Tumors generated with a necrotic core (whose
 histogram the core shapes) get a map of their own, or none.
 
-Two more parts of the image stage, fitted on the same syntheses. Deblocking (``deblock``, first): a
+Two more parts of the image stage, fitted on the same syntheses. Deblocking (``deblock``, first;
+opt-in, ``synbt calibrate --deblock``: on the phantom it made the realism worse, see README): a
 denoiser's latent cells decode with steps at the cells' borders that the encoder's own latents do
 not have (on the phantom, squared differences of neighbouring tumor voxels across a 2-voxel cell
 border were 1.9x those inside a cell; real tumors 0.96x), which makes the subtraction image look
@@ -533,16 +534,17 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
 
 
 def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: int | None = None,
-                          progress: Callable[[int], None] | None = None, moments_only: bool = False) -> CalibrationFit:
+                          progress: Callable[[int], None] | None = None, moments_only: bool = False,
+                          deblock_cells: bool = False) -> CalibrationFit:
     """Fit an ImageCalibration of ``pipeline``'s syntheses from ``(name, case, tumor_mask)`` triples.
 
     As fit_calibration, but a whole synthesis (with the latent calibration the pipeline carries)
     is compared with the real tumor per phase over the mask's voxels, in the case's normalized
-    units (the pipeline must carry no image calibration). Unless ``moments_only``, first the
-    deblocking strengths (from the tumors whose region was not resampled), then on the deblocked
-    syntheses the moments, the shape maps of the tumors with and without a necrotic core (each with
-    MIN_SHAPE_TUMORS tumors or more) and the curve maps: all tumors, and each curve type with
-    MIN_CURVE_TUMORS tumors or more."""
+    units (the pipeline must carry no image calibration). With ``deblock_cells``, first the
+    deblocking strengths (from the tumors whose region was not resampled), and all else on the
+    deblocked syntheses. Unless ``moments_only``, after the moments also the shape maps of the
+    tumors with and without a necrotic core (each with MIN_SHAPE_TUMORS tumors or more) and the
+    curve maps: all tumors, and each curve type with MIN_CURVE_TUMORS tumors or more."""
     from .preprocess import fit_normalization, normalize
 
     if pipeline.image_calibration is not None:
@@ -564,7 +566,7 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
                        mask[box] > 0, cell))
         if progress is not None:
             progress(index + 1)
-    strength = None if moments_only else _deblock_strength(tumors)
+    strength = _deblock_strength(tumors) if deblock_cells else None
     real_means, real_stds, generated_means, generated_stds = [], [], [], []
     quantiles = {"real": [], "generated": []}
     for real, generated, inside, cell in tumors:
@@ -585,7 +587,9 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         moved = [m + np.asarray(fit.calibration.shift_for(t)) for m, t in zip(generated_means, types)]
         curves = _curve_maps(np.asarray(real_means) - np.asarray(zeros)[:, None],
                              np.asarray(moved) - np.asarray(zeros)[:, None], types)
-        fit.calibration = dataclasses.replace(fit.calibration, curves=curves, deblock=strength, **maps)
+        fit.calibration = dataclasses.replace(fit.calibration, curves=curves, **maps)
+    if strength is not None:
+        fit.calibration = dataclasses.replace(fit.calibration, deblock=strength)
     return fit
 
 
@@ -724,11 +728,12 @@ def tumor_samples(data, max_tumors: int | None = None, min_voxels: int = 27):
 
 def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None, max_tumors: int = 24,
                      command: str | None = None, progress: Callable[[int], None] | None = None,
-                     image: bool = True, moments_only: bool = False) -> tuple:
+                     image: bool = True, moments_only: bool = False, deblock_cells: bool = False) -> tuple:
     """Fit the calibration of ``bundle``'s samples on the tumors of ``data`` and write a copy of the
     bundle that carries it to ``out`` (a new or empty folder; the input bundle is never modified).
     With ``image``, an ImageCalibration is then fitted on whole syntheses that carry the new latent
-    calibration (the same tumors and seeds), with its shape and curve maps unless ``moments_only``. Returns (out path, latent CalibrationFit, image
+    calibration (the same tumors and seeds), with its shape and curve maps unless ``moments_only``,
+    deblocking first with ``deblock_cells``. Returns (out path, latent CalibrationFit, image
     CalibrationFit or None). Calibrations the input bundle already has are ignored: refitted, or
     with ``image=False`` the image one dropped.
     ``progress(done)`` counts tumors over both passes."""
@@ -763,7 +768,8 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
         pipeline.calibration = fit.calibration
         offset = (lambda done: progress(fit.tumors + done)) if progress is not None else None
         image_fit = fit_image_calibration(pipeline, tumor_samples(data, max_tumors), seed=seed, steps=steps,
-                                          progress=offset, moments_only=moments_only)
+                                          progress=offset, moments_only=moments_only,
+                                          deblock_cells=deblock_cells)
     meta = {k: v for k, v in base.config.items()
             if k not in RESERVED_KEYS and k not in ("latent_calibration_source", IMAGE_CONFIG_KEY)}
     meta.update(fit.calibration.to_config())

@@ -171,7 +171,7 @@ def test_calibrate_writes_a_new_bundle_and_never_touches_the_input(pipeline, tmp
     # three tumors without a core: their shape map, none for necrotic ones
     assert image_fit.calibration.shape is not None and image_fit.calibration.necrotic_shape is None
     assert "Shape map of the tumors without a necrotic core" in card and "- phase 2: " in card
-    assert "Deblocking strength per phase" in card and "| all | 2 |" in card
+    assert "Deblocking strength" not in card and "| all | 2 |" in card  # deblocking is opt-in
     built = SynthesisPipeline.from_bundle(out)
     assert built.calibration == fit.calibration and built.image_calibration == image_fit.calibration
     # recalibrating a calibrated bundle latent-only drops the old image calibration
@@ -208,12 +208,16 @@ def test_calibrate_cli_reports_bad_input_in_one_line(pipeline, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "image calibration, per phase" in printed and "\nphase  real_spread" in printed
     assert "shape maps: none (fewer than 3 tumors of a kind)" in printed  # one case, two tumors
-    assert "curve maps: none (fewer than 3 tumors of a kind)" in printed and "deblocking strength per phase" in printed
+    assert "curve maps: none (fewer than 3 tumors of a kind)" in printed and "deblocking" not in printed
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(_dataset(tmp_path / "data2")), "--out",
-                     str(tmp_path / "moments"), "--steps", str(STEPS), "--max-tumors", "3", "--moments-only"]) == 0
-    assert "shape maps: left out (--moments-only)" in capsys.readouterr().out
+                     str(tmp_path / "moments"), "--steps", str(STEPS), "--max-tumors", "3", "--moments-only",
+                     "--deblock"]) == 0
+    printed = capsys.readouterr().out
+    assert "shape maps: left out (--moments-only)" in printed and "deblocking strength per phase" in printed
     moments = load_bundle(tmp_path / "moments")
-    assert moments.image_calibration.shape is None and "--moments-only" in (moments.path / "MODEL_CARD.md").read_text()
+    assert moments.image_calibration.shape is None and moments.image_calibration.deblock is not None
+    card = (moments.path / "MODEL_CARD.md").read_text()
+    assert "--moments-only" in card and "--deblock" in card and "Deblocking strength per phase" in card
     unlabelled = tmp_path / "unlabelled"
     write_case(make_case(seed=5), unlabelled / "case_5")
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(unlabelled), "--out", str(tmp_path / "d")]) == 2
@@ -422,7 +426,7 @@ def test_curve_maps_are_fitted_per_type_and_carry_the_generated_steps_onto_the_r
 
 def test_the_fitted_shape_and_curve_maps_carry_whole_syntheses_to_the_real_kinetics(pipeline):  # noqa: F811
     samples = _three_tumors(radius_mm=6.0)
-    fit = fit_image_calibration(pipeline, samples, seed=3, steps=STEPS)
+    fit = fit_image_calibration(pipeline, samples, seed=3, steps=STEPS, deblock_cells=True)
     assert fit.calibration.shape is not None and fit.calibration.necrotic_shape is None
     assert set(fit.calibration.curves) == {"all"}  # a denoiser without curve types: the pooled map only
     assert fit.calibration.deblock is not None and len(fit.calibration.deblock) == 3

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--moments-only", action="store_true",
                    help="fit only the image calibration's moments, not its shape and curve maps "
                    "(see SynBTLib/calibration.py)")
+    p.add_argument("--deblock", action="store_true",
+                   help="also fit a deblocking of the steps at latent cell borders, applied first (not by default: "
+                   "on the phantom it smoothed the tumors' texture further; see README)")
     p.set_defaults(func=run)
 
 
@@ -38,7 +41,8 @@ def run(args) -> int:
         path, fit, image_fit = calibrate_bundle(args.bundle, args.data, args.out, seed=args.seed, steps=args.steps,
                                                 max_tumors=args.max_tumors, command=_command(args),
                                                 progress=lambda done: bar.update(done - bar.n),
-                                                image=not args.latent_only, moments_only=args.moments_only)
+                                                image=not args.latent_only, moments_only=args.moments_only,
+                                                deblock_cells=args.deblock)
     print(f"{fit.tumors} tumors; per latent channel (denoiser space):")
     _print_table(fit, "channel")
     if fit.kinetic_counts:
@@ -73,4 +77,5 @@ def _command(args) -> str:
              "--max-tumors", str(args.max_tumors), "--seed", str(args.seed)]
     words += ["--steps", str(args.steps)] if args.steps is not None else []
     words += ["--latent-only"] if args.latent_only else []
+    words += ["--deblock"] if args.deblock else []
     return shlex.join(words + (["--moments-only"] if args.moments_only else []))
