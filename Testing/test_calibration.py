@@ -349,15 +349,20 @@ def test_a_shape_map_edited_into_nonsense_is_refused_by_name():
     rng = np.random.default_rng(3)
     good = ImageCalibration((0.0,) * 3, (1.0,) * 3, shape=ShapeMap(_skewed_quantiles(rng, lambda r, s: r.normal(size=s)),
                                                                  _skewed_quantiles(rng, lambda r, s: r.gamma(2.0, size=s))))
-    for edit, message in (
+    _assert_edits_refused(good, (
             (lambda e: e["shape"]["generated"][1].reverse(), "must increase with the level"),
             (lambda e: e["shape"].update(levels=[0.1, 0.5, 0.9]), "other quantile levels"),
             (lambda e: e["shape"]["real"].pop(), "quantiles per phase"),
             (lambda e: e["shape"].pop("real"), "'levels', 'generated' and 'real'"),
             (lambda e: e["shape"]["real"][0].__setitem__(0, float("nan")), "must be finite"),
             (lambda e: e.update(necrotic_shape={**e["shape"], "generated": e["shape"]["generated"][:2],
-                                                "real": e["shape"]["real"][:2]}), "necrotic_shape has 2 phases")):
-        config = json.loads(json.dumps(good.to_config()))
+                                                "real": e["shape"]["real"][:2]}), "necrotic_shape has 2 phases")))
+
+
+def _assert_edits_refused(calibration, edits):
+    """Each (edit of the image_calibration config entry, message): the edited config is refused with it."""
+    for edit, message in edits:
+        config = json.loads(json.dumps(calibration.to_config()))
         edit(config["image_calibration"])
         with pytest.raises(SynBTError, match=message):
             ImageCalibration.from_config(config, 3)
@@ -397,14 +402,11 @@ def test_the_curve_map_sets_a_tumors_kinetics_and_keeps_its_pre_contrast_and_tex
     assert calibration.curve_for("washout") is curve and calibration.curve_for("plateau") is curve
     assert calibration.curve_for(None) is curve and ImageCalibration((0.0,) * 3, (1.0,) * 3).curve_for("washout") is None
     assert ImageCalibration.from_config(calibration.to_config(), 3) == calibration
-    for edit, message in ((lambda e: e["curves"].update(fast=e["curves"]["all"]), "one map per key"),
+    _assert_edits_refused(calibration, (
+                          (lambda e: e["curves"].update(fast=e["curves"]["all"]), "one map per key"),
                           (lambda e: e["curves"]["all"]["generated_std"].__setitem__(0, 0.0), "positive generated"),
                           (lambda e: e["curves"]["all"].pop("real_std"), "must be an object with"),
-                          (lambda e: e["curves"]["all"]["real_mean"].append(0.0), "one real and generated")):
-        config = json.loads(json.dumps(calibration.to_config()))
-        edit(config["image_calibration"])
-        with pytest.raises(SynBTError, match=message):
-            ImageCalibration.from_config(config, 3)
+                          (lambda e: e["curves"]["all"]["real_mean"].append(0.0), "one real and generated")))
 
 
 def test_curve_maps_are_fitted_per_type_and_carry_the_generated_steps_onto_the_real_ones():
