@@ -560,7 +560,7 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         types.append(kinetics)
         necrotic.append(core is not None and bool(core.any()))
         norm = fit_normalization(case)
-        zeros.append(float(normalize(np.zeros(1), norm)[0]))
+        zeros.append(norm.zero)
         box, cell = _cell_aligned_box(pipeline, case, mask)
         tumors.append((normalize(case.phases[(slice(None), *box)], norm), normalize(synthetic.phases[(slice(None), *box)], norm),
                        mask[box] > 0, cell))

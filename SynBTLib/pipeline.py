@@ -378,7 +378,7 @@ class SynthesisPipeline:
             decoded = decoded + detail_noise(original, measured, seed, decoded)
         if finish is not None:
             decoded = finish(decoded, roi_mask, None if core is None else crop_padded(core, box, mode="constant"),
-                             float(normalize(np.zeros(1), norm)[0]), None if working_shape is not None else self.compression)
+                             norm.zero, None if working_shape is not None else self.compression)
         generated = denormalize(decoded, norm).astype(np.float32)
         weight = blend_weight(roi_mask, case.geometry.spacing[::-1], self.blend_mm)
         return case.with_phases(paste_blended(case.phases, generated, weight, box))

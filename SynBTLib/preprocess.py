@@ -33,6 +33,11 @@ class Normalization:
         if not (np.isfinite(self.low) and np.isfinite(self.high)) or self.high <= self.low:
             raise SynBTError(f"invalid normalization: low={self.low} must be finite and below high={self.high}")
 
+    @property
+    def zero(self) -> float:
+        """The scanner's zero signal in normalized units (where ratios of signals are taken from)."""
+        return float(normalize(np.zeros(1), self)[0])
+
     def to_dict(self) -> dict:
         return {"low": float(self.low), "high": float(self.high)}
 
