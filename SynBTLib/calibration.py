@@ -43,17 +43,20 @@ generated quantiles onto the real ones, then restores the tumor's mean and sprea
 histogram's form changes, never a voxel's rank. Tumors generated with a necrotic core (whose
 histogram the core shapes) get a map of their own, or none.
 
-Two more parts of the image stage, fitted on the same syntheses. Deblocking (``deblock``, first;
-opt-in, ``synbt calibrate --deblock``: on the phantom it made the realism worse, see README): a
-denoiser's latent cells decode with steps at the cells' borders that the encoder's own latents do
-not have (on the phantom, squared differences of neighbouring tumor voxels across a 2-voxel cell
-border were 1.9x those inside a cell; real tumors 0.96x), which makes the subtraction image look
-tiled; per phase, the two voxels on either side of every cell border inside the tumor are moved
-toward each other by a fraction of their difference, the fraction fitted so that the border / inside
-ratio matches the real tumors'. Curve maps (``CurveMap``, last): per curve type, the tumor-level
-log ratios of the mean signal from one phase to the next, the generated ones mapped onto the real
-tumors' mean and spread: the curve-type label moves a tumor's late phase too little and too
-unevenly (asked for washout, most came out plateau).
+Two more parts of the image stage, fitted on the same syntheses. A texture map (``TextureMap``,
+first): a denoiser's latents decode into tumors whose voxel-scale texture is not the real one. On
+the phantom their neighbouring voxels are too alike (mean squared difference over the variance,
+``lag_ratio``, 1.25 vs 1.46 pre-contrast) and voxels one latent cell (2 voxels) apart too unlike
+for their distance (``cell_excess``, the bump of the ratio there over its neighbours: 0.29-0.31 vs
+0.04-0.19): a pattern whose period is two latent cells, which gives the subtraction image a tiled
+look and its GLCM homogeneity away. Per phase, a fraction of the image is replaced by the mean of
+the voxels one latent cell before and after along each axis (``latent_notch``: it shrinks that
+period and keeps the mean), then seeded white detail brings the lag-1 ratio to the real tumors',
+each tumor's mean and spread kept; the fraction is fitted so that the excess matches too.
+Curve maps (``CurveMap``, last): per curve type, the tumor-level log ratios of the mean signal from
+one phase to the next, the generated ones mapped onto the real tumors' mean and spread: the
+curve-type label moves a tumor's late phase too little and too unevenly (asked for washout, most
+came out plateau).
 """
 from __future__ import annotations
 
@@ -78,7 +81,7 @@ MIN_SPREAD_CELLS = 8
 SHAPE_LEVELS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 MIN_SHAPE_TUMORS = 3
 MIN_CURVE_TUMORS = 3  # real tumors of a curve type for its own CurveMap
-DEBLOCK_GRID = tuple(round(0.05 * k, 2) for k in range(21))  # the deblocking strengths a fit tries
+NOTCH_GRID = tuple(round(0.05 * k, 2) for k in range(11))  # the latent_notch strengths a texture fit tries
 
 
 def tumor_cells(mask: torch.Tensor, compression: int) -> torch.Tensor:
@@ -103,55 +106,111 @@ def channel_moments(latent: torch.Tensor, cells: torch.Tensor) -> tuple[np.ndarr
     return values.mean(dim=1).cpu().numpy(), values.std(dim=1, unbiased=False).cpu().numpy()
 
 
-def deblock(image: np.ndarray, mask: np.ndarray, strength, cell: int) -> np.ndarray:
-    """(P, Z, Y, X) ``image`` whose index 0 is a latent cell's first voxel on every axis, with each pair of
-    voxels on either side of a border between ``cell``-voxel cells, both inside ``mask``, moved toward
-    each other by ``strength`` (one per phase, 0..1: 1 meets at their mean) of their difference, axis by
-    axis; a new array, other voxels unchanged."""
-    out = np.array(image, copy=True)
-    strength = np.asarray(strength, out.dtype).reshape(-1, 1, 1, 1)
+def lag_ratio(image: np.ndarray, mask: np.ndarray, lag=1) -> np.ndarray:
+    """Per phase of a (P, Z, Y, X) ``image``: the mean squared difference of the voxel pairs ``lag`` apart
+    (voxels, or one number per (z, y, x) axis) along any axis, both inside ``mask``, over the variance
+    inside the mask (2 for white noise, near 0 for a smooth image; nan without a pair or a spread)."""
     inside = np.asarray(mask) > 0
-    for axis in range(3):
-        last = np.arange(cell - 1, inside.shape[axis] - 1, cell)  # last voxel of a cell; last + 1 starts the next
-        if last.size == 0:
+    total, pairs = np.zeros(image.shape[0]), 0
+    for axis, lag in enumerate(np.broadcast_to(np.asarray(lag, int), 3)):
+        n = inside.shape[axis]
+        if n <= lag:
             continue
-        both = np.take(inside, last, axis=axis) & np.take(inside, last + 1, axis=axis)
-        a, b = np.take(out, last, axis=axis + 1), np.take(out, last + 1, axis=axis + 1)
-        step = (b - a) * strength / 2 * both[None]
-        index = [slice(None)] * 4
-        index[axis + 1] = last
-        out[tuple(index)] = a + step
-        index[axis + 1] = last + 1
-        out[tuple(index)] = b - step
+        both = np.take(inside, range(n - lag), axis=axis) & np.take(inside, range(lag, n), axis=axis)
+        steps = np.take(image, range(lag, n), axis=axis + 1) - np.take(image, range(n - lag), axis=axis + 1)
+        total += (steps[:, both].astype(np.float64) ** 2).sum(axis=1)
+        pairs += int(both.sum())
+    variance = image[:, inside].astype(np.float64).var(axis=1) if inside.any() else np.zeros(image.shape[0])
+    if pairs == 0 or not (variance > 0).all():
+        return np.full(image.shape[0], np.nan)
+    return total / pairs / variance
+
+
+def cell_excess(image: np.ndarray, mask: np.ndarray, lags) -> np.ndarray:
+    """Per phase: the ``lag_ratio`` one latent cell apart (``lags`` voxels per axis, each 2 or more) less
+    the mean of those a voxel nearer and a voxel farther: a texture with a period of two latent cells
+    has a bump there, the real tumors' smooth ratios hardly one (on the phantom 0.02-0.18 vs 0.33)."""
+    lags = np.asarray(lags, int)
+    return lag_ratio(image, mask, lags) - (lag_ratio(image, mask, lags - 1) + lag_ratio(image, mask, lags + 1)) / 2
+
+
+def latent_notch(image: np.ndarray, strength, lags) -> np.ndarray:
+    """(P, Z, Y, X) ``image`` with, along each axis in turn, the fraction ``strength`` (one per phase,
+    0..0.5) of every voxel replaced by the mean of the voxels ``lags[axis]`` (a latent cell) before and
+    after it (edge values beyond the border): the pattern whose period is two latent cells shrinks by
+    1 - 2 * strength per axis, the mean and patterns of one cell's period stay; a new array."""
+    out = np.asarray(image, np.float32)
+    strength = np.asarray(strength, np.float32).reshape(-1, 1, 1, 1)
+    for axis, lag in enumerate(lags):
+        n = out.shape[axis + 1]
+        index = np.arange(n)
+        before = np.take(out, np.clip(index - lag, 0, n - 1), axis=axis + 1)
+        after = np.take(out, np.clip(index + lag, 0, n - 1), axis=axis + 1)
+        out = (1 - strength) * out + strength * (before + after) / 2
     return out
 
 
-def border_ratio(image: np.ndarray, mask: np.ndarray, cell: int) -> np.ndarray:
-    """Per phase of a (P, Z, Y, X) ``image`` (cells as in ``deblock``): the mean squared difference of
-    neighbouring voxels inside ``mask`` across a cell border over that within a cell (nan without both)."""
-    inside = np.asarray(mask) > 0
-    sums = np.zeros((2, image.shape[0]))
-    counts = np.zeros(2)
-    for axis in range(3):
-        first = np.arange(inside.shape[axis] - 1)
-        both = np.take(inside, first, axis=axis) & np.take(inside, first + 1, axis=axis)
-        squared = (np.take(image, first + 1, axis=axis + 1) - np.take(image, first, axis=axis + 1)).astype(np.float64) ** 2
-        crossing = (first % cell) == cell - 1
-        for row, pick in ((0, crossing), (1, ~crossing)):
-            chosen = np.take(both, np.flatnonzero(pick), axis=axis)
-            sums[row] += np.take(squared, np.flatnonzero(pick), axis=axis + 1)[:, chosen].sum(axis=1)
-            counts[row] += chosen.sum()
-    if counts.min() == 0 or not (sums[1] > 0).all():
-        return np.full(image.shape[0], np.nan)
-    return (sums[0] / counts[0]) / (sums[1] / counts[1])
+@dataclass(frozen=True)
+class TextureMap:
+    """Per phase, ``notch``: the strength of ``latent_notch``, and ``target``: the real tumors' lag-1
+    ``lag_ratio`` that seeded white detail restores (see the module doc). Each tumor keeps its mean
+    and spread."""
+
+    notch: tuple[float, ...]
+    target: tuple[float, ...]
+
+    def __post_init__(self):
+        notch, target = np.asarray(self.notch, np.float64), np.asarray(self.target, np.float64)
+        if notch.ndim != 1 or notch.shape != target.shape or not notch.size:
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} texture needs one notch and one target per phase")
+        if not (np.isfinite(notch).all() and (notch >= 0).all() and (notch <= 0.5).all()):
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} texture notch strengths must lie from 0 to 0.5")
+        if not (np.isfinite(target).all() and (target > 0).all() and (target < 2).all()):
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} texture targets must lie between 0 and 2 (white noise)")
+
+    @property
+    def channels(self) -> int:
+        return len(self.notch)
+
+    def apply(self, image: np.ndarray, mask: np.ndarray, lags, seed: int = 0) -> np.ndarray:
+        """(P, Z, Y, X) ``image`` with the texture of each connected tumor of ``mask`` mapped (``lags``:
+        a latent cell in voxels per axis; ``seed``: of the detail); a new array, other voxels unchanged."""
+        notched = latent_notch(image, self.notch, lags)
+        target = np.asarray(self.target, np.float64)
+        rng = np.random.default_rng([int(seed), 13])
+        components, count = ndimage.label(np.asarray(mask) > 0, structure=np.ones((3, 3, 3)))
+        out = np.array(image, copy=True)
+        for label in range(1, count + 1):
+            inside = components == label
+            original = image[:, inside].astype(np.float64)
+            ratio = lag_ratio(notched, inside, 1)
+            # white detail of variance s (over the tumor's) moves the ratio to (ratio + 2 s) / (1 + s)
+            detail = np.clip(np.nan_to_num((target - ratio) / (2 - target)), 0.0, None)[:, None]
+            values = _standardized(notched[:, inside].astype(np.float64))
+            values = _standardized(values + np.sqrt(detail) * rng.standard_normal(values.shape))
+            out[:, inside] = (original.mean(axis=1, keepdims=True)
+                              + original.std(axis=1, keepdims=True) * values).astype(out.dtype)
+        return out
+
+    def to_config(self) -> dict:
+        return {"notch": list(self.notch), "target": list(self.target)}
+
+    @classmethod
+    def from_config(cls, entry) -> "TextureMap":
+        if not isinstance(entry, dict) or set(entry) != {"notch", "target"}:
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} texture must hold exactly notch and target")
+        return cls(*(_numbers(entry[k], f"texture {k}", IMAGE_CONFIG_KEY) for k in ("notch", "target")))
+
+
+def _standardized(values: np.ndarray) -> np.ndarray:
+    """(P, N) values with each row moved to mean 0 and spread 1 (a row without spread to 0)."""
+    std = values.std(axis=1, keepdims=True)
+    return (values - values.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
 
 
 def standardized_quantiles(values: np.ndarray) -> np.ndarray:
     """(P, N) values of one tumor -> (P, len(SHAPE_LEVELS)) quantiles of each row standardized over the row."""
-    values = np.asarray(values, np.float64)
-    std = values.std(axis=1, keepdims=True)
-    z = (values - values.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
-    return np.quantile(z, SHAPE_LEVELS, axis=1).T
+    return np.quantile(_standardized(np.asarray(values, np.float64)), SHAPE_LEVELS, axis=1).T
 
 
 @dataclass(frozen=True)
@@ -386,7 +445,7 @@ CURVE_KEYS = ("all", *CURVE_TYPES)  # the curve maps a calibration may hold: all
 @dataclass(frozen=True)
 class ImageCalibration(_MomentMap):
     """Per DCE phase, in normalized units, applied to a generated tumor's voxels after decoding: the
-    steps at latent cell borders (``deblock``), the level and contrast error the latent calibration
+    voxel-scale texture (``texture``), the level and contrast error the latent calibration
     leaves (the decoder is not linear, and a tumor's edge voxels lie in latent cells that are mostly
     context), the histogram's form (``shape``; ``necrotic_shape`` for tumors generated with a
     necrotic core, which get none without it), and the tumor's kinetics (``curves``: of the curve
@@ -395,20 +454,17 @@ class ImageCalibration(_MomentMap):
     shape: ShapeMap | None = None
     necrotic_shape: ShapeMap | None = None
     curves: dict[str, CurveMap] = field(default_factory=dict)
-    deblock: tuple[float, ...] | None = None  # per phase, the strength of ``deblock`` (applied first)
+    texture: TextureMap | None = None  # applied first
 
     CONFIG_KEY = IMAGE_CONFIG_KEY
     UNIT = "phase"
     TARGET = "the model"
-    EXTRA_KEYS = ("shape", "necrotic_shape", "curves", "deblock")
+    EXTRA_KEYS = ("shape", "necrotic_shape", "curves", "texture")
 
     def __post_init__(self):
         super().__post_init__()
-        if self.deblock is not None:
-            strength = np.asarray(self.deblock, np.float64)
-            if strength.shape != (self.channels,) or not (np.isfinite(strength).all() and (strength >= 0).all()
-                                                          and (strength <= 1).all()):
-                raise SynBTError(f"{IMAGE_CONFIG_KEY} deblock needs one strength from 0 to 1 per phase")
+        if self.texture is not None and self.texture.channels != self.channels:
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} texture has {self.texture.channels} phases, the shifts {self.channels}")
         for name in ("shape", "necrotic_shape"):
             shape = getattr(self, name)
             if shape is not None and shape.channels != self.channels:
@@ -431,8 +487,8 @@ class ImageCalibration(_MomentMap):
                  if getattr(self, name) is not None}
         if self.curves:
             entry["curves"] = {name: curve.to_config() for name, curve in self.curves.items()}
-        if self.deblock is not None:
-            entry["deblock"] = list(self.deblock)
+        if self.texture is not None:
+            entry["texture"] = self.texture.to_config()
         return entry
 
     @classmethod
@@ -442,14 +498,14 @@ class ImageCalibration(_MomentMap):
             if not isinstance(entry["curves"], dict):
                 raise SynBTError(f"{IMAGE_CONFIG_KEY} curves must map curve types to objects")
             extras["curves"] = {str(k): CurveMap.from_config(v, str(k)) for k, v in entry["curves"].items()}
-        if "deblock" in entry:
-            extras["deblock"] = _numbers(entry["deblock"], "deblock", IMAGE_CONFIG_KEY)
+        if "texture" in entry:
+            extras["texture"] = TextureMap.from_config(entry["texture"])
         return extras
 
     def apply(self, image: np.ndarray, mask: np.ndarray, kinetics: str | None = None,
-              core: np.ndarray | None = None, zero: float = 0.0, cell: int | None = None) -> np.ndarray:
-        """(P, Z, Y, X) normalized image, deblocked inside ``mask`` (Z, Y, X) where ``cell`` gives the
-        latent cell size (a region decoded from index 0, not resampled), then with the voxels of the
+              core: np.ndarray | None = None, zero: float = 0.0, lags=None, seed: int = 0) -> np.ndarray:
+        """(P, Z, Y, X) normalized image with the texture of ``mask`` (Z, Y, X) mapped where ``lags`` gives
+        a latent cell's size in voxels per axis (``seed``: of the texture's detail), then the voxels of the
         mask mapped per phase, each connected tumor around its own mean (with the necrotic factor where it holds part of ``core``,
         the necrotic core it was generated with), then its histogram reshaped by the shape map of its
         kind and its kinetics by the curve map of ``kinetics`` (``zero``: the scanner's zero in
@@ -459,8 +515,8 @@ class ImageCalibration(_MomentMap):
                              f"and a (Z, Y, X) mask, got {image.shape} and {mask.shape}")
         shift = np.asarray(self.shift_for(kinetics), np.float32)[:, None]
         curve = self.curve_for(kinetics)
-        if self.deblock is not None and cell is not None and cell > 1:
-            image = deblock(image, mask, self.deblock, cell)
+        if self.texture is not None and lags is not None:
+            image = self.texture.apply(image, mask, lags, seed)
         components, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
         out = image.copy()
         for label in range(1, count + 1):
@@ -535,16 +591,16 @@ def fit_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: in
 
 def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, steps: int | None = None,
                           progress: Callable[[int], None] | None = None, moments_only: bool = False,
-                          deblock_cells: bool = False) -> CalibrationFit:
+                          texture: bool = True, notch: float | None = None) -> CalibrationFit:
     """Fit an ImageCalibration of ``pipeline``'s syntheses from ``(name, case, tumor_mask)`` triples.
 
     As fit_calibration, but a whole synthesis (with the latent calibration the pipeline carries)
     is compared with the real tumor per phase over the mask's voxels, in the case's normalized
-    units (the pipeline must carry no image calibration). With ``deblock_cells``, first the
-    deblocking strengths (from the tumors whose region was not resampled), and all else on the
-    deblocked syntheses. Unless ``moments_only``, after the moments also the shape maps of the
-    tumors with and without a necrotic core (each with MIN_SHAPE_TUMORS tumors or more) and the
-    curve maps: all tumors, and each curve type with MIN_CURVE_TUMORS tumors or more."""
+    units (the pipeline must carry no image calibration). Unless ``moments_only``: first the texture
+    map (with ``texture``; ``notch``: its strength for every phase instead of the fitted ones), and
+    all else on the syntheses it maps; after the moments, the shape maps
+    of the tumors with and without a necrotic core (each with MIN_SHAPE_TUMORS tumors or more) and
+    the curve maps: all tumors, and each curve type with MIN_CURVE_TUMORS tumors or more."""
     from .preprocess import fit_normalization, normalize
 
     if pipeline.image_calibration is not None:
@@ -561,17 +617,18 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         necrotic.append(core is not None and bool(core.any()))
         norm = fit_normalization(case)
         zeros.append(norm.zero)
-        box, cell = _cell_aligned_box(pipeline, case, mask)
+        lags = pipeline.latent_cell_voxels(case.geometry)
+        box = _tumor_box(mask, lags)
         tumors.append((normalize(case.phases[(slice(None), *box)], norm), normalize(synthetic.phases[(slice(None), *box)], norm),
-                       mask[box] > 0, cell))
+                       mask[box] > 0, lags))
         if progress is not None:
             progress(index + 1)
-    strength = _deblock_strength(tumors) if deblock_cells else None
+    texture_map = _texture_map(tumors, notch) if texture and not moments_only else None
     real_means, real_stds, generated_means, generated_stds = [], [], [], []
     quantiles = {"real": [], "generated": []}
-    for real, generated, inside, cell in tumors:
-        if strength is not None and cell is not None:
-            generated = deblock(generated, inside, strength, cell)
+    for index, (real, generated, inside, lags) in enumerate(tumors):
+        if texture_map is not None:
+            generated = texture_map.apply(generated, inside, lags, seed + index)
         for image, means, stds, kind in ((real, real_means, real_stds, "real"),
                                          (generated, generated_means, generated_stds, "generated")):
             values = image[:, inside].astype(np.float64)
@@ -587,43 +644,47 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         moved = [m + np.asarray(fit.calibration.shift_for(t)) for m, t in zip(generated_means, types)]
         curves = _curve_maps(np.asarray(real_means) - np.asarray(zeros)[:, None],
                              np.asarray(moved) - np.asarray(zeros)[:, None], types)
-        fit.calibration = dataclasses.replace(fit.calibration, curves=curves, **maps)
-    if strength is not None:
-        fit.calibration = dataclasses.replace(fit.calibration, deblock=strength)
+        fit.calibration = dataclasses.replace(fit.calibration, curves=curves, texture=texture_map, **maps)
     return fit
 
 
-def _cell_aligned_box(pipeline, case, mask) -> tuple[tuple[slice, ...], int | None]:
-    """The mask's bounding box, its start moved back to a latent cell's first voxel of the region the
-    pipeline processes, and the cell size (None, and the plain box, where that region is resampled)."""
-    roi = pipeline.region_of_interest(case, mask)
+def _tumor_box(mask, lags) -> tuple[slice, ...]:
+    """The mask's bounding box grown by ``lags`` voxels per axis (what ``latent_notch`` reads), within the volume."""
     coords = np.argwhere(np.asarray(mask) > 0)
-    low, high = coords.min(axis=0), coords.max(axis=0) + 1
-    cell = int(pipeline.compression)
-    starts = [r.start + ((lo - r.start) // cell) * cell for r, lo in zip(roi, low)]
-    resampled = pipeline.working_shape(case.geometry, tuple(b.stop - b.start for b in roi)) is not None
-    if resampled or min(starts) < 0:  # (a tumor at the volume's edge whose first cell starts outside it)
-        return tuple(slice(int(lo), int(hi)) for lo, hi in zip(low, high)), None
-    return tuple(slice(int(st), int(hi)) for st, hi in zip(starts, high)), cell
+    low, high = coords.min(axis=0) - np.asarray(lags), coords.max(axis=0) + 1 + np.asarray(lags)
+    return tuple(slice(int(max(lo, 0)), int(min(hi, n))) for lo, hi, n in zip(low, high, np.shape(mask)))
 
 
-def _deblock_strength(tumors: list) -> tuple[float, ...] | None:
-    """Per phase, the DEBLOCK_GRID strength whose deblocked syntheses' border ratio (geometric mean over
-    the tumors) is nearest the real tumors'; None where no tumor has a known cell grid."""
-    known = [(real, generated, inside, cell) for real, generated, inside, cell in tumors if cell is not None]
-    real = np.asarray([border_ratio(r, inside, cell) for r, _, inside, cell in known])
-    usable = np.isfinite(real).all(axis=1) & (real > 0).all(axis=1) if len(known) else np.zeros(0, bool)
-    if not usable.any():
+def _texture_map(tumors: list, notch: float | None = None) -> TextureMap | None:
+    """The TextureMap of (real, generated, inside, lags) tumors: per phase, the target is the real tumors'
+    mean lag-1 ratio and the notch the NOTCH_GRID strength whose syntheses, brought to that target,
+    have the mean ``cell_excess`` nearest the real one (computed, not sampled: white detail of relative
+    variance s divides it by 1 + s). The excess, not the ratio one cell apart itself, because the
+    latter follows the tumors' sizes and enhancement patterns (cohorts of phantom tumors differed by
+    0.05 there, by 0.005 in the excess). A given ``notch`` is used for every phase instead. None
+    without a tumor whose ratios are defined (cells of 2 voxels or more)."""
+    real = [np.concatenate([lag_ratio(r, inside, 1), cell_excess(r, inside, lags)]) if min(lags) >= 2 else None
+            for r, _, inside, lags in tumors]
+    usable = [i for i, values in enumerate(real) if values is not None and np.isfinite(values).all()]
+    if not usable:
         return None
-    known = [t for t, keep in zip(known, usable) if keep]
-    target = np.exp(np.mean(np.log(real[usable]), axis=0))
+    real = np.asarray([real[i] for i in usable])
+    phases = real.shape[1] // 2
+    target, real_excess = real[:, :phases].mean(axis=0), real[:, phases:].mean(axis=0)
+    if not (target < 2).all():
+        return None
+    if notch is not None:
+        return TextureMap((float(notch),) * phases, tuple(float(v) for v in target))
     errors = []
-    for strength in DEBLOCK_GRID:
-        ratios = np.asarray([border_ratio(deblock(g, inside, [strength] * len(target), cell), inside, cell)
-                             for _, g, inside, cell in known])
-        with np.errstate(divide="ignore"):
-            errors.append(np.abs(np.nanmean(np.log(ratios), axis=0) - np.log(target)))
-    return tuple(float(DEBLOCK_GRID[i]) for i in np.nanargmin(np.asarray(errors), axis=0))
+    for strength in NOTCH_GRID:
+        excess = []
+        for _, generated, inside, lags in (tumors[i] for i in usable):
+            notched = latent_notch(generated, [strength] * phases, lags)
+            detail = np.clip((target - lag_ratio(notched, inside, 1)) / (2 - target), 0.0, None)
+            excess.append(cell_excess(notched, inside, lags) / (1 + detail))
+        errors.append(np.abs(np.nanmean(excess, axis=0) - real_excess))
+    notch = tuple(float(NOTCH_GRID[i]) for i in np.nanargmin(np.asarray(errors), axis=0))
+    return TextureMap(notch, tuple(float(v) for v in target))
 
 
 def _curve_maps(real_signal: np.ndarray, generated_signal: np.ndarray, types: list) -> dict[str, CurveMap]:
@@ -728,12 +789,13 @@ def tumor_samples(data, max_tumors: int | None = None, min_voxels: int = 27):
 
 def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None, max_tumors: int = 24,
                      command: str | None = None, progress: Callable[[int], None] | None = None,
-                     image: bool = True, moments_only: bool = False, deblock_cells: bool = False) -> tuple:
+                     image: bool = True, moments_only: bool = False, texture: bool = True,
+                     notch: float | None = None) -> tuple:
     """Fit the calibration of ``bundle``'s samples on the tumors of ``data`` and write a copy of the
     bundle that carries it to ``out`` (a new or empty folder; the input bundle is never modified).
     With ``image``, an ImageCalibration is then fitted on whole syntheses that carry the new latent
     calibration (the same tumors and seeds), with its shape and curve maps unless ``moments_only``,
-    deblocking first with ``deblock_cells``. Returns (out path, latent CalibrationFit, image
+    its texture map first with ``texture`` (``notch``: as for fit_image_calibration). Returns (out path, latent CalibrationFit, image
     CalibrationFit or None). Calibrations the input bundle already has are ignored: refitted, or
     with ``image=False`` the image one dropped.
     ``progress(done)`` counts tumors over both passes."""
@@ -751,6 +813,8 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
         raise SynBTError(f"{out} already exists and is not empty; choose a new folder")
     if not (isinstance(max_tumors, int) and max_tumors >= 2):
         raise SynBTError(f"max_tumors must be a whole number, 2 or more, got {max_tumors!r}")
+    if notch is not None and not 0.0 <= notch <= 0.5:
+        raise SynBTError(f"the notch strength must lie from 0 to 0.5, got {notch}")
     base = load_bundle(bundle)
     if base.denoiser is None:
         raise SynBTError(f"bundle {bundle} has no denoiser (autoencoder-only): there is nothing to calibrate")
@@ -769,7 +833,7 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
         offset = (lambda done: progress(fit.tumors + done)) if progress is not None else None
         image_fit = fit_image_calibration(pipeline, tumor_samples(data, max_tumors), seed=seed, steps=steps,
                                           progress=offset, moments_only=moments_only,
-                                          deblock_cells=deblock_cells)
+                                          texture=texture, notch=notch)
     meta = {k: v for k, v in base.config.items()
             if k not in RESERVED_KEYS and k not in ("latent_calibration_source", IMAGE_CONFIG_KEY)}
     meta.update(fit.calibration.to_config())
@@ -799,7 +863,7 @@ def _image_lines(fit: CalibrationFit | None) -> str:
         return ""
     kinetic = "".join(f"\nShift of {name} tumors: {', '.join(f'{v:.3f}' for v in values)}."
                       for name, values in fit.calibration.kinetic_shift.items())
-    kinetic += _necrotic_line(fit) + _deblock_line(fit) + _shape_lines(fit) + _curve_lines(fit)
+    kinetic += _necrotic_line(fit) + _texture_line(fit) + _shape_lines(fit) + _curve_lines(fit)
     return ("\nThen, per DCE phase in normalized units, the same over the mask's voxels of the real tumor and of a "
             "whole synthesis with the latent calibration (the image calibration, applied after decoding):\n\n"
             "| phase | real spread | generated spread | factor | real mean | generated mean | shift |\n"
@@ -815,12 +879,14 @@ def _necrotic_line(fit: CalibrationFit) -> str:
             "factor are those of the other tumors).")
 
 
-def _deblock_line(fit: CalibrationFit) -> str:
-    """The deblocking strengths ('' where none was fitted)."""
-    if fit.calibration.deblock is None:
+def _texture_line(fit: CalibrationFit) -> str:
+    """The texture map ('' where none was fitted)."""
+    texture = fit.calibration.texture
+    if texture is None:
         return ""
-    return ("\nDeblocking strength per phase (applied first, to the voxels on either side of a latent cell border): "
-            + ", ".join(f"{v:.2f}" for v in fit.calibration.deblock) + ".")
+    return ("\nTexture map (applied first; per phase): latent-cell notch " + ", ".join(f"{v:.2f}" for v in texture.notch)
+            + "; white detail up to the real lag-1 neighbour-difference ratio "
+            + ", ".join(f"{v:.3f}" for v in texture.target) + ".")
 
 
 def _shape_lines(fit: CalibrationFit) -> str:

@@ -279,8 +279,8 @@ class SynthesisPipeline:
         finish = None
         if self.image_calibration is not None:
             chosen = self.choose_kinetics(kinetics, seed)
-            finish = lambda image, roi_mask, roi_core, zero, cell: self.image_calibration.apply(  # noqa: E731
-                image, roi_mask, chosen, roi_core, zero, cell)
+            finish = lambda image, roi_mask, roi_core, zero, lags: self.image_calibration.apply(  # noqa: E731
+                image, roi_mask, chosen, roi_core, zero, lags, seed)
         return self._replace_region(case, mask, seed, self._sampler(steps, kinetics, seed, progress, calibrate=True),
                                     finish, necrosis)
 
@@ -337,9 +337,8 @@ class SynthesisPipeline:
 
     def _replace_region(self, case: Case, mask: np.ndarray, seed: int, latent_of, finish=None, necrosis=None) -> Case:
         """Normalize, crop, encode, `latent_of(known_latent, roi_image, roi_mask, generator, roi_core)`,
-        decode, `finish(decoded, roi_mask, roi_core, zero, cell)` (normalized units, on the case grid;
-        ``zero``: the scanner's zero in them; ``cell``: the latent cell size on that grid, None where the
-        region was resampled), blend.
+        decode, `finish(decoded, roi_mask, roi_core, zero, lags)` (normalized units, on the case grid;
+        ``zero``: the scanner's zero in them; ``lags``: ``latent_cell_voxels``), blend.
         ``roi_core`` is the necrotic core (``choose_core``) over the region, or None for a denoiser
         without necrosis."""
         mask = validated_mask(case, mask, expected_phases=self.autoencoder.config.in_channels)
@@ -378,7 +377,7 @@ class SynthesisPipeline:
             decoded = decoded + detail_noise(original, measured, seed, decoded)
         if finish is not None:
             decoded = finish(decoded, roi_mask, None if core is None else crop_padded(core, box, mode="constant"),
-                             norm.zero, None if working_shape is not None else self.compression)
+                             norm.zero, self.latent_cell_voxels(case.geometry))
         generated = denormalize(decoded, norm).astype(np.float32)
         weight = blend_weight(roi_mask, case.geometry.spacing[::-1], self.blend_mm)
         return case.with_phases(paste_blended(case.phases, generated, weight, box))
@@ -389,6 +388,12 @@ class SynthesisPipeline:
             return False
         ratio = np.asarray(geometry.spacing) / np.asarray(self.working_spacing)
         return bool(np.any(np.abs(ratio - 1.0) > 0.1))
+
+    def latent_cell_voxels(self, geometry: Geometry) -> tuple[int, int, int]:
+        """(Z, Y, X) size of one latent cell in the case's voxels (rounded, at least 1)."""
+        if not self.needs_resampling(geometry):
+            return (self.compression,) * 3
+        return tuple(max(1, int(round(self.compression / r))) for r in self._spacing_ratio(geometry))
 
     def working_shape(self, geometry: Geometry, roi_shape) -> tuple[int, int, int] | None:
         """(Z, Y, X) size of the region on the working grid (a multiple of roi_multiple), or None."""

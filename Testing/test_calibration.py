@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from SynBTLib.bundle import bundle_sha256, load_bundle, save_bundle, write_checksums
 from SynBTLib.calibration import (
@@ -12,10 +13,15 @@ from SynBTLib.calibration import (
     ImageCalibration,
     LatentCalibration,
     ShapeMap,
+    TextureMap,
+    _texture_map,
     calibrate_bundle,
+    cell_excess,
     channel_moments,
     fit_calibration,
     fit_image_calibration,
+    lag_ratio,
+    latent_notch,
     standardized_quantiles,
     tumor_cells,
 )
@@ -171,7 +177,8 @@ def test_calibrate_writes_a_new_bundle_and_never_touches_the_input(pipeline, tmp
     # three tumors without a core: their shape map, none for necrotic ones
     assert image_fit.calibration.shape is not None and image_fit.calibration.necrotic_shape is None
     assert "Shape map of the tumors without a necrotic core" in card and "- phase 2: " in card
-    assert "Deblocking strength" not in card and "| all | 2 |" in card  # deblocking is opt-in
+    assert "Texture map (applied first; per phase): latent-cell notch" in card and "| all | 2 |" in card
+    assert image_fit.calibration.texture is not None
     built = SynthesisPipeline.from_bundle(out)
     assert built.calibration == fit.calibration and built.image_calibration == image_fit.calibration
     # recalibrating a calibrated bundle latent-only drops the old image calibration
@@ -203,21 +210,31 @@ def test_calibrate_cli_reports_bad_input_in_one_line(pipeline, tmp_path, capsys)
     assert "calibrated bundle" in printed and "image calibration" not in printed
     assert load_bundle(tmp_path / "c").image_calibration is None
     assert "--latent-only" in load_bundle(tmp_path / "c").path.joinpath("MODEL_CARD.md").read_text()
+    assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--out", str(tmp_path / "c2"),
+                     "--notch", "0.7"]) == 2
+    assert "the notch strength must lie from 0 to 0.5, got 0.7" in capsys.readouterr().err
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--out", str(tmp_path / "both"),
-                     "--steps", str(STEPS)]) == 0
+                     "--steps", str(STEPS), "--notch", "0.3"]) == 0
     printed = capsys.readouterr().out
+    assert "texture map per phase: notch 0.30, 0.30, 0.30" in printed
+    assert "--notch 0.3" in (tmp_path / "both" / "MODEL_CARD.md").read_text()
     assert "image calibration, per phase" in printed and "\nphase  real_spread" in printed
     assert "shape maps: none (fewer than 3 tumors of a kind)" in printed  # one case, two tumors
-    assert "curve maps: none (fewer than 3 tumors of a kind)" in printed and "deblocking" not in printed
+    assert "curve maps: none (fewer than 3 tumors of a kind)" in printed and "texture map per phase: notch" in printed
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(_dataset(tmp_path / "data2")), "--out",
-                     str(tmp_path / "moments"), "--steps", str(STEPS), "--max-tumors", "3", "--moments-only",
-                     "--deblock"]) == 0
+                     str(tmp_path / "moments"), "--steps", str(STEPS), "--max-tumors", "3", "--moments-only"]) == 0
     printed = capsys.readouterr().out
-    assert "shape maps: left out (--moments-only)" in printed and "deblocking strength per phase" in printed
+    assert "shape maps: left out (--moments-only)" in printed and "texture map" not in printed
     moments = load_bundle(tmp_path / "moments")
-    assert moments.image_calibration.shape is None and moments.image_calibration.deblock is not None
-    card = (moments.path / "MODEL_CARD.md").read_text()
-    assert "--moments-only" in card and "--deblock" in card and "Deblocking strength per phase" in card
+    assert moments.image_calibration.shape is None and moments.image_calibration.texture is None
+    assert "--moments-only" in (moments.path / "MODEL_CARD.md").read_text()
+    assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(_dataset(tmp_path / "data3")), "--out",
+                     str(tmp_path / "plain"), "--steps", str(STEPS), "--max-tumors", "3", "--no-texture"]) == 0
+    assert "texture map: left out (--no-texture)" in capsys.readouterr().out
+    plain = load_bundle(tmp_path / "plain")
+    assert plain.image_calibration.texture is None and plain.image_calibration.shape is not None
+    card = (plain.path / "MODEL_CARD.md").read_text()
+    assert "--no-texture" in card and "Texture map" not in card
     unlabelled = tmp_path / "unlabelled"
     write_case(make_case(seed=5), unlabelled / "case_5")
     assert cli_main(["calibrate", "--bundle", str(bundle), "--data", str(unlabelled), "--out", str(tmp_path / "d")]) == 2
@@ -428,10 +445,12 @@ def test_curve_maps_are_fitted_per_type_and_carry_the_generated_steps_onto_the_r
 
 def test_the_fitted_shape_and_curve_maps_carry_whole_syntheses_to_the_real_kinetics(pipeline):  # noqa: F811
     samples = _three_tumors(radius_mm=6.0)
-    fit = fit_image_calibration(pipeline, samples, seed=3, steps=STEPS, deblock_cells=True)
+    fit = fit_image_calibration(pipeline, samples, seed=3, steps=STEPS)
     assert fit.calibration.shape is not None and fit.calibration.necrotic_shape is None
     assert set(fit.calibration.curves) == {"all"}  # a denoiser without curve types: the pooled map only
-    assert fit.calibration.deblock is not None and len(fit.calibration.deblock) == 3
+    # the texture target is the real tumors' mean lag-1 ratio, measured on the case grid around each mask
+    real_ratios = [lag_ratio(np.asarray(case.phases, np.float64), mask, 1) for _, case, mask in samples]
+    np.testing.assert_allclose(fit.calibration.texture.target, np.mean(real_ratios, 0), rtol=1e-6)
     calibrated = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
                                    image_calibration=fit.calibration, **MARGINS)
     real_steps, made_steps = [], []
@@ -441,71 +460,104 @@ def test_the_fitted_shape_and_curve_maps_carry_whole_syntheses_to_the_real_kinet
             steps.append(np.diff(np.log(image.phases[:, mask > 0].astype(np.float64).mean(1))))
     np.testing.assert_allclose(np.mean(made_steps, 0), np.mean(real_steps, 0), atol=1e-4)
     np.testing.assert_allclose(np.std(made_steps, 0), np.std(real_steps, 0), rtol=1e-2, atol=1e-4)
-    # the pipeline hands the calibration its cell grid: deblocking moves tumor voxels only, toward smaller borders
-    from SynBTLib.calibration import border_ratio
-
+    # the pipeline hands the texture map its cell size and seed: tumor voxels only, toward the target, seeded
     _, case, mask = samples[0]
     made = {}
-    for strength in (0.0, 1.0):
-        calibration = ImageCalibration((0.0,) * 3, (1.0,) * 3, deblock=(strength,) * 3)
-        made[strength] = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler,
-                                           pipeline.latent_scale, image_calibration=calibration, **MARGINS)(
-            case, mask, seed=3, steps=STEPS).phases
-    assert np.array_equal(made[0.0][:, mask == 0], made[1.0][:, mask == 0])
-    box, cell = _aligned(calibrated, case, mask)
-    ratios = {k: border_ratio(v[(slice(None), *box)], mask[box] > 0, cell) for k, v in made.items()}
-    assert (ratios[1.0] < 0.5 * ratios[0.0]).all()
+    for name, texture in (("none", None), ("white", TextureMap((0.0,) * 3, (1.9,) * 3))):
+        calibration = ImageCalibration((0.0,) * 3, (1.0,) * 3, texture=texture)
+        run = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
+                                image_calibration=calibration, **MARGINS)
+        made[name] = run(case, mask, seed=3, steps=STEPS).phases
+        if texture is not None:
+            assert np.array_equal(run(case, mask, seed=3, steps=STEPS).phases, made[name])
+            assert not np.array_equal(run(case, mask, seed=4, steps=STEPS).phases[:, mask > 0], made[name][:, mask > 0])
+    assert np.array_equal(made["none"][:, mask == 0], made["white"][:, mask == 0])
+    before, after = (lag_ratio(made[k].astype(np.float64), mask, 1) for k in ("none", "white"))
+    assert (after > before + 0.3).all() and (np.abs(after - 1.9) < 0.15).all()
 
 
-def _aligned(pipeline, case, mask):  # noqa: F811
-    from SynBTLib.calibration import _cell_aligned_box
-
-    box, cell = _cell_aligned_box(pipeline, case, mask)
-    assert cell == pipeline.compression
-    return box, cell
+def _two_cell_pattern(shape=(3, 12, 14, 16), cell=2):
+    """+1 +1 -1 -1 ... along every axis: the pattern whose period is two latent cells of ``cell`` voxels."""
+    signs = [np.where((np.arange(n) // cell) % 2 == 0, 1.0, -1.0) for n in shape[1:]]
+    return np.ones(shape[0])[:, None, None, None] * np.einsum("i,j,k->ijk", *signs)
 
 
-def _blocky(rng, shape=(3, 12, 14, 16), cell=2, noise=0.5):
-    coarse = rng.normal(size=(shape[0], *(n // cell for n in shape[1:])))
-    return np.kron(coarse, np.ones((1, cell, cell, cell))) + noise * rng.normal(size=shape)
+def test_the_latent_notch_removes_the_two_cell_period_and_keeps_the_mean():
+    pattern = _two_cell_pattern()
+    interior = (slice(None), slice(2, -2), slice(2, -2), slice(2, -2))
+    np.testing.assert_allclose(latent_notch(pattern, (0.5,) * 3, (2, 2, 2))[interior], 0.0, atol=1e-6)
+    np.testing.assert_allclose(latent_notch(pattern, (0.25,) * 3, (2, 2, 2))[interior], pattern[interior] / 8,
+                               atol=1e-6)  # (1 - 2 * 0.25) per axis
+    flat = np.full(pattern.shape, 3.0)
+    np.testing.assert_allclose(latent_notch(flat, (0.5, 0.2, 0.0), (2, 1, 3)), flat)
+    assert np.array_equal(latent_notch(pattern, (0.0, 0.5, 0.5), (2, 2, 2))[0], pattern[0])  # per phase
+    # the ratios: white noise 2, a smooth ramp near 0, the two-cell pattern high at lag 2
+    rng = np.random.default_rng(3)
+    mask = np.ones(pattern.shape[1:], bool)
+    np.testing.assert_allclose(lag_ratio(rng.normal(size=(3, 30, 30, 30)), np.ones((30, 30, 30)), 1), 2.0, atol=0.05)
+    ramp = np.broadcast_to(np.arange(16.0), pattern.shape)
+    assert (lag_ratio(ramp, mask, 1) < 0.1).all() and (lag_ratio(pattern, mask, 2) > 2.5).all()
+    assert np.isnan(lag_ratio(flat, mask, 1)).all()  # no spread
+    # one latent cell apart against a voxel nearer and farther: a bump for the two-cell period, none for noise
+    noise = rng.normal(size=(3, 30, 30, 30))
+    np.testing.assert_allclose(cell_excess(noise, np.ones((30, 30, 30)), (2, 2, 2)), 0.0, atol=0.05)
+    assert (cell_excess(pattern, mask, (2, 2, 2)) > 1.0).all()
+    np.testing.assert_allclose(lag_ratio(pattern, mask, (2, 2, 2)), lag_ratio(pattern, mask, 2))
 
 
-def test_deblocking_evens_out_the_steps_at_cell_borders_inside_the_mask_only():
-    from SynBTLib.calibration import border_ratio, deblock
-
+def test_the_texture_map_keeps_each_tumors_moments_and_brings_its_lag1_ratio_to_the_target():
     rng = np.random.default_rng(7)
-    image = _blocky(rng)
+    smooth = ndimage.gaussian_filter(rng.normal(size=(3, 12, 14, 16)), (0, 2, 2, 2)) * 20
+    image = (smooth + 0.5 * _two_cell_pattern() + 0.1 * rng.normal(size=(3, 12, 14, 16))).astype(np.float32)
     mask = np.zeros(image.shape[1:], bool)
-    mask[2:10, 3:12, 1:15] = True
-    before = border_ratio(image, mask, 2)
-    assert (before > 3).all() and (np.abs(border_ratio(rng.normal(size=image.shape), mask, 2) - 1) < 0.2).all()
-    out = deblock(image, mask, (0.5, 0.5, 0.5), 2)
-    assert np.array_equal(out[:, ~mask], image[:, ~mask])
-    assert (border_ratio(out, mask, 2) < before / 2).all()
-    assert np.array_equal(deblock(image, mask, (0.0,) * 3, 2), image)
-    # each phase its own strength; a pair with one voxel outside the mask keeps both
-    partial = deblock(image, mask, (0.0, 0.5, 1.0), 2)
-    assert np.array_equal(partial[0], image[0]) and not np.array_equal(partial[1], image[1])
-    np.testing.assert_allclose(partial[:, mask].mean(1), image[:, mask].mean(1), atol=0.02)  # moves, not shifts
-    calibration = ImageCalibration((0.0,) * 3, (1.0,) * 3, deblock=(0.5, 0.5, 0.5))
-    np.testing.assert_allclose(calibration.apply(image.astype(np.float32), mask, cell=2), out, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(calibration.apply(image, mask), image, atol=1e-6)  # no cell grid (resampled): none
+    mask[1:11, 2:12, 1:7] = True
+    mask[1:11, 2:12, 9:15] = True  # a second tumor
+    texture = TextureMap(notch=(0.5, 0.5, 0.0), target=(1.6, 1.6, 1.6))
+    out = texture.apply(image, mask, (2, 2, 2), seed=5)
+    assert out.dtype == image.dtype and np.array_equal(out[:, ~mask], image[:, ~mask])
+    for side in (slice(0, 8), slice(8, 16)):
+        part = np.zeros_like(mask)
+        part[..., side] = mask[..., side]
+        np.testing.assert_allclose(out[:, part].mean(1), image[:, part].mean(1), atol=1e-5)
+        np.testing.assert_allclose(out[:, part].std(1), image[:, part].std(1), rtol=1e-5)
+        assert (lag_ratio(image, part, 1) < 1.2).all()
+        np.testing.assert_allclose(lag_ratio(out, part, 1), 1.6, atol=0.15)
+    # the notch took the two-cell period out of phases 0 and 1 (lag 2 like lag 1 or less), phase 2 keeps it
+    before, lag1, lag2 = lag_ratio(image, mask, 2), lag_ratio(out, mask, 1), lag_ratio(out, mask, 2)
+    assert (before > lag_ratio(image, mask, 1) + 0.3).all()
+    assert (lag2[:2] < lag1[:2] + 0.1).all() and lag2[2] > lag1[2] + 0.1
+    assert np.array_equal(texture.apply(image, mask, (2, 2, 2), seed=5), out)
+    assert not np.array_equal(texture.apply(image, mask, (2, 2, 2), seed=6), out)
+    # in the image calibration it comes first; without a cell size (lags) there is none
+    calibration = ImageCalibration((0.0,) * 3, (1.0,) * 3, texture=texture)
+    np.testing.assert_allclose(calibration.apply(image, mask, lags=(2, 2, 2), seed=5), out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(calibration.apply(image, mask), image, atol=1e-5)
     assert ImageCalibration.from_config(calibration.to_config(), 3) == calibration
-    with pytest.raises(SynBTError, match="deblock needs one strength from 0 to 1 per phase"):
-        ImageCalibration((0.0,) * 3, (1.0,) * 3, deblock=(0.5, 1.5, 0.5))
+    for notch, target, message in (((0.6, 0.5, 0.0), (1.6,) * 3, "notch strengths must lie from 0 to 0.5"),
+                                   ((0.5,) * 3, (1.6, 2.5, 1.6), "targets must lie between 0 and 2"),
+                                   ((0.5,) * 2, (1.6,) * 3, "one notch and one target per phase")):
+        with pytest.raises(SynBTError, match=message):
+            TextureMap(notch, target)
+    with pytest.raises(SynBTError, match="texture has 2 phases"):
+        ImageCalibration((0.0,) * 3, (1.0,) * 3, texture=TextureMap((0.1,) * 2, (1.5,) * 2))
 
 
-def test_the_deblocking_strength_is_fitted_to_the_real_tumors_border_ratio():
-    from SynBTLib.calibration import _deblock_strength, border_ratio, deblock
-
+def test_the_texture_fit_matches_the_real_lag_ratios():
     rng = np.random.default_rng(8)
     mask = np.ones((12, 14, 16), bool)
-    tumors = [(rng.normal(size=(3, 12, 14, 16)), _blocky(rng), mask, 2) for _ in range(4)]
-    strength = _deblock_strength(tumors)
-    assert all(0.3 <= value <= 0.8 for value in strength)
-    ratios = [border_ratio(deblock(g, mask, strength, 2), mask, 2) for _, g, _, _ in tumors]
-    np.testing.assert_allclose(np.exp(np.mean(np.log(ratios), 0)), 1.0, atol=0.35)
-    assert _deblock_strength([(r, g, m, None) for r, g, m, _ in tumors]) is None  # resampled regions only
+    smooth = lambda: ndimage.gaussian_filter(rng.normal(size=(3, 12, 14, 16)), (0, 2, 2, 2)) * 6  # noqa: E731
+    real = [smooth() + rng.normal(size=(3, 12, 14, 16)) for _ in range(4)]
+    generated = [smooth() + 0.8 * _two_cell_pattern() for _ in range(4)]
+    texture = _texture_map([(r, g, mask, (2, 2, 2)) for r, g in zip(real, generated)])
+    np.testing.assert_allclose(texture.target, np.mean([lag_ratio(r, mask, 1) for r in real], 0))
+    assert all(value >= 0.2 for value in texture.notch)  # the two-cell pattern is notched out
+    fixed = _texture_map([(r, g, mask, (2, 2, 2)) for r, g in zip(real, generated)], notch=0.05)
+    assert fixed.notch == (0.05,) * 3 and fixed.target == texture.target
+    made = [texture.apply(g.astype(np.float32), mask, (2, 2, 2), seed=i) for i, g in enumerate(generated)]
+    for lag in (1, 2):
+        np.testing.assert_allclose(np.mean([lag_ratio(m, mask, lag) for m in made], 0),
+                                   np.mean([lag_ratio(r, mask, lag) for r in real], 0), atol=0.12)
+    assert _texture_map([(np.zeros((3, 12, 14, 16)), g, mask, (2, 2, 2)) for g in generated[:1]]) is None  # no spread
 
 
 def test_a_tumor_generated_with_a_necrotic_core_gets_the_necrotic_factor():

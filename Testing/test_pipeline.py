@@ -280,6 +280,12 @@ def test_a_case_at_another_resolution_runs_on_the_working_grid_and_returns_on_it
     assert (result.phases != case.phases).any(axis=0)[mask > 0].all()
     again = coarse(case, mask, seed=0, steps=STEPS)
     assert np.array_equal(result.phases, again.phases)
+    # a latent cell (what the image calibration's texture map works on), in the case's voxels per (z, y, x) axis
+    c = coarse.compression
+    assert pipeline.latent_cell_voxels(case.geometry) == (c, c, c)
+    spacing_zyx = np.asarray(case.geometry.spacing[::-1])
+    expected = tuple(max(1, round(c * w / s)) for w, s in zip((4.0, 2.0, 2.0), spacing_zyx))
+    assert coarse.latent_cell_voxels(case.geometry) == expected and expected != (c, c, c)
 
 
 def test_detail_noise_matches_the_acquisition_noise_not_the_texture():

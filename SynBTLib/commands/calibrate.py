@@ -23,11 +23,13 @@ def register(subparsers) -> None:
     p.add_argument("--latent-only", action="store_true",
                    help="fit the latent calibration only, not the per-phase image calibration after it")
     p.add_argument("--moments-only", action="store_true",
-                   help="fit only the image calibration's moments, not its shape and curve maps "
+                   help="fit only the image calibration's moments, not its texture, shape and curve maps "
                    "(see SynBTLib/calibration.py)")
-    p.add_argument("--deblock", action="store_true",
-                   help="also fit a deblocking of the steps at latent cell borders, applied first (not by default: "
-                   "on the phantom it smoothed the tumors' texture further; see README)")
+    p.add_argument("--notch", type=float, default=None, metavar="S",
+                   help="the texture map's latent-cell notch strength (0..0.5) for every phase instead of the fitted "
+                   "ones (the shipped bundle: 0.2; see README)")
+    p.add_argument("--no-texture", action="store_true",
+                   help="leave out the image calibration's texture map (see SynBTLib/calibration.py)")
     p.set_defaults(func=run)
 
 
@@ -42,7 +44,7 @@ def run(args) -> int:
                                                 max_tumors=args.max_tumors, command=_command(args),
                                                 progress=lambda done: bar.update(done - bar.n),
                                                 image=not args.latent_only, moments_only=args.moments_only,
-                                                deblock_cells=args.deblock)
+                                                texture=not args.no_texture, notch=args.notch)
     print(f"{fit.tumors} tumors; per latent channel (denoiser space):")
     _print_table(fit, "channel")
     if fit.kinetic_counts:
@@ -54,8 +56,12 @@ def run(args) -> int:
         if image_fit.calibration.necrotic_factor is not None:
             print(f"tumors with a necrotic core ({image_fit.necrotic_tumors}): factor "
                   + ", ".join(f"{v:.3f}" for v in image_fit.calibration.necrotic_factor) + " (the table: the others)")
-        if image_fit.calibration.deblock is not None:
-            print("deblocking strength per phase: " + ", ".join(f"{v:.2f}" for v in image_fit.calibration.deblock))
+        texture = image_fit.calibration.texture
+        if texture is not None:
+            print("texture map per phase: notch " + ", ".join(f"{v:.2f}" for v in texture.notch)
+                  + "; lag-1 target " + ", ".join(f"{v:.3f}" for v in texture.target))
+        elif not args.moments_only:
+            print("texture map: " + ("left out (--no-texture)" if args.no_texture else "none (no tumor with neighbours)"))
         shapes = [name for name in ("shape", "necrotic_shape") if getattr(image_fit.calibration, name) is not None]
         for what, fitted, least in (("shape", shapes, MIN_SHAPE_TUMORS),
                                     ("curve", list(image_fit.calibration.curves), MIN_CURVE_TUMORS)):
@@ -77,5 +83,6 @@ def _command(args) -> str:
              "--max-tumors", str(args.max_tumors), "--seed", str(args.seed)]
     words += ["--steps", str(args.steps)] if args.steps is not None else []
     words += ["--latent-only"] if args.latent_only else []
-    words += ["--deblock"] if args.deblock else []
+    words += ["--no-texture"] if args.no_texture else []
+    words += ["--notch", str(args.notch)] if args.notch is not None else []
     return shlex.join(words + (["--moments-only"] if args.moments_only else []))
