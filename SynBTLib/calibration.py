@@ -52,7 +52,10 @@ for their distance (``cell_excess``, the bump of the ratio there over its neighb
 look and its GLCM homogeneity away. Per phase, a fraction of the image is replaced by the mean of
 the voxels one latent cell before and after along each axis (``latent_notch``: it shrinks that
 period and keeps the mean), then seeded white detail brings the lag-1 ratio to the real tumors',
-each tumor's mean and spread kept; the fraction is fitted so that the excess matches too.
+each tumor's mean and spread kept; the fraction is fitted so that the excess matches too. A necrotic
+core is a region of its own there, with its own mean, spread and target (``core_target``, the real
+cores' ratio): the core's contrast with the rim would otherwise inflate the tumor's variance and with
+it the detail, and speckle a core that is smooth in the real tumors (ratio ~0.8 post-contrast).
 Curve maps (``CurveMap``, last): per curve type, the tumor-level log ratios of the mean signal from
 one phase to the next, the generated ones mapped onto the real tumors' mean and spread: the
 curve-type label moves a tumor's late phase too little and too unevenly (asked for washout, most
@@ -153,11 +156,13 @@ def latent_notch(image: np.ndarray, strength, lags) -> np.ndarray:
 @dataclass(frozen=True)
 class TextureMap:
     """Per phase, ``notch``: the strength of ``latent_notch``, and ``target``: the real tumors' lag-1
-    ``lag_ratio`` that seeded white detail restores (see the module doc). Each tumor keeps its mean
-    and spread."""
+    ``lag_ratio`` (outside any necrotic core) that seeded white detail restores, ``core_target`` that of
+    the real necrotic cores (None: a core gets no detail); see the module doc. Each tumor, and each
+    core apart, keeps its mean and spread."""
 
     notch: tuple[float, ...]
     target: tuple[float, ...]
+    core_target: tuple[float, ...] | None = None
 
     def __post_init__(self):
         notch, target = np.asarray(self.notch, np.float64), np.asarray(self.target, np.float64)
@@ -165,41 +170,57 @@ class TextureMap:
             raise SynBTError(f"{IMAGE_CONFIG_KEY} texture needs one notch and one target per phase")
         if not (np.isfinite(notch).all() and (notch >= 0).all() and (notch <= 0.5).all()):
             raise SynBTError(f"{IMAGE_CONFIG_KEY} texture notch strengths must lie from 0 to 0.5")
-        if not (np.isfinite(target).all() and (target > 0).all() and (target < 2).all()):
-            raise SynBTError(f"{IMAGE_CONFIG_KEY} texture targets must lie between 0 and 2 (white noise)")
+        for name, values in (("targets", target), ("core targets", self.core_target)):
+            if values is None:
+                continue
+            values = np.asarray(values, np.float64)
+            if values.shape != notch.shape:
+                raise SynBTError(f"{IMAGE_CONFIG_KEY} texture needs one of its {name} per phase")
+            if not (np.isfinite(values).all() and (values > 0).all() and (values < 2).all()):
+                raise SynBTError(f"{IMAGE_CONFIG_KEY} texture {name} must lie between 0 and 2 (white noise)")
 
     @property
     def channels(self) -> int:
         return len(self.notch)
 
-    def apply(self, image: np.ndarray, mask: np.ndarray, lags, seed: int = 0) -> np.ndarray:
-        """(P, Z, Y, X) ``image`` with the texture of each connected tumor of ``mask`` mapped (``lags``:
-        a latent cell in voxels per axis; ``seed``: of the detail); a new array, other voxels unchanged."""
+    def apply(self, image: np.ndarray, mask: np.ndarray, lags, seed: int = 0,
+              core: np.ndarray | None = None) -> np.ndarray:
+        """(P, Z, Y, X) ``image`` with the texture of each connected tumor of ``mask`` mapped, the part of
+        it in the necrotic ``core`` (Z, Y, X; optional) apart (``lags``: a latent cell in voxels per
+        axis; ``seed``: of the detail); a new array, other voxels unchanged."""
+        mask = np.asarray(mask) > 0
+        core = np.zeros_like(mask) if core is None else mask & (np.asarray(core) > 0)
         notched = latent_notch(image, self.notch, lags)
-        target = np.asarray(self.target, np.float64)
         rng = np.random.default_rng([int(seed), 13])
-        components, count = ndimage.label(np.asarray(mask) > 0, structure=np.ones((3, 3, 3)))
         out = np.array(image, copy=True)
-        for label in range(1, count + 1):
-            inside = components == label
-            original = image[:, inside].astype(np.float64)
-            ratio = lag_ratio(notched, inside, 1)
-            # white detail of variance s (over the tumor's) moves the ratio to (ratio + 2 s) / (1 + s)
-            detail = np.clip(np.nan_to_num((target - ratio) / (2 - target)), 0.0, None)[:, None]
-            values = _standardized(notched[:, inside].astype(np.float64))
-            values = _standardized(values + np.sqrt(detail) * rng.standard_normal(values.shape))
-            out[:, inside] = (original.mean(axis=1, keepdims=True)
-                              + original.std(axis=1, keepdims=True) * values).astype(out.dtype)
+        for region, target in ((mask & ~core, self.target), (core, self.core_target)):
+            components, count = ndimage.label(region, structure=np.ones((3, 3, 3)))
+            for label in range(1, count + 1):
+                inside = components == label
+                original = image[:, inside].astype(np.float64)
+                values = _standardized(notched[:, inside].astype(np.float64))
+                if target is not None:
+                    ratio = lag_ratio(notched, inside, 1)
+                    goal = np.asarray(target, np.float64)
+                    # white detail of variance s (over the region's) moves the ratio to (ratio + 2 s) / (1 + s)
+                    detail = np.clip(np.nan_to_num((goal - ratio) / (2 - goal)), 0.0, None)[:, None]
+                    values = _standardized(values + np.sqrt(detail) * rng.standard_normal(values.shape))
+                out[:, inside] = (original.mean(axis=1, keepdims=True)
+                                  + original.std(axis=1, keepdims=True) * values).astype(out.dtype)
         return out
 
     def to_config(self) -> dict:
-        return {"notch": list(self.notch), "target": list(self.target)}
+        entry = {"notch": list(self.notch), "target": list(self.target)}
+        if self.core_target is not None:
+            entry["core_target"] = list(self.core_target)
+        return entry
 
     @classmethod
     def from_config(cls, entry) -> "TextureMap":
-        if not isinstance(entry, dict) or set(entry) != {"notch", "target"}:
-            raise SynBTError(f"{IMAGE_CONFIG_KEY} texture must hold exactly notch and target")
-        return cls(*(_numbers(entry[k], f"texture {k}", IMAGE_CONFIG_KEY) for k in ("notch", "target")))
+        if not isinstance(entry, dict) or not {"notch", "target"} <= set(entry) <= {"notch", "target", "core_target"}:
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} texture must hold notch and target (and optionally core_target)")
+        return cls(*(_numbers(entry[k], f"texture {k}", IMAGE_CONFIG_KEY) if k in entry else None
+                     for k in ("notch", "target", "core_target")))
 
 
 def _standardized(values: np.ndarray) -> np.ndarray:
@@ -516,7 +537,7 @@ class ImageCalibration(_MomentMap):
         shift = np.asarray(self.shift_for(kinetics), np.float32)[:, None]
         curve = self.curve_for(kinetics)
         if self.texture is not None and lags is not None:
-            image = self.texture.apply(image, mask, lags, seed)
+            image = self.texture.apply(image, mask, lags, seed, core)
         components, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
         out = image.copy()
         for label in range(1, count + 1):
@@ -620,15 +641,15 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         lags = pipeline.latent_cell_voxels(case.geometry)
         box = _tumor_box(mask, lags)
         tumors.append((normalize(case.phases[(slice(None), *box)], norm), normalize(synthetic.phases[(slice(None), *box)], norm),
-                       mask[box] > 0, lags))
+                       mask[box] > 0, lags, None if core is None else core[box] & (mask[box] > 0)))
         if progress is not None:
             progress(index + 1)
     texture_map = _texture_map(tumors, notch) if texture and not moments_only else None
     real_means, real_stds, generated_means, generated_stds = [], [], [], []
     quantiles = {"real": [], "generated": []}
-    for index, (real, generated, inside, lags) in enumerate(tumors):
+    for index, (real, generated, inside, lags, core) in enumerate(tumors):
         if texture_map is not None:
-            generated = texture_map.apply(generated, inside, lags, seed + index)
+            generated = texture_map.apply(generated, inside, lags, seed + index, core)
         for image, means, stds, kind in ((real, real_means, real_stds, "real"),
                                          (generated, generated_means, generated_stds, "generated")):
             values = image[:, inside].astype(np.float64)
@@ -656,15 +677,18 @@ def _tumor_box(mask, lags) -> tuple[slice, ...]:
 
 
 def _texture_map(tumors: list, notch: float | None = None) -> TextureMap | None:
-    """The TextureMap of (real, generated, inside, lags) tumors: per phase, the target is the real tumors'
-    mean lag-1 ratio and the notch the NOTCH_GRID strength whose syntheses, brought to that target,
-    have the mean ``cell_excess`` nearest the real one (computed, not sampled: white detail of relative
-    variance s divides it by 1 + s). The excess, not the ratio one cell apart itself, because the
-    latter follows the tumors' sizes and enhancement patterns (cohorts of phantom tumors differed by
-    0.05 there, by 0.005 in the excess). A given ``notch`` is used for every phase instead. None
-    without a tumor whose ratios are defined (cells of 2 voxels or more)."""
-    real = [np.concatenate([lag_ratio(r, inside, 1), cell_excess(r, inside, lags)]) if min(lags) >= 2 else None
-            for r, _, inside, lags in tumors]
+    """The TextureMap of (real, generated, inside, lags, core) tumors: per phase, the target is the real
+    tumors' mean lag-1 ratio outside their necrotic cores (``core``: None or a mask), the core target
+    the real cores' mean where MIN_SHAPE_TUMORS cores or more have one, and the notch the NOTCH_GRID
+    strength whose syntheses, brought to the target, have the mean ``cell_excess`` (outside the cores)
+    nearest the real one (computed, not sampled: white detail of relative variance s divides it by
+    1 + s). The excess, not the ratio one cell apart itself, because the latter follows the tumors'
+    sizes and enhancement patterns (cohorts of phantom tumors differed by 0.05 there, by 0.005 in the
+    excess). A given ``notch`` is used for every phase instead. None without a tumor whose ratios are
+    defined (cells of 2 voxels or more)."""
+    tissue = [inside if core is None else inside & ~core for _, _, inside, _, core in tumors]
+    real = [np.concatenate([lag_ratio(r, part, 1), cell_excess(r, part, lags)]) if min(lags) >= 2 else None
+            for (r, _, _, lags, _), part in zip(tumors, tissue)]
     usable = [i for i, values in enumerate(real) if values is not None and np.isfinite(values).all()]
     if not usable:
         return None
@@ -673,18 +697,24 @@ def _texture_map(tumors: list, notch: float | None = None) -> TextureMap | None:
     target, real_excess = real[:, :phases].mean(axis=0), real[:, phases:].mean(axis=0)
     if not (target < 2).all():
         return None
+    cores = [lag_ratio(r, core, 1) for r, _, _, _, core in tumors if core is not None and core.any()]
+    cores = np.asarray([ratio for ratio in cores if np.isfinite(ratio).all()]).reshape(-1, phases)
+    core_target = cores.mean(axis=0) if len(cores) >= MIN_SHAPE_TUMORS else None
+    core_target = None if core_target is None or not ((core_target > 0) & (core_target < 2)).all() else \
+        tuple(float(v) for v in core_target)
     if notch is not None:
-        return TextureMap((float(notch),) * phases, tuple(float(v) for v in target))
+        return TextureMap((float(notch),) * phases, tuple(float(v) for v in target), core_target)
     errors = []
     for strength in NOTCH_GRID:
         excess = []
-        for _, generated, inside, lags in (tumors[i] for i in usable):
+        for i in usable:
+            _, generated, _, lags, _ = tumors[i]
             notched = latent_notch(generated, [strength] * phases, lags)
-            detail = np.clip((target - lag_ratio(notched, inside, 1)) / (2 - target), 0.0, None)
-            excess.append(cell_excess(notched, inside, lags) / (1 + detail))
+            detail = np.clip((target - lag_ratio(notched, tissue[i], 1)) / (2 - target), 0.0, None)
+            excess.append(cell_excess(notched, tissue[i], lags) / (1 + detail))
         errors.append(np.abs(np.nanmean(excess, axis=0) - real_excess))
     notch = tuple(float(NOTCH_GRID[i]) for i in np.nanargmin(np.asarray(errors), axis=0))
-    return TextureMap(notch, tuple(float(v) for v in target))
+    return TextureMap(notch, tuple(float(v) for v in target), core_target)
 
 
 def _curve_maps(real_signal: np.ndarray, generated_signal: np.ndarray, types: list) -> dict[str, CurveMap]:
@@ -886,7 +916,9 @@ def _texture_line(fit: CalibrationFit) -> str:
         return ""
     return ("\nTexture map (applied first; per phase): latent-cell notch " + ", ".join(f"{v:.2f}" for v in texture.notch)
             + "; white detail up to the real lag-1 neighbour-difference ratio "
-            + ", ".join(f"{v:.3f}" for v in texture.target) + ".")
+            + ", ".join(f"{v:.3f}" for v in texture.target)
+            + ("" if texture.core_target is None else
+               " (necrotic cores apart: " + ", ".join(f"{v:.3f}" for v in texture.core_target) + ")") + ".")
 
 
 def _shape_lines(fit: CalibrationFit) -> str:

@@ -548,16 +548,80 @@ def test_the_texture_fit_matches_the_real_lag_ratios():
     smooth = lambda: ndimage.gaussian_filter(rng.normal(size=(3, 12, 14, 16)), (0, 2, 2, 2)) * 6  # noqa: E731
     real = [smooth() + rng.normal(size=(3, 12, 14, 16)) for _ in range(4)]
     generated = [smooth() + 0.8 * _two_cell_pattern() for _ in range(4)]
-    texture = _texture_map([(r, g, mask, (2, 2, 2)) for r, g in zip(real, generated)])
+    texture = _texture_map([(r, g, mask, (2, 2, 2), None) for r, g in zip(real, generated)])
     np.testing.assert_allclose(texture.target, np.mean([lag_ratio(r, mask, 1) for r in real], 0))
     assert all(value >= 0.2 for value in texture.notch)  # the two-cell pattern is notched out
-    fixed = _texture_map([(r, g, mask, (2, 2, 2)) for r, g in zip(real, generated)], notch=0.05)
+    fixed = _texture_map([(r, g, mask, (2, 2, 2), None) for r, g in zip(real, generated)], notch=0.05)
     assert fixed.notch == (0.05,) * 3 and fixed.target == texture.target
     made = [texture.apply(g.astype(np.float32), mask, (2, 2, 2), seed=i) for i, g in enumerate(generated)]
     for lag in (1, 2):
         np.testing.assert_allclose(np.mean([lag_ratio(m, mask, lag) for m in made], 0),
                                    np.mean([lag_ratio(r, mask, lag) for r in real], 0), atol=0.12)
-    assert _texture_map([(np.zeros((3, 12, 14, 16)), g, mask, (2, 2, 2)) for g in generated[:1]]) is None  # no spread
+    assert _texture_map([(np.zeros((3, 12, 14, 16)), g, mask, (2, 2, 2), None) for g in generated[:1]]) is None  # no spread
+
+
+def _necrotic_tumor(rng, core_level=-6.0):
+    """A (3, 14, 16, 16) textured tumor whose smooth core is far darker than its rim, and the masks."""
+    z, y, x = np.mgrid[:14, :16, :16]
+    distance = np.sqrt((z - 7) ** 2 + (y - 8) ** 2 + (x - 8) ** 2)
+    mask, core = distance <= 6, distance <= 3
+    image = ndimage.gaussian_filter(rng.normal(size=(3, 14, 16, 16)), (0, 1, 1, 1)) * 3
+    image = np.where(core, core_level + 0.1 * image, image)  # the core: dark and nearly flat
+    return image.astype(np.float32), mask, core
+
+
+def test_the_texture_map_gives_a_necrotic_core_its_own_detail_not_the_whole_tumors():
+    rng = np.random.default_rng(11)
+    image, mask, core = _necrotic_tumor(rng)
+    rim = mask & ~core
+    texture = TextureMap(notch=(0.0,) * 3, target=(1.6,) * 3)
+    # the whole tumor's variance (set by the core's contrast) sizes the detail without the core: speckle
+    whole = texture.apply(image, mask, (2, 2, 2), seed=1)
+    assert (whole[:, core].std(1) > 5 * image[:, core].std(1)).all()
+    # with it, the core keeps its own mean and spread; without a core target it gets no detail at all
+    apart = texture.apply(image, mask, (2, 2, 2), seed=1, core=core)
+    np.testing.assert_allclose(apart[:, core], image[:, core], atol=1e-5)
+    for region in (rim, core):
+        np.testing.assert_allclose(apart[:, region].mean(1), image[:, region].mean(1), atol=1e-4)
+        np.testing.assert_allclose(apart[:, region].std(1), image[:, region].std(1), rtol=1e-4)
+    np.testing.assert_allclose(lag_ratio(apart, rim, 1), 1.6, atol=0.15)
+    # a core target brings the core's own ratio there, at the core's own scale
+    cored = TextureMap((0.0,) * 3, (1.6,) * 3, core_target=(1.0, 0.9, 0.8)).apply(image, mask, (2, 2, 2), 1, core)
+    np.testing.assert_allclose(lag_ratio(cored, core, 1), [1.0, 0.9, 0.8], atol=0.15)
+    np.testing.assert_allclose(cored[:, core].std(1), image[:, core].std(1), rtol=1e-4)
+    np.testing.assert_allclose(cored[:, rim], apart[:, rim])  # the rim's detail is drawn first, the same
+    assert not np.array_equal(TextureMap((0.0,) * 3, (1.6,) * 3).apply(image, mask, (2, 2, 2), 1, np.zeros_like(mask)),
+                              apart)
+    # the image calibration hands its core on
+    calibration = ImageCalibration((0.0,) * 3, (1.0,) * 3, texture=texture)
+    np.testing.assert_allclose(calibration.apply(image, mask, core=core, lags=(2, 2, 2), seed=1), apart, atol=1e-4)
+    # config: the core target round-trips, is optional, and is refused out of range or per phase
+    for map_ in (texture, TextureMap((0.0,) * 3, (1.6,) * 3, (1.0, 0.9, 0.8))):
+        assert TextureMap.from_config(map_.to_config()) == map_
+    assert "core_target" not in texture.to_config()
+    with pytest.raises(SynBTError, match="core targets must lie between 0 and 2"):
+        TextureMap((0.0,) * 3, (1.6,) * 3, (1.0, 2.0, 0.8))
+    with pytest.raises(SynBTError, match="one of its core targets per phase"):
+        TextureMap((0.0,) * 3, (1.6,) * 3, (1.0, 0.9))
+    with pytest.raises(SynBTError, match="must hold notch and target"):
+        TextureMap.from_config({"notch": [0.0] * 3, "target": [1.6] * 3, "core": [1.0] * 3})
+
+
+def test_the_texture_fit_takes_the_target_outside_the_cores_and_the_core_target_from_them():
+    rng = np.random.default_rng(12)
+    tumors = []
+    for index in range(4):
+        real, mask, core = _necrotic_tumor(rng)
+        real = real + np.where(mask & ~core, rng.normal(size=real.shape), 0.05 * rng.normal(size=real.shape))
+        generated, _, _ = _necrotic_tumor(rng)
+        tumors.append((real, generated, mask, (2, 2, 2), core if index < 3 else None))
+    texture = _texture_map(tumors, notch=0.1)
+    rims = [mask & ~core if core is not None else mask for _, _, mask, _, core in tumors]
+    np.testing.assert_allclose(texture.target, np.mean([lag_ratio(t[0], rim, 1) for t, rim in zip(tumors, rims)], 0))
+    np.testing.assert_allclose(texture.core_target, np.mean([lag_ratio(t[0], t[4], 1) for t in tumors[:3]], 0))
+    assert (np.asarray(texture.core_target) > 1.0).all()  # the cores' own noise, not the rim's scale
+    # fewer cores than a shape map needs: none (the cores then get no detail)
+    assert _texture_map(tumors[1:], notch=0.1).core_target is None
 
 
 def test_a_tumor_generated_with_a_necrotic_core_gets_the_necrotic_factor():

@@ -59,7 +59,9 @@ def run(args) -> int:
         texture = image_fit.calibration.texture
         if texture is not None:
             print("texture map per phase: notch " + ", ".join(f"{v:.2f}" for v in texture.notch)
-                  + "; lag-1 target " + ", ".join(f"{v:.3f}" for v in texture.target))
+                  + "; lag-1 target " + ", ".join(f"{v:.3f}" for v in texture.target)
+                  + ("; necrotic cores " + ", ".join(f"{v:.3f}" for v in texture.core_target)
+                     if texture.core_target is not None else "; necrotic cores: no detail (too few cores)"))
         elif not args.moments_only:
             print("texture map: " + ("left out (--no-texture)" if args.no_texture else "none (no tumor with neighbours)"))
         shapes = [name for name in ("shape", "necrotic_shape") if getattr(image_fit.calibration, name) is not None]
