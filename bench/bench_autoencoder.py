@@ -4,9 +4,11 @@ Each measurement runs in a fresh subprocess, which reports its own peak RSS
 (resource.getrusage); the whole-volume path is skipped ("does not fit") when its memory
 estimate exceeds the budget. Prints one line per measurement, then the tiled-vs-whole PSNR at
 the largest size where both ran. Weights are random (seed 0): this measures cost and agreement,
-not reconstruction quality.
+not reconstruction quality. With ``--bundle`` the bundle's autoencoder (its architecture and
+weights) is measured instead.
 
     python bench/bench_autoencoder.py --sizes 128 256 512 --threads 2
+    python bench/bench_autoencoder.py --sizes 512 --bundle SynBTLib/bundles/phantom --threads 2
 """
 from __future__ import annotations
 
@@ -38,17 +40,25 @@ def synthetic_volume(size_xyz: tuple[int, int, int], seed: int = 0) -> np.ndarra
     return zoom(coarse, factors, order=1)[None].astype(np.float32)
 
 
-def worker(path: str, size_key: int, threads: int, save: str | None) -> None:
+def _model(bundle: str | None):
+    from SynBTLib.nets.autoencoder import PatchVolumeAutoencoder
+
+    if bundle:
+        from SynBTLib.bundle import load_bundle
+
+        return load_bundle(bundle).autoencoder.eval()
+    return PatchVolumeAutoencoder().eval()
+
+
+def worker(path: str, size_key: int, threads: int, save: str | None, bundle: str | None = None) -> None:
     import resource
 
     import torch
     import torch.nn.functional as F
 
-    from SynBTLib.nets.autoencoder import PatchVolumeAutoencoder
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = PatchVolumeAutoencoder().eval()
+    model = _model(bundle)
     x = torch.from_numpy(synthetic_volume(SIZES[size_key]))
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
@@ -59,9 +69,10 @@ def worker(path: str, size_key: int, threads: int, save: str | None) -> None:
     else:
         f = model.compression
         with torch.no_grad():
-            mu = model.net.encode(F.pad(x, [v for n in reversed(x.shape[2:]) for v in (0, -n % f)], mode="replicate"))[0]
+            # the model's own patch-level encode/decode on the whole volume (with its linear path, if any)
+            mu = model.encode(F.pad(x, [v for n in reversed(x.shape[2:]) for v in (0, -n % f)], mode="replicate"))[0]
             encoded = time.perf_counter()
-            image = model.net.decode(mu)
+            image = model.decode(mu)
     done = time.perf_counter()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if save:
@@ -70,8 +81,9 @@ def worker(path: str, size_key: int, threads: int, save: str | None) -> None:
     print(json.dumps(dict(base_mb=base_mb, peak_mb=peak_mb, encode_s=encoded - start, decode_s=done - encoded)))
 
 
-def measure(path: str, size_key: int, threads: int, save: str) -> dict:
+def measure(path: str, size_key: int, threads: int, save: str, bundle: str | None = None) -> dict:
     command = [sys.executable, __file__, "--worker", path, "--sizes", str(size_key), "--threads", str(threads), "--save", save]
+    command += ["--bundle", bundle] if bundle else []
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         return dict(error=(result.stderr.strip().splitlines() or ["exit code %d" % result.returncode])[-1])
@@ -96,16 +108,19 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", choices=sorted(SIZES), default=sorted(SIZES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget-gb", type=float, default=None, help="skip the whole path above this (default: half the free memory)")
+    parser.add_argument("--bundle", help="measure this bundle's autoencoder (default: AutoencoderConfig() with random weights)")
     parser.add_argument("--worker", choices=("tiled", "whole"), help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.sizes[0], args.threads, args.save)
+        worker(args.worker, args.sizes[0], args.threads, args.save, args.bundle)
         return
 
     budget_gb = args.budget_gb or available_gb() / 2
     bytes_per_voxel = ASSUMED_WHOLE_BYTES_PER_VOXEL
-    print(f"autoencoder channels (16,32,32), {PHASES} phases, {args.threads} threads, whole-path budget {budget_gb:.1f} GB")
+    config = _model(args.bundle).config
+    print(f"autoencoder {args.bundle or 'AutoencoderConfig()'}: channels {tuple(config.channels)}, {config.latent_channels} "
+          f"latent channels, {PHASES} phases, {args.threads} threads, whole-path budget {budget_gb:.1f} GB")
     agreement = None
     with tempfile.TemporaryDirectory() as tmp:
         for key in sorted(args.sizes):
@@ -116,7 +131,7 @@ def main() -> None:
                 if path == "whole" and (0.4 + voxels * bytes_per_voxel / 2**30) > budget_gb:
                     print(f"{label}: does not fit (estimated {voxels * bytes_per_voxel / 2**30:.1f} GB > {budget_gb:.1f} GB)")
                     continue
-                r = measure(path, key, args.threads, tmp)
+                r = measure(path, key, args.threads, tmp, args.bundle)
                 if "error" in r:
                     print(f"{label}: failed ({r['error']})")
                     continue
