@@ -43,7 +43,7 @@ generated quantiles onto the real ones, then restores the tumor's mean and sprea
 histogram's form changes, never a voxel's rank. Tumors generated with a necrotic core (whose
 histogram the core shapes) get a map of their own, or none.
 
-More parts of the image stage, fitted on the same syntheses. A texture map (``TextureMap``,
+Two more parts of the image stage, fitted on the same syntheses. A texture map (``TextureMap``,
 first): a denoiser's latents decode into tumors whose voxel-scale texture is not the real one. On
 the phantom their neighbouring voxels are too alike (mean squared difference over the variance,
 ``lag_ratio``, 1.25 vs 1.46 pre-contrast) and voxels one latent cell (2 voxels) apart too unlike
@@ -55,10 +55,7 @@ period and keeps the mean), then seeded white detail brings the lag-1 ratio to t
 each tumor's mean and spread kept; the fraction is fitted so that the excess matches too. A necrotic
 core is a region of its own there, with its own mean, spread and target (``core_target``, the real
 cores' ratio): the core's contrast with the rim would otherwise inflate the tumor's variance and with
-it the detail and speckle the core with voxels as bright as the rim. Then a core map (``CoreMap``):
-the generated cores are too faint (before contrast most of all, where fluid is dark on T1) and too
-mottled, so each core's spread and its contrast with the rest of its tumor are mapped onto the real
-cores' (the tumor's mean kept).
+it the detail, and speckle a core that is smooth in the real tumors (ratio ~0.8 post-contrast).
 Curve maps (``CurveMap``, last): per curve type, the tumor-level log ratios of the mean signal from
 one phase to the next, the generated ones mapped onto the real tumors' mean and spread: the
 curve-type label moves a tumor's late phase too little and too unevenly (asked for washout, most
