@@ -470,25 +470,29 @@ class ImageCalibration(_MomentMap):
     leaves (the decoder is not linear, and a tumor's edge voxels lie in latent cells that are mostly
     context), the histogram's form (``shape``; ``necrotic_shape`` for tumors generated with a
     necrotic core, which get none without it), and the tumor's kinetics (``curves``: of the curve
-    type asked for, else "all"), in this order; after the texture, a necrotic core's own spread and
-    contrast (``core_map``: the denoiser's cores are too faint, before contrast most of all, where
-    fluid is dark on T1, and too mottled)."""
+    type asked for, else "all"), in this order; after the texture, a necrotic core's contrast
+    (``core_contrast``: per phase, how much darker than the rest of its tumor a generated core is
+    made, in normalized units, the tumor's mean kept; the denoiser's cores are too faint, before
+    contrast most of all, where fluid is dark on T1)."""
 
     shape: ShapeMap | None = None
     necrotic_shape: ShapeMap | None = None
     curves: dict[str, CurveMap] = field(default_factory=dict)
     texture: TextureMap | None = None  # applied first
-    core_map: CoreMap | None = None
+    core_contrast: tuple[float, ...] | None = None
 
     CONFIG_KEY = IMAGE_CONFIG_KEY
     UNIT = "phase"
     TARGET = "the model"
-    EXTRA_KEYS = ("shape", "necrotic_shape", "curves", "texture", "core_map")
+    EXTRA_KEYS = ("shape", "necrotic_shape", "curves", "texture", "core_contrast")
 
     def __post_init__(self):
         super().__post_init__()
-        if self.core_map is not None and self.core_map.channels != self.channels:
-            raise SynBTError(f"{IMAGE_CONFIG_KEY} core_map has {self.core_map.channels} phases, the shifts {self.channels}")
+        if self.core_contrast is not None:
+            contrast = np.asarray(self.core_contrast, np.float64)
+            if contrast.shape != (self.channels,) or not np.isfinite(contrast).all():
+                raise SynBTError(f"{IMAGE_CONFIG_KEY} core_contrast needs one finite number per phase "
+                                 f"({self.channels}), got {list(self.core_contrast)}")
         if self.texture is not None and self.texture.channels != self.channels:
             raise SynBTError(f"{IMAGE_CONFIG_KEY} texture has {self.texture.channels} phases, the shifts {self.channels}")
         for name in ("shape", "necrotic_shape"):
@@ -515,8 +519,8 @@ class ImageCalibration(_MomentMap):
             entry["curves"] = {name: curve.to_config() for name, curve in self.curves.items()}
         if self.texture is not None:
             entry["texture"] = self.texture.to_config()
-        if self.core_map is not None:
-            entry["core_map"] = self.core_map.to_config()
+        if self.core_contrast is not None:
+            entry["core_contrast"] = list(self.core_contrast)
         return entry
 
     @classmethod
@@ -528,8 +532,8 @@ class ImageCalibration(_MomentMap):
             extras["curves"] = {str(k): CurveMap.from_config(v, str(k)) for k, v in entry["curves"].items()}
         if "texture" in entry:
             extras["texture"] = TextureMap.from_config(entry["texture"])
-        if "core_map" in entry:
-            extras["core_map"] = CoreMap.from_config(entry["core_map"])
+        if "core_contrast" in entry:
+            extras["core_contrast"] = _numbers(entry["core_contrast"], "core_contrast", IMAGE_CONFIG_KEY)
         return extras
 
     def apply(self, image: np.ndarray, mask: np.ndarray, kinetics: str | None = None,
@@ -554,8 +558,8 @@ class ImageCalibration(_MomentMap):
             necrotic = core is not None and bool(np.any(np.asarray(core)[inside]))
             factor = np.asarray(self.factor_for(necrotic), np.float32)[:, None]
             values = image[:, inside]
-            if necrotic and self.core_map is not None:
-                values = self.core_map.apply(values, np.asarray(core)[inside] > 0)
+            if necrotic and self.core_contrast is not None:
+                values = deepen_core(values, np.asarray(core)[inside] > 0, self.core_contrast)
             mean = values.mean(axis=1, keepdims=True)
             mapped = mean + shift + (values - mean) * factor
             shape = self.shape_for(necrotic)
@@ -564,48 +568,14 @@ class ImageCalibration(_MomentMap):
         return out
 
 
-@dataclass(frozen=True)
-class CoreMap:
-    """Per phase, for a tumor generated with a necrotic core: ``spread``, the factor on the core voxels'
-    deviations from the core's mean, then ``contrast``, how much darker than the rest of the tumor
-    the core is made (normalized units); the tumor's mean is kept."""
-
-    spread: tuple[float, ...]
-    contrast: tuple[float, ...]
-
-    def __post_init__(self):
-        spread, contrast = np.asarray(self.spread, np.float64), np.asarray(self.contrast, np.float64)
-        if spread.ndim != 1 or spread.shape != contrast.shape or not spread.size:
-            raise SynBTError(f"{IMAGE_CONFIG_KEY} core_map needs one spread and one contrast per phase")
-        if not (np.isfinite(spread).all() and (spread > 0).all() and np.isfinite(contrast).all()):
-            raise SynBTError(f"{IMAGE_CONFIG_KEY} core_map spreads must be positive and contrasts finite")
-
-    @property
-    def channels(self) -> int:
-        return len(self.spread)
-
-    def apply(self, values: np.ndarray, in_core: np.ndarray) -> np.ndarray:
-        """(P, N) values of one tumor with its core voxels (``in_core``, N bools) mapped (unchanged
-        without both core and other voxels)."""
-        fraction = float(np.mean(in_core))
-        if fraction in (0.0, 1.0):
-            return values
-        out = values.astype(np.float64, copy=True)
-        core = out[:, in_core]
-        centre = core.mean(axis=1, keepdims=True)
-        out[:, in_core] = centre + (core - centre) * np.asarray(self.spread)[:, None]
-        step = np.asarray(self.contrast, np.float64)[:, None]
-        out += np.where(in_core[None], -step * (1 - fraction), step * fraction)
-        return out.astype(values.dtype, copy=False)
-
-    def to_config(self) -> dict:
-        return {"spread": list(self.spread), "contrast": list(self.contrast)}
-
-    @classmethod
-    def from_config(cls, entry) -> "CoreMap":
-        if not isinstance(entry, dict) or set(entry) != {"spread", "contrast"}:
-            raise SynBTError(f"{IMAGE_CONFIG_KEY} core_map must hold exactly spread and contrast")
-        return cls(*(_numbers(entry[k], f"core_map {k}", IMAGE_CONFIG_KEY) for k in ("spread", "contrast")))
+def deepen_core(values: np.ndarray, in_core: np.ndarray, contrast) -> np.ndarray:
+    """(P, N) values of one tumor with its core voxels (``in_core``, N bools) made ``contrast`` (per phase)
+    darker relative to the others, the tumor's mean kept (no change without both kinds of voxel)."""
+    fraction = float(np.mean(in_core))
+    if fraction in (0.0, 1.0):
+        return values
+    step = np.asarray(contrast, np.float64)[:, None]
+    return (values + np.where(in_core[None], -step * (1 - fraction), step * fraction)).astype(values.dtype)
 
 
 def core_contrast(image: np.ndarray, inside: np.ndarray, core: np.ndarray) -> np.ndarray:
@@ -709,13 +679,13 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
     if texture_map is not None:
         tumors = [(real, texture_map.apply(generated, inside, lags, seed + index, core), inside, lags, core)
                   for index, (real, generated, inside, lags, core) in enumerate(tumors)]
-    core_map = None if moments_only else _core_map(tumors)
+    contrast = None if moments_only else _core_contrast(tumors)
     real_means, real_stds, generated_means, generated_stds = [], [], [], []
     quantiles = {"real": [], "generated": []}
     for real, generated, inside, lags, core in tumors:
-        if core_map is not None and core is not None and core.any():
+        if contrast is not None and core is not None and core.any():
             generated = generated.copy()
-            generated[:, inside] = core_map.apply(generated[:, inside], core[inside])
+            generated[:, inside] = deepen_core(generated[:, inside], core[inside], contrast)
         for image, means, stds, kind in ((real, real_means, real_stds, "real"),
                                          (generated, generated_means, generated_stds, "generated")):
             values = image[:, inside].astype(np.float64)
@@ -732,7 +702,7 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         curves = _curve_maps(np.asarray(real_means) - np.asarray(zeros)[:, None],
                              np.asarray(moved) - np.asarray(zeros)[:, None], types)
         fit.calibration = dataclasses.replace(fit.calibration, curves=curves, texture=texture_map,
-                                              core_map=core_map, **maps)
+                                              core_contrast=contrast, **maps)
     return fit
 
 
@@ -784,23 +754,15 @@ def _texture_map(tumors: list, notch: float | None = None) -> TextureMap | None:
     return TextureMap(notch, tuple(float(v) for v in target), core_target)
 
 
-def _core_map(tumors: list) -> CoreMap | None:
-    """The CoreMap of (real, generated, inside, lags, core) tumors with a core of 2 voxels or more and
-    other voxels: per phase, the geometric mean of the real core's spread over the generated one's,
-    and the mean of the real ``core_contrast`` minus the generated one; None with fewer than
-    MIN_SHAPE_TUMORS such tumors or a core without spread."""
-    usable = [(real, generated, inside, core) for real, generated, inside, _, core in tumors
-              if core is not None and int(core.sum()) >= 2 and (inside & ~core).any()]
-    if len(usable) < MIN_SHAPE_TUMORS:
-        return None
-    stds = np.asarray([[image[:, core].astype(np.float64).std(axis=1) for image in (real, generated)]
-                       for real, generated, _, core in usable])  # (tumors, 2, phases)
-    if not (stds > 0).all():
-        return None
-    spread = np.exp(np.mean(np.log(stds[:, 0] / stds[:, 1]), axis=0))
+def _core_contrast(tumors: list) -> tuple[float, ...] | None:
+    """Per phase, the mean over (real, generated, inside, lags, core) tumors with a core and other voxels
+    of the real ``core_contrast`` minus the generated one; None with fewer than MIN_SHAPE_TUMORS."""
     gaps = [core_contrast(real, inside, core) - core_contrast(generated, inside, core)
-            for real, generated, inside, core in usable]
-    return CoreMap(tuple(float(v) for v in spread), tuple(float(v) for v in np.mean(gaps, axis=0)))
+            for real, generated, inside, _, core in tumors
+            if core is not None and core.any() and (inside & ~core).any()]
+    if len(gaps) < MIN_SHAPE_TUMORS:
+        return None
+    return tuple(float(v) for v in np.mean(gaps, axis=0))
 
 
 def _curve_maps(real_signal: np.ndarray, generated_signal: np.ndarray, types: list) -> dict[str, CurveMap]:
@@ -1008,14 +970,13 @@ def _texture_line(fit: CalibrationFit) -> str:
 
 
 def _core_line(fit: CalibrationFit) -> str:
-    """The core map ('' where none was fitted)."""
-    core_map = fit.calibration.core_map
-    if core_map is None:
+    """The core contrast ('' where none was fitted)."""
+    contrast = fit.calibration.core_contrast
+    if contrast is None:
         return ""
-    return ("\nNecrotic cores (after the texture map; per phase): spread around the core's mean times "
-            + ", ".join(f"{v:.3f}" for v in core_map.spread) + ", then made darker than the rest of their tumor by "
-            + ", ".join(f"{v:.3f}" for v in core_map.contrast) + " (normalized units; the real cores' contrast minus "
-            "the generated ones').")
+    return ("\nNecrotic cores made darker than the rest of their tumor by (per phase, normalized units; the real "
+            "cores' contrast minus the generated ones', after the texture map): "
+            + ", ".join(f"{v:.3f}" for v in contrast) + ".")
 
 
 def _shape_lines(fit: CalibrationFit) -> str:
