@@ -470,29 +470,20 @@ class ImageCalibration(_MomentMap):
     leaves (the decoder is not linear, and a tumor's edge voxels lie in latent cells that are mostly
     context), the histogram's form (``shape``; ``necrotic_shape`` for tumors generated with a
     necrotic core, which get none without it), and the tumor's kinetics (``curves``: of the curve
-    type asked for, else "all"), in this order; after the texture, a necrotic core's contrast
-    (``core_contrast``: per phase, how much darker than the rest of its tumor a generated core is
-    made, in normalized units, the tumor's mean kept; the denoiser's cores are too faint, before
-    contrast most of all, where fluid is dark on T1)."""
+    type asked for, else "all"), in this order."""
 
     shape: ShapeMap | None = None
     necrotic_shape: ShapeMap | None = None
     curves: dict[str, CurveMap] = field(default_factory=dict)
     texture: TextureMap | None = None  # applied first
-    core_contrast: tuple[float, ...] | None = None
 
     CONFIG_KEY = IMAGE_CONFIG_KEY
     UNIT = "phase"
     TARGET = "the model"
-    EXTRA_KEYS = ("shape", "necrotic_shape", "curves", "texture", "core_contrast")
+    EXTRA_KEYS = ("shape", "necrotic_shape", "curves", "texture")
 
     def __post_init__(self):
         super().__post_init__()
-        if self.core_contrast is not None:
-            contrast = np.asarray(self.core_contrast, np.float64)
-            if contrast.shape != (self.channels,) or not np.isfinite(contrast).all():
-                raise SynBTError(f"{IMAGE_CONFIG_KEY} core_contrast needs one finite number per phase "
-                                 f"({self.channels}), got {list(self.core_contrast)}")
         if self.texture is not None and self.texture.channels != self.channels:
             raise SynBTError(f"{IMAGE_CONFIG_KEY} texture has {self.texture.channels} phases, the shifts {self.channels}")
         for name in ("shape", "necrotic_shape"):
@@ -519,8 +510,6 @@ class ImageCalibration(_MomentMap):
             entry["curves"] = {name: curve.to_config() for name, curve in self.curves.items()}
         if self.texture is not None:
             entry["texture"] = self.texture.to_config()
-        if self.core_contrast is not None:
-            entry["core_contrast"] = list(self.core_contrast)
         return entry
 
     @classmethod
@@ -532,8 +521,6 @@ class ImageCalibration(_MomentMap):
             extras["curves"] = {str(k): CurveMap.from_config(v, str(k)) for k, v in entry["curves"].items()}
         if "texture" in entry:
             extras["texture"] = TextureMap.from_config(entry["texture"])
-        if "core_contrast" in entry:
-            extras["core_contrast"] = _numbers(entry["core_contrast"], "core_contrast", IMAGE_CONFIG_KEY)
         return extras
 
     def apply(self, image: np.ndarray, mask: np.ndarray, kinetics: str | None = None,
@@ -558,30 +545,12 @@ class ImageCalibration(_MomentMap):
             necrotic = core is not None and bool(np.any(np.asarray(core)[inside]))
             factor = np.asarray(self.factor_for(necrotic), np.float32)[:, None]
             values = image[:, inside]
-            if necrotic and self.core_contrast is not None:
-                values = deepen_core(values, np.asarray(core)[inside] > 0, self.core_contrast)
             mean = values.mean(axis=1, keepdims=True)
             mapped = mean + shift + (values - mean) * factor
             shape = self.shape_for(necrotic)
             mapped = mapped if shape is None else shape.apply(mapped)
             out[:, inside] = mapped if curve is None else curve.apply(mapped, zero)
         return out
-
-
-def deepen_core(values: np.ndarray, in_core: np.ndarray, contrast) -> np.ndarray:
-    """(P, N) values of one tumor with its core voxels (``in_core``, N bools) made ``contrast`` (per phase)
-    darker relative to the others, the tumor's mean kept (no change without both kinds of voxel)."""
-    fraction = float(np.mean(in_core))
-    if fraction in (0.0, 1.0):
-        return values
-    step = np.asarray(contrast, np.float64)[:, None]
-    return (values + np.where(in_core[None], -step * (1 - fraction), step * fraction)).astype(values.dtype)
-
-
-def core_contrast(image: np.ndarray, inside: np.ndarray, core: np.ndarray) -> np.ndarray:
-    """Per phase, the mean of a tumor's voxels outside its necrotic ``core`` minus the core's mean."""
-    rest, core = inside & ~core, inside & core
-    return image[:, rest].astype(np.float64).mean(axis=1) - image[:, core].astype(np.float64).mean(axis=1)
 
 
 def _numbers(values, name: str, key: str = CONFIG_KEY) -> tuple[float, ...]:
@@ -676,16 +645,11 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         if progress is not None:
             progress(index + 1)
     texture_map = _texture_map(tumors, notch) if texture and not moments_only else None
-    if texture_map is not None:
-        tumors = [(real, texture_map.apply(generated, inside, lags, seed + index, core), inside, lags, core)
-                  for index, (real, generated, inside, lags, core) in enumerate(tumors)]
-    contrast = None if moments_only else _core_contrast(tumors)
     real_means, real_stds, generated_means, generated_stds = [], [], [], []
     quantiles = {"real": [], "generated": []}
-    for real, generated, inside, lags, core in tumors:
-        if contrast is not None and core is not None and core.any():
-            generated = generated.copy()
-            generated[:, inside] = deepen_core(generated[:, inside], core[inside], contrast)
+    for index, (real, generated, inside, lags, core) in enumerate(tumors):
+        if texture_map is not None:
+            generated = texture_map.apply(generated, inside, lags, seed + index, core)
         for image, means, stds, kind in ((real, real_means, real_stds, "real"),
                                          (generated, generated_means, generated_stds, "generated")):
             values = image[:, inside].astype(np.float64)
@@ -701,8 +665,7 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         moved = [m + np.asarray(fit.calibration.shift_for(t)) for m, t in zip(generated_means, types)]
         curves = _curve_maps(np.asarray(real_means) - np.asarray(zeros)[:, None],
                              np.asarray(moved) - np.asarray(zeros)[:, None], types)
-        fit.calibration = dataclasses.replace(fit.calibration, curves=curves, texture=texture_map,
-                                              core_contrast=contrast, **maps)
+        fit.calibration = dataclasses.replace(fit.calibration, curves=curves, texture=texture_map, **maps)
     return fit
 
 
@@ -752,17 +715,6 @@ def _texture_map(tumors: list, notch: float | None = None) -> TextureMap | None:
         errors.append(np.abs(np.nanmean(excess, axis=0) - real_excess))
     notch = tuple(float(NOTCH_GRID[i]) for i in np.nanargmin(np.asarray(errors), axis=0))
     return TextureMap(notch, tuple(float(v) for v in target), core_target)
-
-
-def _core_contrast(tumors: list) -> tuple[float, ...] | None:
-    """Per phase, the mean over (real, generated, inside, lags, core) tumors with a core and other voxels
-    of the real ``core_contrast`` minus the generated one; None with fewer than MIN_SHAPE_TUMORS."""
-    gaps = [core_contrast(real, inside, core) - core_contrast(generated, inside, core)
-            for real, generated, inside, _, core in tumors
-            if core is not None and core.any() and (inside & ~core).any()]
-    if len(gaps) < MIN_SHAPE_TUMORS:
-        return None
-    return tuple(float(v) for v in np.mean(gaps, axis=0))
 
 
 def _curve_maps(real_signal: np.ndarray, generated_signal: np.ndarray, types: list) -> dict[str, CurveMap]:
@@ -941,7 +893,7 @@ def _image_lines(fit: CalibrationFit | None) -> str:
         return ""
     kinetic = "".join(f"\nShift of {name} tumors: {', '.join(f'{v:.3f}' for v in values)}."
                       for name, values in fit.calibration.kinetic_shift.items())
-    kinetic += _necrotic_line(fit) + _texture_line(fit) + _core_line(fit) + _shape_lines(fit) + _curve_lines(fit)
+    kinetic += _necrotic_line(fit) + _texture_line(fit) + _shape_lines(fit) + _curve_lines(fit)
     return ("\nThen, per DCE phase in normalized units, the same over the mask's voxels of the real tumor and of a "
             "whole synthesis with the latent calibration (the image calibration, applied after decoding):\n\n"
             "| phase | real spread | generated spread | factor | real mean | generated mean | shift |\n"
@@ -967,16 +919,6 @@ def _texture_line(fit: CalibrationFit) -> str:
             + ", ".join(f"{v:.3f}" for v in texture.target)
             + ("" if texture.core_target is None else
                " (necrotic cores apart: " + ", ".join(f"{v:.3f}" for v in texture.core_target) + ")") + ".")
-
-
-def _core_line(fit: CalibrationFit) -> str:
-    """The core contrast ('' where none was fitted)."""
-    contrast = fit.calibration.core_contrast
-    if contrast is None:
-        return ""
-    return ("\nNecrotic cores made darker than the rest of their tumor by (per phase, normalized units; the real "
-            "cores' contrast minus the generated ones', after the texture map): "
-            + ", ".join(f"{v:.3f}" for v in contrast) + ".")
 
 
 def _shape_lines(fit: CalibrationFit) -> str:

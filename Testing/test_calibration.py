@@ -624,44 +624,6 @@ def test_the_texture_fit_takes_the_target_outside_the_cores_and_the_core_target_
     assert _texture_map(tumors[1:], notch=0.1).core_target is None
 
 
-def test_the_core_contrast_darkens_a_necrotic_core_and_keeps_the_tumors_mean():
-    from SynBTLib.calibration import _core_contrast, core_contrast, deepen_core
-
-    rng = np.random.default_rng(13)
-    image, mask, core = _necrotic_tumor(rng, core_level=-1.0)
-    other = np.zeros_like(mask)
-    other[0:3, 0:3, 0:3] = True  # a second tumor, without a core
-    both = mask | other
-    step = (0.5, -0.2, 1.0)
-    deeper = deepen_core(image[:, mask], core[mask], step)
-    np.testing.assert_allclose(deeper.mean(1), image[:, mask].mean(1), atol=1e-5)
-    np.testing.assert_allclose(core_contrast(image, mask, core) + step,
-                               [np.mean(d[~core[mask]]) - np.mean(d[core[mask]]) for d in deeper], atol=1e-5)
-    for flags in (np.ones(int(mask.sum()), bool), np.zeros(int(mask.sum()), bool)):  # no core, or no rest
-        np.testing.assert_array_equal(deepen_core(image[:, mask], flags, step), image[:, mask])
-    # in the image calibration: after the texture map, before the moments; tumors without a core untouched
-    calibration = ImageCalibration((0.0,) * 3, (1.0,) * 3, core_contrast=step)
-    out = calibration.apply(image, both, core=core)
-    np.testing.assert_allclose(core_contrast(out, mask, core), core_contrast(image, mask, core) + step, atol=1e-4)
-    np.testing.assert_allclose(out[:, other], image[:, other], atol=1e-6)
-    np.testing.assert_allclose(calibration.apply(image, both), image, atol=1e-6)  # no core given: no change
-    assert ImageCalibration.from_config(calibration.to_config(), 3) == calibration
-    assert "core_contrast" not in ImageCalibration((0.0,) * 3, (1.0,) * 3).to_config()
-    for bad in ((0.5, 0.5), (0.5, float("nan"), 0.5)):
-        with pytest.raises(SynBTError, match="core_contrast needs one finite number per phase"):
-            ImageCalibration((0.0,) * 3, (1.0,) * 3, core_contrast=bad)
-    # the fit: the real cores' contrast minus the generated ones', on average, with three cores or more
-    tumors = []
-    for index in range(4):
-        real, _, _ = _necrotic_tumor(rng, core_level=-3.0 - index)
-        generated, _, _ = _necrotic_tumor(rng, core_level=-1.0)
-        tumors.append((real, generated, mask, (2, 2, 2), core if index < 3 else None))
-    expected = np.mean([core_contrast(r, mask, core) - core_contrast(g, mask, core) for r, g, *_ in tumors[:3]], 0)
-    np.testing.assert_allclose(_core_contrast(tumors), expected)
-    assert (expected > 1.5).all()
-    assert _core_contrast(tumors[1:]) is None
-
-
 def test_a_tumor_generated_with_a_necrotic_core_gets_the_necrotic_factor():
     rng = np.random.default_rng(1)
     image = rng.normal(size=(3, 10, 12, 12)).astype(np.float32)

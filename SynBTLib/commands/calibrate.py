@@ -64,9 +64,6 @@ def run(args) -> int:
                      if texture.core_target is not None else "; necrotic cores: no detail (too few cores)"))
         elif not args.moments_only:
             print("texture map: " + ("left out (--no-texture)" if args.no_texture else "none (no tumor with neighbours)"))
-        if image_fit.calibration.core_contrast is not None:
-            print("necrotic cores made darker by " + ", ".join(f"{v:.3f}" for v in image_fit.calibration.core_contrast)
-                  + " (per phase, normalized units)")
         shapes = [name for name in ("shape", "necrotic_shape") if getattr(image_fit.calibration, name) is not None]
         for what, fitted, least in (("shape", shapes, MIN_SHAPE_TUMORS),
                                     ("curve", list(image_fit.calibration.curves), MIN_CURVE_TUMORS)):
