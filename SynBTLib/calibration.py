@@ -55,7 +55,8 @@ period and keeps the mean), then seeded white detail brings the lag-1 ratio to t
 each tumor's mean and spread kept; the fraction is fitted so that the excess matches too. A necrotic
 core is a region of its own there, with its own mean, spread and target (``core_target``, the real
 cores' ratio): the core's contrast with the rim would otherwise inflate the tumor's variance and with
-it the detail, and speckle a core that is smooth in the real tumors (ratio ~0.8 post-contrast).
+it the detail and speckle the core with voxels as bright as the rim (the real cores' own ratio is
+near white noise, ~1.8 post-contrast, at their own small spread).
 Curve maps (``CurveMap``, last): per curve type, the tumor-level log ratios of the mean signal from
 one phase to the next, the generated ones mapped onto the real tumors' mean and spread: the
 curve-type label moves a tumor's late phase too little and too unevenly (asked for washout, most
