@@ -243,6 +243,17 @@ def add_volume_node(scene, array_zyx: np.ndarray, like_node, name: str, grid_nod
     return node
 
 
+def add_volume_from_array(scene, array_zyx: np.ndarray, geometry: Geometry, name: str):
+    """A new scalar volume node holding a (Z, Y, X) array on `geometry` (exact), with default display."""
+    if tuple(np.shape(array_zyx)) != geometry.shape:
+        raise SynBTError(f"array of shape {np.shape(array_zyx)} does not fit the grid {geometry.describe()}")
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetAndObserveImageData(_image_data(np.asarray(array_zyx)))
+    set_volume_geometry(node, geometry)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
 def oriented_image_from_mask(mask: np.ndarray, geometry: Geometry):
     """A 0/1 vtkOrientedImageData (a segment's binary labelmap) of a (Z, Y, X) mask on `geometry`."""
     labelmap = _slicer().vtkOrientedImageData()

@@ -68,6 +68,8 @@ class ProgressEvent:
 
     @property
     def percent(self) -> int:
+        if self.event == "done":
+            return 100
         return int(round(100 * self.done / self.total)) if self.total else 0
 
 
@@ -173,10 +175,11 @@ class WorkerProcess:
         self._log: deque = deque(maxlen=LOG_LINES_KEPT)
         self._stderr: deque = deque(maxlen=50)
         # A process group of its own, so Stop reaches the DataLoader workers of train-seg too.
+        # On Windows, no console window per job either (what slicer.util.launchConsoleProcess does).
         if os.name == "posix":
             group = {"start_new_session": True}
         else:
-            group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+            group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, errors="replace",
             env=env if env is not None else worker_environment(), **group,
@@ -632,23 +635,3 @@ def auto_tumor_mask(case: Case, size_mm: float, seed: int, center_mm=None) -> np
 
     allowed = breast_tissue_mask(case).breast
     return place_tumor(allowed, case.geometry, size_mm, seed=seed, center_mm=center_mm).mask
-
-
-TORCH_VERSION = "2.13.0"
-# import name -> pip requirement; torch is installed through Slicer's PyTorch extension instead.
-PIP_REQUIREMENTS = {
-    "monai": "monai==1.6.1",
-    "einops": "einops>=0.7",
-    "safetensors": "safetensors>=0.4",
-    "tqdm": "tqdm>=4.66",
-    "scipy": "scipy>=1.11",
-    "SimpleITK": "SimpleITK>=2.4,<2.6",
-    "matplotlib": "matplotlib>=3.8",
-}
-
-
-def missing_modules() -> list[str]:
-    """Import names of the engine's dependencies that this Python cannot import ("torch" first)."""
-    from importlib.util import find_spec
-
-    return [name for name in ["torch", *PIP_REQUIREMENTS] if find_spec(name) is None]

@@ -1,20 +1,25 @@
-"""Every third-party module the engine imports is a declared dependency (pyproject.toml), so
-`pip install .` alone runs it: io once needed nibabel, which only the test extra installed."""
+"""One requirements list: every third-party module SynBTLib imports is in SynBTLib/requirements.txt, the
+file both pip (pyproject.toml) and the Slicer panel install from. A Slicer install ships only numpy,
+scipy and SimpleITK: a module missing from that list made every panel action fail after the panel had
+said all was installed (nibabel, pynrrd and slicerio were left out once)."""
 import ast
 import sys
 import tomllib
-from importlib.metadata import packages_distributions
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+
+from SynBTLib import dependencies
 
 ROOT = Path(__file__).resolve().parent.parent
-# provided by the Slicer application (or slicer-core), imported only inside SynBTLib/mrml.py and
-# the Slicer worker, never by the command line
+# provided by the Slicer application (or slicer-core), imported only in the Slicer bridge modules
 SLICER_PROVIDED = {"slicer", "vtk", "qt", "ctk"}
 
 
 def _imported_top_levels() -> dict[str, set[str]]:
+    """Top-level module name -> files of SynBTLib that import it (module and function level alike)."""
     found: dict[str, set[str]] = {}
     for path in (ROOT / "SynBTLib").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -33,24 +38,78 @@ def _normalize(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def test_every_third_party_import_is_a_declared_dependency():
+def _optional_extras() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = set()
-    for requirement in project["dependencies"]:
-        declared.add(_normalize(requirement.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip()))
-    optional = {  # imported lazily behind a clear error when the extra is missing
-        _normalize(r.split(">")[0].split("=")[0].strip()) for r in project["optional-dependencies"]["nnunet"]
-    }
-    distributions = packages_distributions()
+    return {_normalize(Requirement(r).name) for extra, reqs in project["optional-dependencies"].items()
+            if extra != "test" for r in reqs}
+
+
+def test_every_third_party_import_is_in_the_one_requirements_list():
+    required = {_normalize(r.name) for r in dependencies.runtime_requirements()}
+    optional = _optional_extras()  # imported lazily behind a clear error when the extra is missing
+    distributions = metadata.packages_distributions()
     missing = []
     for module, files in sorted(_imported_top_levels().items()):
         if module in sys.stdlib_module_names or module in ("SynBTLib", "__future__") or module in SLICER_PROVIDED:
             continue
+        if module == "pip":  # pip._vendor.packaging: the fallback when packaging itself is absent
+            continue
         dists = {_normalize(d) for d in distributions.get(module, [])}
         if not dists and _normalize(module) in optional:
-            continue  # an optional extra this environment does not install
-        if not dists:
-            pytest.fail(f"{module} (imported in {sorted(files)}) is not installed in the test environment")
-        if not dists & (declared | optional):
+            continue
+        assert dists, f"{module} (imported in {sorted(files)}) is not installed in the test environment"
+        if not dists & (required | optional):
             missing.append(f"{module} ({sorted(dists)}) in {sorted(files)}")
-    assert not missing, "imported but not declared in pyproject dependencies: " + "; ".join(missing)
+    assert not missing, "imported but not in SynBTLib/requirements.txt: " + "; ".join(missing)
+
+
+def test_pip_installs_exactly_the_requirements_file():
+    """The installed synbt's metadata (built from pyproject.toml) lists what requirements.txt lists."""
+    declared = {str(Requirement(r)) for r in metadata.requires("synbt") if "extra ==" not in r}
+    assert declared == {str(r) for r in dependencies.runtime_requirements()}
+
+
+def test_the_requirements_file_ships_inside_the_package():
+    """The Slicer extension installs SynBTLib's folder; the panel reads the list from there."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "requirements.txt" in pyproject["tool"]["setuptools"]["package-data"]["SynBTLib"]
+    cmake = (ROOT / "SynBTSlicer" / "CMakeLists.txt").read_text()
+    assert "SynBTLib/requirements.txt" in cmake
+
+
+def test_check_reads_installed_versions_of_this_environment():
+    assert dependencies.check().ok, dependencies.check().message()
+
+
+def test_check_finds_missing_and_incompatible_packages():
+    requirements = [Requirement("numpy<1.0"), Requirement("no-such-package-synbt>=1"), Requirement("scipy>=1")]
+    report = dependencies.check(requirements)
+    assert [p.name for p in report.problems] == ["numpy", "no-such-package-synbt"]
+    numpy_problem, absent = report.problems
+    assert numpy_problem.installed == metadata.version("numpy") and absent.installed is None
+    assert report.pip_requirements() == ["numpy<1.0", "no-such-package-synbt>=1"]
+    assert "numpy<1.0" in report.message() and "not installed" in report.message()
+    # numpy is imported in this process: replacing it needs a restart; a missing package does not
+    assert report.needs_restart()
+    assert not dependencies.DependencyReport([absent]).needs_restart()
+
+
+def test_a_local_build_of_the_pinned_torch_satisfies_the_pin():
+    pinned = [r for r in dependencies.runtime_requirements() if r.name == "torch"]
+    report = dependencies.check(pinned, version_of=lambda name: str(pinned[0].specifier).lstrip("=") + "+cpu")
+    assert report.ok
+    older = dependencies.check(pinned, version_of=lambda name: "2.0.1")
+    assert older.torch is not None and older.pip_requirements() == []
+
+
+@pytest.mark.parametrize("backend, expected", [(None, []), ("cu126", ["--index-url", "https://download.pytorch.org/whl/cu126"])])
+def test_torch_is_installed_alone_without_torchvision(backend, expected):
+    arguments = dependencies.torch_pip_arguments(Requirement("torch==2.13.0"), backend)
+    assert arguments == ["torch==2.13.0", *expected]
+    assert not any("torchvision" in a for a in arguments)
+
+
+def test_the_newest_cuda_backend_is_chosen_else_cpu():
+    assert dependencies.pick_backend(["cpu", "cu118", "cu126", "cu121"]) == "cu126"
+    assert dependencies.pick_backend(["cpu"]) == "cpu"
+    assert dependencies.pick_backend([]) is None

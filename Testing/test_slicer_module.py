@@ -30,31 +30,19 @@ def module_tree():
     return ast.parse((MODULE_DIR / "SynBT.py").read_text())
 
 
+KIND_TYPES = {"volume": "vtkMRMLScalarVolumeNode", "segmentation": "vtkMRMLSegmentationNode",
+              "str": "str", "int": "int", "float": "float", "bool": "bool"}
+
+
 def parameter_annotations():
-    """SynBTParameterNode field -> (base type name, Choice values or None)."""
-    [cls] = [n for n in module_tree().body if isinstance(n, ast.ClassDef) and n.name == "SynBTParameterNode"]
-    fields = {}
-    for node in cls.body:
-        if not isinstance(node, ast.AnnAssign):
-            continue
-        annotation, choices = node.annotation, None
-        if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
-            base, *extras = annotation.slice.elts
-            for extra in extras:
-                if isinstance(extra, ast.Call) and ast.unparse(extra.func) == "Choice":
-                    choices = ast.literal_eval(extra.args[0])
-            annotation = base
-        fields[node.target.id] = (ast.unparse(annotation), choices)
-    return fields
+    """Parameter field -> (type name, Choice values or None), from the one spec the module's wrapper is built from."""
+    from SynBTLib.slicer_panel import PARAMETERS
+
+    return {name: (KIND_TYPES[spec.kind], spec.choices) for name, spec in PARAMETERS.items()}
 
 
 def parameter_fields():
     return set(parameter_annotations())
-
-
-def module_constant(name):
-    [value] = [n.value for n in module_tree().body if isinstance(n, ast.Assign) and n.targets[0].id == name]
-    return ast.literal_eval(value)
 
 
 def bindings():
@@ -102,7 +90,8 @@ def test_every_bound_widget_has_a_connector_for_its_field_type():
 def test_path_widgets_are_synced_by_hand_with_string_fields():
     """parameterNodeWrapper binds ctkPathLineEdit only to pathlib.Path; the module syncs these itself."""
     widgets, fields = ui_widgets(), parameter_annotations()
-    paths = module_constant("PATH_PARAMETERS")
+    from SynBTLib.slicer_panel import PATH_PARAMETERS as paths
+
     assert {"bundlePath", "exportSource", "exportOutput", "trainData", "trainOutput", "trainSyntheticDir"} <= set(paths.values())
     for widget, field in paths.items():
         assert widgets[widget].get("class") == "ctkPathLineEdit" and fields[field] == ("str", None)
@@ -179,16 +168,26 @@ def test_every_python_file_and_resource_is_listed_in_its_cmakelists():
     assert "add_subdirectory(SegmentEditorSynBT)" in module_cmake
 
 
+def _synbtlib_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "SynBTLib":
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("SynBTLib."):
+            names.add(node.module.split(".")[1])
+    return names
+
+
 def test_the_engine_parts_the_module_runs_are_shipped_with_it():
-    """SynBTLib ships by the CMake glob SynBTLib/*.py: every module SynBT.py imports, and what its worker
-    processes run (`python -m SynBTLib synthesize | export | train-seg`), must be .py files under it."""
-    source = (MODULE_DIR / "SynBT.py").read_text()
-    imported = set(re.findall(r"from SynBTLib\.(\w+) import", source))
-    imported |= {name.strip() for names in re.findall(r"from SynBTLib import ([\w, ]+)", source) for name in names.split(",")}
-    assert {"slicer_worker", "mrml", "synthesizers"} <= imported
+    """SynBTLib ships by the CMake glob SynBTLib/*.py: every module the Slicer files import, and what the
+    worker processes run (`python -m SynBTLib synthesize | export | train-seg`), must be .py files under it."""
+    imported = set()
+    for path in MODULE_DIR.rglob("*.py"):
+        imported |= _synbtlib_imports(path)
+    assert {"slicer_panel", "slicer_worker", "dependencies", "mrml"} <= imported
     needed = [f"SynBTLib/{name}.py" for name in imported] + [
         "SynBTLib/__main__.py", "SynBTLib/cli.py", "SynBTLib/commands/synthesize.py",
-        "SynBTLib/commands/export.py", "SynBTLib/commands/train_seg.py",
+        "SynBTLib/commands/export.py", "SynBTLib/commands/train_seg.py", "SynBTLib/requirements.txt",
     ]
     for rel in needed:
         assert (ROOT / rel).is_file(), f"{rel} is not in the source tree the CMake glob ships"
@@ -350,3 +349,18 @@ def test_worker_runs_the_real_command_and_its_result_lands_as_nodes_on_the_sourc
         np.testing.assert_array_equal(out[:, :, :3], original[:, :, :3])  # far from the mask (it starts at x = 7)
         changed_inside |= bool((out != original)[mask > 0].any())
     assert changed_inside
+
+
+def test_the_slicer_files_stay_thin_and_never_interrupt_inside_a_wait_cursor():
+    """Decisions live in SynBTLib.slicer_panel (tested here); the Qt files only wire widgets. A
+    KeyboardInterrupt inside tryWithErrorDisplay(waitCursor=True) once left Slicer's busy cursor on."""
+    module = MODULE_DIR / "SynBT.py"
+    effect = MODULE_DIR / "SegmentEditorSynBT" / "SegmentEditorSynBTLib" / "SegmentEditorEffect.py"
+    tree = ast.parse(module.read_text())
+    [test_class] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SynBTTest"]
+    panel_lines = len(module.read_text().splitlines()) - (test_class.end_lineno - test_class.lineno + 1)
+    # the self-test stays in the module file: Slicer's "Reload and Test" looks for SynBTTest there
+    assert panel_lines <= 370 and len(effect.read_text().splitlines()) <= 160
+    for path in (module, effect):
+        for node in ast.walk(ast.parse(path.read_text())):
+            assert not (isinstance(node, ast.Name) and node.id == "KeyboardInterrupt"), path

@@ -1,0 +1,370 @@
+"""Everything the SynBT Slicer panel and its Segment Editor effect decide, without Qt.
+
+SynBTSlicer/SynBT.py and the effect only make widgets and connect them to what is here: the
+panel's parameters (one spec that the parameter node wrapper is built from), which loaded volumes
+are the DCE phases, whether Generate can run and why not, which widgets are enabled, the job
+requests, the synthesis run (worker process, progress, Cancel, loading the result as nodes), the
+effect's click-to-place shape, and the "SynBT phantom" sample data. It runs on real MRML nodes in
+the Slicer application and with slicer-core, where the tests run it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import mrml
+from .errors import SynBTError
+from .slicer_worker import (ExportRequest, SynthesisJob, SynthesisRequest, TrainRequest, auto_tumor_mask,
+                            default_method, necrosis_choice)
+from .synthesizers import DEFAULT_STEPS, METHODS
+
+DRAWN = "drawn"  # a choice left to the seed
+KINETICS_CHOICES = (DRAWN, "persistent", "plateau", "washout", "any")
+NECROSIS_CHOICES = (DRAWN, "yes", "no")
+EXPORT_FORMATS = ("nnunet", "monai")
+SYNTHETIC_MODES = ("none", "offline", "on-the-fly")
+SEED_RANGE = (0, 2**31 - 1)
+PHASE_FIELDS = ("prePhase", "postPhase1", "postPhase2", "postPhase3")
+OUTPUT_ATTRIBUTE = "SynBT.Output"  # set on every node SynBT adds, so it is never guessed as an input phase
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One panel parameter: kind is "volume", "segmentation", "str", "int", "float" or "bool"."""
+
+    kind: str
+    default: object = None
+    choices: tuple | None = None
+    range: tuple | None = None
+
+
+PARAMETERS: dict[str, Parameter] = {
+    **{name: Parameter("volume") for name in PHASE_FIELDS},
+    "segmentationNode": Parameter("segmentation"),
+    "segmentId": Parameter("str", ""),
+    "useAutoTumor": Parameter("bool", False),
+    "autoSizeMm": Parameter("float", 15.0, range=(3.0, 60.0)),
+    "method": Parameter("str", "handcrafted", choices=METHODS),
+    "bundlePath": Parameter("str", ""),
+    "seed": Parameter("int", 0, range=SEED_RANGE),
+    "steps": Parameter("int", DEFAULT_STEPS, range=(1, 1000)),
+    "kinetics": Parameter("str", DRAWN, choices=KINETICS_CHOICES),
+    "necrosis": Parameter("str", DRAWN, choices=NECROSIS_CHOICES),
+    "outputSuffix": Parameter("str", mrml.OUTPUT_SUFFIX),
+    "exportSource": Parameter("str", ""),
+    "exportOutput": Parameter("str", ""),
+    "exportNumCases": Parameter("int", 10, range=(1, 100000)),
+    "exportFormat": Parameter("str", "nnunet", choices=EXPORT_FORMATS),
+    "exportMethod": Parameter("str", "handcrafted", choices=METHODS),
+    "exportSizeMinMm": Parameter("float", 10.0, range=(5.0, 80.0)),
+    "exportSizeMaxMm": Parameter("float", 30.0, range=(5.0, 80.0)),
+    "exportSeed": Parameter("int", 0, range=SEED_RANGE),
+    "exportNecrosis": Parameter("str", DRAWN, choices=NECROSIS_CHOICES),
+    "trainData": Parameter("str", ""),
+    "trainOutput": Parameter("str", ""),
+    "trainConfig": Parameter("str", ""),
+    "trainSynthetic": Parameter("str", "none", choices=SYNTHETIC_MODES),
+    "trainSyntheticDir": Parameter("str", ""),
+    "trainMethod": Parameter("str", "handcrafted", choices=METHODS),
+    "trainRatio": Parameter("float", 0.5, range=(0.0, 1.0)),
+    "trainEpochs": Parameter("int", 20, range=(1, 100000)),
+    "trainSeed": Parameter("int", 0, range=SEED_RANGE),
+    "trainResume": Parameter("bool", False),
+}
+
+# ctkPathLineEdit widget -> str parameter, synced by the panel itself: parameterNodeWrapper binds a
+# ctkPathLineEdit only to pathlib.Path, whose empty value reads back as ".", while empty means "not chosen".
+PATH_PARAMETERS = {
+    "bundlePathLineEdit": "bundlePath",
+    "exportSourcePathLineEdit": "exportSource",
+    "exportOutputPathLineEdit": "exportOutput",
+    "trainDataPathLineEdit": "trainData",
+    "trainOutputPathLineEdit": "trainOutput",
+    "trainConfigPathLineEdit": "trainConfig",
+    "trainSyntheticPathLineEdit": "trainSyntheticDir",
+}
+
+
+def initial_values(method: str | None = None) -> dict:
+    """Defaults for a fresh parameter node: the method is diffusion when the shipped bundle and torch are there."""
+    method = method or default_method()
+    return {"method": method, "exportMethod": method, "trainMethod": method}
+
+
+# ---------------------------------------------------------------- inputs
+
+_SKIP_NAME = re.compile(r"(?i)\b(sub|subtract\w*|mip|label|seg\w*|mask)\b|_sub\b")
+_PRE_NAME = re.compile(r"(?i)(\bpre\b|pre[-_ ]?contrast|precontrast|\bnative\b|\bt1[-_ ]?pre\b)")
+_INDEX_NAME = re.compile(r"(?i)(?:_|\b)(?:post|phase|ph|dyn)?[-_ ]?0*(\d{1,2})(?:\.nii(?:\.gz)?|\.nrrd)?$")
+
+
+def _phase_rank(name: str) -> float | None:
+    """Order key from a volume's name: pre-contrast 0, "post 2" / "phase_0002" / "case_0002" 2; None unknown."""
+    if _PRE_NAME.search(name):
+        return 0.0
+    match = _INDEX_NAME.search(name.strip())
+    return float(match.group(1)) if match else None
+
+
+def guess_phases(volume_nodes, limit: int = len(PHASE_FIELDS)) -> list:
+    """The volumes that look like one DCE series, pre-contrast first.
+
+    Left out: label maps, SynBT's own outputs, subtractions / MIPs / masks by name, and volumes not on
+    the grid of the first candidate. Order: by the phase index in the names (pre = 0, "post1", "_0002");
+    where names say nothing, the scene order (the order in which they were loaded)."""
+    candidates = []
+    for position, node in enumerate(volume_nodes):
+        if node is None or node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetAttribute(OUTPUT_ATTRIBUTE):
+            continue
+        if node.GetImageData() is None or _SKIP_NAME.search(node.GetName() or ""):
+            continue
+        candidates.append((position, node))
+    ranks = [_phase_rank(node.GetName() or "") for _, node in candidates]
+    if candidates and all(rank is not None for rank in ranks):
+        candidates = [c for _, c in sorted(zip(ranks, candidates), key=lambda item: (item[0], item[1][0]))]
+    if not candidates:
+        return []
+    grid = mrml.geometry_from_volume_node(candidates[0][1])
+    same_grid = [node for _, node in candidates if mrml.geometry_from_volume_node(node).matches(grid)]
+    return same_grid[:limit]
+
+
+def phase_nodes(parameters) -> list:
+    """The chosen phase volumes, pre-contrast first (empty choices left out)."""
+    return [n for n in (getattr(parameters, name) for name in PHASE_FIELDS) if n is not None]
+
+
+@dataclass
+class ButtonState:
+    text: str
+    enabled: bool
+    tooltip: str = ""
+
+
+def generate_button(parameters, running: bool) -> ButtonState:
+    """Generate (or Cancel while a synthesis runs), enabled only when the inputs are complete."""
+    if running:
+        return ButtonState("Cancel", True)
+    reason = missing_input(parameters)
+    return ButtonState("Generate", reason is None, reason or "")
+
+
+def missing_input(parameters) -> str | None:
+    """What the user still has to choose before Generate (None when nothing is missing)."""
+    if parameters is None:
+        return "no parameter node"
+    nodes = phase_nodes(parameters)
+    if len(nodes) < 2:
+        return "Select the pre-contrast phase and at least one post-contrast phase."
+    if len({node.GetID() for node in nodes}) < len(nodes):
+        return "Each phase must be a different volume."
+    if not parameters.useAutoTumor and not (parameters.segmentationNode and parameters.segmentId):
+        return "Select a tumor segment, or tick the automatic tumor and choose its size."
+    return None
+
+
+def enabled_widgets(parameters, running: bool, export_running: bool, train_running: bool) -> dict[str, bool]:
+    """Widget name (SynBT.ui) -> enabled, for the current parameters and jobs."""
+    p = parameters
+    diffusion = bool(p and p.method == "diffusion")
+    offline = bool(p and p.trainSynthetic == "offline")
+    return {
+        "inputsCollapsibleButton": not running,
+        "methodCollapsibleButton": not running,
+        "bundlePathLineEdit": diffusion,
+        "stepsSpinBox": diffusion,
+        "kineticsComboBox": diffusion,
+        "necrosisComboBox": diffusion,
+        "segmentSelector": bool(p and not p.useAutoTumor),
+        "autoSizeSpinBox": bool(p and p.useAutoTumor),
+        "exportSettingsWidget": not export_running,
+        "trainSettingsWidget": not train_running,
+        "trainSyntheticPathLineEdit": offline,
+        "trainRatioSpinBox": bool(p and p.trainSynthetic != "none"),
+        "trainMethodComboBox": bool(p and p.trainSynthetic == "on-the-fly"),
+        "exportNecrosisComboBox": bool(p and p.exportMethod == "diffusion"),
+    }
+
+
+def export_ready(parameters) -> bool:
+    return bool(parameters and parameters.exportSource and parameters.exportOutput)
+
+
+def train_ready(parameters) -> bool:
+    return bool(parameters and parameters.trainData and parameters.trainOutput)
+
+
+# ---------------------------------------------------------------- requests
+
+def _drawn_or(value: str) -> str | None:
+    return None if value == DRAWN else value
+
+
+def synthesis_request(parameters) -> SynthesisRequest:
+    """The Generate request from the panel's parameters (diffusion-only options dropped for handcrafted)."""
+    p = parameters
+    diffusion = p.method == "diffusion"
+    return SynthesisRequest(
+        method=p.method,
+        seed=int(p.seed),
+        steps=int(p.steps) if diffusion else None,
+        bundle=(p.bundlePath or None) if diffusion else None,
+        auto_size_mm=float(p.autoSizeMm) if p.useAutoTumor else None,
+        kinetics=_drawn_or(p.kinetics) if diffusion else None,
+        necrosis=_drawn_or(p.necrosis) if diffusion else None,
+    )
+
+
+def export_request(parameters) -> ExportRequest:
+    p = parameters
+    diffusion = p.exportMethod == "diffusion"
+    return ExportRequest(
+        source=p.exportSource, out=p.exportOutput, num_cases=int(p.exportNumCases), format=p.exportFormat,
+        method=p.exportMethod, size_mm=(float(p.exportSizeMinMm), float(p.exportSizeMaxMm)), seed=int(p.exportSeed),
+        bundle=(p.bundlePath or None) if diffusion else None, steps=int(p.steps) if diffusion else None,
+        necrosis=_drawn_or(p.exportNecrosis) if diffusion else None,
+    )
+
+
+def train_request(parameters) -> TrainRequest:
+    p = parameters
+    return TrainRequest(
+        data=p.trainData, out=p.trainOutput, synthetic=p.trainSynthetic,
+        synthetic_dir=p.trainSyntheticDir or None, method=p.trainMethod, ratio=float(p.trainRatio),
+        epochs=int(p.trainEpochs), seed=int(p.trainSeed), resume=bool(p.trainResume), config=p.trainConfig or None,
+    )
+
+
+# ---------------------------------------------------------------- synthesis
+
+def mark_output(result: mrml.SynthesisResult) -> mrml.SynthesisResult:
+    """Tag the nodes SynBT added, so they are never taken for input phases."""
+    for node in [*result.volume_nodes, result.segmentation_node]:
+        node.SetAttribute(OUTPUT_ATTRIBUTE, "1")
+    return result
+
+
+@dataclass
+class RunStatus:
+    percent: int
+    message: str
+    finished: bool
+
+
+class SynthesisRun:
+    """One Generate: the inputs are read from the nodes and checked here, the synthesis runs in a worker
+    process (`synbt synthesize`), ``poll()`` reports progress from a GUI timer, ``finish()`` adds the
+    result as new nodes (all or nothing), ``cancel()`` kills the worker and adds nothing."""
+
+    def __init__(self, scene, phase_nodes, segmentation_node, segment_id, request: SynthesisRequest,
+                 suffix: str = mrml.OUTPUT_SUFFIX, python: str | None = None):
+        self.scene, self.phase_nodes, self.suffix = scene, list(phase_nodes), suffix
+        case = mrml.case_from_volume_nodes(self.phase_nodes)
+        mask = None
+        if request.auto_size_mm is None:
+            if segmentation_node is None or not segment_id:
+                raise SynBTError("select a tumor segment, or choose an automatic tumor size")
+            mask = mrml.mask_from_segment(segmentation_node, segment_id, case.geometry)
+        self.job = SynthesisJob.start(case, mask, request, python=python)
+        self.percent, self.message = 0, "starting"
+
+    def poll(self) -> RunStatus:
+        for event in self.job.poll():
+            self.percent, self.message = event.percent, event.message or event.event
+        return RunStatus(self.percent, self.message, not self.job.running)
+
+    def finish(self) -> mrml.SynthesisResult:
+        """The result as new nodes; raises SynBTError with the worker's own error line when it failed."""
+        result, mask = self.job.result()
+        return mark_output(mrml.add_result_nodes(self.scene, self.phase_nodes, result, mask, suffix=self.suffix))
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+
+def synthesize_in_process(scene, phase_nodes, segmentation_node=None, segment_id=None, request: SynthesisRequest | None = None,
+                          suffix: str = mrml.OUTPUT_SUFFIX, progress: Callable | None = None) -> mrml.SynthesisResult:
+    """The same synthesis in this process (for scripts and the Python console; the GUI uses SynthesisRun)."""
+    from .synthesizers import check_necrosis, make_synthesizer
+
+    request = request or SynthesisRequest(method=default_method())
+    synthesizer, method, steps = make_synthesizer(request.method, bundle=request.bundle, steps=request.steps)
+    options = {}
+    if request.kinetics is not None:
+        if not hasattr(synthesizer, "choose_kinetics"):
+            raise SynBTError(f"a kinetic curve type applies to the diffusion method, not to {method}")
+        options["kinetics"] = request.kinetics
+    if request.necrosis is not None:
+        core = necrosis_choice(request.necrosis) == "yes"
+        check_necrosis(synthesizer, core, method, option="necrosis")
+        options["necrosis"] = core
+    case = mrml.case_from_volume_nodes(phase_nodes)
+    if request.auto_size_mm is None:
+        if segmentation_node is None or not segment_id:
+            raise SynBTError("select a tumor segment, or choose an automatic tumor size")
+        mask = mrml.mask_from_segment(segmentation_node, segment_id, case.geometry)
+    else:
+        mask = auto_tumor_mask(case, request.auto_size_mm, request.seed, request.center_mm)
+    result = synthesizer(case, mask, seed=request.seed, steps=steps, progress=progress, **options)
+    return mark_output(mrml.add_result_nodes(scene, list(phase_nodes), result, mask, suffix=suffix))
+
+
+def result_summary(result: mrml.SynthesisResult) -> str:
+    return f"Added {len(result.volume_nodes)} volumes and '{result.segmentation_node.GetName()}'."
+
+
+def shown_volume(result: mrml.SynthesisResult):
+    """The volume to show after a synthesis: the first post-contrast phase, where the tumor is brightest."""
+    return result.volume_nodes[1] if len(result.volume_nodes) > 1 else result.volume_nodes[0]
+
+
+# ---------------------------------------------------------------- Segment Editor effect
+
+def tumor_shape_at(phase_nodes, ras, diameter_mm: float, seed: int) -> tuple[np.ndarray, mrml.Geometry]:
+    """A tumor shape of diameter_mm centred at a clicked RAS point, on the phases' grid: (mask, geometry).
+    A click outside the volumes, or where the shape would lie mostly outside breast tissue, is refused."""
+    from .preprocess import breast_tissue_mask
+    from .shapes import tumor_mask
+
+    case = mrml.case_from_volume_nodes(phase_nodes)
+    center_lps = (-float(ras[0]), -float(ras[1]), float(ras[2]))
+    shape = tumor_mask(case.geometry, center_lps, float(diameter_mm), seed=int(seed))
+    if not shape.mask.any():
+        raise SynBTError("the click is outside the phase volumes")
+    breast = breast_tissue_mask(case).breast
+    inside = float(breast[shape.mask > 0].mean())
+    if inside < 0.5:
+        raise SynBTError(f"only {inside:.0%} of a tumor there would lie in breast tissue; click inside the breast")
+    return shape.mask.astype(np.uint8), case.geometry
+
+
+# ---------------------------------------------------------------- sample data
+
+PHANTOM_SAMPLE_NAME = "SynBT phantom"
+
+
+def add_phantom_nodes(scene, seed: int = 0, shape=(96, 96, 40), region_mm: float = 15.0):
+    """A tumor-free phantom DCE-MRI case made here (no download) as MRML nodes, with a segmentation holding
+    one region in its breast tissue where a tumor can be synthesized; returns (phase nodes, segmentation)."""
+    from . import labels
+    from .phantom import make_phantom
+    from .shapes import place_tumor
+
+    phantom = make_phantom(seed=seed, shape=shape, tumors=0)
+    breast = np.isin(phantom.tissue_labels, labels.BREAST_TISSUE)
+    region = place_tumor(breast, phantom.case.geometry, region_mm, seed=seed).mask.astype(np.uint8)
+    nodes = []
+    try:
+        for k, name in enumerate(phantom.case.phase_names):
+            nodes.append(mrml.add_volume_from_array(scene, phantom.case.phases[k].astype(np.float32),
+                                                    phantom.case.geometry, f"{PHANTOM_SAMPLE_NAME} {name}"))
+        segmentation, _ = mrml.add_segmentation_node(scene, region, nodes[0], f"{PHANTOM_SAMPLE_NAME} region",
+                                                     segment_name="tumor region")
+    except BaseException:
+        for node in nodes:
+            scene.RemoveNode(node)
+        raise
+    return nodes, segmentation
