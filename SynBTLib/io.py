@@ -75,27 +75,63 @@ def _read_sitk(path: Path) -> sitk.Image:
                 raise SynBTError(f"folder {path} holds no DICOM series and no phase files")
             if len(series) > 1:
                 raise SynBTError(f"folder {path} holds {len(series)} DICOM series; pass one folder per phase")
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
+            _check_slice_positions(path, files)
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+            reader.SetFileNames(files)
             return reader.Execute()
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise SynBTError(f"cannot read {path} (unreadable or truncated file): {_reason(exc)}") from exc
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_complete(path)
+        _check_nifti(path)
     return image
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Refuse a truncated NIfTI: ITK's reader silently fills the missing voxels with zeros."""
+def _check_slice_positions(folder: Path, files: Sequence[str], tolerance: float = 0.1) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced along their normal.
+
+    ITK builds the grid from the slices it has and only warns, so a missing slice would give a
+    volume with the wrong spacing and misplaced slices. Steps that differ from the median step by
+    more than `tolerance` of it are refused, naming the two files around the gap.
+    """
+    if len(files) < 3:
+        return
+    positions, normal = [], None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+            return  # no per-slice position (e.g. multi-frame): nothing to check here
+        if normal is None:
+            cosines = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+            normal = np.cross(cosines[:3], cosines[3:6])
+        position = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+        positions.append(float(position @ normal))
+    steps = np.diff(positions)
+    typical = float(np.median(np.abs(steps)))
+    for k, step in enumerate(steps):
+        if typical == 0 or abs(abs(step) - typical) > tolerance * typical:
+            kind = "slices missing" if abs(step) > typical else "duplicate or overlapping slices"
+            raise SynBTError(
+                f"DICOM series in {folder} has uneven slice positions ({kind}): {Path(files[k]).name} and "
+                f"{Path(files[k + 1]).name} are {abs(step):.3g} mm apart where the slices are {typical:.3g} mm apart"
+            )
+
+
+def _check_nifti(path: Path) -> None:
+    """Refuse what ITK's NIfTI reader hides: a truncated file (missing voxels become zeros) and
+    NaN/Inf voxels (niftilib turns non-finite floats into 0, so no check on the array sees them)."""
     import gzip
 
     import nibabel
 
     try:
-        header = nibabel.load(str(path)).header
+        nifti = nibabel.load(str(path))
     except Exception:  # not readable by nibabel: SimpleITK has read it, so trust SimpleITK
         return
+    header = nifti.header
     expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
     if path.name.lower().endswith(".gz"):
         actual = 0
@@ -109,6 +145,8 @@ def _check_nifti_complete(path: Path) -> None:
         actual = path.stat().st_size
     if actual < expected:
         raise SynBTError(f"cannot read {path} (truncated file: the voxel data ends early)")
+    if np.issubdtype(header.get_data_dtype(), np.floating):
+        check_finite(nifti.dataobj.get_unscaled(), str(path))  # raw values, no float64 copy
 
 
 def _check_3d(image: sitk.Image, path: Path) -> None:

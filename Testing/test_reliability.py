@@ -1,0 +1,132 @@
+"""Issue 29: bad input is refused, never silently corrupted (NaN in NIfTI, DICOM gaps, masks in air,
+bundle paths leaving the bundle), and command-line messages speak command-line."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from SynBTLib import SynBTError
+from SynBTLib.cli import main
+from SynBTLib.io import read_case, read_image, read_mask, write_image, write_label
+from test_handcrafted import make_case, sphere_mask
+from test_io import oblique_geometry, phase_arrays, write_dicom_series
+
+
+def run_synthesize(*args) -> int:
+    return main(["synthesize", *[str(a) for a in args], "--method", "handcrafted"])
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("synbt synthesize: error:"), err
+    return err[0]
+
+
+@pytest.fixture
+def case_files(tmp_path):
+    case = make_case()
+    phases = [write_image(p, case.geometry, tmp_path / "in" / f"p{k}.nii.gz") for k, p in enumerate(case.phases)]
+    mask = write_label(sphere_mask(), case.geometry, tmp_path / "in" / "mask.nii.gz")
+    return case, phases, mask
+
+
+# ---------------------------------------------------------------- 1. NaN / Inf in NIfTI
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nan_and_inf_in_a_nifti_phase_are_refused(tmp_path, suffix):
+    geometry = oblique_geometry()
+    arrays = phase_arrays(geometry, count=2)
+    arrays[1][1, 2, 3], arrays[1][2, 3, 4], arrays[1][3, 4, 5] = np.nan, np.inf, -np.inf
+    paths = [write_image(a, geometry, tmp_path / f"p{k}{suffix}") for k, a in enumerate(arrays)]
+    with pytest.raises(SynBTError, match="NaN/Inf") as info:
+        read_case(paths)
+    assert paths[1].name in str(info.value) and "3 NaN/Inf" in str(info.value)
+    with pytest.raises(SynBTError, match="NaN/Inf"):
+        read_image(paths[1])
+
+
+def test_nan_in_a_nifti_phase_is_refused_by_synthesize(case_files, tmp_path, capsys):
+    case, phases, mask = case_files
+    bad = case.phases[1].copy()
+    bad[10, 28, 24] = np.nan
+    write_image(bad, case.geometry, phases[1])
+    assert run_synthesize("--phases", *phases, "--mask", mask, "--out", tmp_path / "out") == 2
+    assert "NaN/Inf" in error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- 2. DICOM series with a gap
+
+
+def _dicom_phases(tmp_path, missing: dict[int, int]):
+    """Two DICOM phase folders of 8 slices; missing[k] = the slice deleted from phase k."""
+    geometry = oblique_geometry(size=(9, 8, 8))
+    folders = []
+    for k, array in enumerate(phase_arrays(geometry, count=2)):
+        folder = tmp_path / f"phase_{k}"
+        write_dicom_series(array, geometry, folder, f"1.2.826.0.1.3680043.2.1125.{k + 7}")
+        if k in missing:
+            (folder / f"slice_{missing[k]:03d}.dcm").unlink()
+        folders.append(folder)
+    return folders
+
+
+def test_dicom_series_with_a_missing_slice_is_refused_naming_the_gap(tmp_path):
+    folders = _dicom_phases(tmp_path, {0: 4, 1: 4})
+    with pytest.raises(SynBTError, match="slices missing") as info:
+        read_image(folders[0])
+    message = str(info.value)
+    assert "slice_003.dcm" in message and "slice_005.dcm" in message and str(folders[0]) in message
+    with pytest.raises(SynBTError, match="slices missing"):
+        read_case(folders)
+
+
+@pytest.mark.parametrize("resample", [False, True])
+def test_dicom_slice_missing_in_one_phase_is_refused_even_with_resample(tmp_path, resample):
+    folders = _dicom_phases(tmp_path, {1: 2})
+    assert read_image(folders[0])[0].shape == (8, 8, 9)  # the complete phase reads
+    with pytest.raises(SynBTError, match="slices missing") as info:
+        read_case(folders, resample=resample)
+    assert str(folders[1]) in str(info.value) and "slice_001.dcm" in str(info.value)
+
+
+def test_dicom_series_with_a_duplicated_position_is_refused(tmp_path):
+    (folder,) = _dicom_phases(tmp_path, {})[:1]
+    import SimpleITK as sitk
+
+    # slice 5 rewritten at the position of slice 4: two slices at one place, a gap after it
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(folder / "slice_004.dcm"))
+    image4 = reader.Execute()
+    image5 = sitk.ReadImage(str(folder / "slice_005.dcm"))
+    image5.SetMetaData("0020|0032", image4.GetMetaData("0020|0032"))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(folder / "slice_005.dcm"))
+    writer.Execute(image5)
+    with pytest.raises(SynBTError, match="uneven slice positions"):
+        read_image(folder)
+
+
+# ---------------------------------------------------------------- 6. SHA256SUMS naming a file outside the bundle
+
+
+@pytest.mark.parametrize("name", ["../outside.txt", "../../outside.txt", "sub/../../outside.txt", "/etc/hostname"])
+def test_sha256sums_line_leaving_the_bundle_is_refused(tmp_path, name):
+    from SynBTLib.bundle import SUMS_FILE, file_sha256, save_bundle, verify_bundle
+    from SynBTLib.nets.scheduler import SchedulerConfig
+    from test_bundle import META, tiny_networks
+
+    bundle = save_bundle(tmp_path / "a" / "b" / "bundle", *tiny_networks(), SchedulerConfig(), 0.75, META, "# tiny\n")
+    target = (bundle / name) if not name.startswith("/") else Path(name)
+    if not name.startswith("/"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("not part of the bundle\n")
+    digest = file_sha256(target) if target.is_file() else "0" * 64
+    with open(bundle / SUMS_FILE, "a") as sums:
+        sums.write(f"{digest}  {name}\n")
+    with pytest.raises(SynBTError, match="not a file of the bundle folder") as info:
+        verify_bundle(bundle)
+    assert SUMS_FILE in str(info.value) and name in str(info.value)
