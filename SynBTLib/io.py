@@ -20,6 +20,7 @@ from .errors import SynBTError
 
 __all__ = [
     "CaseRef",
+    "check_output_dir",
     "geometry_of",
     "prepare_output_dir",
     "read_case",
@@ -237,7 +238,7 @@ def read_case(paths: PathLike | Sequence[PathLike], resample: bool = False) -> C
             if not resample:
                 raise SynBTError(
                     f"phases are on different grids: {names[0]} is {ref_geometry.describe()} but {name} is "
-                    f"{geometry.describe()}; resample onto the first phase with resample=True (--resample)"
+                    f"{geometry.describe()}; resample onto the first phase with --resample"
                 )
             image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
@@ -288,7 +289,7 @@ def _read_segment(path: Path, segment: str | None) -> tuple[np.ndarray, Geometry
     names = slicerio.segment_names(segmentation)
     if segment is None:
         if len(names) != 1:
-            raise SynBTError(f"{path} holds {len(names)} segments; choose one with segment= (available: {', '.join(names)})")
+            raise SynBTError(f"{path} holds {len(names)} segments; choose one with --segment (available: {', '.join(names)})")
         segment = names[0]
     if segment not in names:
         raise SynBTError(f"segment '{segment}' not found in {path}; available segments: {', '.join(names) or 'none'}")
@@ -341,7 +342,7 @@ def read_mask(
         placed = _place_on_lattice(mask, source, geometry)
     else:
         if segment is not None:
-            raise SynBTError(f"{path} is a label image, not a Slicer .seg.nrrd; segment='{segment}' does not apply")
+            raise SynBTError(f"{path} is a label image, not a Slicer .seg.nrrd; --segment '{segment}' does not apply")
         values, source = read_image(path)
         check_finite(values, what)
         mask = (values != 0) if label is None else (values == label)
@@ -351,7 +352,7 @@ def read_mask(
         if not resample:
             raise SynBTError(
                 f"{what} is on grid {source.describe()} but the case is on {geometry.describe()}; "
-                "resample it with resample=True (--resample-mask)"
+                "resample it with --resample-mask"
             )
         placed = resample_to(mask, source, geometry, nearest=True).astype(np.uint8)
     if not placed.any():
@@ -407,12 +408,12 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def prepare_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[PathLike] = ()) -> Path:
-    """Create (or accept) an output folder that cannot overwrite any input.
+def check_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[PathLike] = ()) -> Path:
+    """The resolved output folder, checked that writing there cannot overwrite any input (created by nobody).
 
     Refused: an output that is an input, that contains an input (e.g. an input file's own folder),
     or that lies inside an input folder; an existing file; an existing non-empty folder unless
-    overwrite=True (existing files are then replaced only where new files have the same name).
+    overwrite (--overwrite).
     """
     out = Path(out).expanduser().resolve()
     for item in inputs:
@@ -424,6 +425,15 @@ def prepare_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[
     if out.exists() and not out.is_dir():
         raise SynBTError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SynBTError(f"output folder {out} exists and is not empty; pass overwrite=True (--overwrite) to write into it")
+        raise SynBTError(f"output folder {out} exists and is not empty; pass --overwrite to write into it")
+    return out
+
+
+def prepare_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[PathLike] = ()) -> Path:
+    """Create (or accept) an output folder that cannot overwrite any input (see check_output_dir).
+
+    With overwrite, existing files are replaced only where new files have the same name.
+    """
+    out = check_output_dir(out, overwrite, inputs)
     out.mkdir(parents=True, exist_ok=True)
     return out

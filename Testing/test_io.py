@@ -328,7 +328,7 @@ def test_slicer_segmentation_with_smaller_extent_is_placed_on_the_case_grid(tmp_
 
     with pytest.raises(SynBTError, match=r"segment 'lesion' not found in .*Segmentation.seg.nrrd; available segments: tumor, vessel"):
         read_mask(path, geometry, segment="lesion")
-    with pytest.raises(SynBTError, match=r"holds 2 segments; choose one with segment= \(available: tumor, vessel\)"):
+    with pytest.raises(SynBTError, match=r"holds 2 segments; choose one with --segment \(available: tumor, vessel\)"):
         read_mask(path, geometry)
 
     shifted_origin = np.asarray(geometry.origin) + (0.3, 0.0, 0.0)
@@ -372,7 +372,7 @@ def test_prepare_output_dir_refuses_to_overwrite_inputs_or_results(tmp_path):
         prepare_output_dir(case_dir / "synthetic", inputs=[case_dir])
 
     (fresh / "result.txt").write_text("previous run")
-    with pytest.raises(SynBTError, match="exists and is not empty; pass overwrite=True"):
+    with pytest.raises(SynBTError, match="exists and is not empty; pass --overwrite"):
         prepare_output_dir(fresh)
     assert prepare_output_dir(fresh, overwrite=True) == fresh.resolve()
     with pytest.raises(SynBTError, match="exists and is not a folder"):

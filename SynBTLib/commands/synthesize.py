@@ -125,8 +125,8 @@ def _tumor_mask(args, case):
 
 
 def run(args) -> int:
-    from ..io import prepare_output_dir, read_case
-    from ..synthesis_outputs import write_synthesis_outputs
+    from ..io import read_case
+    from ..synthesis_outputs import OutputFolder, write_synthesis_outputs
 
     _check_options(args)
     synthesizer, steps = make_synthesizer(args.method, args)
@@ -143,7 +143,7 @@ def run(args) -> int:
         progress(5, "reading the mask" if args.mask else "placing the tumor")
         mask, details = _tumor_mask(args, case)
         inputs = list(args.phases) + ([args.mask] if args.mask else [])
-        out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs)
+        out = OutputFolder(args.out, overwrite=args.overwrite, inputs=inputs)  # locked; written as a whole
         extra = {"kinetics": args.kinetics} if args.kinetics else {}
         if necrosis is not None:
             extra["necrosis"] = necrosis
