@@ -130,3 +130,32 @@ def test_sha256sums_line_leaving_the_bundle_is_refused(tmp_path, name):
     with pytest.raises(SynBTError, match="not a file of the bundle folder") as info:
         verify_bundle(bundle)
     assert SUMS_FILE in str(info.value) and name in str(info.value)
+
+
+# ---------------------------------------------------------------- 5. a mask in the air
+
+
+def test_mask_in_the_air_is_refused_and_a_mask_at_the_skin_is_not(case_files, tmp_path, capsys):
+    case, phases, _ = case_files  # make_case: air for y <= 8, body behind it
+    in_air = write_label(sphere_mask(centre=(10, 3, 24), radius_mm=2.5), case.geometry, tmp_path / "air.nii.gz")
+    assert run_synthesize("--phases", *phases, "--mask", in_air, "--out", tmp_path / "out") == 2
+    line = error_line(capsys)
+    assert "outside the body" in line and "air.nii.gz" in line
+    assert not (tmp_path / "out").exists()
+
+    at_skin = sphere_mask(centre=(10, 10, 24), radius_mm=4.0)  # partly in air, mostly in the body
+    assert 0 < at_skin[:, :9].sum() < at_skin.sum() / 2
+    at_skin_path = write_label(at_skin, case.geometry, tmp_path / "skin.nii.gz")
+    assert run_synthesize("--phases", *phases, "--mask", at_skin_path, "--out", tmp_path / "out") == 0
+
+
+def test_check_mask_in_body_counts_the_fraction_in_air():
+    from SynBTLib.case import check_mask_in_body
+
+    case = make_case()
+    mask = np.zeros(case.shape, np.uint8)
+    mask[5:8, 2:6, 10:14] = 1  # all in air
+    with pytest.raises(SynBTError, match="100% outside the body"):
+        check_mask_in_body(case, mask)
+    mask[5:8, 12:19, 10:14] = 1  # now most of it in the body
+    check_mask_in_body(case, mask)

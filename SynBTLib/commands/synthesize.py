@@ -110,10 +110,12 @@ def _check_options(args) -> None:
 def _tumor_mask(args, case):
     """The mask (uint8 Z,Y,X) and details for provenance."""
     if args.mask:
+        from ..case import check_mask_in_body
         from ..io import read_mask
 
         mask = read_mask(args.mask, case.geometry, segment=args.segment,
                          resample=args.resample or args.resample_mask, label=args.label)
+        check_mask_in_body(case, mask, f"mask {args.mask}")
         return mask, {"mask": {"path": str(Path(args.mask).resolve()), "segment": args.segment, "label": args.label}}
     from ..preprocess import breast_tissue_mask
     from ..shapes import place_tumor
