@@ -28,6 +28,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "resample_to",
+    "show_itk_warnings",
     "to_sitk",
     "write_case",
     "write_image",
@@ -35,6 +36,15 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
+
+
+def show_itk_warnings(show: bool) -> None:
+    """Let ITK print its multi-line warnings on stderr (off unless --verbose or SYNBT_VERBOSE=1):
+    SynBT checks what they warn about itself and reports problems in one line."""
+    sitk.ProcessObject.SetGlobalWarningDisplay(bool(show))
+
+
+show_itk_warnings(os.environ.get("SYNBT_VERBOSE", "") not in ("", "0"))
 
 
 # ---------------------------------------------------------------- SimpleITK <-> arrays

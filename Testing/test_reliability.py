@@ -159,3 +159,77 @@ def test_check_mask_in_body_counts_the_fraction_in_air():
         check_mask_in_body(case, mask)
     mask[5:8, 12:19, 10:14] = 1  # now most of it in the body
     check_mask_in_body(case, mask)
+
+
+# ---------------------------------------------------------------- 7. messages
+
+
+def _jittered_dicom(tmp_path):
+    """A DICOM series whose slice 4 is 2% of a slice off its place: accepted (within tolerance),
+    and ITK's series reader warns about it ("Non uniform sampling")."""
+    import SimpleITK as sitk
+
+    geometry = oblique_geometry(size=(9, 8, 8))
+    folder = tmp_path / "jitter"
+    write_dicom_series(phase_arrays(geometry, count=1)[0], geometry, folder, "1.2.826.0.1.3680043.2.1125.99")
+    image = sitk.ReadImage(str(folder / "slice_004.dcm"))
+    normal = np.asarray(geometry.direction).reshape(3, 3)[:, 2]
+    position = np.array([float(v) for v in image.GetMetaData("0020|0032").split("\\")]) + 0.02 * 2.5 * normal
+    image.SetMetaData("0020|0032", "\\".join(f"{v:.10f}" for v in position))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(folder / "slice_004.dcm"))
+    writer.Execute(image)
+    return folder
+
+
+def test_itk_warnings_stay_out_of_the_terminal_unless_asked(tmp_path, capfd):
+    from SynBTLib.io import show_itk_warnings
+
+    folder = _jittered_dicom(tmp_path)
+    capfd.readouterr()
+    assert read_image(folder)[0].shape == (8, 8, 9)
+    assert "WARNING" not in capfd.readouterr().err
+    show_itk_warnings(True)
+    try:
+        read_image(folder)
+        assert "Non uniform sampling" in capfd.readouterr().err  # the case really makes ITK warn
+    finally:
+        show_itk_warnings(False)
+
+
+def test_command_line_messages_name_options_not_python_arguments(case_files, tmp_path, capsys):
+    case, phases, mask = case_files
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert run_synthesize("--phases", *phases, "--mask", mask, "--out", out) == 2
+    line = error_line(capsys)
+    assert "--overwrite" in line and "=True" not in line
+    other = case.geometry.__class__(case.geometry.size, (1.0, 1.0, 1.0), case.geometry.origin)
+    moved = write_label(sphere_mask(), other, tmp_path / "other_grid.nii.gz")
+    assert run_synthesize("--phases", *phases, "--mask", moved, "--out", tmp_path / "o2") == 2
+    line = error_line(capsys)
+    assert "--resample-mask" in line and "=True" not in line
+    shifted = write_image(case.phases[1], other, tmp_path / "p1_other.nii.gz")
+    assert run_synthesize("--phases", phases[0], shifted, "--mask", mask, "--out", tmp_path / "o3") == 2
+    line = error_line(capsys)
+    assert "--resample" in line and "=True" not in line
+
+
+def test_verbose_shows_itk_warnings(tmp_path, capfd):
+    import shutil
+
+    from SynBTLib.io import show_itk_warnings
+
+    folder = _jittered_dicom(tmp_path)
+    shutil.copytree(folder, tmp_path / "jitter2")
+    args = ["synthesize", "--phases", str(folder), str(tmp_path / "jitter2"), "--auto", "--size-mm", "5",
+            "--method", "handcrafted", "--out", str(tmp_path / "out")]
+    try:
+        main(args)  # what it decides about this tiny case does not matter here, only what ITK says
+        assert "WARNING" not in capfd.readouterr().err
+        main(["--verbose", *args])
+        assert "Non uniform sampling" in capfd.readouterr().err
+    finally:
+        show_itk_warnings(False)
