@@ -241,18 +241,20 @@ def read_case(paths: PathLike | Sequence[PathLike], resample: bool = False) -> C
         raise SynBTError(f"a DCE-MRI case needs at least two phases, got {len(images)} from {paths}")
     reference = images[0]
     ref_geometry = geometry_of(reference)
+    parents = {folder} if folder else {Path(p).parent for p in ([] if isinstance(paths, (str, os.PathLike)) else paths)}
+    where = f" of {parents.pop()}" if len(parents) == 1 else ""  # for the messages
     arrays = []
     for image, name in zip(images, names):
         geometry = geometry_of(image)
         if not geometry.matches(ref_geometry):
             if not resample:
                 raise SynBTError(
-                    f"phases are on different grids: {names[0]} is {ref_geometry.describe()} but {name} is "
+                    f"phases{where} are on different grids: {names[0]} is {ref_geometry.describe()} but {name} is "
                     f"{geometry.describe()}; resample onto the first phase with --resample"
                 )
             image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-        check_finite(array, f"phase {name}")
+        check_finite(array, f"phase {name}{where}")
         arrays.append(array)
     names = _phase_names_from_json(folder, len(arrays)) or names
     return Case(phases=np.stack(arrays), geometry=ref_geometry, phase_names=names)

@@ -222,7 +222,7 @@ def test_bad_inputs_get_one_clear_line(tmp_path):
     nan[1, 2, 3] = np.nan
     nan[0, 0, 0] = np.inf
     write_image(nan, geometry, tmp_path / "nan.mha")
-    with pytest.raises(SynBTError, match=r"phase nan has 2 NaN/Inf voxels"):
+    with pytest.raises(SynBTError, match=r"phase nan .*has 2 NaN/Inf voxels"):
         read_case([good, tmp_path / "nan.mha"])
 
     (tmp_path / "garbage.nii.gz").write_bytes(b"this is not an image" * 10)
