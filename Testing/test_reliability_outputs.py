@@ -16,6 +16,7 @@ from SynBTLib import SynBTError
 from SynBTLib.cli import main
 from SynBTLib.io import write_image, write_label
 from SynBTLib.synthesis_outputs import OutputFolder
+from test_export import reference, source  # noqa: F401  (fixtures: a small source and its export)
 from test_handcrafted import make_case, sphere_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,3 +162,28 @@ def test_killed_synthesize_leaves_the_old_or_the_new_result_never_a_mix(inputs, 
         result["provenance"].pop("outputs")
     assert_same_result(rerun, new)
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kill_seed", [5])
+def test_export_killed_at_a_random_moment_resumes_to_the_uninterrupted_result(kill_seed, source, reference, tmp_path):  # noqa: F811
+    """SIGKILL a real `synbt export` at a random moment (fixed seed) after it starts; the rerun completes it
+    exactly as an uninterrupted export (test_export's reference), with no temp folder left."""
+    from test_export import assert_same_cases, visible_files
+
+    out = tmp_path / "killed"
+    args = ["export", "--source", str(source), "--out", str(out), "--num-cases", "3", "--format", "nnunet",
+            "--method", "handcrafted", "--tumors-per-case", "1", "--size-mm", "10", "16", "--seed", "7"]
+    process = subprocess.Popen([sys.executable, "-m", "SynBTLib", *args], env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and not (out / "export.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(np.random.default_rng(kill_seed).uniform(0.0, 1.5))
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert main(args) == 0
+    assert not list(out.glob(".tmp-*"))
+    assert visible_files(out) == visible_files(reference)
+    assert_same_cases(out, reference, ["SynBT_000", "SynBT_001", "SynBT_002"])
