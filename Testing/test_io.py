@@ -1,5 +1,7 @@
 """SynBTLib.io: every format round-trips with oblique anisotropic geometry; bad inputs get clear messages."""
+import contextlib
 import hashlib
+import locale
 import time
 from pathlib import Path
 
@@ -58,6 +60,22 @@ def write_dicom_series(array_zyx: np.ndarray, geometry: Geometry, folder: Path, 
     orientation = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    with keep_locale():
+        _write_slices(volume, writer, folder, series_uid, orientation, geometry)
+
+
+@contextlib.contextmanager
+def keep_locale():
+    """Restore the locale after writing DICOM: GDCM's writer sets the C locale for the whole process,
+    which would make later tests' text files ASCII-only."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(volume, writer, folder, series_uid, orientation, geometry):
     for k in range(volume.GetDepth()):
         image = volume[:, :, k]
         position = "\\".join(f"{v:.10f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k)))

@@ -10,7 +10,7 @@ from SynBTLib import SynBTError
 from SynBTLib.cli import main
 from SynBTLib.io import read_case, read_image, read_mask, write_image, write_label
 from test_handcrafted import make_case, sphere_mask
-from test_io import oblique_geometry, phase_arrays, write_dicom_series
+from test_io import keep_locale, oblique_geometry, phase_arrays, write_dicom_series
 
 
 def run_synthesize(*args) -> int:
@@ -105,7 +105,8 @@ def test_dicom_series_with_a_duplicated_position_is_refused(tmp_path):
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     writer.SetFileName(str(folder / "slice_005.dcm"))
-    writer.Execute(image5)
+    with keep_locale():
+        writer.Execute(image5)
     with pytest.raises(SynBTError, match="uneven slice positions"):
         read_image(folder)
 
@@ -179,7 +180,8 @@ def _jittered_dicom(tmp_path):
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     writer.SetFileName(str(folder / "slice_004.dcm"))
-    writer.Execute(image)
+    with keep_locale():
+        writer.Execute(image)
     return folder
 
 
