@@ -188,7 +188,11 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
         digest, _, name = line.partition("  ")
         if len(digest) != 64 or not name:
             raise SynBTError(f"{SUMS_FILE} line {number} is malformed: '{line[:80]}'")
-        listed[name.strip()] = digest.lower()
+        name = name.strip()
+        # a bundle is one flat folder: a listed name with a folder part could point outside it
+        if name in (".", "..") or Path(name).name != name or "\\" in name or Path(name).is_absolute():
+            raise SynBTError(f"bundle {path}: {SUMS_FILE} line {number} names '{name[:80]}', which is not a file of the bundle folder")
+        listed[name] = digest.lower()
     for name in (CONFIG_FILE, AUTOENCODER_FILE, CARD_FILE):
         if name not in listed:
             raise SynBTError(f"bundle {path}: {SUMS_FILE} does not list the required file {name}")

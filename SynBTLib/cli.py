@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="synbt", description="Synthetic breast tumors in DCE-MRI (SynBT, arXiv 2509.03267)."
     )
     parser.add_argument("--version", action="version", version=f"synbt {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="also show ITK's own (multi-line) warnings")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.verbose:
+        from .io import show_itk_warnings
+
+        show_itk_warnings(True)
     try:
         result = args.func(args)
     except SynBTError as exc:

@@ -20,6 +20,7 @@ from .errors import SynBTError
 
 __all__ = [
     "CaseRef",
+    "check_output_dir",
     "geometry_of",
     "prepare_output_dir",
     "read_case",
@@ -27,6 +28,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "resample_to",
+    "show_itk_warnings",
     "to_sitk",
     "write_case",
     "write_image",
@@ -34,6 +36,15 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
+
+
+def show_itk_warnings(show: bool) -> None:
+    """Let ITK print its multi-line warnings on stderr (off unless --verbose or SYNBT_VERBOSE=1):
+    SynBT checks what they warn about itself and reports problems in one line."""
+    sitk.ProcessObject.SetGlobalWarningDisplay(bool(show))
+
+
+show_itk_warnings(os.environ.get("SYNBT_VERBOSE", "") not in ("", "0"))
 
 
 # ---------------------------------------------------------------- SimpleITK <-> arrays
@@ -75,27 +86,63 @@ def _read_sitk(path: Path) -> sitk.Image:
                 raise SynBTError(f"folder {path} holds no DICOM series and no phase files")
             if len(series) > 1:
                 raise SynBTError(f"folder {path} holds {len(series)} DICOM series; pass one folder per phase")
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
+            _check_slice_positions(path, files)
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+            reader.SetFileNames(files)
             return reader.Execute()
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise SynBTError(f"cannot read {path} (unreadable or truncated file): {_reason(exc)}") from exc
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_complete(path)
+        _check_nifti(path)
     return image
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Refuse a truncated NIfTI: ITK's reader silently fills the missing voxels with zeros."""
+def _check_slice_positions(folder: Path, files: Sequence[str], tolerance: float = 0.1) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced along their normal.
+
+    ITK builds the grid from the slices it has and only warns, so a missing slice would give a
+    volume with the wrong spacing and misplaced slices. Steps that differ from the median step by
+    more than `tolerance` of it are refused, naming the two files around the gap.
+    """
+    if len(files) < 3:
+        return
+    positions, normal = [], None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+            return  # no per-slice position (e.g. multi-frame): nothing to check here
+        if normal is None:
+            cosines = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+            normal = np.cross(cosines[:3], cosines[3:6])
+        position = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+        positions.append(float(position @ normal))
+    steps = np.diff(positions)
+    typical = float(np.median(np.abs(steps)))
+    for k, step in enumerate(steps):
+        if typical == 0 or abs(abs(step) - typical) > tolerance * typical:
+            kind = "slices missing" if abs(step) > typical else "duplicate or overlapping slices"
+            raise SynBTError(
+                f"DICOM series in {folder} has uneven slice positions ({kind}): {Path(files[k]).name} and "
+                f"{Path(files[k + 1]).name} are {abs(step):.3g} mm apart where the slices are {typical:.3g} mm apart"
+            )
+
+
+def _check_nifti(path: Path) -> None:
+    """Refuse what ITK's NIfTI reader hides: a truncated file (missing voxels become zeros) and
+    NaN/Inf voxels (niftilib turns non-finite floats into 0, so no check on the array sees them)."""
     import gzip
 
     import nibabel
 
     try:
-        header = nibabel.load(str(path)).header
+        nifti = nibabel.load(str(path))
     except Exception:  # not readable by nibabel: SimpleITK has read it, so trust SimpleITK
         return
+    header = nifti.header
     expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
     if path.name.lower().endswith(".gz"):
         actual = 0
@@ -109,6 +156,8 @@ def _check_nifti_complete(path: Path) -> None:
         actual = path.stat().st_size
     if actual < expected:
         raise SynBTError(f"cannot read {path} (truncated file: the voxel data ends early)")
+    if np.issubdtype(header.get_data_dtype(), np.floating):
+        check_finite(nifti.dataobj.get_unscaled(), str(path))  # raw values, no float64 copy
 
 
 def _check_3d(image: sitk.Image, path: Path) -> None:
@@ -192,18 +241,20 @@ def read_case(paths: PathLike | Sequence[PathLike], resample: bool = False) -> C
         raise SynBTError(f"a DCE-MRI case needs at least two phases, got {len(images)} from {paths}")
     reference = images[0]
     ref_geometry = geometry_of(reference)
+    parents = {folder} if folder else {Path(p).parent for p in ([] if isinstance(paths, (str, os.PathLike)) else paths)}
+    where = f" of {parents.pop()}" if len(parents) == 1 else ""  # for the messages
     arrays = []
     for image, name in zip(images, names):
         geometry = geometry_of(image)
         if not geometry.matches(ref_geometry):
             if not resample:
                 raise SynBTError(
-                    f"phases are on different grids: {names[0]} is {ref_geometry.describe()} but {name} is "
-                    f"{geometry.describe()}; resample onto the first phase with resample=True (--resample)"
+                    f"phases{where} are on different grids: {names[0]} is {ref_geometry.describe()} but {name} is "
+                    f"{geometry.describe()}; resample onto the first phase with --resample"
                 )
             image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-        check_finite(array, f"phase {name}")
+        check_finite(array, f"phase {name}{where}")
         arrays.append(array)
     names = _phase_names_from_json(folder, len(arrays)) or names
     return Case(phases=np.stack(arrays), geometry=ref_geometry, phase_names=names)
@@ -250,7 +301,7 @@ def _read_segment(path: Path, segment: str | None) -> tuple[np.ndarray, Geometry
     names = slicerio.segment_names(segmentation)
     if segment is None:
         if len(names) != 1:
-            raise SynBTError(f"{path} holds {len(names)} segments; choose one with segment= (available: {', '.join(names)})")
+            raise SynBTError(f"{path} holds {len(names)} segments; choose one with --segment (available: {', '.join(names)})")
         segment = names[0]
     if segment not in names:
         raise SynBTError(f"segment '{segment}' not found in {path}; available segments: {', '.join(names) or 'none'}")
@@ -303,7 +354,7 @@ def read_mask(
         placed = _place_on_lattice(mask, source, geometry)
     else:
         if segment is not None:
-            raise SynBTError(f"{path} is a label image, not a Slicer .seg.nrrd; segment='{segment}' does not apply")
+            raise SynBTError(f"{path} is a label image, not a Slicer .seg.nrrd; --segment '{segment}' does not apply")
         values, source = read_image(path)
         check_finite(values, what)
         mask = (values != 0) if label is None else (values == label)
@@ -313,7 +364,7 @@ def read_mask(
         if not resample:
             raise SynBTError(
                 f"{what} is on grid {source.describe()} but the case is on {geometry.describe()}; "
-                "resample it with resample=True (--resample-mask)"
+                "resample it with --resample-mask"
             )
         placed = resample_to(mask, source, geometry, nearest=True).astype(np.uint8)
     if not placed.any():
@@ -369,12 +420,12 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def prepare_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[PathLike] = ()) -> Path:
-    """Create (or accept) an output folder that cannot overwrite any input.
+def check_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[PathLike] = ()) -> Path:
+    """The resolved output folder, checked that writing there cannot overwrite any input (created by nobody).
 
     Refused: an output that is an input, that contains an input (e.g. an input file's own folder),
     or that lies inside an input folder; an existing file; an existing non-empty folder unless
-    overwrite=True (existing files are then replaced only where new files have the same name).
+    overwrite (--overwrite).
     """
     out = Path(out).expanduser().resolve()
     for item in inputs:
@@ -386,6 +437,15 @@ def prepare_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[
     if out.exists() and not out.is_dir():
         raise SynBTError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SynBTError(f"output folder {out} exists and is not empty; pass overwrite=True (--overwrite) to write into it")
+        raise SynBTError(f"output folder {out} exists and is not empty; pass --overwrite to write into it")
+    return out
+
+
+def prepare_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[PathLike] = ()) -> Path:
+    """Create (or accept) an output folder that cannot overwrite any input (see check_output_dir).
+
+    With overwrite, existing files are replaced only where new files have the same name.
+    """
+    out = check_output_dir(out, overwrite, inputs)
     out.mkdir(parents=True, exist_ok=True)
     return out

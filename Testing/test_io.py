@@ -1,5 +1,7 @@
 """SynBTLib.io: every format round-trips with oblique anisotropic geometry; bad inputs get clear messages."""
+import contextlib
 import hashlib
+import locale
 import time
 from pathlib import Path
 
@@ -58,6 +60,22 @@ def write_dicom_series(array_zyx: np.ndarray, geometry: Geometry, folder: Path, 
     orientation = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    with keep_locale():
+        _write_slices(volume, writer, folder, series_uid, orientation, geometry)
+
+
+@contextlib.contextmanager
+def keep_locale():
+    """Restore the locale after writing DICOM: GDCM's writer sets the C locale for the whole process,
+    which would make later tests' text files ASCII-only."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(volume, writer, folder, series_uid, orientation, geometry):
     for k in range(volume.GetDepth()):
         image = volume[:, :, k]
         position = "\\".join(f"{v:.10f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k)))
@@ -222,7 +240,7 @@ def test_bad_inputs_get_one_clear_line(tmp_path):
     nan[1, 2, 3] = np.nan
     nan[0, 0, 0] = np.inf
     write_image(nan, geometry, tmp_path / "nan.mha")
-    with pytest.raises(SynBTError, match=r"phase nan has 2 NaN/Inf voxels"):
+    with pytest.raises(SynBTError, match=r"phase nan .*has 2 NaN/Inf voxels"):
         read_case([good, tmp_path / "nan.mha"])
 
     (tmp_path / "garbage.nii.gz").write_bytes(b"this is not an image" * 10)
@@ -328,7 +346,7 @@ def test_slicer_segmentation_with_smaller_extent_is_placed_on_the_case_grid(tmp_
 
     with pytest.raises(SynBTError, match=r"segment 'lesion' not found in .*Segmentation.seg.nrrd; available segments: tumor, vessel"):
         read_mask(path, geometry, segment="lesion")
-    with pytest.raises(SynBTError, match=r"holds 2 segments; choose one with segment= \(available: tumor, vessel\)"):
+    with pytest.raises(SynBTError, match=r"holds 2 segments; choose one with --segment \(available: tumor, vessel\)"):
         read_mask(path, geometry)
 
     shifted_origin = np.asarray(geometry.origin) + (0.3, 0.0, 0.0)
@@ -372,7 +390,7 @@ def test_prepare_output_dir_refuses_to_overwrite_inputs_or_results(tmp_path):
         prepare_output_dir(case_dir / "synthetic", inputs=[case_dir])
 
     (fresh / "result.txt").write_text("previous run")
-    with pytest.raises(SynBTError, match="exists and is not empty; pass overwrite=True"):
+    with pytest.raises(SynBTError, match="exists and is not empty; pass --overwrite"):
         prepare_output_dir(fresh)
     assert prepare_output_dir(fresh, overwrite=True) == fresh.resolve()
     with pytest.raises(SynBTError, match="exists and is not a folder"):

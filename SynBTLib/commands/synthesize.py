@@ -110,10 +110,12 @@ def _check_options(args) -> None:
 def _tumor_mask(args, case):
     """The mask (uint8 Z,Y,X) and details for provenance."""
     if args.mask:
+        from ..case import check_mask_in_body
         from ..io import read_mask
 
         mask = read_mask(args.mask, case.geometry, segment=args.segment,
                          resample=args.resample or args.resample_mask, label=args.label)
+        check_mask_in_body(case, mask, f"mask {args.mask}")
         return mask, {"mask": {"path": str(Path(args.mask).resolve()), "segment": args.segment, "label": args.label}}
     from ..preprocess import breast_tissue_mask
     from ..shapes import place_tumor
@@ -125,8 +127,8 @@ def _tumor_mask(args, case):
 
 
 def run(args) -> int:
-    from ..io import prepare_output_dir, read_case
-    from ..synthesis_outputs import write_synthesis_outputs
+    from ..io import read_case
+    from ..synthesis_outputs import OutputFolder, write_synthesis_outputs
 
     _check_options(args)
     synthesizer, steps = make_synthesizer(args.method, args)
@@ -143,7 +145,7 @@ def run(args) -> int:
         progress(5, "reading the mask" if args.mask else "placing the tumor")
         mask, details = _tumor_mask(args, case)
         inputs = list(args.phases) + ([args.mask] if args.mask else [])
-        out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs)
+        out = OutputFolder(args.out, overwrite=args.overwrite, inputs=inputs)  # locked; written as a whole
         extra = {"kinetics": args.kinetics} if args.kinetics else {}
         if necrosis is not None:
             extra["necrosis"] = necrosis

@@ -10,7 +10,9 @@ DataLoader workers (the loader keeps the key order).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy import ndimage
@@ -150,9 +152,12 @@ class OnTheFlyTumors(Dataset):
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label, dtype=np.uint8)
 
 
-def _single_thread_worker(_worker_id: int) -> None:
+def _single_thread_worker(_worker_id: int, parent_pid: int | None = None) -> None:
     import torch
 
+    from .segmentation import die_with_parent
+
+    die_with_parent(parent_pid)
     torch.set_num_threads(1)  # workers share the cores with the training process
 
 
@@ -166,6 +171,7 @@ def synthetic_loader(dataset: OnTheFlyTumors, keys, workers: int = 0) -> DataLoa
         raise SynBTError(f"the number of synthesis workers must be >= 0, got {workers}")
     return DataLoader(
         dataset, sampler=list(keys), batch_size=None, num_workers=int(workers), collate_fn=_as_numpy,
-        worker_init_fn=_single_thread_worker if workers else None, persistent_workers=False,
+        worker_init_fn=partial(_single_thread_worker, parent_pid=os.getpid()) if workers else None,
+        persistent_workers=False,
         prefetch_factor=2 if workers else None,
     )
