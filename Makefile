@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/synbt demo --out $(DEMO_OUT) --overwrite
 
 test: setup
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q Testing
+	LANG=C.UTF-8 PYTHONUTF8=1 OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q Testing
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

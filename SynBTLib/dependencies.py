@@ -121,3 +121,28 @@ def pick_backend(backends) -> str | None:
     if cuda:
         return max(cuda, key=lambda b: int(b[2:]))
     return "cpu" if "cpu" in backends else None
+
+
+def ensure(confirm: Callable[[str], bool], pip_install: Callable[[list[str]], object],
+           torch_backends: Callable[[], list[str]], restart: Callable[[], None],
+           requirements: list[Requirement] | None = None) -> bool:
+    """Check, then after one confirmation install or upgrade what is missing or incompatible; True when all
+    requirements are met and usable now. The host (Slicer) gives its own dialogs and installers:
+    ``confirm(question)``, ``pip_install(arguments)``, ``torch_backends()`` (compatible computation backends,
+    e.g. from the PyTorch extension) and ``restart()``."""
+    report = check(requirements)
+    if report.ok:
+        return True
+    replacing_loaded = report.needs_restart()
+    question = report.message() + " Install them now (a few minutes)?"
+    if not confirm(question + (" Slicer must then restart." if replacing_loaded else "")):
+        return False
+    if report.torch is not None:
+        pip_install(torch_pip_arguments(report.torch.requirement, pick_backend(torch_backends())))
+    if report.pip_requirements():
+        pip_install(report.pip_requirements())
+    if replacing_loaded:
+        if confirm("SynBT's packages were updated. Restart now to use them?"):
+            restart()
+        return False
+    return check(requirements).ok

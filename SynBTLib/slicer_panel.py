@@ -73,6 +73,7 @@ PARAMETERS: dict[str, Parameter] = {
     "trainEpochs": Parameter("int", 20, range=(1, 100000)),
     "trainSeed": Parameter("int", 0, range=SEED_RANGE),
     "trainResume": Parameter("bool", False),
+    "segmentModel": Parameter("str", ""),
 }
 
 # ctkPathLineEdit widget -> str parameter, synced by the panel itself: parameterNodeWrapper binds a
@@ -85,6 +86,7 @@ PATH_PARAMETERS = {
     "trainOutputPathLineEdit": "trainOutput",
     "trainConfigPathLineEdit": "trainConfig",
     "trainSyntheticPathLineEdit": "trainSyntheticDir",
+    "segmentModelPathLineEdit": "segmentModel",
 }
 
 
@@ -137,21 +139,6 @@ def phase_nodes(parameters) -> list:
     return [n for n in (getattr(parameters, name) for name in PHASE_FIELDS) if n is not None]
 
 
-@dataclass
-class ButtonState:
-    text: str
-    enabled: bool
-    tooltip: str = ""
-
-
-def generate_button(parameters, running: bool) -> ButtonState:
-    """Generate (or Cancel while a synthesis runs), enabled only when the inputs are complete."""
-    if running:
-        return ButtonState("Cancel", True)
-    reason = missing_input(parameters)
-    return ButtonState("Generate", reason is None, reason or "")
-
-
 def missing_input(parameters) -> str | None:
     """What the user still has to choose before Generate (None when nothing is missing)."""
     if parameters is None:
@@ -187,6 +174,10 @@ def enabled_widgets(parameters, running: bool, export_running: bool, train_runni
         "trainMethodComboBox": bool(p and p.trainSynthetic == "on-the-fly"),
         "exportNecrosisComboBox": bool(p and p.exportMethod == "diffusion"),
     }
+
+
+def segment_ready(parameters) -> bool:
+    return bool(parameters and len(phase_nodes(parameters)) >= 2 and parameters.segmentModel)
 
 
 def export_ready(parameters) -> bool:
@@ -368,3 +359,37 @@ def add_phantom_nodes(scene, seed: int = 0, shape=(96, 96, 40), region_mm: float
             scene.RemoveNode(node)
         raise
     return nodes, segmentation
+
+
+# ---------------------------------------------------------------- applying a trained segmentation model
+
+class SegmentRun:
+    """"Segment with a trained model": the phases go to `synbt segment` in a worker process; ``finish()``
+    adds the predicted tumor as a new segmentation node (empty when the model finds none)."""
+
+    def __init__(self, scene, phase_nodes, model: str, python: str | None = None):
+        from .slicer_worker import SegmentationJob
+
+        self.scene, self.phase_nodes = scene, list(phase_nodes)
+        self.job = SegmentationJob.start(mrml.case_from_volume_nodes(self.phase_nodes), model, python=python)
+
+    def poll(self) -> RunStatus:
+        """Sliding-window inference reports no steps: 0 % while it runs, 100 % when done."""
+        finished = not self.job.running
+        return RunStatus(100 if finished else 0, "done" if finished else "segmenting", finished)
+
+    def finish(self):
+        """(segmentation node, tumor voxel count)."""
+        mask = self.job.result()
+        node, _ = mrml.add_segmentation_node(self.scene, mask, self.phase_nodes[0],
+                                             f"{self.phase_nodes[0].GetName()} predicted tumor", segment_name="predicted tumor")
+        node.SetAttribute(OUTPUT_ATTRIBUTE, "1")
+        return node, int(mask.sum())
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+
+def segment_summary(finished) -> str:
+    node, voxels = finished
+    return f"Added '{node.GetName()}' ({voxels} tumor voxels)."

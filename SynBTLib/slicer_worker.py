@@ -635,3 +635,71 @@ def auto_tumor_mask(case: Case, size_mm: float, seed: int, center_mm=None) -> np
 
     allowed = breast_tissue_mask(case).breast
     return place_tumor(allowed, case.geometry, size_mm, seed=seed, center_mm=center_mm).mask
+
+
+# ---------------------------------------------------------------- applying a trained segmentation model
+
+SEGMENT_CASE_ID = "case"
+
+
+def build_segment_command(python: str, inputs: WorkerInputs, model: str | Path, out_dir: str | Path) -> list[str]:
+    """The `segment` command line that writes out_dir/case.nii.gz for the phases in `inputs`."""
+    model_text = str(model or "").strip()
+    if not model_text:
+        raise SynBTError("choose the trained model folder (a `synbt train-seg` run folder)")
+    if not Path(model_text).is_dir():
+        raise SynBTError(f"model folder not found: {model_text}")
+    return [python, "-m", "SynBTLib", "segment", "--model", model_text, "--phases", *map(str, inputs.phase_paths),
+            "--name", SEGMENT_CASE_ID, "--out", str(out_dir)]
+
+
+class SegmentationJob:
+    """`synbt segment` on one case in a worker process: start() writes the phases and launches it; from a
+    GUI timer check `running`; result() reads the tumor mask on the case's grid; cancel() kills it. The
+    temporary folder is removed in every case."""
+
+    def __init__(self, case: Case, worker: WorkerProcess, work_dir: Path):
+        self.case, self.worker, self.work_dir = case, worker, work_dir
+        self.out_dir = work_dir / "output"
+
+    @classmethod
+    def start(cls, case: Case, model: str | Path, python: str | None = None) -> "SegmentationJob":
+        work_dir = Path(tempfile.mkdtemp(prefix="SynBT-segment-"))
+        try:
+            inputs = write_worker_inputs(case, None, work_dir)
+            command = build_segment_command(python or python_executable(), inputs, model, work_dir / "output")
+            worker = WorkerProcess(command)
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        return cls(case, worker, work_dir)
+
+    @property
+    def running(self) -> bool:
+        return self.worker.running
+
+    def read_log(self) -> list[str]:
+        return self.worker.read_log()
+
+    def result(self) -> np.ndarray:
+        """The predicted tumor mask (uint8, the case's grid); a worker error becomes a SynBTError."""
+        from .io import read_image
+
+        try:
+            if self.worker.finish() != 0:
+                raise SynBTError(self.worker.error_message(ignore=is_progress_bar))
+            path = self.out_dir / f"{SEGMENT_CASE_ID}.nii.gz"
+            if not path.is_file():
+                raise SynBTError(f"the worker did not write {path.name}")
+            values, geometry = read_image(path)
+            if not geometry.matches(self.case.geometry):
+                raise SynBTError(f"the worker's label grid {geometry.describe()} is not the input's {self.case.geometry.describe()}")
+            return (values > 0).astype(np.uint8)  # may be empty: the model found no tumor
+        finally:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def cancel(self) -> None:
+        try:
+            self.worker.cancel()
+        finally:
+            shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -26,10 +26,7 @@ if not os.path.isdir(os.path.join(_HERE, "SynBTLib")) and os.path.dirname(_HERE)
     sys.path.append(os.path.dirname(_HERE))
 
 from SynBTLib import slicer_panel as panel  # noqa: E402  (numpy only: safe before the dependency check)
-
-POLL_MS = 200
-LOG_BLOCKS = 2000  # lines kept in an Export/Train log box
-
+from SynBTGuiLib.controls import JobSection, RunControl  # noqa: E402
 
 class SynBT(ScriptedLoadableModule):
     def __init__(self, parent):
@@ -80,76 +77,6 @@ SynBTParameterNode = parameterNodeWrapper(type("SynBTParameterNode", (), {
 }))
 
 
-class JobSection:
-    """An Export or Train section: its button starts a CommandJob and turns into Stop; a timer shows the
-    job's log lines and progress until it ends."""
-
-    def __init__(self, button, progressBar, logBox, idleText, resumeHint, startJob, onStateChanged):
-        self.button, self.progressBar, self.logBox, self.idleText = button, progressBar, logBox, idleText
-        self.resumeHint, self.startJob, self.onStateChanged = resumeHint, startJob, onStateChanged
-        self.job = None
-        self.logBox.maximumBlockCount = LOG_BLOCKS
-        self.timer = qt.QTimer()
-        self.timer.setInterval(POLL_MS)
-        self.timer.timeout.connect(self.poll)
-        button.connect("clicked(bool)", self.onButton)
-
-    @property
-    def running(self):
-        return self.job is not None
-
-    def updateButton(self, ready):
-        stopping = bool(self.job and self.job.stopping)
-        self.button.text = "Stopping..." if stopping else ("Stop" if self.job else self.idleText)
-        self.button.enabled = (self.job is not None and not stopping) or (self.job is None and ready)
-
-    def onButton(self):
-        if self.job is not None:
-            self.job.request_stop()
-            self.logBox.appendPlainText("Stopping...")
-        else:
-            with slicer.util.tryWithErrorDisplay("SynBT could not start.", waitCursor=True):
-                self.job = self.startJob()
-                if self.job is not None:
-                    self.logBox.clear()
-                    self.logBox.appendPlainText("$ " + " ".join(self.job.command))
-                    self.progressBar.value = 0
-                    self.timer.start()
-        self.onStateChanged()
-
-    def poll(self):
-        job = self.job
-        self._show(job)
-        if job.running:
-            return
-        self.timer.stop()
-        job.wait(timeout=10)
-        self._show(job)
-        self.job = None
-        if job.stopping:
-            self.logBox.appendPlainText(f"Stopped. {self.resumeHint}")
-        elif job.succeeded:
-            self.logBox.appendPlainText("Finished.")
-        else:
-            self.logBox.appendPlainText(f"Failed: {job.error_message()}")
-            slicer.util.errorDisplay(f"SynBT {job.kind} failed: {job.error_message()}")
-        self.onStateChanged()
-
-    def _show(self, job):
-        for line in job.read_log():
-            self.logBox.appendPlainText(line)
-        progress = job.progress()
-        self.progressBar.value = progress.percent
-        self.progressBar.format = f"%p%  {progress.message}" if progress.message else "%p%"
-        self.progressBar.toolTip = job.bar
-
-    def stop(self):
-        self.timer.stop()
-        if self.job is not None:
-            job, self.job = self.job, None
-            job.stop()
-
-
 class SynBTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -157,10 +84,6 @@ class SynBTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._guiTag = None
-        self._run = None
-        self._timer = qt.QTimer()
-        self._timer.setInterval(POLL_MS)
-        self._timer.timeout.connect(self.onPoll)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -177,7 +100,10 @@ class SynBTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                        self.startTraining, self.updateGui)
         self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentSelectionChanged)
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentSelectionChanged)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.generate = RunControl(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel, "Generate",
+                                   self.startSynthesis, self.showSynthesis, self.updateGui)
+        self.segment = RunControl(self.ui.segmentButton, self.ui.segmentProgressBar, self.ui.segmentStatusLabel,
+                                  "Segment", self.startSegmentation, panel.segment_summary, self.updateGui)
         for widgetName, field in panel.PATH_PARAMETERS.items():
             getattr(self.ui, widgetName).connect(
                 "currentPathChanged(QString)", lambda path, field=field: self.onPathChanged(field, path))
@@ -186,7 +112,8 @@ class SynBTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
-        self.cancelRun()
+        self.generate.cancel()
+        self.segment.cancel()
         self.exportSection.stop()
         self.trainSection.stop()
         self.removeObservers()
@@ -197,7 +124,8 @@ class SynBTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def onSceneStartClose(self, caller, event):
-        self.cancelRun()
+        self.generate.cancel()
+        self.segment.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -238,9 +166,10 @@ class SynBTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateGui(self, caller=None, event=None):
         p = self._parameterNode
-        state = panel.generate_button(p, self._run is not None)
-        self.ui.applyButton.text, self.ui.applyButton.enabled, self.ui.applyButton.toolTip = state.text, state.enabled, state.tooltip
-        enabled = panel.enabled_widgets(p, self._run is not None, self.exportSection.running, self.trainSection.running)
+        self.generate.updateButton(panel.missing_input(p) is None)
+        self.ui.applyButton.toolTip = "" if self.generate.run else (panel.missing_input(p) or "")
+        self.segment.updateButton(panel.segment_ready(p))
+        enabled = panel.enabled_widgets(p, self.generate.run is not None, self.exportSection.running, self.trainSection.running)
         for widgetName, value in enabled.items():
             getattr(self.ui, widgetName).enabled = value
         for widgetName, field in panel.PATH_PARAMETERS.items():
@@ -250,48 +179,28 @@ class SynBTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.exportSection.updateButton(panel.export_ready(p))
         self.trainSection.updateButton(panel.train_ready(p))
 
-    def onApplyButton(self):
-        if self._run is not None:
-            self.cancelRun()
-            self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
-            return
+    def startSynthesis(self):
         if not self.logic.ensureDependencies():
-            return
+            return None
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("SynBT could not start.", waitCursor=True):
-            self._run = self.logic.startSynthesis(panel.phase_nodes(p), p.segmentationNode, p.segmentId,
-                                                  panel.synthesis_request(p), p.outputSuffix)
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = "Starting..."
-            self._timer.start()
-        self.updateGui()
+        return self.logic.startSynthesis(panel.phase_nodes(p), p.segmentationNode, p.segmentId,
+                                         panel.synthesis_request(p), p.outputSuffix)
 
-    def onPoll(self):
-        status = self._run.poll()
-        self.ui.progressBar.value = status.percent
-        self.ui.statusLabel.text = status.message
-        if not status.finished:
-            return
-        self._timer.stop()
-        run, self._run = self._run, None
-        self.updateGui()
-        with slicer.util.tryWithErrorDisplay("SynBT synthesis failed.", waitCursor=True):
-            result = run.finish()
-            self.ui.statusLabel.text = panel.result_summary(result)
-            self.logic.showResult(result)
+    def showSynthesis(self, result):
+        self.logic.showResult(result)
+        return panel.result_summary(result)
+
+    def startSegmentation(self):
+        if not self.logic.ensureDependencies():
+            return None
+        p = self._parameterNode
+        return panel.SegmentRun(slicer.mrmlScene, panel.phase_nodes(p), p.segmentModel)
 
     def startExport(self):
         return self.logic.startExport(panel.export_request(self._parameterNode)) if self.logic.ensureDependencies() else None
 
     def startTraining(self):
         return self.logic.startTraining(panel.train_request(self._parameterNode)) if self.logic.ensureDependencies() else None
-
-    def cancelRun(self):
-        self._timer.stop()
-        if self._run is not None:
-            run, self._run = self._run, None
-            run.cancel()
-            self.updateGui()
 
 
 class SynBTLogic(ScriptedLoadableModuleLogic):
@@ -310,27 +219,15 @@ class SynBTLogic(ScriptedLoadableModuleLogic):
         """Install or upgrade missing or incompatible packages after one confirmation; True when all are met."""
         from SynBTLib import dependencies
 
-        report = dependencies.check()
-        if report.ok:
-            return True
-        restart = report.needs_restart()
-        question = report.message() + " Install them now (a few minutes)?"
-        if not slicer.util.confirmOkCancelDisplay(question + (" Slicer must then restart." if restart else "")):
-            return False
-        with slicer.util.tryWithErrorDisplay("Installing SynBT's dependencies failed.", waitCursor=True):
-            if report.torch is not None:
-                import PyTorchUtils
+        def torchBackends():
+            import PyTorchUtils
 
-                backends = PyTorchUtils.PyTorchUtilsLogic.getCompatibleComputationBackends()
-                slicer.util.pip_install(dependencies.torch_pip_arguments(report.torch.requirement,
-                                                                         dependencies.pick_backend(backends)))
-            if report.pip_requirements():
-                slicer.util.pip_install(report.pip_requirements())
-        if restart:
-            if slicer.util.confirmOkCancelDisplay("SynBT's packages were updated. Restart Slicer now?"):
-                slicer.util.restart()
-            return False
-        return dependencies.check().ok
+            return PyTorchUtils.PyTorchUtilsLogic.getCompatibleComputationBackends()
+
+        with slicer.util.tryWithErrorDisplay("Installing SynBT's dependencies failed.", waitCursor=True):
+            return dependencies.ensure(slicer.util.confirmOkCancelDisplay, slicer.util.pip_install, torchBackends,
+                                       slicer.util.restart)
+        return False
 
     def synthesize(self, phaseNodes, segmentationNode=None, segmentId=None, seed=0, method=None, steps=None,
                    bundle=None, autoSizeMm=None, suffix=" SynBT", progress=None, kinetics=None, necrosis=None):

@@ -113,3 +113,30 @@ def test_the_newest_cuda_backend_is_chosen_else_cpu():
     assert dependencies.pick_backend(["cpu", "cu118", "cu126", "cu121"]) == "cu126"
     assert dependencies.pick_backend(["cpu"]) == "cpu"
     assert dependencies.pick_backend([]) is None
+
+
+def test_ensure_asks_once_installs_what_is_missing_and_asks_to_restart_when_a_loaded_package_changes():
+    asked, installed = [], []
+    requirements = [Requirement("numpy<1.0"), Requirement("no-such-package-synbt>=1")]
+
+    def confirm(question):
+        asked.append(question)
+        return True
+
+    ok = dependencies.ensure(confirm, installed.append, lambda: ["cpu"], lambda: asked.append("restart"), requirements)
+    assert not ok  # numpy is loaded in this process: usable only after a restart
+    assert installed == [["numpy<1.0", "no-such-package-synbt>=1"]]
+    assert "numpy<1.0" in asked[0] and asked[-1] == "restart"
+    declined = []
+    assert not dependencies.ensure(lambda q: declined.append(q) or False, installed.append, lambda: [], lambda: None,
+                                   requirements)
+    assert len(declined) == 1 and len(installed) == 1  # declined: nothing installed
+    assert dependencies.ensure(lambda q: pytest.fail("nothing to ask"), installed.append, lambda: [], lambda: None,
+                               [Requirement("numpy>=1")])
+
+
+def test_ensure_installs_torch_alone_for_the_detected_backend():
+    installed = []
+    dependencies.ensure(lambda q: True, installed.append, lambda: ["cpu", "cu126"], lambda: None,
+                        [Requirement("torch==0.0.1")])
+    assert installed == [["torch==0.0.1", "--index-url", "https://download.pytorch.org/whl/cu126"]]

@@ -70,16 +70,14 @@ def test_pre_and_post_names_and_scene_order_when_names_say_nothing(scene):
 
 # ---------------------------------------------------------------- readiness and requests
 
-def test_generate_is_enabled_only_with_two_phases_and_a_tumor_region(scene):
+def test_generate_needs_two_different_phases_and_a_tumor_region(scene):
     pre, post = volume(scene, "pre"), volume(scene, "post 1")
-    assert not panel.generate_button(defaults(prePhase=pre), running=False).enabled
-    same = panel.generate_button(defaults(prePhase=pre, postPhase1=pre, useAutoTumor=True), running=False)
-    assert not same.enabled and "different" in same.tooltip
-    no_region = panel.generate_button(defaults(prePhase=pre, postPhase1=post), running=False)
-    assert not no_region.enabled and "segment" in no_region.tooltip
-    auto = panel.generate_button(defaults(prePhase=pre, postPhase1=post, useAutoTumor=True), running=False)
-    assert auto.enabled and auto.text == "Generate"
-    assert panel.generate_button(defaults(), running=True).text == "Cancel"
+    assert "phase" in panel.missing_input(defaults(prePhase=pre))
+    assert "different" in panel.missing_input(defaults(prePhase=pre, postPhase1=pre, useAutoTumor=True))
+    assert "segment" in panel.missing_input(defaults(prePhase=pre, postPhase1=post))
+    assert panel.missing_input(defaults(prePhase=pre, postPhase1=post, useAutoTumor=True)) is None
+    assert not panel.segment_ready(defaults(prePhase=pre, postPhase1=post))
+    assert panel.segment_ready(defaults(prePhase=pre, postPhase1=post, segmentModel="/models/run"))
 
 
 def test_widgets_follow_the_method_and_the_jobs():
