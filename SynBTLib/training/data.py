@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..boxes import crop
 from ..errors import SynBTError
 from .common import step_rng
 
@@ -84,14 +85,6 @@ def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = Tru
 def median_spacing(cases: Sequence[TrainingCase]) -> list[float]:
     """The data set's median voxel spacing (x, y, z) in mm, recorded in the bundle."""
     return [float(v) for v in np.median([c.spacing for c in cases], axis=0)]
-
-
-def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], mode: str = "edge") -> np.ndarray:
-    """The (..., Z, Y, X) box at ``start`` of ``size``; parts outside the volume are padded (np.pad mode)."""
-    from ..conditioning import crop_padded
-
-    box = tuple(slice(int(s), int(s) + int(n)) for s, n in zip(start, size))
-    return crop_padded(array, box, mode=mode)
 
 
 class PatchSampler:
