@@ -833,7 +833,8 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
     from pathlib import Path
 
     from .bundle import CARD_FILE, RESERVED_KEYS, load_bundle, save_bundle
-    from .nets.scheduler import DEFAULT_INFERENCE_STEPS, SchedulerConfig, check_inference_steps
+    from .capabilities import DEFAULT_STEPS as DEFAULT_INFERENCE_STEPS
+    from .nets.scheduler import SchedulerConfig, check_inference_steps
     from .pipeline import SynthesisPipeline
 
     out = Path(out)

@@ -16,10 +16,12 @@ computed; voxels farther than the blend margin from the mask are bit-identical t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy import ndimage
 
+from .capabilities import Capabilities
 from .case import Case, check_finite
 from .errors import SynBTError
 
@@ -105,12 +107,14 @@ def _noise_sigma(image: np.ndarray, where: np.ndarray) -> float:
 
 @dataclass
 class HandcraftedSynthesizer:
-    """Synthesizer protocol: ``synth(case, mask, seed, steps=None, progress=None) -> Case``.
+    """A Synthesizer (capabilities.py): ``synth(case, mask, seed, steps=None, progress=None) -> Case``;
+    it takes no steps, curve type or necrosis (its curve type is drawn by the seed).
 
     blend_mm: the tumor fades out over this distance outside the mask (no hard edge).
     context_mm: the ring around the mask from which the tissue intensity and noise are measured.
     """
 
+    capabilities: ClassVar[Capabilities] = Capabilities()
     blend_mm: float = 2.0
     context_mm: float = 8.0
     texture_fine_mm: float = 0.8
@@ -151,9 +155,9 @@ class HandcraftedSynthesizer:
         report(total, total, "tumor synthesized")
         return case.with_phases(result)
 
-    def describe(self, seed: int, mask=None, spacing_zyx=None) -> dict:
-        """The settings and the drawn appearance of the tumor for `seed`, for provenance (the mask and
-        spacing, which a diffusion pipeline's record needs, change nothing here)."""
+    def describe(self, seed: int, kinetics=None, mask=None, spacing_zyx=None, necrosis=None) -> dict:
+        """The settings and the drawn appearance of the tumor for `seed`, for provenance (the other
+        arguments of the Synthesizer protocol change nothing here)."""
         return {"blend_mm": self.blend_mm, "context_mm": self.context_mm, "appearance": draw_appearance(seed).to_dict()}
 
     @staticmethod

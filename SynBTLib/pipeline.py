@@ -19,6 +19,7 @@ import torch
 from .boxes import Box, crop_padded, inside_volume, roi_box
 from .bundle import load_bundle
 from .calibration import ImageCalibration, LatentCalibration, tumor_cells
+from .capabilities import CURVE_TYPES, DEFAULT_STEPS, Capabilities
 from .case import Case, Geometry, check_finite
 from .compositing import blend_weight, detail_noise, paste_blended, resize, resize_mask
 from .conditioning import denoiser_condition, erase_mask, mask_condition_channels
@@ -26,7 +27,7 @@ from .errors import SynBTError
 from .necrosis import core_from_mask, equivalent_diameter_mm
 from .nets.denoiser import KINETIC_CLASSES, guided_noise
 from .nets.latent_norm import ChannelStandardizer
-from .nets.scheduler import DEFAULT_INFERENCE_STEPS, check_inference_steps
+from .nets.scheduler import check_inference_steps
 from .preprocess import Normalization, denormalize, fit_normalization, normalize
 
 Progress = Callable[[int, int, str], None]
@@ -146,18 +147,23 @@ class SynthesisPipeline:
         """The curve type a synthesis with ``kinetics`` and ``seed`` makes: the given one, "any" (the
         denoiser's own choice), or for None one drawn by the seed from the bundle's training
         frequencies. None for a denoiser without kinetic classes (which refuses any other value)."""
+        if kinetics not in (None, "any", *CURVE_TYPES):
+            raise SynBTError(f"unknown kinetic curve type {kinetics!r}; choose one of {', '.join(CURVE_TYPES)} or any")
+        self.capabilities.check("diffusion", kinetics=kinetics, prefix="")
         if not self.kinetic_choices:
-            if kinetics not in (None, "any"):
-                raise SynBTError(f"this bundle's denoiser takes no kinetic curve type (asked for {kinetics!r})")
             return None
         if kinetics is None:
             weights = np.asarray(list(self.kinetic_frequencies.values()))
             rng = np.random.default_rng([int(seed), 11])
             return self.kinetic_choices[int(rng.choice(len(weights), p=weights / weights.sum()))]
-        if kinetics != "any" and kinetics not in self.kinetic_choices:
-            raise SynBTError(f"unknown kinetic curve type {kinetics!r}; choose one of "
-                             f"{', '.join(self.kinetic_choices)} or any")
         return kinetics
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this pipeline can be asked for (synthesizers.check_request): steps, its denoiser's
+        curve types, necrosis (a core where its bundle records the training cores' sizes)."""
+        return Capabilities(steps=True, kinetics=self.kinetic_choices, necrosis=True,
+                            core_refusal=self.core_refusal(True))
 
     @property
     def takes_necrosis(self) -> bool:
@@ -184,9 +190,11 @@ class SynthesisPipeline:
             necrosis = bool(necrosis)
         if not (necrosis is None or isinstance(necrosis, (bool, np.ndarray))):
             raise SynBTError(f"necrosis must be True, False, None or a core mask, got {necrosis!r}")
+        if not isinstance(necrosis, np.ndarray):
+            self.capabilities.check("diffusion", necrosis=necrosis, prefix="")
+        elif necrosis.any() and not self.takes_necrosis:
+            raise SynBTError(f"necrosis (a core mask): {self.core_refusal(True)}")
         if not self.takes_necrosis:
-            if necrosis is True or (isinstance(necrosis, np.ndarray) and necrosis.any()):
-                raise SynBTError("this bundle's denoiser was trained without necrotic cores; it cannot be given one")
             return None
         mask = np.asarray(mask) > 0
         if isinstance(necrosis, np.ndarray):
@@ -197,9 +205,6 @@ class SynthesisPipeline:
                 raise SynBTError("the necrotic core lies wholly outside the tumor mask")
             return core
         if "core_fraction" not in self.necrosis:  # no necrotic training tumor recorded: none drawn, no size known
-            if necrosis:
-                raise SynBTError("this bundle records no necrotic training tumors (its config's \"necrosis\"); "
-                                 "give the core as a mask")
             return np.zeros(mask.shape, dtype=bool)
         low, high = self.necrosis["core_fraction"]
         if necrosis is None:
@@ -322,7 +327,7 @@ class SynthesisPipeline:
         and checked against the scheduler and the denoiser; refused without a denoiser."""
         if self.denoiser is None:
             raise SynBTError("this pipeline has no denoiser (autoencoder-only bundle): it can only reconstruct")
-        steps = check_inference_steps(self.scheduler, DEFAULT_INFERENCE_STEPS if steps is None else steps)
+        steps = check_inference_steps(self.scheduler, DEFAULT_STEPS if steps is None else steps)
         return steps, self.choose_kinetics(kinetics, seed)
 
     def check_mask(self, case: Case, mask, necrosis, seed: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -37,6 +37,8 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not os.path.isdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), "SynBTLib")) and _SOURCE_ROOT not in sys.path:
     sys.path.append(_SOURCE_ROOT)
 
+from SynBTLib.capabilities import DEFAULT_STEPS  # noqa: E402  (light: no torch)
+
 
 class SynBT(ScriptedLoadableModule):
     def __init__(self, parent):
@@ -68,7 +70,7 @@ class SynBTParameterNode:
     method: Annotated[str, Choice(["diffusion", "handcrafted"])] = "handcrafted"
     bundlePath: str = ""
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
-    steps: Annotated[int, WithinRange(1, 1000)] = 30
+    steps: Annotated[int, WithinRange(1, 1000)] = DEFAULT_STEPS
     # the tumor's curve type, for bundles trained with kinetic classes ("drawn": by the seed)
     kinetics: Annotated[str, Choice(["drawn", "persistent", "plateau", "washout", "any"])] = "drawn"
     # a necrotic core, for bundles trained with cores ("drawn": by the seed)
@@ -423,24 +425,13 @@ class SynBTLogic(ScriptedLoadableModuleLogic):
         necrosis: "yes"/"no" (or True/False): a necrotic core, for a bundle trained with cores (None: drawn)."""
         from SynBTLib import mrml
         from SynBTLib.slicer_worker import auto_tumor_mask
-        from SynBTLib.synthesizers import make_synthesizer
+        from SynBTLib.synthesizers import check_request, make_synthesizer
 
         method = method or self.defaultMethod()
         synthesizer, _, steps = make_synthesizer(method, bundle=bundle, steps=steps)
-        if kinetics is not None:
-            from SynBTLib.errors import SynBTError
-
-            if not hasattr(synthesizer, "choose_kinetics"):
-                raise SynBTError(f"a kinetic curve type applies to the diffusion method, not to {method}")
-            synthesizer = functools.partial(synthesizer, kinetics=kinetics)
-        if necrosis is not None:
-            from SynBTLib.slicer_worker import necrosis_choice
-            from SynBTLib.synthesizers import check_necrosis
-
-            core = necrosis_choice(necrosis) == "yes"
-            plain = synthesizer.func if isinstance(synthesizer, functools.partial) else synthesizer
-            check_necrosis(plain, core, method, option="necrosis")
-            synthesizer = functools.partial(synthesizer, necrosis=core)
+        request = check_request(method, steps, kinetics, necrosis, bundle, synthesizer=synthesizer, prefix="")
+        if request.options:
+            synthesizer = functools.partial(synthesizer, **request.options)
         if autoSizeMm is None:
             return mrml.synthesize_nodes(slicer.mrmlScene, phaseNodes, segmentationNode, segmentId, synthesizer,
                                          seed=seed, steps=steps, progress=progress, suffix=suffix)
