@@ -266,8 +266,6 @@ def replace_decoder(bundle: str | Path, decoder_bundle: str | Path, out: str | P
     same latent scale, so the latent space, and the denoiser trained on it, is unchanged.
     Anything else is refused. Neither input is modified; ``out`` must be a new or empty folder.
     """
-    from .training.autoencoder import encoder_parameters
-
     out = Path(out)
     for source in (bundle, decoder_bundle):
         if out.resolve() == Path(source).resolve():
@@ -275,8 +273,8 @@ def replace_decoder(bundle: str | Path, decoder_bundle: str | Path, out: str | P
     base, donor = load_bundle(bundle), load_bundle(decoder_bundle)
     if base.config["autoencoder"] != donor.config["autoencoder"]:
         raise SynBTError(f"the autoencoders of {bundle} and {decoder_bundle} have different architectures")
-    same_encoder = all(torch.equal(a, b) for a, b in zip(encoder_parameters(base.autoencoder),
-                                                         encoder_parameters(donor.autoencoder)))
+    same_encoder = all(torch.equal(a, b) for a, b in zip(base.autoencoder.encoder_parameters(),
+                                                         donor.autoencoder.encoder_parameters()))
     if not same_encoder or base.latent_scale != donor.latent_scale:
         raise SynBTError(f"{decoder_bundle} has another encoder or latent scale than {bundle}: its latent space differs, "
                          "so the denoiser would not fit it (fine-tune with finetune.part = decoder, or train a new denoiser)")

@@ -239,6 +239,14 @@ class PatchVolumeAutoencoder(nn.Module):
         self.encoder_halo, self.decoder_halo = receptive_halos(self.config)
         self.max_tile_voxels = DEFAULT_MAX_TILE_VOXELS
 
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters that map an image to its latent (mu, sigma): what fixes the latent space
+        (frozen when only the decoder trains, hashed by the latent cache, compared by replace_decoder)."""
+        modules = [self.net.encoder, self.net.quant_conv_mu, self.net.quant_conv_log_sigma]
+        if self.config.linear_path:
+            modules.append(self.linear_encoder)
+        return [p for module in modules for p in module.parameters()]
+
     # ---- patch level (differentiable) -------------------------------------------------------
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

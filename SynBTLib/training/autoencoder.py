@@ -39,7 +39,9 @@ from pathlib import Path
 
 import torch
 
+from ..bundle import save_bundle
 from ..errors import SynBTError
+from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder, consistency_loss, kl_loss
 from .common import (
     Distributed,
     TrainSettings,
@@ -122,9 +124,6 @@ def train_autoencoder(
     ``config`` overrides DEFAULT_CONFIG section by section. ``progress(done, total, message)`` is
     called after every step and may raise to stop (the last checkpoint stays resumable).
     """
-    from ..bundle import save_bundle
-    from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
-
     config = merge_config(DEFAULT_CONFIG, config or {})
     settings = TrainSettings.from_dict(config["training"])
     tumor_fraction = float(config["data"].get("tumor_fraction", 0.0))
@@ -161,7 +160,7 @@ def train_autoencoder(
         if source is not None:
             autoencoder.load_state_dict(source.autoencoder.state_dict())
         if decoder_only:
-            for parameter in encoder_parameters(autoencoder):
+            for parameter in autoencoder.encoder_parameters():
                 parameter.requires_grad_(False)
         models = {"autoencoder": autoencoder}
         optimizers = {"autoencoder": _adamw(autoencoder, settings)}
@@ -234,15 +233,6 @@ def _finetune_source(config: dict):
                            '{"bundle": PATH, "part": "all" or "decoder"}')
 
 
-def encoder_parameters(autoencoder: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters that map an image to its latent (mu, sigma): frozen when only the decoder trains."""
-    net = autoencoder.net
-    modules = [net.encoder, net.quant_conv_mu, net.quant_conv_log_sigma]
-    if autoencoder.config.linear_path:
-        modules.append(autoencoder.linear_encoder)
-    return [p for module in modules for p in module.parameters()]
-
-
 def _check_patch_size(patch_size, compression: int) -> None:
     if len(patch_size) != 3 or any(int(p) % compression or int(p) < compression for p in patch_size):
         raise SynBTError(f"patch_size {patch_size} must be three multiples of the compression factor {compression}")
@@ -268,8 +258,6 @@ def _discriminator(in_channels: int, loss_cfg: dict) -> torch.nn.Module:
 def _step_function(trainer: Trainer, models: dict, sampler: PatchSampler, settings: TrainSettings, loss_cfg: dict,
                    dist: Distributed, decoder_only: bool = False):
     from monai.losses import PatchAdversarialLoss
-
-    from ..nets.autoencoder import consistency_loss, kl_loss
 
     autoencoder = models["autoencoder"]
     discriminator = models.get("discriminator")

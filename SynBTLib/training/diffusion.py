@@ -22,9 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..bundle import SUMS_FILE, load_bundle, save_bundle
+from ..conditioning import MASK_ENCODINGS, mask_condition_channels
 from ..errors import SynBTError
+from ..necrosis import necrosis_statistics
+from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
 from ..nets.latent_norm import ChannelStandardizer, phase_group_sizes, phase_separating_rotation
-from .autoencoder import bundle_meta, encoder_parameters, latent_scale_from_cases, merge_config, model_card
+from .autoencoder import bundle_meta, latent_scale_from_cases, merge_config, model_card
 from .common import (
     TrainSettings,
     Trainer,
@@ -116,9 +120,6 @@ class DiffusionRun:
 
 def load_autoencoder(path: str | Path, device="cpu") -> FrozenAutoencoder:
     """The autoencoder from a bundle folder, a train-autoencoder run folder, or its checkpoint.pt."""
-    from ..bundle import SUMS_FILE, load_bundle
-    from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
-
     path = Path(path)
     if path.is_dir() and not (path / SUMS_FILE).is_file() and (path / "bundle" / SUMS_FILE).is_file():
         path = path / "bundle"  # a train-autoencoder output folder
@@ -153,9 +154,7 @@ def train_diffusion(
     is called after every step and may raise to stop (the last checkpoint stays resumable).
     ``latent_cache``: a folder where encoded cases are kept for later runs on this autoencoder
     (training/latent_cache.py); entries are keyed by the encoder, the device type and the voxels."""
-    from ..bundle import save_bundle
-    from ..conditioning import MASK_ENCODINGS, mask_condition_channels
-    from ..necrosis import necrosis_statistics
+    # monai's generative networks: loaded only when a denoiser is trained
     from ..nets.denoiser import KINETIC_CLASSES, DenoiserConfig, MaskConditionedDenoiser, drop_condition, drop_kinetics
     from ..nets.scheduler import SchedulerConfig, make_scheduler, training_target
 
@@ -379,8 +378,8 @@ def _check_same_latent_space(source, frozen: FrozenAutoencoder) -> None:
     """Refuse to continue a denoiser on an autoencoder whose latents differ from the ones it learned."""
     ours = frozen.network
     same = (source.autoencoder.config.to_dict() == ours.config.to_dict()
-            and all(torch.equal(a.to(b.device), b) for a, b in zip(encoder_parameters(source.autoencoder),
-                                                                  encoder_parameters(ours))))
+            and all(torch.equal(a.to(b.device), b) for a, b in zip(source.autoencoder.encoder_parameters(),
+                                                                  ours.encoder_parameters())))
     if not same or frozen.latent_scale is None or frozen.latent_scale != source.latent_scale:
         raise SynBTError(f"the finetune bundle {source.path} was trained in another latent space than --autoencoder "
                          f"({frozen.source}); continue it with its own autoencoder, or train a new denoiser")

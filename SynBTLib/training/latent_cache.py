@@ -21,15 +21,13 @@ import numpy as np
 
 def autoencoder_fingerprint(autoencoder, latent_scale: float) -> str:
     """sha256 of the encoder's weights, the autoencoder's configuration and the latent scale."""
-    from .autoencoder import encoder_parameters
-
     digest = hashlib.sha256()
     digest.update(json.dumps(autoencoder.config.to_dict(), sort_keys=True).encode())
     digest.update(repr(float(latent_scale)).encode())
     device = next(autoencoder.parameters()).device.type
     if device != "cpu":  # a GPU encodes a little differently (CPU keys stay as they were)
         digest.update(device.encode())
-    for parameter in encoder_parameters(autoencoder):
+    for parameter in autoencoder.encoder_parameters():
         digest.update(parameter.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
