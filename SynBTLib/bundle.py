@@ -7,7 +7,6 @@ A bundle without a denoiser (written by ``synbt train-autoencoder``) is a partia
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import torch
 
 from .calibration import IMAGE_CONFIG_KEY, ImageCalibration, LatentCalibration
 from .errors import SynBTError
+from .hashing import file_sha256
 from .nets.latent_norm import ChannelStandardizer
 from .paths import default_bundle_path  # noqa: F401  (re-exported)
 
@@ -51,14 +51,6 @@ class Bundle:
     @property
     def phase_names(self) -> list[str]:
         return list(self.config.get("phase_names", []))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def bundle_sha256(path: str | Path) -> str:

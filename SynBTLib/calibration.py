@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .boxes import bounding_box
 from .errors import SynBTError
 from .kinetics import CURVE_TYPES, tumor_curve_type
 
@@ -639,7 +640,7 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         norm = fit_normalization(case)
         zeros.append(norm.zero)
         lags = pipeline.latent_cell_voxels(case.geometry)
-        box = _tumor_box(mask, lags)
+        box = bounding_box(mask, lags)
         tumors.append((normalize(case.phases[(slice(None), *box)], norm), normalize(synthetic.phases[(slice(None), *box)], norm),
                        mask[box] > 0, lags, None if core is None else core[box] & (mask[box] > 0)))
         if progress is not None:
@@ -667,13 +668,6 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
                              np.asarray(moved) - np.asarray(zeros)[:, None], types)
         fit.calibration = dataclasses.replace(fit.calibration, curves=curves, texture=texture_map, **maps)
     return fit
-
-
-def _tumor_box(mask, lags) -> tuple[slice, ...]:
-    """The mask's bounding box grown by ``lags`` voxels per axis (what ``latent_notch`` reads), within the volume."""
-    coords = np.argwhere(np.asarray(mask) > 0)
-    low, high = coords.min(axis=0) - np.asarray(lags), coords.max(axis=0) + 1 + np.asarray(lags)
-    return tuple(slice(int(max(lo, 0)), int(min(hi, n))) for lo, hi, n in zip(low, high, np.shape(mask)))
 
 
 def _texture_map(tumors: list, notch: float | None = None) -> TextureMap | None:

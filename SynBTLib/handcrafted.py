@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 from scipy import ndimage
 
+from .boxes import bounding_box
 from .capabilities import Capabilities
 from .case import Case, check_finite
 from .errors import SynBTError
@@ -82,13 +83,6 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def _box_around(mask: np.ndarray, margin_vox: np.ndarray) -> tuple[slice, slice, slice]:
-    nonzero = np.argwhere(mask)
-    low = np.maximum(nonzero.min(axis=0) - margin_vox, 0)
-    high = np.minimum(nonzero.max(axis=0) + margin_vox + 1, mask.shape)
-    return tuple(slice(int(lo), int(hi)) for lo, hi in zip(low, high))
-
-
 def _band_passed_noise(rng: np.random.Generator, shape, spacing_zyx, fine_mm: float, coarse_mm: float) -> np.ndarray:
     """Zero-mean, unit-std noise keeping structures between fine_mm and coarse_mm (difference of Gaussians)."""
     white = rng.standard_normal(shape)
@@ -130,7 +124,7 @@ class HandcraftedSynthesizer:
         report(0, total, "measuring the tissue around the mask")
         spacing = np.asarray(case.geometry.spacing[::-1], dtype=np.float64)
         margin_vox = np.ceil(max(self.context_mm, self.blend_mm) / spacing).astype(int) + 1
-        box = _box_around(mask, margin_vox)
+        box = bounding_box(mask, margin_vox)
         inside = mask[box]
         original = case.phases[(slice(None), *box)].astype(np.float64)
         distance_out = ndimage.distance_transform_edt(~inside, sampling=spacing)

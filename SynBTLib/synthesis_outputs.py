@@ -2,7 +2,6 @@
 PNG and provenance.json (input checksums, method, seed, versions), so every result can be traced."""
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from datetime import datetime, timezone
@@ -14,24 +13,11 @@ from scipy import ndimage
 
 from .case import Case
 from .errors import SynBTError
+from .hashing import sha256_of
 
 PREVIEW_NAME = "preview.png"
 PROVENANCE_NAME = "provenance.json"
 TUMOR_LABELS_NAME = "tumor_labels.nii.gz"
-
-
-def sha256_of(path: str | Path) -> str:
-    """sha256 of a file, or of every file in a folder (sorted relative paths and contents)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict:
