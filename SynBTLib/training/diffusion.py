@@ -56,13 +56,10 @@ DEFAULT_CONFIG = {
     # sampler replaces anyway, so an unweighted loss spends most of its signal outside the tumor
     "mask_loss_weight": 0.0,
     # (optional) "mask_loss_balanced": true gives every sample's tumor region the same share of that
-    # weight whatever its size (loss_weight); otherwise a large tumor's many latent cells outweigh a
-    # small one's, and small tumors came out dim (relative enhancement 0.9-1.4 vs 1.8-2.2 real on the
-    # phantom). Measured on the phantom (6,000 steps + calibration): no change, realism 0.889 either
-    # way, small tumors as dim. Absent from the defaults so that checkpoints of older runs still resume.
+    # weight whatever its size (loss_weight). Absent from the defaults so that checkpoints of older
+    # runs still resume.
     # tissue around the mask the pipeline gives this denoiser as context, recorded in the bundle
-    # (None: the pipeline's default, 16 mm). Less is faster but riskier: the shipped 2x bundle at
-    # 10 mm ran 1.6x faster and scored the same realism AUC, yet made saturated blobs (looked at)
+    # (None: the pipeline's default, 16 mm)
     "context_margin_mm": None,
     # latent cells around the tumor that the denoiser generates too and that are erased from its
     # context (conditioning.generation_region); 0 = exactly the tumor's cells, as older bundles

@@ -1,7 +1,6 @@
 """An on-disk cache of encoded training cases, so denoiser runs on one autoencoder encode each case once.
 
-Encoding a phantom cohort (60 cases, each with its x-flip, with and without its tumors) took 7-14
-minutes of every 45-minute CPU run, the same latents every time. An entry's name is the sha256 of
+An entry's name is the sha256 of
 everything its latent depends on: the autoencoder's encoder weights and configuration, the latent
 scale, the device type (other than CPU) and the exact input voxels (after padding, flipping and erasing). A changed autoencoder or
 case therefore misses the cache rather than reusing a stale latent; an unreadable entry is encoded
