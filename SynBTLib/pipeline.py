@@ -18,6 +18,7 @@ import torch
 
 from .boxes import Box, crop_padded, inside_volume, roi_box
 from .bundle import load_bundle
+from .bundle_meta import DEFAULT_CONTEXT_MARGIN_MM, SynthesisSettings
 from .calibration import ImageCalibration, LatentCalibration, tumor_cells
 from .capabilities import CURVE_TYPES, DEFAULT_STEPS, Capabilities
 from .case import Case, Geometry, check_finite
@@ -31,7 +32,6 @@ from .nets.scheduler import check_inference_steps
 from .preprocess import Normalization, denormalize, fit_normalization, normalize
 
 Progress = Callable[[int, int, str], None]
-DEFAULT_CONTEXT_MARGIN_MM = 16.0
 
 
 class SynthesisPipeline:
@@ -236,16 +236,24 @@ class SynthesisPipeline:
         bundle = load_bundle(path, device=device)
         if (bundle.denoiser is None or bundle.scheduler is None) and not reconstruct_only:
             raise SynBTError(f"bundle {path} has no denoiser (autoencoder-only); run `synbt train-diffusion` first")
-        options.setdefault("working_spacing", bundle.config.get("spacing"))
-        options.setdefault("guidance_scale", float(bundle.config.get("guidance_scale") or 1.0))
-        options.setdefault("context_margin_mm", float(bundle.config.get("context_margin_mm") or DEFAULT_CONTEXT_MARGIN_MM))
+        try:
+            settings = SynthesisSettings.from_config(bundle.config)
+        except SynBTError as exc:
+            raise SynBTError(f"bundle {path}: {exc}") from None
+        options.setdefault("working_spacing", settings.spacing)
+        options.setdefault("guidance_scale", settings.guidance_scale)
+        options.setdefault("context_margin_mm", settings.context_margin_mm)
         options.setdefault("channels", bundle.channels)
-        options.setdefault("mask_dilation_cells", int(bundle.config.get("mask_dilation_cells") or 0))
-        options.setdefault("kinetic_frequencies", bundle.config.get("kinetic_frequencies"))
+        options.setdefault("mask_dilation_cells", settings.mask_dilation_cells)
+        options.setdefault("kinetic_frequencies", settings.kinetic_frequencies)
         options.setdefault("calibration", bundle.calibration)
         options.setdefault("image_calibration", bundle.image_calibration)
-        options.setdefault("necrosis", bundle.config.get("necrosis"))
-        return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
+        options.setdefault("necrosis", settings.necrosis)
+        pipeline = cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
+        if pipeline.denoiser is not None and settings.mask_encoding != pipeline.mask_encoding:
+            raise SynBTError(f"bundle {path} records mask_encoding {settings.mask_encoding!r}, but its denoiser's "
+                             f"{pipeline.denoiser.config.mask_channels} mask channels are the {pipeline.mask_encoding!r} encoding")
+        return pipeline
 
     @property
     def compression(self) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..bundle import SUMS_FILE, load_bundle, save_bundle
+from ..bundle_meta import DEFAULT_CONTEXT_MARGIN_MM, SynthesisSettings
 from ..conditioning import MASK_ENCODINGS, mask_condition_channels
 from ..errors import SynBTError
 from ..necrosis import necrosis_statistics
@@ -177,11 +178,12 @@ def train_diffusion(
     if config["mask_encoding"] not in MASK_ENCODINGS:
         raise SynBTError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {config['mask_encoding']!r}")
     source = _finetune_source(config)
-    if source is not None and int(source.config.get("mask_dilation_cells", 0)) != dilation:
+    source_settings = None if source is None else SynthesisSettings.from_config(source.config)
+    if source is not None and source_settings.mask_dilation_cells != dilation:
         raise SynBTError(f"mask_dilation_cells {dilation} differs from the finetune bundle's "
-                         f"{int(source.config.get('mask_dilation_cells', 0))}: its denoiser learned another region")
+                         f"{source_settings.mask_dilation_cells}: its denoiser learned another region")
     if source is not None and margin is None:
-        margin = source.config.get("context_margin_mm")
+        margin = source_settings.context_margin_mm
     dist = setup_distributed(device)
     try:
         frozen = load_autoencoder(autoencoder, dist.device)
@@ -212,10 +214,10 @@ def train_diffusion(
         mask_channels = mask_condition_channels(config["mask_encoding"], net.config.compression, necrosis)
         if necrosis and net.config.in_channels < 2:
             raise SynBTError("necrosis_conditioning needs a pre-contrast and a post-contrast phase")
-        if source is not None and source.config.get("mask_encoding", "cells") != config["mask_encoding"]:
+        if source is not None and source_settings.mask_encoding != config["mask_encoding"]:
             # checked by name: with necrosis, "cells" has as many channels as "voxels" without
             raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
-                             f"{source.config.get('mask_encoding', 'cells')!r}")
+                             f"{source_settings.mask_encoding!r}")
         source_necrosis = source is not None and bool(config["denoiser"].get("necrosis", False))
         if source_necrosis and not necrosis:
             raise SynBTError("the finetune bundle's denoiser was trained with necrosis_conditioning; keep it on")
@@ -311,15 +313,16 @@ def train_diffusion(
         if dist.is_main:
             meta = {**bundle_meta(cases, config, data, settings.steps, losses, command), **channels.to_config()}
             meta["training"]["autoencoder"] = frozen.source
-            if margin is not None:
-                meta["context_margin_mm"] = float(margin)
-            meta["mask_dilation_cells"] = dilation
-            meta["mask_encoding"] = config["mask_encoding"]
-            if kinetic:  # how many whole training tumors had each curve type: the pipeline draws from these
-                types = [t for c in encoded for t in (c.whole_tumor_types or [])]
-                meta["kinetic_frequencies"] = {name: types.count(name) for name in KINETIC_CLASSES}
-            if necrosis:  # how often and how large the training tumors' cores were: the pipeline draws from these
-                meta["necrosis"] = necrosis_statistics([r for c in encoded for r in (c.tumor_necrosis or [])])
+            types = [t for c in encoded for t in (c.whole_tumor_types or [])]
+            meta.update(SynthesisSettings(
+                spacing=meta["spacing"],
+                context_margin_mm=DEFAULT_CONTEXT_MARGIN_MM if margin is None else float(margin),
+                mask_dilation_cells=dilation, mask_encoding=config["mask_encoding"],
+                # how many whole training tumors had each curve type: the pipeline draws from these
+                kinetic_frequencies={name: types.count(name) for name in KINETIC_CLASSES} if kinetic else None,
+                # how often and how large the training tumors' cores were: the pipeline draws from these
+                necrosis=necrosis_statistics([r for c in encoded for r in (c.tumor_necrosis or [])]) if necrosis else {},
+            ).to_config())
             if source is not None:
                 meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256,
                                           "warm_start": bool(config["finetune"].get("warm_start", False))}
