@@ -117,14 +117,17 @@ def classify_curve(signal, threshold: float = PLATEAU_BAND) -> str:
     """BI-RADS delayed-phase type of a signal curve (pre, initial post, ..., delayed).
 
     The change from the initial post-contrast phase to the last one, relative to the initial
-    signal's magnitude: above +threshold persistent, below -threshold washout, plateau in between.
-    A zero initial signal makes any change infinitely large (a curve rising from 0 is persistent).
+    signal's magnitude: above +threshold persistent, below -threshold washout, plateau in between
+    (a curve rising from a zero initial signal is persistent).
     """
     s = np.asarray(signal, dtype=np.float64)
     if s.size < 3:
         raise SynBTError("a curve type needs a pre-contrast and at least two post-contrast phases")
     early, late = s[1], s[-1]
-    change = (late - early) / abs(early) if early != 0 else np.sign(late - early) * np.inf
+    if early != 0:
+        change = (late - early) / abs(early)
+    else:  # from a zero initial signal any change is infinitely large
+        change = np.inf if late > 0 else -np.inf if late < 0 else 0.0
     if change > threshold:
         return "persistent"
     if change < -threshold:
