@@ -7,7 +7,6 @@ A bundle without a denoiser (written by ``synbt train-autoencoder``) is a partia
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import torch
 
 from .calibration import IMAGE_CONFIG_KEY, ImageCalibration, LatentCalibration
 from .errors import SynBTError
+from .hashing import file_sha256
 from .nets.latent_norm import ChannelStandardizer
 from .paths import default_bundle_path  # noqa: F401  (re-exported)
 
@@ -51,14 +51,6 @@ class Bundle:
     @property
     def phase_names(self) -> list[str]:
         return list(self.config.get("phase_names", []))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def bundle_sha256(path: str | Path) -> str:
@@ -270,8 +262,6 @@ def replace_decoder(bundle: str | Path, decoder_bundle: str | Path, out: str | P
     same latent scale, so the latent space, and the denoiser trained on it, is unchanged.
     Anything else is refused. Neither input is modified; ``out`` must be a new or empty folder.
     """
-    from .training.autoencoder import encoder_parameters
-
     out = Path(out)
     for source in (bundle, decoder_bundle):
         if out.resolve() == Path(source).resolve():
@@ -279,8 +269,8 @@ def replace_decoder(bundle: str | Path, decoder_bundle: str | Path, out: str | P
     base, donor = load_bundle(bundle), load_bundle(decoder_bundle)
     if base.config["autoencoder"] != donor.config["autoencoder"]:
         raise SynBTError(f"the autoencoders of {bundle} and {decoder_bundle} have different architectures")
-    same_encoder = all(torch.equal(a, b) for a, b in zip(encoder_parameters(base.autoencoder),
-                                                         encoder_parameters(donor.autoencoder)))
+    same_encoder = all(torch.equal(a, b) for a, b in zip(base.autoencoder.encoder_parameters(),
+                                                         donor.autoencoder.encoder_parameters()))
     if not same_encoder or base.latent_scale != donor.latent_scale:
         raise SynBTError(f"{decoder_bundle} has another encoder or latent scale than {bundle}: its latent space differs, "
                          "so the denoiser would not fit it (fine-tune with finetune.part = decoder, or train a new denoiser)")

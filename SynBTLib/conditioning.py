@@ -1,20 +1,12 @@
-"""Inpainting conditions and the region of interest around a tumor mask.
-
-The diffusion model sees the tissue around the tumor with the tumor region erased, and the mask
-downsampled to the latent grid. Only a box around the mask (plus a context margin) is processed,
-so the cost grows with the tumor, not with the field of view.
-"""
+"""The denoiser's inpainting conditions: the tissue around the tumor with the generated region
+erased, and the tumor mask (and necrotic core) carried onto the latent grid."""
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import SynBTError
-
-Box = tuple[slice, slice, slice]
 
 
 def erase_mask(image, mask):
@@ -39,11 +31,9 @@ def mask_to_latent(mask: torch.Tensor, compression: int) -> torch.Tensor:
 def dilate_latent_mask(mask_latent: torch.Tensor, cells: int) -> torch.Tensor:
     """(B, 1, z, y, x) latent mask grown by `cells` latent cells in every direction (a cube), 0/1 float.
 
-    The generated region then takes in the tumor's rim: in an acquired image a tumor's enhancement
-    spreads a few mm past its outline (partial volume, the point-spread of the scan), so a context
-    erased only inside the outline still shows how bright the tumor was, and a denoiser trained on
-    it makes dim tumors in tumor-free tissue (measured: 0-2 mm outside the phantom tumors, +30-80 %
-    post-contrast signal)."""
+    The generated region then takes in the tumor's rim: an acquired tumor's enhancement spreads a
+    few mm past its outline (partial volume), so a context erased only inside the outline still
+    shows how bright the tumor was."""
     cells = int(cells)
     if cells < 0:
         raise SynBTError(f"mask dilation must be 0 or more latent cells, got {cells}")
@@ -114,58 +104,3 @@ def denoiser_condition(mask: torch.Tensor, compression: int, dilation_cells: int
             raise SynBTError(f"the necrotic core {tuple(core.shape)} must have the tumor mask's shape {tuple(mask.shape)}")
         parts.append(voxel_outline_channels(core * (mask > 0), compression))
     return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)), erased
-
-
-def _per_axis(value, name: str) -> tuple[int, int, int]:
-    values = tuple(int(v) for v in value) if isinstance(value, Sequence) else (int(value),) * 3
-    if len(values) != 3:
-        raise SynBTError(f"{name} needs one value per axis (z, y, x), got {value}")
-    return values
-
-
-def roi_box(mask: np.ndarray, margin_vox, multiple) -> Box:
-    """A (z, y, x) box of slices around the mask's non-zero voxels, extended by `margin_vox` on each side.
-
-    Sizes are rounded up to a multiple of `multiple` (per axis or one int) and depend only on the
-    mask's extent, never on the volume. The box is shifted to lie inside the volume; along an axis
-    where the volume is smaller than the box, it is centred on the volume and reaches outside it
-    (read it with `crop_padded`, write back with `box_overlap`).
-    """
-    mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise SynBTError(f"mask must be a (Z, Y, X) array, got {mask.ndim} dimensions")
-    nonzero = np.argwhere(mask > 0)
-    if nonzero.size == 0:
-        raise SynBTError("the tumor mask is empty; draw or place a tumor first")
-    margins, multiples = _per_axis(margin_vox, "margin_vox"), _per_axis(multiple, "multiple")
-    box = []
-    for axis, dim in enumerate(mask.shape):
-        low, high = int(nonzero[:, axis].min()), int(nonzero[:, axis].max()) + 1
-        needed = high - low + 2 * margins[axis]
-        size = -(-needed // multiples[axis]) * multiples[axis]
-        start = low - margins[axis] - (size - needed) // 2
-        start = min(max(start, 0), dim - size) if size <= dim else -((size - dim) // 2)
-        box.append(slice(start, start + size))
-    return tuple(box)
-
-
-def box_overlap(box: Box, shape: Sequence[int]) -> tuple[Box, Box]:
-    """(volume slices, box-local slices) of the part of `box` that lies inside a volume of `shape`."""
-    volume, local = [], []
-    for sl, dim in zip(box, shape[-3:]):
-        start, stop = max(sl.start, 0), min(sl.stop, dim)
-        volume.append(slice(start, stop))
-        local.append(slice(start - sl.start, stop - sl.start))
-    return tuple(volume), tuple(local)
-
-
-def crop_padded(array: np.ndarray, box: Box, mode: str = "edge") -> np.ndarray:
-    """The box of an (..., Z, Y, X) array; parts outside the volume are padded (np.pad `mode`)."""
-    volume, local = box_overlap(box, array.shape)
-    crop = array[(..., *volume)]
-    pad = [(0, 0)] * (array.ndim - 3) + [
-        (loc.start, (sl.stop - sl.start) - loc.stop) for sl, loc in zip(box, local)
-    ]
-    if any(before or after for before, after in pad):
-        crop = np.pad(crop, pad, mode=mode)
-    return np.ascontiguousarray(crop)

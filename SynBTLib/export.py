@@ -28,6 +28,7 @@ from . import __version__
 from .case import Case
 from .errors import SynBTError
 from .kinetics import CURVE_TYPES, tumor_curve_type
+from .synthesizers import check_request
 
 KINETICS_CHOICES = (*CURVE_TYPES, "any", "source")
 
@@ -86,14 +87,9 @@ class ExportSettings:
             raise SynBTError(f"--dataset-name {self.dataset_name!r} must be letters, digits and '-' only")
         if not 1 <= self.dataset_id <= 999:
             raise SynBTError(f"--dataset-id must be in 1..999 (nnU-Net's DatasetXXX), got {self.dataset_id}")
-        if self.kinetics is not None and self.kinetics not in KINETICS_CHOICES:
-            raise SynBTError(f"unknown --kinetics {self.kinetics!r}; choose one of {', '.join(KINETICS_CHOICES)}")
-        if self.kinetics is not None and self.method == "handcrafted":
-            raise SynBTError("--kinetics needs the diffusion method with a bundle trained with curve types")
         if self.necrosis is not None and not isinstance(self.necrosis, bool):
             raise SynBTError(f"necrosis must be true, false or unset (drawn by the seed), got {self.necrosis!r}")
-        if self.necrosis is not None and self.method == "handcrafted":
-            raise SynBTError("--necrosis needs the diffusion method with a bundle trained with necrotic cores")
+        check_request(self.method, self.steps, self.kinetics, self.necrosis, self.bundle, source_kinetics=True)
 
     @property
     def name_width(self) -> int:
@@ -246,8 +242,7 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
             "index": t, "diameter_mm": diameter, "kind": kind, "center_mm": list(placement.center_mm),
             "shape_seed": shape_seed, "synthesis_seed": synthesis_seed, "voxels": int(placement.mask.sum()),
         }
-        described = (synth.describe(synthesis_seed, mask=placement.mask, spacing_zyx=spacing_zyx, **options)
-                     if hasattr(synth, "describe") else {})
+        described = synth.describe(synthesis_seed, mask=placement.mask, spacing_zyx=spacing_zyx, **options)
         if described:  # the handcrafted appearance, or the curve type a kinetic bundle drew
             tumor["synthesis"] = described
         tumors.append(tumor)
@@ -469,17 +464,15 @@ def export_dataset(
     from tqdm import tqdm
 
     from .io import read_dataset
-    from .synthesizers import check_necrosis, make_synthesizer
+    from .synthesizers import make_synthesizer
 
     source = Path(source).expanduser().resolve()
     out = Path(out).expanduser().resolve()
     refs = read_dataset(source)
     num_phases = _source_phase_count(refs)
     synth, method, steps = make_synthesizer(settings.method, settings.bundle, settings.steps)
-    if settings.kinetics is not None and not getattr(synth, "kinetic_choices", ()):
-        raise SynBTError(f"--kinetics {settings.kinetics}: the {method} synthesizer takes no curve type "
-                         "(it needs a diffusion bundle trained with kinetic_conditioning)")
-    check_necrosis(synth, settings.necrosis, method)
+    check_request(method, steps, settings.kinetics, settings.necrosis, settings.bundle, synthesizer=synth,
+                  source_kinetics=True)
     bundle_path, bundle_sha = _bundle_identity(method, settings.bundle)
     settings_record = asdict(settings) | {"size_mm": list(settings.size_mm)}
     for option in ("kinetics", "necrosis"):  # exports made before an option existed resume with the same record

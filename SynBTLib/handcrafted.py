@@ -16,10 +16,13 @@ computed; voxels farther than the blend margin from the mask are bit-identical t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy import ndimage
 
+from .boxes import bounding_box
+from .capabilities import Capabilities
 from .case import Case, check_finite
 from .errors import SynBTError
 
@@ -80,13 +83,6 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def _box_around(mask: np.ndarray, margin_vox: np.ndarray) -> tuple[slice, slice, slice]:
-    nonzero = np.argwhere(mask)
-    low = np.maximum(nonzero.min(axis=0) - margin_vox, 0)
-    high = np.minimum(nonzero.max(axis=0) + margin_vox + 1, mask.shape)
-    return tuple(slice(int(lo), int(hi)) for lo, hi in zip(low, high))
-
-
 def _band_passed_noise(rng: np.random.Generator, shape, spacing_zyx, fine_mm: float, coarse_mm: float) -> np.ndarray:
     """Zero-mean, unit-std noise keeping structures between fine_mm and coarse_mm (difference of Gaussians)."""
     white = rng.standard_normal(shape)
@@ -105,12 +101,14 @@ def _noise_sigma(image: np.ndarray, where: np.ndarray) -> float:
 
 @dataclass
 class HandcraftedSynthesizer:
-    """Synthesizer protocol: ``synth(case, mask, seed, steps=None, progress=None) -> Case``.
+    """A Synthesizer (capabilities.py): ``synth(case, mask, seed, steps=None, progress=None) -> Case``;
+    it takes no steps, curve type or necrosis (its curve type is drawn by the seed).
 
     blend_mm: the tumor fades out over this distance outside the mask (no hard edge).
     context_mm: the ring around the mask from which the tissue intensity and noise are measured.
     """
 
+    capabilities: ClassVar[Capabilities] = Capabilities()
     blend_mm: float = 2.0
     context_mm: float = 8.0
     texture_fine_mm: float = 0.8
@@ -126,7 +124,7 @@ class HandcraftedSynthesizer:
         report(0, total, "measuring the tissue around the mask")
         spacing = np.asarray(case.geometry.spacing[::-1], dtype=np.float64)
         margin_vox = np.ceil(max(self.context_mm, self.blend_mm) / spacing).astype(int) + 1
-        box = _box_around(mask, margin_vox)
+        box = bounding_box(mask, margin_vox)
         inside = mask[box]
         original = case.phases[(slice(None), *box)].astype(np.float64)
         distance_out = ndimage.distance_transform_edt(~inside, sampling=spacing)
@@ -151,9 +149,9 @@ class HandcraftedSynthesizer:
         report(total, total, "tumor synthesized")
         return case.with_phases(result)
 
-    def describe(self, seed: int, mask=None, spacing_zyx=None) -> dict:
-        """The settings and the drawn appearance of the tumor for `seed`, for provenance (the mask and
-        spacing, which a diffusion pipeline's record needs, change nothing here)."""
+    def describe(self, seed: int, kinetics=None, mask=None, spacing_zyx=None, necrosis=None) -> dict:
+        """The settings and the drawn appearance of the tumor for `seed`, for provenance (the other
+        arguments of the Synthesizer protocol change nothing here)."""
         return {"blend_mm": self.blend_mm, "context_mm": self.context_mm, "appearance": draw_appearance(seed).to_dict()}
 
     @staticmethod

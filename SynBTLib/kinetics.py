@@ -16,6 +16,7 @@ R1_PER_MM_S = 4.5  # gadolinium relaxivity at 1.5 T (s^-1 mM^-1)
 TR_S = 0.0045  # 3D spoiled gradient echo, as in clinical breast DCE protocols
 FLIP_DEG = 12.0
 CURVE_TYPES = ("persistent", "plateau", "washout")
+PLATEAU_BAND = 0.10  # BI-RADS: a late change within +-10 % of the initial post-contrast signal is a plateau
 _DT_S = 0.5  # integration step of the Tofts convolution
 
 
@@ -112,16 +113,21 @@ def tumor_kinetics(curve_type: str, rng: np.random.Generator) -> TissueKinetics:
     return TissueKinetics(t10_s=rng.uniform(1.1, 1.3), m0=0.85, ktrans=ktrans, ve=ve, vp=vp)
 
 
-def classify_curve(signal, threshold: float = 0.10) -> str:
+def classify_curve(signal, threshold: float = PLATEAU_BAND) -> str:
     """BI-RADS delayed-phase type of a signal curve (pre, initial post, ..., delayed).
 
-    The relative change from the initial post-contrast phase to the last one: above
-    +threshold persistent, below -threshold washout, plateau in between.
+    The change from the initial post-contrast phase to the last one, relative to the initial
+    signal's magnitude: above +threshold persistent, below -threshold washout, plateau in between
+    (a curve rising from a zero initial signal is persistent).
     """
     s = np.asarray(signal, dtype=np.float64)
     if s.size < 3:
         raise SynBTError("a curve type needs a pre-contrast and at least two post-contrast phases")
-    change = (s[-1] - s[1]) / max(s[1], 1e-12)
+    early, late = s[1], s[-1]
+    if early != 0:
+        change = (late - early) / abs(early)
+    else:  # from a zero initial signal any change is infinitely large
+        change = np.inf if late > 0 else -np.inf if late < 0 else 0.0
     if change > threshold:
         return "persistent"
     if change < -threshold:

@@ -19,11 +19,12 @@ import numpy as np
 from scipy import ndimage
 import torch
 
+from .boxes import bounding_box
 from .case import Case, Geometry
 from .errors import SynBTError
+from .kinetics import classify_curve
 
 GLCM_LEVELS = 16  # grey levels of the quantized enhancement map for the GLCM-like texture features
-PLATEAU_BAND = 0.10  # BI-RADS kinetics: late change within +-10% of the early signal is a plateau
 
 
 def _as_mask(mask, what: str) -> np.ndarray:
@@ -179,24 +180,6 @@ def _glcm_texture(values: np.ndarray, inside: np.ndarray) -> tuple[float, float]
     return float(np.mean(diff**2)), float(np.mean(1.0 / (1.0 + diff**2)))
 
 
-def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    coords = np.argwhere(mask)
-    low = np.maximum(coords.min(axis=0) - margin, 0)
-    high = np.minimum(coords.max(axis=0) + margin + 1, mask.shape)
-    return tuple(slice(lo, hi) for lo, hi in zip(low, high))
-
-
-def _kinetic_curve_type(curve: list[float]) -> str | None:
-    """BI-RADS delayed-phase curve type from the mean signal: persistent, plateau or washout."""
-    if len(curve) < 3:
-        return None
-    early, late = curve[1], curve[-1]
-    change = (late - early) / abs(early) if early else 0.0
-    if change > PLATEAU_BAND:
-        return "persistent"
-    return "washout" if change < -PLATEAU_BAND else "plateau"
-
-
 def tumor_features(case: Case, mask) -> dict:
     """Intensity, kinetic and texture statistics of the tumor `mask` in `case`, for the realism study.
 
@@ -213,7 +196,7 @@ def tumor_features(case: Case, mask) -> dict:
         raise SynBTError(f"tumor mask of shape {inside.shape} does not match the case grid {case.shape}")
     if not inside.any():
         raise SynBTError("the tumor mask is empty")
-    box = _bounding_box(inside)
+    box = bounding_box(inside, 1)
     inside_box = inside[box]
     phases = case.phases[(slice(None), *box)].astype(np.float64)
 
@@ -247,7 +230,7 @@ def tumor_features(case: Case, mask) -> dict:
         "time_to_peak_phase": int(np.argmax(relative)),
         "wash_in_slope": relative[1] - relative[0],
         "wash_out_slope": (relative[-1] - relative[1]) / (num - 2) if num >= 3 else None,
-        "curve_type": _kinetic_curve_type(means),
+        "curve_type": classify_curve(means) if len(means) >= 3 else None,
         "gradient_mean": float(gradient.mean()),
         "gradient_std": float(gradient.std()),
         "glcm_contrast": contrast,

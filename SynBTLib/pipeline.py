@@ -1,34 +1,37 @@
 """SynthesisPipeline: put a tumor into a DCE-MRI case with mask-conditioned latent diffusion.
 
-``__call__`` reads like the data flow: validate -> normalize -> crop a box around the mask ->
-encode the box and the box with the tumor erased -> latent mask -> DDIM inpainting in latent
-space (RePaint-style: only the masked latent is generated) -> latent calibration -> decode ->
-noise restoration -> image calibration -> denormalize -> blend back into the full volume with a
-soft margin (the calibrations where the bundle has them, ``synbt calibrate``). Voxels outside the
-blend region are bit-identical to the input, and the cost grows with the tumor, not with the field
-of view.
+``__call__`` runs the stages in order: check the request and the mask -> normalize -> crop a box
+around the mask (resampled to the networks' spacing where the case's differs) -> encode -> sample
+(RePaint-style DDIM inpainting of the masked latent, conditioned on the box with the tumor erased)
+-> latent calibration -> decode -> correct (acquisition noise, image calibration) -> paste the box
+back with a soft margin. Voxels outside the blend region are bit-identical to the input, and the
+cost grows with the tumor, not with the field of view.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
 
+from .boxes import Box, crop_padded, inside_volume, roi_box
+from .bundle import load_bundle
+from .bundle_meta import DEFAULT_CONTEXT_MARGIN_MM, SynthesisSettings
 from .calibration import ImageCalibration, LatentCalibration, tumor_cells
+from .capabilities import CURVE_TYPES, DEFAULT_STEPS, Capabilities
 from .case import Case, Geometry, check_finite
-from .conditioning import Box, box_overlap, crop_padded, denoiser_condition, erase_mask, mask_condition_channels, roi_box
+from .compositing import blend_weight, detail_noise, paste_blended, resize, resize_mask
+from .conditioning import denoiser_condition, erase_mask, mask_condition_channels
 from .errors import SynBTError
 from .necrosis import core_from_mask, equivalent_diameter_mm
 from .nets.denoiser import KINETIC_CLASSES, guided_noise
 from .nets.latent_norm import ChannelStandardizer
-from .nets.scheduler import DEFAULT_INFERENCE_STEPS, check_inference_steps
-from .preprocess import denormalize, fit_normalization, normalize
+from .nets.scheduler import check_inference_steps
+from .preprocess import Normalization, denormalize, fit_normalization, normalize
 
 Progress = Callable[[int, int, str], None]
-DEFAULT_CONTEXT_MARGIN_MM = 16.0
 
 
 class SynthesisPipeline:
@@ -144,18 +147,23 @@ class SynthesisPipeline:
         """The curve type a synthesis with ``kinetics`` and ``seed`` makes: the given one, "any" (the
         denoiser's own choice), or for None one drawn by the seed from the bundle's training
         frequencies. None for a denoiser without kinetic classes (which refuses any other value)."""
+        if kinetics not in (None, "any", *CURVE_TYPES):
+            raise SynBTError(f"unknown kinetic curve type {kinetics!r}; choose one of {', '.join(CURVE_TYPES)} or any")
+        self.capabilities.check("diffusion", kinetics=kinetics, prefix="")
         if not self.kinetic_choices:
-            if kinetics not in (None, "any"):
-                raise SynBTError(f"this bundle's denoiser takes no kinetic curve type (asked for {kinetics!r})")
             return None
         if kinetics is None:
             weights = np.asarray(list(self.kinetic_frequencies.values()))
             rng = np.random.default_rng([int(seed), 11])
             return self.kinetic_choices[int(rng.choice(len(weights), p=weights / weights.sum()))]
-        if kinetics != "any" and kinetics not in self.kinetic_choices:
-            raise SynBTError(f"unknown kinetic curve type {kinetics!r}; choose one of "
-                             f"{', '.join(self.kinetic_choices)} or any")
         return kinetics
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this pipeline can be asked for (synthesizers.check_request): steps, its denoiser's
+        curve types, necrosis (a core where its bundle records the training cores' sizes)."""
+        return Capabilities(steps=True, kinetics=self.kinetic_choices, necrosis=True,
+                            core_refusal=self.core_refusal(True))
 
     @property
     def takes_necrosis(self) -> bool:
@@ -182,9 +190,11 @@ class SynthesisPipeline:
             necrosis = bool(necrosis)
         if not (necrosis is None or isinstance(necrosis, (bool, np.ndarray))):
             raise SynBTError(f"necrosis must be True, False, None or a core mask, got {necrosis!r}")
+        if not isinstance(necrosis, np.ndarray):
+            self.capabilities.check("diffusion", necrosis=necrosis, prefix="")
+        elif necrosis.any() and not self.takes_necrosis:
+            raise SynBTError(f"necrosis (a core mask): {self.core_refusal(True)}")
         if not self.takes_necrosis:
-            if necrosis is True or (isinstance(necrosis, np.ndarray) and necrosis.any()):
-                raise SynBTError("this bundle's denoiser was trained without necrotic cores; it cannot be given one")
             return None
         mask = np.asarray(mask) > 0
         if isinstance(necrosis, np.ndarray):
@@ -195,9 +205,6 @@ class SynthesisPipeline:
                 raise SynBTError("the necrotic core lies wholly outside the tumor mask")
             return core
         if "core_fraction" not in self.necrosis:  # no necrotic training tumor recorded: none drawn, no size known
-            if necrosis:
-                raise SynBTError("this bundle records no necrotic training tumors (its config's \"necrosis\"); "
-                                 "give the core as a mask")
             return np.zeros(mask.shape, dtype=bool)
         low, high = self.necrosis["core_fraction"]
         if necrosis is None:
@@ -226,21 +233,27 @@ class SynthesisPipeline:
         """A pipeline from a model bundle folder (hashes and tensor shapes checked by load_bundle).
 
         An autoencoder-only bundle is refused unless ``reconstruct_only``."""
-        from .bundle import load_bundle
-
         bundle = load_bundle(path, device=device)
         if (bundle.denoiser is None or bundle.scheduler is None) and not reconstruct_only:
             raise SynBTError(f"bundle {path} has no denoiser (autoencoder-only); run `synbt train-diffusion` first")
-        options.setdefault("working_spacing", bundle.config.get("spacing"))
-        options.setdefault("guidance_scale", float(bundle.config.get("guidance_scale") or 1.0))
-        options.setdefault("context_margin_mm", float(bundle.config.get("context_margin_mm") or DEFAULT_CONTEXT_MARGIN_MM))
+        try:
+            settings = SynthesisSettings.from_config(bundle.config)
+        except SynBTError as exc:
+            raise SynBTError(f"bundle {path}: {exc}") from None
+        options.setdefault("working_spacing", settings.spacing)
+        options.setdefault("guidance_scale", settings.guidance_scale)
+        options.setdefault("context_margin_mm", settings.context_margin_mm)
         options.setdefault("channels", bundle.channels)
-        options.setdefault("mask_dilation_cells", int(bundle.config.get("mask_dilation_cells") or 0))
-        options.setdefault("kinetic_frequencies", bundle.config.get("kinetic_frequencies"))
+        options.setdefault("mask_dilation_cells", settings.mask_dilation_cells)
+        options.setdefault("kinetic_frequencies", settings.kinetic_frequencies)
         options.setdefault("calibration", bundle.calibration)
         options.setdefault("image_calibration", bundle.image_calibration)
-        options.setdefault("necrosis", bundle.config.get("necrosis"))
-        return cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
+        options.setdefault("necrosis", settings.necrosis)
+        pipeline = cls(bundle.autoencoder, bundle.denoiser, bundle.scheduler, bundle.latent_scale, **options)
+        if pipeline.denoiser is not None and settings.mask_encoding != pipeline.mask_encoding:
+            raise SynBTError(f"bundle {path} records mask_encoding {settings.mask_encoding!r}, but its denoiser's "
+                             f"{pipeline.denoiser.config.mask_channels} mask channels are the {pipeline.mask_encoding!r} encoding")
+        return pipeline
 
     @property
     def compression(self) -> int:
@@ -276,13 +289,17 @@ class SynthesisPipeline:
         Same case, mask, seed, kinetics, necrosis and weights give the same output. If `progress(done,
         total, message)` raises (e.g. on Cancel), its exception propagates and nothing is returned.
         """
-        finish = None
-        if self.image_calibration is not None:
-            chosen = self.choose_kinetics(kinetics, seed)
-            finish = lambda image, roi_mask, roi_core, zero, lags: self.image_calibration.apply(  # noqa: E731
-                image, roi_mask, chosen, roi_core, zero, lags, seed)
-        return self._replace_region(case, mask, seed, self._sampler(steps, kinetics, seed, progress, calibrate=True),
-                                    finish, necrosis)
+        steps, curve = self.check_sampling(steps, kinetics, seed)
+        mask, core = self.check_mask(case, mask, necrosis, seed)
+        norm = fit_normalization(case)
+        region = self.crop(case, mask, core, norm)
+        known = self.encode(region.image)
+        latent = self.sample(region, known, steps, curve, seed, progress)
+        latent = self.calibrate_latent(latent, region, curve)
+        decoded = self.decode(latent, region)
+        decoded = self.add_detail_noise(decoded, region, seed)
+        decoded = self.calibrate_image(decoded, region, curve, seed)
+        return self.paste(case, region, decoded)
 
     @torch.no_grad()
     def latent_pair(self, case: Case, mask: np.ndarray, seed: int = 0, steps: int | None = None,
@@ -291,39 +308,12 @@ class SynthesisPipeline:
         latent cells), all in the denoiser's space over the region of interest: what ``synbt calibrate``
         compares. The case's own tumor under `mask` is what the encoded latent holds there. ``kinetics``
         and ``necrosis`` as for ``__call__``."""
-        recorded = {}
-        sample = self._sampler(steps, kinetics, seed, None, calibrate=False)
-
-        def record(known_latent, roi_image, roi_mask_t, generator, roi_core_t):
-            recorded.update(known=known_latent, cells=tumor_cells(roi_mask_t, self.compression))
-            recorded["generated"] = sample(known_latent, roi_image, roi_mask_t, generator, roi_core_t)
-            return recorded["generated"]
-
-        self._replace_region(case, mask, seed, record, necrosis=necrosis)
-        return recorded["known"], recorded["generated"], recorded["cells"]
-
-    def _sampler(self, steps: int | None, kinetics: str | None, seed: int, progress: Progress | None, calibrate: bool):
-        """``latent_of`` for _replace_region that denoises (and with ``calibrate`` applies the calibration)."""
-        if self.denoiser is None:
-            raise SynBTError("this pipeline has no denoiser (autoencoder-only bundle): it can only reconstruct")
-        steps = check_inference_steps(self.scheduler, DEFAULT_INFERENCE_STEPS if steps is None else steps)
-        chosen = self.choose_kinetics(kinetics, seed)
-        label = None if chosen is None else (0 if chosen == "any" else KINETIC_CLASSES.index(chosen))
-
-        def denoise(known_latent, roi_image, roi_mask_t, generator, roi_core_t):
-            mask_latent, erased = denoiser_condition(roi_mask_t, self.compression, self.mask_dilation_cells,
-                                                     self.mask_encoding, roi_core_t)
-            context_latent = self.channels.standardize(
-                self.autoencoder.encode_volume(erase_mask(roi_image, erased)) * self.latent_scale)
-            latent = inpaint_latent(
-                self.denoiser, self.scheduler, known_latent, context_latent, mask_latent, steps, generator,
-                guidance_scale=self.guidance_scale, eta=self.eta, progress=progress, kinetics=label,
-            )
-            if calibrate and self.calibration is not None:
-                latent = self.calibration.apply(latent, tumor_cells(roi_mask_t, self.compression), chosen)
-            return latent
-
-        return denoise
+        steps, curve = self.check_sampling(steps, kinetics, seed)
+        mask, core = self.check_mask(case, mask, necrosis, seed)
+        region = self.crop(case, mask, core, fit_normalization(case))
+        known = self.encode(region.image)
+        generated = self.sample(region, known, steps, curve, seed)
+        return known, generated, tumor_cells(region.mask_t, self.compression)
 
     @torch.no_grad()
     def reconstruct(self, case: Case, mask: np.ndarray, seed: int = 0) -> Case:
@@ -333,54 +323,102 @@ class SynthesisPipeline:
         image itself instead of a denoised one: the closest any synthesis with these autoencoder
         weights can come to the original, i.e. the autoencoder's share of what a realism study sees.
         """
-        return self._replace_region(case, mask, seed, lambda known_latent, *_: known_latent, necrosis=False)
-
-    def _replace_region(self, case: Case, mask: np.ndarray, seed: int, latent_of, finish=None, necrosis=None) -> Case:
-        """Normalize, crop, encode, `latent_of(known_latent, roi_image, roi_mask, generator, roi_core)`,
-        decode, `finish(decoded, roi_mask, roi_core, zero, lags)` (normalized units, on the case grid;
-        ``zero``: the scanner's zero in them; ``lags``: ``latent_cell_voxels``), blend.
-        ``roi_core`` is the necrotic core (``choose_core``) over the region, or None for a denoiser
-        without necrosis."""
         mask = validated_mask(case, mask, expected_phases=self.autoencoder.config.in_channels)
-        core = self.choose_core(necrosis, seed, mask, case.geometry.spacing[::-1])
+        region = self.crop(case, mask, None, fit_normalization(case))
+        decoded = self.decode(self.encode(region.image), region)
+        return self.paste(case, region, self.add_detail_noise(decoded, region, seed))
 
-        norm = fit_normalization(case)
-        box = self.region_of_interest(case, mask)
-        roi_image = self._tensor(normalize(crop_padded(case.phases, box, mode="edge"), norm))[None]
+    # -- the stages, in the order __call__ runs them
+
+    def check_sampling(self, steps: int | None, kinetics: str | None, seed: int) -> tuple[int, str | None]:
+        """(number of sampling steps, the tumor's curve type or None): the request's defaults filled in
+        and checked against the scheduler and the denoiser; refused without a denoiser."""
+        if self.denoiser is None:
+            raise SynBTError("this pipeline has no denoiser (autoencoder-only bundle): it can only reconstruct")
+        steps = check_inference_steps(self.scheduler, DEFAULT_STEPS if steps is None else steps)
+        return steps, self.choose_kinetics(kinetics, seed)
+
+    def check_mask(self, case: Case, mask, necrosis, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the tumor mask as uint8 0/1, the necrotic core ``choose_core`` gives, or None) after checking
+        the case and the mask (validated_mask)."""
+        mask = validated_mask(case, mask, expected_phases=self.autoencoder.config.in_channels)
+        return mask, self.choose_core(necrosis, seed, mask, case.geometry.spacing[::-1])
+
+    def crop(self, case: Case, mask: np.ndarray, core: np.ndarray | None, norm: Normalization) -> Region:
+        """The region of interest around `mask` (``region_geometry``) cut from the case in normalized
+        units, with the mask and the core, as arrays on the case grid and as tensors on the networks' grid."""
+        geometry = self.region_geometry(case, mask)
+        box, shape = geometry.box, geometry.working_shape
+        original = normalize(crop_padded(case.phases, box, mode="edge"), norm)
         roi_mask = crop_padded(mask, box, mode="constant")
-        roi_mask_t = self._tensor(roi_mask)[None, None]
-        roi_core_t = None if core is None else self._tensor(crop_padded(core.astype(np.uint8), box, mode="constant"))[None, None]
-        working_shape = self.working_shape(case.geometry, roi_mask.shape)
-        if working_shape is not None:
-            roi_image = resize(roi_image, working_shape)
-            roi_mask_t = (resize(roi_mask_t, working_shape) >= 0.5).float()
-            if not roi_mask_t.any():  # a tumor smaller than one working voxel keeps its nearest cell
-                roi_mask_t = resize(self._tensor(roi_mask)[None, None], working_shape, mode="nearest")
-            if roi_core_t is not None:
-                resized = (resize(roi_core_t, working_shape) >= 0.5).float() * roi_mask_t
-                if roi_core_t.any() and not resized.any():  # a core smaller than one working voxel keeps its nearest
-                    resized = resize(roi_core_t, working_shape, mode="nearest") * roi_mask_t
-                roi_core_t = resized
+        image, mask_t = self._tensor(original)[None], self._tensor(roi_mask)[None, None]
+        roi_core = None if core is None else crop_padded(core, box, mode="constant")
+        core_t = None if core is None else self._tensor(crop_padded(core.astype(np.uint8), box, mode="constant"))[None, None]
+        if shape is not None:
+            image = resize(image, shape)
+            mask_t = resize_mask(mask_t, shape)
+            core_t = None if core_t is None else resize_mask(core_t, shape, within=mask_t)
+        return Region(geometry, norm, inside_volume(box, case.shape), original, roi_mask, roi_core, image, mask_t, core_t)
 
-        known_latent = self.channels.standardize(self.autoencoder.encode_volume(roi_image) * self.latent_scale)
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, C, z, y, x) normalized image -> its latent in the denoiser's space (scaled, standardized)."""
+        return self.channels.standardize(self.autoencoder.encode_volume(image) * self.latent_scale)
+
+    def sample(self, region: Region, known: torch.Tensor, steps: int, curve: str | None, seed: int,
+               progress: Progress | None = None) -> torch.Tensor:
+        """The latent with the tumor generated under the region's mask (``inpaint_latent``), the denoiser
+        conditioned on the mask, the core and the encoded region with the generated part erased."""
+        mask_latent, erased = denoiser_condition(region.mask_t, self.compression, self.mask_dilation_cells,
+                                                 self.mask_encoding, region.core_t)
+        context = self.encode(erase_mask(region.image, erased))
+        label = None if curve is None else (0 if curve == "any" else KINETIC_CLASSES.index(curve))
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        latent = latent_of(known_latent, roi_image, roi_mask_t, generator, roi_core_t)
+        return inpaint_latent(self.denoiser, self.scheduler, known, context, mask_latent, steps, generator,
+                              guidance_scale=self.guidance_scale, eta=self.eta, progress=progress, kinetics=label)
 
+    def calibrate_latent(self, latent: torch.Tensor, region: Region, curve: str | None) -> torch.Tensor:
+        """The latent calibration applied to the tumor's cells (unchanged without one)."""
+        if self.calibration is None:
+            return latent
+        return self.calibration.apply(latent, tumor_cells(region.mask_t, self.compression), curve)
+
+    def decode(self, latent: torch.Tensor, region: Region) -> np.ndarray:
+        """(C, Z, Y, X) float32 decoded image of the region, normalized units, on the case grid."""
         decoded = self.autoencoder.decode_volume(self.channels.restore(latent) / self.latent_scale)
-        if working_shape is not None:
-            decoded = resize(decoded, roi_mask.shape)
-        decoded = decoded[0].float().cpu().numpy()
-        if self.restore_noise:
-            original = normalize(crop_padded(case.phases, box, mode="edge"), norm)
-            measured = roi_mask.copy()
-            measured[~_inside_volume(box, case.shape)] = 1  # padding has no noise: leave it out
-            decoded = decoded + detail_noise(original, measured, seed, decoded)
-        if finish is not None:
-            decoded = finish(decoded, roi_mask, None if core is None else crop_padded(core, box, mode="constant"),
-                             norm.zero, self.latent_cell_voxels(case.geometry))
-        generated = denormalize(decoded, norm).astype(np.float32)
-        weight = blend_weight(roi_mask, case.geometry.spacing[::-1], self.blend_mm)
-        return case.with_phases(paste_blended(case.phases, generated, weight, box))
+        if region.geometry.working_shape is not None:
+            decoded = resize(decoded, region.mask.shape)
+        return decoded[0].float().cpu().numpy()
+
+    def add_detail_noise(self, decoded: np.ndarray, region: Region, seed: int) -> np.ndarray:
+        """With ``restore_noise``: the acquisition noise the decoder left out (``detail_noise``),
+        measured outside the tumor and the padding, added to the decoded region."""
+        if not self.restore_noise:
+            return decoded
+        measured = region.mask.copy()
+        measured[~region.inside] = 1  # padding has no noise: leave it out
+        return decoded + detail_noise(region.original, measured, seed, decoded)
+
+    def calibrate_image(self, decoded: np.ndarray, region: Region, curve: str | None, seed: int) -> np.ndarray:
+        """The image calibration applied to the tumor's voxels (unchanged without one)."""
+        if self.image_calibration is None:
+            return decoded
+        return self.image_calibration.apply(decoded, region.mask, curve, region.core, region.norm.zero,
+                                            region.geometry.cell_voxels, seed)
+
+    def paste(self, case: Case, region: Region, decoded: np.ndarray) -> Case:
+        """The case with the decoded region (normalized units) blended in under the mask, fading out
+        over ``blend_mm`` around it; voxels farther away keep their input values bit for bit."""
+        generated = denormalize(decoded, region.norm).astype(np.float32)
+        weight = blend_weight(region.mask, case.geometry.spacing[::-1], self.blend_mm)
+        return case.with_phases(paste_blended(case.phases, generated, weight, region.geometry.box))
+
+    # -- the region's geometry
+
+    def region_geometry(self, case: Case, mask: np.ndarray) -> RegionGeometry:
+        """Where a synthesis into `mask` works on `case` (see RegionGeometry)."""
+        box = self.region_of_interest(case, mask)
+        return RegionGeometry(box, self.working_shape(case.geometry, [s.stop - s.start for s in box]),
+                              self.latent_cell_voxels(case.geometry))
 
     def needs_resampling(self, geometry: Geometry) -> bool:
         """True when the case's spacing differs from the working spacing by more than 10 % on an axis."""
@@ -407,13 +445,14 @@ class SynthesisPipeline:
 
         When the region is resampled, its size on the case grid is chosen so that it maps onto a
         whole number of network multiples at the true spacing ratio on every axis (no stretch)."""
-        margin = margin_voxels(case.geometry, self.context_margin_mm)
-        if not self.needs_resampling(case.geometry):
+        geometry = case.geometry
+        margin = margin_voxels(geometry, self.context_margin_mm)
+        if not self.needs_resampling(geometry):
             return roi_box(mask, margin, self.roi_multiple)
         m = self.roi_multiple
         native = [s.stop - s.start for s in roi_box(mask, margin, 1)]
         sizes = [max(n, int(round(max(m, np.ceil(n * r / m) * m) / r)))
-                 for n, r in zip(native, self._spacing_ratio(case.geometry))]
+                 for n, r in zip(native, self._spacing_ratio(geometry))]
         return roi_box(mask, margin, sizes)
 
     def _spacing_ratio(self, geometry: Geometry) -> np.ndarray:
@@ -424,42 +463,34 @@ class SynthesisPipeline:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
 
 
-def _inside_volume(box: Box, shape) -> np.ndarray:
-    """Boolean (Z, Y, X) map of the box's voxels that lie inside a volume of `shape`."""
-    inside = np.zeros([sl.stop - sl.start for sl in box], dtype=bool)
-    inside[box_overlap(box, shape)[1]] = True
-    return inside
+@dataclass(frozen=True)
+class RegionGeometry:
+    """Where a synthesis works. box: (z, y, x) slices on the case grid, sized for the networks (it may
+    reach outside the volume); working_shape: the box's size on the networks' grid, None when the
+    case is at the working spacing; cell_voxels: one latent cell's size in case voxels per axis."""
+
+    box: Box
+    working_shape: tuple[int, int, int] | None
+    cell_voxels: tuple[int, int, int]
 
 
-def noise_level(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per-phase acquisition-noise level of (C, Z, Y, X) `image`, measured where `mask` is 0: the robust
-    spread of neighbour differences along x (a Donoho-style estimate: tissue texture barely moves the
-    median, unlike the spread of a reconstruction error, which overshot the phantom tumors' own noise
-    threefold)."""
-    differences = (image[..., 1:] - image[..., :-1])[:, mask[..., 1:] == 0] / np.sqrt(2.0)
-    centred = differences - np.median(differences, axis=1, keepdims=True)
-    return 1.4826 * np.median(np.abs(centred), axis=1)
+@dataclass
+class Region:
+    """The region of interest of one synthesis, cut from the case.
 
+    On the case grid: ``inside`` (the box's voxels inside the volume), ``original`` (the normalized
+    phases, edge-padded), ``mask`` (uint8) and ``core`` (bool, or None). On the networks' grid:
+    ``image`` (1, C, z, y, x), ``mask_t`` and ``core_t`` (1, 1, z, y, x, 0/1 float)."""
 
-def detail_noise(original: np.ndarray, mask: np.ndarray, seed: int, decoded: np.ndarray | None = None) -> np.ndarray:
-    """Seeded Gaussian noise per phase that brings `decoded` up to `original`'s acquisition-noise level.
-
-    The autoencoder reproduces only part of the noise (a decoder tuned on latent means keeps about
-    half of it on the phantom), so the noise added is the missing part, sqrt(level(original)^2 -
-    level(decoded)^2); without `decoded`, the full level of `original`."""
-    sigma = noise_level(original, mask)
-    if decoded is not None:
-        sigma = np.sqrt(np.clip(sigma ** 2 - noise_level(decoded, mask) ** 2, 0.0, None))
-    rng = np.random.default_rng([int(seed), 7])
-    noise = rng.standard_normal(original.shape, dtype=np.float32)
-    return noise * sigma.astype(np.float32)[:, None, None, None]
-
-
-def resize(volume: torch.Tensor, shape, mode: str = "trilinear") -> torch.Tensor:
-    """(B, C, Z, Y, X) tensor resampled to spatial `shape` (trilinear, cell-centred)."""
-    if mode == "nearest":
-        return torch.nn.functional.interpolate(volume, size=tuple(shape), mode="nearest")
-    return torch.nn.functional.interpolate(volume, size=tuple(shape), mode=mode, align_corners=False)
+    geometry: RegionGeometry
+    norm: Normalization
+    inside: np.ndarray
+    original: np.ndarray
+    mask: np.ndarray
+    core: np.ndarray | None
+    image: torch.Tensor
+    mask_t: torch.Tensor
+    core_t: torch.Tensor | None
 
 
 def validated_mask(case: Case, mask, expected_phases: int | None = None) -> np.ndarray:
@@ -524,22 +555,3 @@ def inpaint_latent(
 
 def _randn(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-
-
-def blend_weight(mask: np.ndarray, spacing_zyx, blend_mm: float) -> np.ndarray:
-    """float32 weight of the generated image: 1 inside the mask, falling linearly to 0 at `blend_mm` from it."""
-    if blend_mm <= 0:
-        return (mask > 0).astype(np.float32)
-    distance_mm = distance_transform_edt(mask == 0, sampling=spacing_zyx)
-    return np.clip(1.0 - distance_mm / blend_mm, 0.0, 1.0).astype(np.float32)
-
-
-def paste_blended(phases: np.ndarray, generated: np.ndarray, weight: np.ndarray, box: Box) -> np.ndarray:
-    """A copy of (C, Z, Y, X) `phases` with the box-shaped `generated` blended in where `weight` > 0."""
-    out = phases.copy()
-    volume, local = box_overlap(box, phases.shape)
-    w = weight[local]
-    region = out[(slice(None), *volume)]  # a view: writing it writes `out`
-    blended = w * generated[(slice(None), *local)] + (1.0 - w) * region
-    region[...] = np.where(w > 0, blended, region)
-    return out

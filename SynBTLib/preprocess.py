@@ -216,3 +216,25 @@ def breast_tissue_mask(
     fat_bright = _fat_is_bright(log_pre, post, breast, fgt_split)
     fibroglandular = breast & ((log_pre <= fgt_split) if fat_bright else (log_pre > fgt_split))
     return BreastMasks(body=body, breast=breast, fibroglandular=fibroglandular, fat=breast & ~fibroglandular)
+
+
+def check_mask_in_body(case: Case, mask: np.ndarray, what: str = "the tumor mask", max_outside: float = 0.5) -> None:
+    """Refuse a tumor mask that lies mostly in air (outside the body found by preprocess.body_mask).
+
+    Such a tumor would be painted into the background. Only body vs air is judged: the breast
+    tissue heuristics are not reliable enough on every scan to refuse a user's own mask on them.
+    A constant image (no body to find) is left to the synthesizer.
+    """
+    voxels = np.asarray(mask) > 0
+    if not voxels.any():
+        return
+    try:
+        body = body_mask(case)
+    except SynBTError:
+        return
+    outside = float(np.count_nonzero(voxels & ~body)) / float(np.count_nonzero(voxels))
+    if outside > max_outside:
+        raise SynBTError(
+            f"{what} lies {100 * outside:.0f}% outside the body (in the air around it); "
+            "a tumor there would be painted into the background: place the mask inside the breast"
+        )

@@ -18,7 +18,7 @@ import numpy as np
 from . import mrml
 from .errors import SynBTError
 from .slicer_worker import (ExportRequest, SynthesisJob, SynthesisRequest, TrainRequest, auto_tumor_mask,
-                            default_method, necrosis_choice)
+                            default_method)
 from .synthesizers import DEFAULT_STEPS, METHODS
 
 DRAWN = "drawn"  # a choice left to the seed
@@ -279,19 +279,12 @@ class SynthesisRun:
 def synthesize_in_process(scene, phase_nodes, segmentation_node=None, segment_id=None, request: SynthesisRequest | None = None,
                           suffix: str = mrml.OUTPUT_SUFFIX, progress: Callable | None = None) -> mrml.SynthesisResult:
     """The same synthesis in this process (for scripts and the Python console; the GUI uses SynthesisRun)."""
-    from .synthesizers import check_necrosis, make_synthesizer
+    from .synthesizers import check_request, make_synthesizer
 
     request = request or SynthesisRequest(method=default_method())
     synthesizer, method, steps = make_synthesizer(request.method, bundle=request.bundle, steps=request.steps)
-    options = {}
-    if request.kinetics is not None:
-        if not hasattr(synthesizer, "choose_kinetics"):
-            raise SynBTError(f"a kinetic curve type applies to the diffusion method, not to {method}")
-        options["kinetics"] = request.kinetics
-    if request.necrosis is not None:
-        core = necrosis_choice(request.necrosis) == "yes"
-        check_necrosis(synthesizer, core, method, option="necrosis")
-        options["necrosis"] = core
+    options = check_request(method, steps, request.kinetics, request.necrosis, request.bundle,
+                            synthesizer=synthesizer, prefix="").options
     case = mrml.case_from_volume_nodes(phase_nodes)
     if request.auto_size_mm is None:
         if segmentation_node is None or not segment_id:

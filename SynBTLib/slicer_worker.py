@@ -29,6 +29,7 @@ import numpy as np
 
 from .case import Case
 from .errors import SynBTError
+from .synthesizers import check_request
 
 MASK_FILE = "tumor_mask.nii.gz"
 OUTPUT_LABEL_FILE = "tumor_labels.nii.gz"
@@ -91,6 +92,7 @@ def python_executable() -> str:
 
 def build_synthesize_command(python: str, inputs: WorkerInputs, out_dir: str | Path, request: SynthesisRequest) -> list[str]:
     """The `synthesize` command line for one request, with JSON progress on stdout."""
+    checked = check_request(request.method, request.steps, request.kinetics, request.necrosis, request.bundle)
     command = [python, "-m", "SynBTLib", "synthesize", "--phases", *map(str, inputs.phase_paths)]
     if request.auto_size_mm is not None:
         command += ["--auto", "--size-mm", f"{float(request.auto_size_mm):g}"]
@@ -107,8 +109,8 @@ def build_synthesize_command(python: str, inputs: WorkerInputs, out_dir: str | P
         command += ["--bundle", str(request.bundle)]
     if request.kinetics:
         command += ["--kinetics", str(request.kinetics)]
-    if request.necrosis is not None:
-        command += ["--necrosis", necrosis_choice(request.necrosis)]
+    if checked.necrosis is not None:
+        command += ["--necrosis", necrosis_choice(checked.necrosis)]
     return command + ["--out", str(out_dir), "--progress", "json"]
 
 
@@ -400,6 +402,9 @@ def build_export_command(python: str, request: ExportRequest) -> list[str]:
     low, high = (float(v) for v in request.size_mm)
     if low > high:
         raise SynBTError(f"the tumor size range {low:g}-{high:g} mm is empty: minimum above maximum")
+    diffusion = request.method == "diffusion"  # the panel keeps bundle and steps for it; other methods drop them
+    checked = check_request(request.method, request.steps if diffusion else None, request.kinetics, request.necrosis,
+                            request.bundle if diffusion else None, source_kinetics=True)
     command = [python, "-m", "SynBTLib", "export", "--source", source, "--out", out,
                "--num-cases", str(int(request.num_cases)), "--format", request.format, "--method", request.method,
                "--size-mm", f"{low:g}", f"{high:g}", "--seed", str(int(request.seed))]
@@ -410,8 +415,8 @@ def build_export_command(python: str, request: ExportRequest) -> list[str]:
             command += ["--steps", str(int(request.steps))]
         if request.kinetics:
             command += ["--kinetics", str(request.kinetics)]
-        if request.necrosis is not None:
-            command += ["--necrosis", necrosis_choice(request.necrosis)]
+        if checked.necrosis is not None:
+            command += ["--necrosis", necrosis_choice(checked.necrosis)]
     return command
 
 

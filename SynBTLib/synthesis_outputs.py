@@ -12,7 +12,6 @@ change the last bits of a few voxels.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import platform
@@ -29,6 +28,7 @@ from scipy import ndimage
 
 from .case import Case
 from .errors import SynBTError
+from .hashing import sha256_of
 
 PREVIEW_NAME = "preview.png"
 PROVENANCE_NAME = "provenance.json"
@@ -156,20 +156,6 @@ class OutputFolder:
     def close(self) -> None:
         """Give up: remove the staging folder (if not committed) and release the lock."""
         self._finalizer()
-
-
-def sha256_of(path: str | Path) -> str:
-    """sha256 of a file, or of every file in a folder (sorted relative paths and contents)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict:

@@ -15,7 +15,6 @@ from SynBTLib.calibration import (
     ShapeMap,
     TextureMap,
     _texture_map,
-    calibrate_bundle,
     cell_excess,
     channel_moments,
     fit_calibration,
@@ -25,6 +24,7 @@ from SynBTLib.calibration import (
     standardized_quantiles,
     tumor_cells,
 )
+from SynBTLib.calibrated_bundle import calibrate_bundle
 from SynBTLib.cli import main as cli_main
 from SynBTLib.errors import SynBTError
 from SynBTLib.io import write_case, write_label

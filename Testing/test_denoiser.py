@@ -6,7 +6,8 @@ import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler
 
-from SynBTLib.conditioning import box_overlap, crop_padded, erase_mask, mask_to_latent, roi_box
+from SynBTLib.boxes import box_overlap, crop_padded, roi_box
+from SynBTLib.conditioning import erase_mask, mask_to_latent
 from SynBTLib.errors import SynBTError
 from SynBTLib.nets.denoiser import (
     DenoiserConfig,

@@ -58,6 +58,32 @@ def test_classify_curve_and_phase_times_validate_input():
     assert kin.classify_curve([100, 200, 170]) == "washout"
     with pytest.raises(SynBTError):
         kin.classify_curve([100, 200])
+
+
+@pytest.mark.parametrize("signal, expected", [
+    ([0.0, -10.0, -9.5], "plateau"),  # +5 % of the initial signal's magnitude
+    ([0.0, -10.0, -8.0], "persistent"),  # +20 %
+    ([0.0, -10.0, -12.0], "washout"),
+    ([0.0, 0.0, 5.0], "persistent"),  # rising from zero: any rise is infinitely large
+    ([0.0, 0.0, -5.0], "washout"),
+    ([0.0, 0.0, 0.0], "plateau"),
+])
+def test_a_non_positive_initial_signal_is_classified_against_its_magnitude(signal, expected):
+    """The one BI-RADS classifier (metrics' tumor features use it too) when the initial signal is not positive."""
+    assert kin.classify_curve(signal) == expected
+
+
+def test_tumor_features_report_the_same_curve_type_as_the_classifier():
+    from SynBTLib.case import Case, Geometry
+    from SynBTLib.metrics import tumor_features
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((8, 12, 12), np.uint8)
+    mask[2:6, 3:9, 3:9] = 1
+    for curve in ([100.0, -50.0, -46.0], [100.0, 200.0, 150.0], [100.0, 0.0, 30.0]):
+        phases = np.stack([rng.normal(value, 1.0, mask.shape) for value in curve]).astype(np.float32)
+        features = tumor_features(Case(phases, Geometry(size=(12, 12, 8), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))), mask)
+        assert features["curve_type"] == kin.classify_curve(phases[:, mask > 0].astype(np.float64).mean(axis=1))
     with pytest.raises(SynBTError):
         kin.tumor_kinetics("benign", np.random.default_rng(0))
     np.testing.assert_allclose(kin.phase_times(4, 60.0), [0, 60, 120, 180])

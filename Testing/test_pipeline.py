@@ -5,7 +5,7 @@ import torch
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from SynBTLib.case import Case, Geometry
-from SynBTLib.conditioning import crop_padded
+from SynBTLib.boxes import crop_padded
 from SynBTLib.errors import SynBTError
 from SynBTLib.bundle import save_bundle
 from SynBTLib.nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
@@ -289,7 +289,7 @@ def test_a_case_at_another_resolution_runs_on_the_working_grid_and_returns_on_it
 
 
 def test_detail_noise_matches_the_acquisition_noise_not_the_texture():
-    from SynBTLib.pipeline import detail_noise
+    from SynBTLib.compositing import detail_noise
 
     rng = np.random.default_rng(0)
     texture = gaussian_filter(rng.random((2, 24, 40, 40)), (0, 3, 3, 3)) * 10.0  # tissue std 0.1, varying slower than the noise
@@ -332,7 +332,7 @@ def test_reconstruct_puts_the_autoencoder_reconstruction_in_the_region_and_nothi
 
 
 def test_detail_noise_adds_only_the_noise_the_decoder_left_out():
-    from SynBTLib.pipeline import detail_noise, noise_level
+    from SynBTLib.compositing import detail_noise, noise_level
 
     rng = np.random.default_rng(1)
     texture = gaussian_filter(rng.random((2, 24, 40, 40)), (0, 3, 3, 3)) * 10.0

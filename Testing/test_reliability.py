@@ -151,7 +151,7 @@ def test_mask_in_the_air_is_refused_and_a_mask_at_the_skin_is_not(case_files, tm
 
 
 def test_check_mask_in_body_counts_the_fraction_in_air():
-    from SynBTLib.case import check_mask_in_body
+    from SynBTLib.preprocess import check_mask_in_body
 
     case = make_case()
     mask = np.zeros(case.shape, np.uint8)

@@ -618,13 +618,11 @@ def finetune_config(bundle, steps=4, part="decoder"):
 
 
 def test_decoder_finetune_keeps_encoder_and_latent_scale_and_resumes_exactly(dataset, autoencoder_run, tmp_path):
-    from SynBTLib.training.autoencoder import encoder_parameters
-
     source = load_bundle(autoencoder_run.bundle)
     config = finetune_config(autoencoder_run.bundle)
     run = train_autoencoder(dataset, tmp_path / "ft", config, verbose=False)
     tuned = load_bundle(run.bundle)
-    assert all(torch.equal(a, b) for a, b in zip(encoder_parameters(source.autoencoder), encoder_parameters(tuned.autoencoder)))
+    assert all(torch.equal(a, b) for a, b in zip(source.autoencoder.encoder_parameters(), tuned.autoencoder.encoder_parameters()))
     decoder = dict(tuned.autoencoder.net.decoder.named_parameters())
     assert any(not torch.equal(p, decoder[n]) for n, p in source.autoencoder.net.decoder.named_parameters())
     assert tuned.latent_scale == source.latent_scale

@@ -84,7 +84,8 @@ def full_worker(spec: dict) -> dict:
     import torch
 
     from SynBTLib.conditioning import denoiser_condition, erase_mask
-    from SynBTLib.pipeline import SynthesisPipeline, blend_weight, inpaint_latent, paste_blended
+    from SynBTLib.compositing import blend_weight, paste_blended
+    from SynBTLib.pipeline import SynthesisPipeline, inpaint_latent
     from SynBTLib.preprocess import denormalize, fit_normalization, normalize
 
     nets = common.load_networks()

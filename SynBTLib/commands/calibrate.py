@@ -36,7 +36,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..calibration import MIN_CURVE_TUMORS, MIN_SHAPE_TUMORS, calibrate_bundle
+    from ..calibrated_bundle import calibrate_bundle
+    from ..calibration import MIN_CURVE_TUMORS, MIN_SHAPE_TUMORS
 
     passes = 1 if args.latent_only else 2
     with tqdm(total=passes * args.max_tumors, desc="calibrate", unit="tumor", disable=None) as bar:

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import SynBTError
-from ..synthesizers import METHODS, check_necrosis
+from ..synthesizers import METHODS, check_request
 
 
 def register(subparsers) -> None:
@@ -51,10 +51,6 @@ def make_synthesizer(method: str, args):
     """(synthesizer, steps) for the --method and --bundle options."""
     from ..synthesizers import make_synthesizer as by_name
 
-    if method == "handcrafted" and args.steps is not None:
-        raise SynBTError("--steps does not apply to the handcrafted method")
-    if method == "handcrafted" and args.bundle is not None:
-        raise SynBTError("--bundle does not apply to the handcrafted method")
     synthesizer, _, steps = by_name(method, bundle=args.bundle, steps=args.steps)
     return synthesizer, steps
 
@@ -110,7 +106,7 @@ def _check_options(args) -> None:
 def _tumor_mask(args, case):
     """The mask (uint8 Z,Y,X) and details for provenance."""
     if args.mask:
-        from ..case import check_mask_in_body
+        from ..preprocess import check_mask_in_body
         from ..io import read_mask
 
         mask = read_mask(args.mask, case.geometry, segment=args.segment,
@@ -132,12 +128,8 @@ def run(args) -> int:
 
     _check_options(args)
     synthesizer, steps = make_synthesizer(args.method, args)
-    if args.kinetics:  # refused before anything is read or written
-        if not hasattr(synthesizer, "choose_kinetics"):
-            raise SynBTError(f"--kinetics applies to the diffusion method, not to {args.method}")
-        synthesizer.choose_kinetics(args.kinetics, args.seed)
-    necrosis = None if args.necrosis is None else args.necrosis == "yes"
-    check_necrosis(synthesizer, necrosis, args.method)
+    # refused before anything is read or written
+    necrosis = check_request(args.method, steps, args.kinetics, args.necrosis, args.bundle, synthesizer=synthesizer).necrosis
     progress = Progress(args.progress)
     try:
         progress(0, "reading the phases")
@@ -158,7 +150,7 @@ def run(args) -> int:
             bundle = Path(args.bundle) if args.bundle else default_bundle_path()
             details["bundle"] = {"path": str(bundle.resolve()), "sha256": bundle_sha256(bundle)}
             details.update(synthesizer.describe(args.seed, args.kinetics, mask, case.geometry.spacing[::-1], necrosis))
-        elif hasattr(synthesizer, "describe"):
+        else:
             details["synthesizer"] = synthesizer.describe(args.seed)
         write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case)
         progress(100, "done")

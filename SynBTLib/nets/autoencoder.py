@@ -1,34 +1,22 @@
 """The patch-to-volume autoencoder: MONAI's AutoencoderKL made local, so patches tile a volume exactly.
 
 Every DCE phase is an input channel (kinetics are encoded jointly); the latent grid is the image
-grid divided by ``compression`` = 2**(len(channels) - 1) (4 by default).
+grid divided by ``compression`` = 2**(len(channels) - 1).
 
-Why tiles match the whole volume
---------------------------------
-MONAI's AutoencoderKL normalizes with nn.GroupNorm, whose statistics span the whole spatial
-extent: a tile would be normalized differently from the whole volume, so tiles could never agree
-with it, and a network trained on patches would see other statistics on a volume. Here every
-GroupNorm is replaced by ``VoxelGroupNorm``, which normalizes the channels of each group at each
-voxel on its own (LayerNorm over channels when ``norm_num_groups`` = 1, as in ConvNeXt), and
-attention is switched off. Every output voxel then depends only on its receptive field, which
-``encoder_halo`` / ``decoder_halo`` compute from the architecture (in latent cells; 6 for the
-default config, checked against a gradient impulse test in Testing/test_autoencoder.py).
+MONAI's AutoencoderKL normalizes with nn.GroupNorm, whose statistics span the whole input: a tile
+would be normalized unlike the whole volume. Here every GroupNorm is replaced by a layer without
+spatial statistics (``AutoencoderConfig.norm``): ``ChannelAffine`` (the default: a per-channel
+scale and shift) or ``VoxelGroupNorm`` (statistics over a group's channels at each voxel), and
+attention is off. Every output voxel then depends only on its receptive field, which
+``encoder_halo`` / ``decoder_halo`` compute from the architecture (in latent cells).
+``linear_path`` adds a linear block code (a strided convolution and its transpose) beside the network.
 
-``encode_volume`` / ``decode_volume`` cut the volume into tiles whose starts fall on latent cells
-(multiples of ``compression`` image voxels), read each tile with a halo of that many cells,
-clipped at the volume border, and keep only the tile's core (see nets/tiling.py). This is exact
-up to float rounding, with no blending weights to tune. We chose it over MONAI's
-sliding_window_inference, which does support outputs at another scale, because that one
-zero-pads the volume and blends whole tiles, border errors included, so it is only approximately
-equal to the whole-volume result. The tile size is chosen by ``plan_tiles`` to compute the least
-under a voxel budget, so memory does not grow with the field of view (beyond the input and
-output arrays) and a small ROI runs as a single tile with no overhead.
-
-Images whose size is not a multiple of ``compression`` are padded at the far end by edge
-replication (so the latent grid starts at the image origin); ``decode_volume(z, shape=...)``
-crops back. Because the network is local, patch training generalizes to volumes by
-construction; ``consistency_loss`` further trains the borders of a patch to agree with a larger
-patch, so even the zero-padded border of a crop encodes like the inside of a volume.
+``encode_volume`` / ``decode_volume`` cut a volume into tiles whose starts fall on latent cells,
+read each with that halo (clipped at the volume border) and keep only the tile's core
+(nets/tiling.py): exact up to float rounding, unlike sliding-window blending, and the tile size
+(``plan_tiles``, under a voxel budget) bounds the memory whatever the field of view. Sizes that are
+not multiples of ``compression`` are edge-padded at the far end; ``decode_volume(z, shape=...)``
+crops back. ``consistency_loss`` trains a patch's borders to agree with a larger patch.
 """
 from __future__ import annotations
 
@@ -113,10 +101,8 @@ NORM_KINDS = ("affine", "voxel")
 class ChannelAffine(nn.Module):
     """Per-channel scale and shift in place of a GroupNorm (same parameter names), no statistics.
 
-    Any normalization over the channels of a voxel (VoxelGroupNorm) removes the voxel's magnitude
-    before the final latent and output convolutions, which is the image intensity itself: measured
-    on the phantom cohort, such an autoencoder plateaued at L1 0.13 (normalized units), worse than
-    a Gaussian blur of sigma 2 voxels (0.054). Without statistics the network stays local.
+    A normalization over a voxel's channels (VoxelGroupNorm) removes the voxel's magnitude, which is
+    the image intensity itself; this layer keeps it, and without statistics the network stays local.
     """
 
     def __init__(self, num_channels: int, affine: bool = True):
@@ -239,6 +225,14 @@ class PatchVolumeAutoencoder(nn.Module):
         self.encoder_halo, self.decoder_halo = receptive_halos(self.config)
         self.max_tile_voxels = DEFAULT_MAX_TILE_VOXELS
 
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters that map an image to its latent (mu, sigma): what fixes the latent space
+        (frozen when only the decoder trains, hashed by the latent cache, compared by replace_decoder)."""
+        modules = [self.net.encoder, self.net.quant_conv_mu, self.net.quant_conv_log_sigma]
+        if self.config.linear_path:
+            modules.append(self.linear_encoder)
+        return [p for module in modules for p in module.parameters()]
+
     # ---- patch level (differentiable) -------------------------------------------------------
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,13 +318,7 @@ class PatchVolumeAutoencoder(nn.Module):
         best linear code. The posterior starts at ``sigma`` everywhere (the network's random start
         would be ~1, far above the small components).
 
-        Measured on the phantom (bench/latent_bound.py): the best linear code with 8 channels at 2x
-        keeps 36.4 dB in the breast, while the trained non-linear autoencoder reached 25-28 dB: the
-        network then only has to learn what a linear code cannot carry (16 channels at 2x: 45.7 dB,
-        real-tumor control AUC 0.67). Not whitened: latent errors cost what they cost in the image.
-        Caveat, measured: epsilon-prediction denoisers trained on this latent (whitened or not) made
-        black/white 2x2x2 blocks, because the linear decoder turns each latent cell's error into its
-        own block; v-prediction removed the blocks, a finer pre-contrast speckle remains (README).
+        Not whitened: latent errors cost what they cost in the image.
         Returns the fraction of the block variance kept and the latent channels' variances.
         """
         if not self.config.linear_path:

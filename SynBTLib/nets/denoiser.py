@@ -20,9 +20,10 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
 from ..errors import SynBTError
+from ..kinetics import CURVE_TYPES
 from .config import config_from_dict
 
-KINETIC_CLASSES = ("unspecified", "persistent", "plateau", "washout")  # index 0 is the null label
+KINETIC_CLASSES = ("unspecified", *CURVE_TYPES)  # index 0 is the null label
 
 
 @dataclass

@@ -1,12 +1,9 @@
 """Per-channel standardization of the autoencoder's latents for the diffusion model (opt-in).
 
-A global latent scale leaves each channel with its own offset and spread; with a lightly
-KL-regularized autoencoder these differ a lot (phantom autoencoder at kl_weight 1e-7: channel
-means -1.0..+1.9 and stds 0.3..1.6 after the global scale), while the denoiser's noise is
-N(0, 1) in every channel. ``latent_normalization: "channel"`` in a diffusion config standardizes
-every channel to mean 0 / std 1 over the training latents and stores the statistics in the
-bundle. On that autoencoder it did not cure the denoiser's black/white blobs (AUC 1.0 either
-way): the latent itself was the problem, not its scale.
+A global latent scale leaves each channel with its own offset and spread, while the denoiser's
+noise is N(0, 1) in every channel. ``latent_normalization: "channel"`` in a diffusion config
+standardizes every channel to mean 0 / std 1 over the training latents and stores the statistics
+in the bundle.
 
 ``latent_normalization: "phase"`` (autoencoders with a linear path) first rotates the latent so that
 its channels fall into groups by the first DCE phase they change through the linear decoder: the

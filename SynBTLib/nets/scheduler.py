@@ -12,7 +12,6 @@ from monai.networks.schedulers import DDIMScheduler
 from ..errors import SynBTError
 from .config import config_from_dict
 
-DEFAULT_INFERENCE_STEPS = 30
 SCHEDULER_KINDS = ("ddim",)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 

@@ -1,35 +1,18 @@
 """Train the patch-to-volume autoencoder on random patches; write an autoencoder-only bundle.
 
-Loss: L1 reconstruction + kl_weight * KL + consistency_weight * patch/volume consistency
-(SynBTLib.nets.autoencoder.consistency_loss) + optional kinetic term (kinetic_weight * L1 of the
-differences between consecutive phases, i.e. of the subtraction images: plain L1 let the
-reconstruction of tumors flatten enhancement and wash-out; the term helps when the encoder trains,
-not on a frozen one) +
-optional patch adversarial term (MONAI PatchDiscriminator, off by default). The KL is summed
-over latent elements while L1 is a voxel mean, so kl_weight trades reconstruction against a
-latent the denoiser can model. Measured on
-the phantom (16 latent channels): at 1e-5 the posterior noise (sigma ~0.95) was as large as the
-spread of the latent means (see latent_snr in losses.csv) and capped the PSNR; at 1e-7 the
-breast PSNR reached 23.3 dB after 6,000 steps (the shipped 8-channel 1e-5 autoencoder: 20.7)
-but a denoiser trained on that latent generated black/white blobs. The default, 1e-6, lies
-between.
-At the end the latent scale (1 / std of the latents of training patches) is measured and stored
-in the bundle for the diffusion stage.
+Loss: L1 reconstruction + kl_weight * KL (summed over latent elements, while L1 is a voxel mean)
++ consistency_weight * patch/volume consistency (nets.autoencoder.consistency_loss) + optional
+kinetic_weight * L1 of the differences between consecutive phases (the subtraction images) +
+optional patch adversarial term (MONAI PatchDiscriminator, off by default). At the end the latent
+scale (1 / std of the latent means of training patches) is measured and stored in the bundle.
 
 Fine-tuning (config ``"finetune": {"bundle": PATH, "part": "all" | "decoder"}``) starts from a
 bundle's autoencoder. With ``part: "decoder"`` the encoder is frozen and the decoder learns to
-decode the latent *means* (no posterior sampling, no KL or consistency term): the latent space,
-and so any denoiser trained on it, stays valid, while the decoder no longer has to be robust to
-posterior noise as large as the signal (latent_snr ~1 at kl 5e-7), which blurs. The bundle keeps
-the source's latent scale; ``SynBTLib.bundle.replace_decoder`` puts the new decoder under an
-existing diffusion bundle. ``loss.decoder_latent_noise`` (decoder fine-tune only) adds Gaussian
-noise of that standard deviation (latent units, before the latent scale) to the means it decodes:
-the decoder then learns to decode a latent with errors like a denoiser's into a clean image
-instead of turning every latent cell's error into its own 2x2x2 block; the pipeline's noise
-restoration puts back the acquisition noise that such a decoder smooths away. Measured on the
-16-channel linear-path autoencoder (0.05, 600 steps): the synthetic tumors' pre-contrast speckle
-fell (std 0.40 -> 0.34, real 0.11) but the decoder lost the tumors' kinetics (real-tumor control
-AUC 0.67 -> 0.94, 45.7 -> 39.5 dB), so it was not kept.
+decode the latent means (no posterior sampling, no KL or consistency term), so the latent space,
+and any denoiser trained on it, stays valid; the bundle keeps the source's latent scale and
+``bundle.replace_decoder`` puts the new decoder under a diffusion bundle.
+``loss.decoder_latent_noise`` (decoder fine-tune only) adds Gaussian noise of that standard
+deviation (latent units) to the means it decodes.
 """
 from __future__ import annotations
 
@@ -39,7 +22,9 @@ from pathlib import Path
 
 import torch
 
+from ..bundle import save_bundle
 from ..errors import SynBTError
+from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder, consistency_loss, kl_loss
 from .common import (
     Distributed,
     TrainSettings,
@@ -122,9 +107,6 @@ def train_autoencoder(
     ``config`` overrides DEFAULT_CONFIG section by section. ``progress(done, total, message)`` is
     called after every step and may raise to stop (the last checkpoint stays resumable).
     """
-    from ..bundle import save_bundle
-    from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
-
     config = merge_config(DEFAULT_CONFIG, config or {})
     settings = TrainSettings.from_dict(config["training"])
     tumor_fraction = float(config["data"].get("tumor_fraction", 0.0))
@@ -161,7 +143,7 @@ def train_autoencoder(
         if source is not None:
             autoencoder.load_state_dict(source.autoencoder.state_dict())
         if decoder_only:
-            for parameter in encoder_parameters(autoencoder):
+            for parameter in autoencoder.encoder_parameters():
                 parameter.requires_grad_(False)
         models = {"autoencoder": autoencoder}
         optimizers = {"autoencoder": _adamw(autoencoder, settings)}
@@ -234,15 +216,6 @@ def _finetune_source(config: dict):
                            '{"bundle": PATH, "part": "all" or "decoder"}')
 
 
-def encoder_parameters(autoencoder: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters that map an image to its latent (mu, sigma): frozen when only the decoder trains."""
-    net = autoencoder.net
-    modules = [net.encoder, net.quant_conv_mu, net.quant_conv_log_sigma]
-    if autoencoder.config.linear_path:
-        modules.append(autoencoder.linear_encoder)
-    return [p for module in modules for p in module.parameters()]
-
-
 def _check_patch_size(patch_size, compression: int) -> None:
     if len(patch_size) != 3 or any(int(p) % compression or int(p) < compression for p in patch_size):
         raise SynBTError(f"patch_size {patch_size} must be three multiples of the compression factor {compression}")
@@ -268,8 +241,6 @@ def _discriminator(in_channels: int, loss_cfg: dict) -> torch.nn.Module:
 def _step_function(trainer: Trainer, models: dict, sampler: PatchSampler, settings: TrainSettings, loss_cfg: dict,
                    dist: Distributed, decoder_only: bool = False):
     from monai.losses import PatchAdversarialLoss
-
-    from ..nets.autoencoder import consistency_loss, kl_loss
 
     autoencoder = models["autoencoder"]
     discriminator = models.get("discriminator")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..bundle import load_bundle
 from ..errors import SynBTError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -356,8 +357,6 @@ def finetune_bundle(config: dict, sections: dict[str, tuple[str, ...]], usage: s
     finetune = config.get("finetune")
     if not finetune:
         return None
-    from ..bundle import load_bundle
-
     if not isinstance(finetune, dict) or not finetune.get("bundle"):
         raise SynBTError(f"finetune must be {usage}")
     source = load_bundle(finetune["bundle"])

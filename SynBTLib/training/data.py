@@ -13,10 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
+from tqdm.auto import tqdm
 
+from ..boxes import crop
+from ..conditioning import denoiser_condition, erase_mask, latent_mask_to_voxels, mask_to_latent
 from ..errors import SynBTError
+from ..io import read_case, read_dataset, read_mask
+from ..kinetics import classify_curve
+from ..necrosis import equivalent_diameter_mm, necrotic_core
+from ..preprocess import body_mask, fit_normalization, normalize
 from .common import step_rng
+from .latent_cache import LatentCache
 
 LOAD_THREADS = 4  # cases read at once by load_cases
 MAX_CENTER_CANDIDATES = 200_000  # body voxels kept per case as patch-center candidates
@@ -43,10 +52,6 @@ def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = Tru
     With ``need_tumors`` the cases without a tumor label are skipped, and at least one must remain;
     with ``with_tumors`` every case is kept and the tumor labels that exist are read.
     """
-    from tqdm.auto import tqdm
-
-    from ..io import read_case, read_dataset, read_mask
-    from ..preprocess import body_mask, fit_normalization, normalize
 
     def load(ref) -> TrainingCase:
         case = read_case(list(ref.phase_paths))
@@ -84,14 +89,6 @@ def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = Tru
 def median_spacing(cases: Sequence[TrainingCase]) -> list[float]:
     """The data set's median voxel spacing (x, y, z) in mm, recorded in the bundle."""
     return [float(v) for v in np.median([c.spacing for c in cases], axis=0)]
-
-
-def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], mode: str = "edge") -> np.ndarray:
-    """The (..., Z, Y, X) box at ``start`` of ``size``; parts outside the volume are padded (np.pad mode)."""
-    from ..conditioning import crop_padded
-
-    box = tuple(slice(int(s), int(s) + int(n)) for s, n in zip(start, size))
-    return crop_padded(array, box, mode=mode)
 
 
 class PatchSampler:
@@ -195,17 +192,10 @@ def encode_cases(
     With ``kinetics`` every tumor component gets its curve type (tumor_curve_classes); with
     ``necrosis`` the mask condition ends with each tumor's necrotic core as measured on its image
     (necrosis.necrotic_core), and every tumor's size and core fraction are kept."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..conditioning import denoiser_condition, erase_mask
-    from ..necrosis import necrotic_core
 
     compression = 2 ** (len(autoencoder.config.channels) - 1)
     cache = None
     if cache_dir is not None:
-        from .latent_cache import LatentCache
-
         cache = LatentCache(cache_dir, autoencoder, latent_scale)
 
     def encode(image_t):
@@ -262,8 +252,6 @@ def whole_tumors(tumor: np.ndarray) -> list[np.ndarray]:
 
 
 def _necrosis_records(tumors: list[np.ndarray], core: np.ndarray, spacing_xyz) -> list[tuple[float, float]]:
-    from ..necrosis import equivalent_diameter_mm
-
     return [(equivalent_diameter_mm(int(inside.sum()), spacing_xyz[::-1]), float((core & inside).sum()) / inside.sum())
             for inside in tumors]
 
@@ -271,8 +259,6 @@ def _necrosis_records(tumors: list[np.ndarray], core: np.ndarray, spacing_xyz) -
 def whole_tumor_types(case: TrainingCase, image: np.ndarray, tumors: list[np.ndarray]) -> list[str]:
     """The BI-RADS curve type of every whole tumor (``whole_tumors``) in the original intensities;
     [] without 3 phases or an intensity range."""
-    from ..kinetics import classify_curve
-
     if image.shape[0] < 3 or case.intensity_range is None:
         return []
     low, high = case.intensity_range
@@ -284,16 +270,11 @@ def tumor_curve_classes(case: TrainingCase, image: np.ndarray, tumor: np.ndarray
     """KINETIC_CLASSES index of every latent tumor component: the BI-RADS curve type of its voxels'
     mean signal in the original intensities (0 where it cannot be told: fewer than 3 phases, no
     intensity range, or no tumor voxel)."""
-    from ..kinetics import classify_curve
-    from ..nets.denoiser import KINETIC_CLASSES
+    from ..nets.denoiser import KINETIC_CLASSES  # monai: loaded only when a denoiser is trained
 
     classes = np.zeros(count, dtype=np.int64)
     if image.shape[0] < 3 or case.intensity_range is None:
         return classes
-    import torch
-
-    from ..conditioning import latent_mask_to_voxels
-
     low, high = case.intensity_range
     cells = latent_mask_to_voxels(torch.from_numpy(components)[None, None], compression, tumor.shape)[0, 0].numpy()
     for k in range(1, count + 1):
@@ -305,10 +286,6 @@ def tumor_curve_classes(case: TrainingCase, image: np.ndarray, tumor: np.ndarray
 
 
 def _latent_mask(tumor: np.ndarray, compression: int) -> np.ndarray:
-    import torch
-
-    from ..conditioning import mask_to_latent
-
     return mask_to_latent(torch.from_numpy(np.ascontiguousarray(tumor))[None, None], compression)[0, 0].numpy()
 
 

@@ -22,9 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..bundle import SUMS_FILE, load_bundle, save_bundle
+from ..bundle_meta import DEFAULT_CONTEXT_MARGIN_MM, SynthesisSettings
+from ..conditioning import MASK_ENCODINGS, mask_condition_channels
 from ..errors import SynBTError
+from ..necrosis import necrosis_statistics
+from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
 from ..nets.latent_norm import ChannelStandardizer, phase_group_sizes, phase_separating_rotation
-from .autoencoder import bundle_meta, encoder_parameters, latent_scale_from_cases, merge_config, model_card
+from .autoencoder import bundle_meta, latent_scale_from_cases, merge_config, model_card
 from .common import (
     TrainSettings,
     Trainer,
@@ -52,13 +57,10 @@ DEFAULT_CONFIG = {
     # sampler replaces anyway, so an unweighted loss spends most of its signal outside the tumor
     "mask_loss_weight": 0.0,
     # (optional) "mask_loss_balanced": true gives every sample's tumor region the same share of that
-    # weight whatever its size (loss_weight); otherwise a large tumor's many latent cells outweigh a
-    # small one's, and small tumors came out dim (relative enhancement 0.9-1.4 vs 1.8-2.2 real on the
-    # phantom). Measured on the phantom (6,000 steps + calibration): no change, realism 0.889 either
-    # way, small tumors as dim. Absent from the defaults so that checkpoints of older runs still resume.
+    # weight whatever its size (loss_weight). Absent from the defaults so that checkpoints of older
+    # runs still resume.
     # tissue around the mask the pipeline gives this denoiser as context, recorded in the bundle
-    # (None: the pipeline's default, 16 mm). Less is faster but riskier: the shipped 2x bundle at
-    # 10 mm ran 1.6x faster and scored the same realism AUC, yet made saturated blobs (looked at)
+    # (None: the pipeline's default, 16 mm)
     "context_margin_mm": None,
     # latent cells around the tumor that the denoiser generates too and that are erased from its
     # context (conditioning.generation_region); 0 = exactly the tumor's cells, as older bundles
@@ -116,9 +118,6 @@ class DiffusionRun:
 
 def load_autoencoder(path: str | Path, device="cpu") -> FrozenAutoencoder:
     """The autoencoder from a bundle folder, a train-autoencoder run folder, or its checkpoint.pt."""
-    from ..bundle import SUMS_FILE, load_bundle
-    from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
-
     path = Path(path)
     if path.is_dir() and not (path / SUMS_FILE).is_file() and (path / "bundle" / SUMS_FILE).is_file():
         path = path / "bundle"  # a train-autoencoder output folder
@@ -153,9 +152,7 @@ def train_diffusion(
     is called after every step and may raise to stop (the last checkpoint stays resumable).
     ``latent_cache``: a folder where encoded cases are kept for later runs on this autoencoder
     (training/latent_cache.py); entries are keyed by the encoder, the device type and the voxels."""
-    from ..bundle import save_bundle
-    from ..conditioning import MASK_ENCODINGS, mask_condition_channels
-    from ..necrosis import necrosis_statistics
+    # monai's generative networks: loaded only when a denoiser is trained
     from ..nets.denoiser import KINETIC_CLASSES, DenoiserConfig, MaskConditionedDenoiser, drop_condition, drop_kinetics
     from ..nets.scheduler import SchedulerConfig, make_scheduler, training_target
 
@@ -181,11 +178,12 @@ def train_diffusion(
     if config["mask_encoding"] not in MASK_ENCODINGS:
         raise SynBTError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {config['mask_encoding']!r}")
     source = _finetune_source(config)
-    if source is not None and int(source.config.get("mask_dilation_cells", 0)) != dilation:
+    source_settings = None if source is None else SynthesisSettings.from_config(source.config)
+    if source is not None and source_settings.mask_dilation_cells != dilation:
         raise SynBTError(f"mask_dilation_cells {dilation} differs from the finetune bundle's "
-                         f"{int(source.config.get('mask_dilation_cells', 0))}: its denoiser learned another region")
+                         f"{source_settings.mask_dilation_cells}: its denoiser learned another region")
     if source is not None and margin is None:
-        margin = source.config.get("context_margin_mm")
+        margin = source_settings.context_margin_mm
     dist = setup_distributed(device)
     try:
         frozen = load_autoencoder(autoencoder, dist.device)
@@ -216,10 +214,10 @@ def train_diffusion(
         mask_channels = mask_condition_channels(config["mask_encoding"], net.config.compression, necrosis)
         if necrosis and net.config.in_channels < 2:
             raise SynBTError("necrosis_conditioning needs a pre-contrast and a post-contrast phase")
-        if source is not None and source.config.get("mask_encoding", "cells") != config["mask_encoding"]:
+        if source is not None and source_settings.mask_encoding != config["mask_encoding"]:
             # checked by name: with necrosis, "cells" has as many channels as "voxels" without
             raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
-                             f"{source.config.get('mask_encoding', 'cells')!r}")
+                             f"{source_settings.mask_encoding!r}")
         source_necrosis = source is not None and bool(config["denoiser"].get("necrosis", False))
         if source_necrosis and not necrosis:
             raise SynBTError("the finetune bundle's denoiser was trained with necrosis_conditioning; keep it on")
@@ -315,15 +313,16 @@ def train_diffusion(
         if dist.is_main:
             meta = {**bundle_meta(cases, config, data, settings.steps, losses, command), **channels.to_config()}
             meta["training"]["autoencoder"] = frozen.source
-            if margin is not None:
-                meta["context_margin_mm"] = float(margin)
-            meta["mask_dilation_cells"] = dilation
-            meta["mask_encoding"] = config["mask_encoding"]
-            if kinetic:  # how many whole training tumors had each curve type: the pipeline draws from these
-                types = [t for c in encoded for t in (c.whole_tumor_types or [])]
-                meta["kinetic_frequencies"] = {name: types.count(name) for name in KINETIC_CLASSES}
-            if necrosis:  # how often and how large the training tumors' cores were: the pipeline draws from these
-                meta["necrosis"] = necrosis_statistics([r for c in encoded for r in (c.tumor_necrosis or [])])
+            types = [t for c in encoded for t in (c.whole_tumor_types or [])]
+            meta.update(SynthesisSettings(
+                spacing=meta["spacing"],
+                context_margin_mm=DEFAULT_CONTEXT_MARGIN_MM if margin is None else float(margin),
+                mask_dilation_cells=dilation, mask_encoding=config["mask_encoding"],
+                # how many whole training tumors had each curve type: the pipeline draws from these
+                kinetic_frequencies={name: types.count(name) for name in KINETIC_CLASSES} if kinetic else None,
+                # how often and how large the training tumors' cores were: the pipeline draws from these
+                necrosis=necrosis_statistics([r for c in encoded for r in (c.tumor_necrosis or [])]) if necrosis else {},
+            ).to_config())
             if source is not None:
                 meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256,
                                           "warm_start": bool(config["finetune"].get("warm_start", False))}
@@ -379,8 +378,8 @@ def _check_same_latent_space(source, frozen: FrozenAutoencoder) -> None:
     """Refuse to continue a denoiser on an autoencoder whose latents differ from the ones it learned."""
     ours = frozen.network
     same = (source.autoencoder.config.to_dict() == ours.config.to_dict()
-            and all(torch.equal(a.to(b.device), b) for a, b in zip(encoder_parameters(source.autoencoder),
-                                                                  encoder_parameters(ours))))
+            and all(torch.equal(a.to(b.device), b) for a, b in zip(source.autoencoder.encoder_parameters(),
+                                                                  ours.encoder_parameters())))
     if not same or frozen.latent_scale is None or frozen.latent_scale != source.latent_scale:
         raise SynBTError(f"the finetune bundle {source.path} was trained in another latent space than --autoencoder "
                          f"({frozen.source}); continue it with its own autoencoder, or train a new denoiser")

@@ -1,7 +1,6 @@
 """An on-disk cache of encoded training cases, so denoiser runs on one autoencoder encode each case once.
 
-Encoding a phantom cohort (60 cases, each with its x-flip, with and without its tumors) took 7-14
-minutes of every 45-minute CPU run, the same latents every time. An entry's name is the sha256 of
+An entry's name is the sha256 of
 everything its latent depends on: the autoencoder's encoder weights and configuration, the latent
 scale, the device type (other than CPU) and the exact input voxels (after padding, flipping and erasing). A changed autoencoder or
 case therefore misses the cache rather than reusing a stale latent; an unreadable entry is encoded
@@ -21,15 +20,13 @@ import numpy as np
 
 def autoencoder_fingerprint(autoencoder, latent_scale: float) -> str:
     """sha256 of the encoder's weights, the autoencoder's configuration and the latent scale."""
-    from .autoencoder import encoder_parameters
-
     digest = hashlib.sha256()
     digest.update(json.dumps(autoencoder.config.to_dict(), sort_keys=True).encode())
     digest.update(repr(float(latent_scale)).encode())
     device = next(autoencoder.parameters()).device.type
     if device != "cpu":  # a GPU encodes a little differently (CPU keys stay as they were)
         digest.update(device.encode())
-    for parameter in encoder_parameters(autoencoder):
+    for parameter in autoencoder.encoder_parameters():
         digest.update(parameter.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 

@@ -155,7 +155,7 @@ class OnTheFlyTumors(Dataset):
 def _single_thread_worker(_worker_id: int, parent_pid: int | None = None) -> None:
     import torch
 
-    from .segmentation import die_with_parent
+    from .worker_lifetime import die_with_parent
 
     die_with_parent(parent_pid)
     torch.set_num_threads(1)  # workers share the cores with the training process
