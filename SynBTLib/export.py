@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy import ndimage
 
 from . import __version__
 from .case import Case
@@ -34,7 +33,6 @@ KINETICS_CHOICES = (*CURVE_TYPES, "any", "source")
 FORMATS = ("nnunet", "monai")
 SETTINGS_FILE = "export.json"
 PROVENANCE_DIR = "provenance"
-EXISTING_TUMOR_CLEARANCE_MM = 5.0  # new tumors keep this far from any tumor already in the case
 PLACEMENT_TRIES = 3  # draws of (size, kind, place) before a tumor is declared not to fit
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
@@ -172,28 +170,26 @@ class SyntheticCase:
     provenance: dict = field(default_factory=dict)
 
 
+def read_existing_tumors(label_path, case: Case, what: str) -> np.ndarray:
+    """The tumors already in ``case``: the nonzero voxels of its label file, uint8 0/1 on its grid."""
+    from .io import read_image
+
+    values, geometry = read_image(label_path)
+    if not geometry.matches(case.geometry):
+        raise SynBTError(
+            f"label {label_path} is on grid {geometry.describe()} but {what} is on {case.geometry.describe()}"
+        )
+    return (values != 0).astype(np.uint8)
+
+
 def _read_source(ref) -> tuple[Case, np.ndarray]:
     """A source case and its tumor label (zeros when it has none)."""
-    from .io import read_case, read_image
+    from .io import read_case
 
     case = read_case(list(ref.phase_paths))
-    label = np.zeros(case.shape, dtype=np.uint8)
-    if ref.label_path is not None:
-        values, geometry = read_image(ref.label_path)
-        if not geometry.matches(case.geometry):
-            raise SynBTError(
-                f"label {ref.label_path} is on grid {geometry.describe()} but case {ref.case_id} is on "
-                f"{case.geometry.describe()}"
-            )
-        label = (values != 0).astype(np.uint8)
-    return case, label
-
-
-def _clearance(mask: np.ndarray, spacing_zyx, distance_mm: float) -> np.ndarray:
-    """Voxels within distance_mm of the mask (the mask included)."""
-    if not mask.any():
-        return np.zeros(mask.shape, dtype=bool)
-    return ndimage.distance_transform_edt(mask == 0, sampling=spacing_zyx) <= distance_mm
+    if ref.label_path is None:
+        return case, np.zeros(case.shape, dtype=np.uint8)
+    return case, read_existing_tumors(ref.label_path, case, f"case {ref.case_id}")
 
 
 def _place(allowed, geometry, settings: ExportSettings, rng: np.random.Generator, what: str):
@@ -220,6 +216,7 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
     Random choices come from numpy generators seeded by (settings.seed, index, tumor index).
     """
     from .preprocess import breast_tissue_mask
+    from .shapes import away_from_tumors
 
     name = settings.case_name(index)
     case, existing = _read_source(ref)
@@ -231,7 +228,7 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
         options["necrosis"] = settings.necrosis
     spacing_zyx = case.geometry.spacing[::-1]
     breast = np.asarray(breast_tissue_mask(case).breast, dtype=bool)
-    allowed = breast & ~_clearance(existing, spacing_zyx, EXISTING_TUMOR_CLEARANCE_MM)
+    allowed = away_from_tumors(breast, existing, spacing_zyx)
     label = existing.copy()
     tumors = []
     for t in range(settings.tumors_per_case):
@@ -241,7 +238,7 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
         synthesis_seed = int(rng.integers(2**31))
         case = synth(case, placement.mask, seed=synthesis_seed, steps=steps, **options)
         label[placement.mask > 0] = 1
-        allowed &= ~_clearance(placement.mask, spacing_zyx, EXISTING_TUMOR_CLEARANCE_MM)
+        allowed = away_from_tumors(allowed, placement.mask, spacing_zyx)
         tumor = {
             "index": t, "diameter_mm": diameter, "kind": kind, "center_mm": list(placement.center_mm),
             "shape_seed": shape_seed, "synthesis_seed": synthesis_seed, "voxels": int(placement.mask.sum()),
