@@ -210,15 +210,19 @@ def _place(allowed, geometry, settings: ExportSettings, rng: np.random.Generator
     raise SynBTError(f"{what}: {problem}")
 
 
-def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=None) -> SyntheticCase:
+def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=None,
+                        progress: Callable[[str], None] | None = None) -> SyntheticCase:
     """Synthetic case `index` from source `ref`: tumors placed in the breast tissue and synthesized.
 
     Random choices come from numpy generators seeded by (settings.seed, index, tumor index).
+    ``progress(message)`` says where the case is (reading, placing, synthesis steps of each tumor).
     """
+    report = progress or (lambda message: None)
     from .preprocess import breast_tissue_mask
     from .shapes import away_from_tumors
 
     name = settings.case_name(index)
+    report(f"reading {ref.case_id}")
     case, existing = _read_source(ref)
     kinetics = settings.kinetics
     if kinetics == "source":  # the source tumor's measured curve type; the seed's draw when there is none
@@ -234,9 +238,15 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
     for t in range(settings.tumors_per_case):
         rng = np.random.default_rng([settings.seed, index, t])
         what = f"case {name} (source {ref.case_id}), tumor {t + 1}"
+        tumor_name = f"tumor {t + 1}/{settings.tumors_per_case}"
+        report(f"placing {tumor_name}")
         placement, diameter, kind, shape_seed = _place(allowed, case.geometry, settings, rng, what)
         synthesis_seed = int(rng.integers(2**31))
-        case = synth(case, placement.mask, seed=synthesis_seed, steps=steps, **options)
+
+        def steps_done(done, total, message="", tumor_name=tumor_name):
+            report(f"{tumor_name}: {message or 'synthesis'} {done}/{total}")
+
+        case = synth(case, placement.mask, seed=synthesis_seed, steps=steps, progress=steps_done, **options)
         label[placement.mask > 0] = 1
         allowed = away_from_tumors(allowed, placement.mask, spacing_zyx)
         tumor = {
@@ -419,13 +429,22 @@ def merge(out, format: str | None = None, log: Callable[[str], None] = print) ->
 # -------------------------------------------------------------------------------- the export
 
 
+def _refuse_foreign_output(out: Path, source: Path) -> None:
+    """Refuse, before anything is loaded, an output that holds other files or lies in the source data set."""
+    if out == source or source in out.parents or out in source.parents:
+        raise SynBTError(f"output folder {out} overlaps the input data set {source}; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise SynBTError(f"output {out} exists and is not a folder")
+    if _read_settings(out) is None and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise SynBTError(f"output folder {out} is not empty and holds no SynBT export; choose another folder")
+
+
 def _check_output(out: Path, source: Path, record: dict) -> Path:
     """Create the output folder or accept it for a rerun/another shard of the same export."""
     from .io import prepare_output_dir
 
+    _refuse_foreign_output(out, source)
     previous = _read_settings(out) if out.is_dir() else None
-    if previous is None and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise SynBTError(f"output folder {out} is not empty and holds no SynBT export; choose another folder")
     if previous is not None and previous != record:
         flat = lambda r: {**r.get("settings", {}), **{k: v for k, v in r.items() if k != "settings"}}  # noqa: E731
         before, now = flat(previous), flat(record)
@@ -472,6 +491,7 @@ def export_dataset(
     out = Path(out).expanduser().resolve()
     refs = read_dataset(source)
     num_phases = _source_phase_count(refs)
+    _refuse_foreign_output(out, source)  # before any model is loaded
     synth, method, steps = make_synthesizer(settings.method, settings.bundle, settings.steps)
     if settings.kinetics is not None and not getattr(synth, "kinetic_choices", ()):
         raise SynBTError(f"--kinetics {settings.kinetics}: the {method} synthesizer takes no curve type "
@@ -492,13 +512,15 @@ def export_dataset(
     budget = _FileBudget(fail_after_files, fail_hard)
     made = []
     indices = shard_indices(settings.num_cases, shard)
-    for index in tqdm(indices, desc="export", unit="case", disable=None):
+    bar = tqdm(indices, desc="export", unit="case", disable=None)
+    for index in bar:
         name = settings.case_name(index)
         images, label = case_files(settings, name, num_phases)
         discard_partial(out, name, images + [label])
         if is_done(out, name):
             continue
-        item = make_synthetic_case(refs[index % len(refs)], index, settings, synth, steps)
+        within = lambda message, name=name: bar.set_postfix_str(f"{name}: {message}")  # noqa: E731
+        item = make_synthetic_case(refs[index % len(refs)], index, settings, synth, steps, progress=within)
         provenance = {
             **item.provenance, "seed": settings.seed, "method": method, "steps": steps,
             "bundle": bundle_path, "bundle_sha256": bundle_sha, "format": settings.format,

@@ -24,7 +24,9 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..demo import run_demo
+    from ._shared import check_output
 
+    check_output(args.out, args.overwrite)  # before the model loads
     bars = []  # the synthesis bar appears with the first step, not as an idle "0step" line before the log
 
     def progress(done, total, message=""):
