@@ -114,3 +114,15 @@ def test_nnunet_model_without_nnunet_says_how_to_install(dataset, tmp_path, caps
     assert cli.main(["segment", "--model", str(tmp_path / "nn"), "--data", str(dataset), "--out", str(tmp_path / "o")]) == 2
     assert "nnunetv2" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_names_the_layouts_it_accepts_when_truth_holds_no_labels(dataset, tmp_path, capsys):
+    unlabelled = tmp_path / "unlabelled"
+    write_phantom(make_phantom(seed=30, shape=(64, 64, 24)), unlabelled / "case_0", montage=False)
+    (unlabelled / "case_0" / "tumor_labels.nii.gz").unlink()
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "case_0.nii.gz").write_bytes((dataset / "case_0" / "tumor_labels.nii.gz").read_bytes())
+    assert cli.main(["evaluate", "--pred", str(pred), "--truth", str(unlabelled), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--truth" in err and "tumor_labels.nii.gz" in err and "labelsTr" in err and len(err.splitlines()) == 1
