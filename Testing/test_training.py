@@ -572,6 +572,7 @@ def _finished(campaign, tmp_path) -> tuple[str, str]:
     return (tmp_path / "campaign.out").read_text(), (tmp_path / "campaign.err").read_text()
 
 
+@pytest.mark.slow  # two training processes end to end: run by CI (pytest -m slow)
 def test_train_campaign_runs_jobs_in_parallel_and_a_deadline_still_yields_a_bundle(dataset, autoencoder_run, tmp_path):
     """The deadline is a stop file created once the diffusion job is done and the endless autoencoder job has a
     checkpoint: what happens no longer depends on how fast the machine is."""

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 from ..errors import SynBTError
-from ..synthesizers import DEFAULT_STEPS, METHODS, check_necrosis
 from ..labels import EXISTING_TUMOR_LABEL
+from ..synthesizers import DEFAULT_STEPS, METHODS, check_necrosis
 from ._shared import check_output, seed_help
 
 
