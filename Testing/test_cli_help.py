@@ -67,3 +67,18 @@ def test_train_seg_says_which_synthesizer_runs_on_the_fly():
     method = next(a for a in parser._actions if "--method" in a.option_strings)
     assert f"default {DEFAULT_CONFIG['synthetic']['method']}" in method.help
     assert DEFAULT_CONFIG["synthetic"]["method"] in parser.description
+
+
+@pytest.mark.parametrize("argv", [
+    ["phantom"], ["phantom-cohort", "--n", "2"], ["demo"], ["evaluate", "--pred", "p", "--truth", "t"],
+])
+def test_a_full_output_folder_is_refused_first_naming_the_option(argv, tmp_path, capsys):
+    from SynBTLib.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--overwrite" in err and "overwrite=True" not in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]

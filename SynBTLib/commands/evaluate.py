@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SynBTError
+from ._shared import check_output
 
 COLUMNS = ("case", "dice", "hd95_mm", "volume_error_ml", "pred_volume_ml", "truth_volume_ml")
 
@@ -146,6 +147,7 @@ def plot(rows: list[dict], path: Path) -> Path:
 def run(args) -> int:
     from ..io import prepare_output_dir
 
+    check_output(args.out, args.overwrite, [args.pred, args.truth])
     pairs = match_cases(args.pred, args.truth)
     out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.pred, args.truth])
     rows = evaluate_pairs(pairs, args.label)

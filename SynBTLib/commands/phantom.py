@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SynBTError
-from ._shared import seed_help
+from ._shared import check_output, seed_help
 
 DENSITIES = ("a", "b", "c", "d")
 
@@ -47,6 +47,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..phantom import make_phantom, write_phantom
 
+    check_output(args.out, args.overwrite)  # before the phantom is made
     params = {"density": args.density} if args.density else {}
     if args.resolution is not None:
         params["resolution"] = args.resolution
@@ -95,6 +96,7 @@ def run_cohort(args) -> int:
     if args.workers < 1:
         raise SynBTError(f"--workers must be at least 1, got {args.workers}")
     plan = cohort_plan(args.n, args.seed, args.max_tumors)
+    check_output(args.out, args.overwrite)
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     jobs = (str(out), list(args.shape), args.spacing, args.phases, args.overwrite)
     entries = []
