@@ -1,7 +1,9 @@
 """`synbt` command line: one subcommand per module in SynBTLib.commands.
 
-Each module in SynBTLib/commands defines ``register(subparsers)``, which adds its parser and
-sets ``func`` (called with the parsed args). A SynBTError becomes one line on stderr, exit 2.
+Each module in SynBTLib/commands (but _shared.py) defines ``register(subparsers)``, which adds its
+parser and sets ``func`` (called with the parsed args). Registering imports no heavy module (torch,
+MONAI, SimpleITK): a command imports what it needs when it runs, so `synbt --help` is quick.
+A SynBTError becomes one line on stderr, exit 2.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="also show ITK's own (multi-line) warnings")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(sub)
     return parser

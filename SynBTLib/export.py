@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy import ndimage
 
 from . import __version__
 from .case import Case
@@ -35,7 +34,6 @@ KINETICS_CHOICES = (*CURVE_TYPES, "any", "source")
 FORMATS = ("nnunet", "monai")
 SETTINGS_FILE = "export.json"
 PROVENANCE_DIR = "provenance"
-EXISTING_TUMOR_CLEARANCE_MM = 5.0  # new tumors keep this far from any tumor already in the case
 PLACEMENT_TRIES = 3  # draws of (size, kind, place) before a tumor is declared not to fit
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
@@ -168,28 +166,26 @@ class SyntheticCase:
     provenance: dict = field(default_factory=dict)
 
 
+def read_existing_tumors(label_path, case: Case, what: str) -> np.ndarray:
+    """The tumors already in ``case``: the nonzero voxels of its label file, uint8 0/1 on its grid."""
+    from .io import read_image
+
+    values, geometry = read_image(label_path)
+    if not geometry.matches(case.geometry):
+        raise SynBTError(
+            f"label {label_path} is on grid {geometry.describe()} but {what} is on {case.geometry.describe()}"
+        )
+    return (values != 0).astype(np.uint8)
+
+
 def _read_source(ref) -> tuple[Case, np.ndarray]:
     """A source case and its tumor label (zeros when it has none)."""
-    from .io import read_case, read_image
+    from .io import read_case
 
     case = read_case(list(ref.phase_paths))
-    label = np.zeros(case.shape, dtype=np.uint8)
-    if ref.label_path is not None:
-        values, geometry = read_image(ref.label_path)
-        if not geometry.matches(case.geometry):
-            raise SynBTError(
-                f"label {ref.label_path} is on grid {geometry.describe()} but case {ref.case_id} is on "
-                f"{case.geometry.describe()}"
-            )
-        label = (values != 0).astype(np.uint8)
-    return case, label
-
-
-def _clearance(mask: np.ndarray, spacing_zyx, distance_mm: float) -> np.ndarray:
-    """Voxels within distance_mm of the mask (the mask included)."""
-    if not mask.any():
-        return np.zeros(mask.shape, dtype=bool)
-    return ndimage.distance_transform_edt(mask == 0, sampling=spacing_zyx) <= distance_mm
+    if ref.label_path is None:
+        return case, np.zeros(case.shape, dtype=np.uint8)
+    return case, read_existing_tumors(ref.label_path, case, f"case {ref.case_id}")
 
 
 def _place(allowed, geometry, settings: ExportSettings, rng: np.random.Generator, what: str):
@@ -210,14 +206,19 @@ def _place(allowed, geometry, settings: ExportSettings, rng: np.random.Generator
     raise SynBTError(f"{what}: {problem}")
 
 
-def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=None) -> SyntheticCase:
+def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=None,
+                        progress: Callable[[str], None] | None = None) -> SyntheticCase:
     """Synthetic case `index` from source `ref`: tumors placed in the breast tissue and synthesized.
 
     Random choices come from numpy generators seeded by (settings.seed, index, tumor index).
+    ``progress(message)`` says where the case is (reading, placing, synthesis steps of each tumor).
     """
+    report = progress or (lambda message: None)
     from .preprocess import breast_tissue_mask
+    from .shapes import away_from_tumors
 
     name = settings.case_name(index)
+    report(f"reading {ref.case_id}")
     case, existing = _read_source(ref)
     kinetics = settings.kinetics
     if kinetics == "source":  # the source tumor's measured curve type; the seed's draw when there is none
@@ -227,17 +228,23 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
         options["necrosis"] = settings.necrosis
     spacing_zyx = case.geometry.spacing[::-1]
     breast = np.asarray(breast_tissue_mask(case).breast, dtype=bool)
-    allowed = breast & ~_clearance(existing, spacing_zyx, EXISTING_TUMOR_CLEARANCE_MM)
+    allowed = away_from_tumors(breast, existing, spacing_zyx)
     label = existing.copy()
     tumors = []
     for t in range(settings.tumors_per_case):
         rng = np.random.default_rng([settings.seed, index, t])
         what = f"case {name} (source {ref.case_id}), tumor {t + 1}"
+        tumor_name = f"tumor {t + 1}/{settings.tumors_per_case}"
+        report(f"placing {tumor_name}")
         placement, diameter, kind, shape_seed = _place(allowed, case.geometry, settings, rng, what)
         synthesis_seed = int(rng.integers(2**31))
-        case = synth(case, placement.mask, seed=synthesis_seed, steps=steps, **options)
+
+        def steps_done(done, total, message="", tumor_name=tumor_name):
+            report(f"{tumor_name}: {message or 'synthesis'} {done}/{total}")
+
+        case = synth(case, placement.mask, seed=synthesis_seed, steps=steps, progress=steps_done, **options)
         label[placement.mask > 0] = 1
-        allowed &= ~_clearance(placement.mask, spacing_zyx, EXISTING_TUMOR_CLEARANCE_MM)
+        allowed = away_from_tumors(allowed, placement.mask, spacing_zyx)
         tumor = {
             "index": t, "diameter_mm": diameter, "kind": kind, "center_mm": list(placement.center_mm),
             "shape_seed": shape_seed, "synthesis_seed": synthesis_seed, "voxels": int(placement.mask.sum()),
@@ -417,13 +424,22 @@ def merge(out, format: str | None = None, log: Callable[[str], None] = print) ->
 # -------------------------------------------------------------------------------- the export
 
 
+def _refuse_foreign_output(out: Path, source: Path) -> None:
+    """Refuse, before anything is loaded, an output that holds other files or lies in the source data set."""
+    if out == source or source in out.parents or out in source.parents:
+        raise SynBTError(f"output folder {out} overlaps the input data set {source}; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise SynBTError(f"output {out} exists and is not a folder")
+    if _read_settings(out) is None and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise SynBTError(f"output folder {out} is not empty and holds no SynBT export; choose another folder")
+
+
 def _check_output(out: Path, source: Path, record: dict) -> Path:
     """Create the output folder or accept it for a rerun/another shard of the same export."""
     from .io import prepare_output_dir
 
+    _refuse_foreign_output(out, source)
     previous = _read_settings(out) if out.is_dir() else None
-    if previous is None and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise SynBTError(f"output folder {out} is not empty and holds no SynBT export; choose another folder")
     if previous is not None and previous != record:
         flat = lambda r: {**r.get("settings", {}), **{k: v for k, v in r.items() if k != "settings"}}  # noqa: E731
         before, now = flat(previous), flat(record)
@@ -470,6 +486,7 @@ def export_dataset(
     out = Path(out).expanduser().resolve()
     refs = read_dataset(source)
     num_phases = _source_phase_count(refs)
+    _refuse_foreign_output(out, source)  # before any model is loaded
     synth, method, steps = make_synthesizer(settings.method, settings.bundle, settings.steps)
     check_request(method, steps, settings.kinetics, settings.necrosis, settings.bundle, synthesizer=synth,
                   source_kinetics=True)
@@ -488,13 +505,15 @@ def export_dataset(
     budget = _FileBudget(fail_after_files, fail_hard)
     made = []
     indices = shard_indices(settings.num_cases, shard)
-    for index in tqdm(indices, desc="export", unit="case", disable=None):
+    bar = tqdm(indices, desc="export", unit="case", disable=None)
+    for index in bar:
         name = settings.case_name(index)
         images, label = case_files(settings, name, num_phases)
         discard_partial(out, name, images + [label])
         if is_done(out, name):
             continue
-        item = make_synthetic_case(refs[index % len(refs)], index, settings, synth, steps)
+        within = lambda message, name=name: bar.set_postfix_str(f"{name}: {message}")  # noqa: E731
+        item = make_synthetic_case(refs[index % len(refs)], index, settings, synth, steps, progress=within)
         provenance = {
             **item.provenance, "seed": settings.seed, "method": method, "steps": steps,
             "bundle": bundle_path, "bundle_sha256": bundle_sha, "format": settings.format,

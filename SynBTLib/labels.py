@@ -34,3 +34,5 @@ BREAST_TISSUE = (FAT, FIBROGLANDULAR, TUMOR, NECROSIS)
 
 # Tumor label map (tumor_labels.nii.gz, and every synthesized tumor label): 0 background, 1 tumor.
 TUMOR_LABEL = 1
+# In `synbt synthesize` outputs: the tumors the case already had (its own label), beside the new tumor (1).
+EXISTING_TUMOR_LABEL = 2

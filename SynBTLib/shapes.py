@@ -22,6 +22,7 @@ from .errors import SynBTError
 KINDS = ("ellipsoid", "lobulated", "spiculated")
 MIN_DIAMETER_MM = 5.0
 MAX_DIAMETER_MM = 80.0
+EXISTING_TUMOR_CLEARANCE_MM = 5.0  # a placed tumor keeps this far from any tumor already in the case
 _CANONICAL_SAMPLES = 96  # per axis, for the canonical volume and extent
 _SLAB_POINTS = 1 << 20  # voxels evaluated at once (bounds memory for big tumors on fine grids)
 
@@ -248,6 +249,22 @@ def _protrusion_mm(mask: np.ndarray, allowed: np.ndarray, distance_in: np.ndarra
         distance_out = ndimage.distance_transform_edt(~allowed, sampling=spacing_zyx)
         worst = max(worst, float(distance_out[outside].max()) + margin_mm)
     return worst
+
+
+def near(mask: np.ndarray, spacing_zyx, distance_mm: float) -> np.ndarray:
+    """Voxels within distance_mm of the mask (the mask included)."""
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=bool)
+    return ndimage.distance_transform_edt(mask == 0, sampling=spacing_zyx) <= distance_mm
+
+
+def away_from_tumors(allowed: np.ndarray, tumors: np.ndarray | None, spacing_zyx,
+                     clearance_mm: float = EXISTING_TUMOR_CLEARANCE_MM) -> np.ndarray:
+    """The allowed region less everything within clearance_mm of the tumors already in the case."""
+    allowed = np.asarray(allowed, dtype=bool)
+    if tumors is None:
+        return allowed
+    return allowed & ~near(np.asarray(tumors) > 0, spacing_zyx, clearance_mm)
 
 
 def _touches_border(mask: np.ndarray) -> bool:

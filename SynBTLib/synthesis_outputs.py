@@ -243,6 +243,7 @@ def write_synthesis_outputs(
     seed: int,
     extra: dict | None = None,
     original: Case | None = None,
+    existing: np.ndarray | None = None,
 ) -> list[Path]:
     """Write phase_<k>.nii.gz, tumor_labels.nii.gz, preview.png and provenance.json into out_dir.
 
@@ -252,6 +253,7 @@ def write_synthesis_outputs(
     input_paths: the files (or folders) the case and mask came from, checksummed into provenance.
     extra: JSON-serializable details (steps, placement, ...) recorded in provenance.json.
     original: the input case, shown as "before" in the preview. Returns the written paths.
+    existing: the tumors the case already had; the label keeps them as EXISTING_TUMOR_LABEL (the new one is 1).
     """
     from .io import write_case, write_label
 
@@ -263,7 +265,7 @@ def write_synthesis_outputs(
     if isinstance(out_dir, OutputFolder):
         try:
             written = write_synthesis_outputs(out_dir.staging, result_case, mask, input_paths, method, seed, extra,
-                                              original)
+                                              original, existing)
         except BaseException:
             out_dir.close()
             raise
@@ -275,7 +277,12 @@ def write_synthesis_outputs(
     for stale in out_dir.glob("phase_*.nii.gz"):
         stale.unlink()
     written = write_case(result_case, out_dir)
-    written.append(write_label((mask > 0).astype(np.uint8), result_case.geometry, out_dir / TUMOR_LABELS_NAME))
+    label = (mask > 0).astype(np.uint8)
+    if existing is not None:
+        from .labels import EXISTING_TUMOR_LABEL
+
+        label[(np.asarray(existing) > 0) & (label == 0)] = EXISTING_TUMOR_LABEL
+    written.append(write_label(label, result_case.geometry, out_dir / TUMOR_LABELS_NAME))
     written.append(write_preview(out_dir / PREVIEW_NAME, result_case, mask, original))
 
     extra = dict(extra or {})

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# minutes of end-to-end runs of the benchmark scripts: not in `make test`, run by CI (pytest -m slow)
+pytestmark = pytest.mark.slow
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SCRIPTS = {

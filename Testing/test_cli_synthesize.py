@@ -226,3 +226,49 @@ def test_overwrite_leaves_no_phase_of_an_earlier_result(inputs, tmp_path):
     assert (out / "phase_2.nii.gz").is_file()
     assert run_cli("--phases", *phases[:2], "--mask", mask, "--overwrite", "--out", out) == 0
     assert sorted(p.name for p in out.glob("phase_*.nii.gz")) == ["phase_0.nii.gz", "phase_1.nii.gz"]
+
+
+def test_auto_keeps_away_from_the_tumors_the_case_has_and_the_label_keeps_them(tmp_path, capsys):
+    from SynBTLib.labels import EXISTING_TUMOR_LABEL, TUMOR_LABEL
+    from SynBTLib.phantom import make_phantom, write_phantom
+    from SynBTLib.shapes import EXISTING_TUMOR_CLEARANCE_MM, near
+
+    phantom = make_phantom(seed=3, shape=(128, 128, 40), tumors=2)
+    write_phantom(phantom, tmp_path / "case", montage=False)
+    existing = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "case" / "tumor_labels.nii.gz"))) > 0
+    assert existing.any()
+    spacing_zyx = phantom.case.geometry.spacing[::-1]
+    keep_out = near(existing, spacing_zyx, EXISTING_TUMOR_CLEARANCE_MM)
+    for seed in (7, 8):
+        out = tmp_path / f"r{seed}"
+        assert run_cli("--phases", tmp_path / "case", "--auto", "--size-mm", 20, "--seed", seed, "--out", out) == 0
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "tumor_labels.nii.gz")))
+        new = label == TUMOR_LABEL
+        assert new.any() and not (new & keep_out).any()
+        assert np.array_equal(label == EXISTING_TUMOR_LABEL, existing)  # every existing tumor voxel kept
+        recorded = json.loads((out / "provenance.json").read_text())["details"]["existing_tumors"]
+        assert recorded["voxels"] == int(existing.sum()) and recorded["label_value"] == EXISTING_TUMOR_LABEL
+    # a centre given on an existing tumor is refused; with --existing-tumors none the label holds the new tumor only
+    centre = phantom.case.geometry.index_to_physical(np.argwhere(existing)[0][::-1].astype(float))
+    capsys.readouterr()
+    assert run_cli("--phases", tmp_path / "case", "--auto", "--size-mm", 10, "--center", *centre,
+                   "--out", tmp_path / "on_top") == 2
+    assert "allowed region" in error_line(capsys)
+    assert run_cli("--phases", tmp_path / "case", "--auto", "--size-mm", 20, "--seed", 7, "--existing-tumors", "none",
+                   "--out", tmp_path / "ignored") == 0
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ignored" / "tumor_labels.nii.gz")))
+    assert set(np.unique(label)) == {0, TUMOR_LABEL}
+
+
+def test_a_refused_output_folder_comes_before_any_model_is_loaded(inputs, tmp_path, capsys):
+    _, phases, mask = inputs
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    # the bundle does not exist: were it loaded first, the error would name it
+    assert run_cli("--phases", *phases, "--mask", mask, "--method", "diffusion", "--bundle", tmp_path / "nope",
+                   "--out", out) == 2
+    line = error_line(capsys)
+    assert "--overwrite" in line and "overwrite=True" not in line and "bundle" not in line
+    assert run_cli("--phases", *phases, "--mask", tmp_path / "no_mask.nii.gz", "--out", tmp_path / "o2") == 2
+    assert "no_mask.nii.gz" in error_line(capsys) and not (tmp_path / "o2").exists()

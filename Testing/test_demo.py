@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -76,3 +77,11 @@ def test_the_shipped_bundle_loads_and_synthesizes_a_tumor():
     after = result.phases[1][inside].mean() - result.phases[0][inside].mean()
     assert after > before
     assert np.isfinite(result.phases).all()
+
+
+def test_demo_command_log_has_no_idle_progress_bar(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--method", "handcrafted"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].startswith("making a")
+    # the synthesis bar appears with the synthesis, knowing its total (an idle one reads "synthesis: 0step [00:00")
+    assert not re.search(r"synthesis: *0step \[", captured.err) and "synthesis:" in captured.err

@@ -273,3 +273,22 @@ def test_necrosis_option_gives_every_tumor_a_core_or_none_and_is_refused_where_i
     stats_free.necrosis = {}
     assert "no necrotic training tumors" in stats_free.core_refusal(True)
     assert stats_free.core_refusal(False) is None and stats_free.core_refusal(None) is None
+
+
+def test_progress_is_reported_within_a_case_and_a_foreign_output_is_refused_before_loading(source, tmp_path):
+    from SynBTLib.handcrafted import HandcraftedSynthesizer
+
+    settings = export.ExportSettings(num_cases=1, tumors_per_case=2, size_mm=(10.0, 12.0))
+    messages = []
+    export.make_synthetic_case(read_dataset(source)[0], 0, settings, HandcraftedSynthesizer(), progress=messages.append)
+    assert messages[0].startswith("reading")
+    for tumor in ("tumor 1/2", "tumor 2/2"):
+        assert any(m.startswith(f"placing {tumor}") for m in messages)
+        assert any(m.startswith(f"{tumor}:") for m in messages)  # the synthesizer's own steps, within the case
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    bad_bundle = export.ExportSettings(num_cases=1, method="diffusion", bundle=str(tmp_path / "no_bundle"))
+    with pytest.raises(SynBTError, match="not empty and holds no SynBT export"):
+        export.export_dataset(source, foreign, bad_bundle, log=lambda m: None)  # not "no model bundle": checked first
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]

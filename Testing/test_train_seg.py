@@ -154,3 +154,15 @@ def test_nnunet_engine_without_nnunet_says_how_to_install(dataset, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.endswith(NNUNET_MISSING) and len(err.splitlines()) == 1
     assert not (tmp_path / "nn").exists()
+
+
+def test_on_the_fly_run_says_which_synthesizer_makes_its_tumors(dataset, tmp_path, capsys):
+    import json
+
+    synthetic = {k: v for k, v in TINY["synthetic"].items() if k != "method"}  # the method left to the default
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps({**TINY, "training": {"batch_size": 2, "warmup_steps": 1}, "synthetic": synthetic}))
+    assert cli.main(["train-seg", "--data", str(dataset), "--out", str(tmp_path / "otf"), "--steps", "1",
+                     "--config", str(tiny), "--synthetic", "on-the-fly"]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("on-the-fly synthesis")]
+    assert len(said) == 1 and "handcrafted" in said[0] and "default" in said[0]

@@ -1,6 +1,6 @@
 """Several SynBT trainings at once on one machine (one GPU, or CPU), all stopped by one deadline.
 
-    python bench/train_campaign.py JOBS.json --out DIR --runs RUNDIR [--end-at EPOCH_SECONDS]
+    python bench/train_campaign.py JOBS.json --out DIR --runs RUNDIR [--end-at EPOCH_SECONDS] [--stop-file PATH]
 
 For a lent GPU with a hard time limit: tiny networks leave most of an H100 idle, so several runs
 share it. JOBS.json is a list of {"name", "kind": "ae"|"diffusion", "data", "config": {...},
@@ -10,7 +10,8 @@ in its own process with 3 threads; its run folder is RUNDIR/name and DIR/name.ta
 losses.csv, config.json and log. A job still training when the deadline nears stops at its last
 checkpoint and is resumed with steps = that checkpoint, so it still writes a bundle (with the
 learning rate not fully annealed: the log says so). The stop comes early by the job's own setup
-time (loading, and encoding for diffusion), since the resume repeats it.
+time (loading, and encoding for diffusion), since the resume repeats it. Creating the --stop-file
+stops every job still training the same way at once (a campaign ended by hand, or by a test).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class Deadline(Exception):
     pass
 
 
-def run_job(job: dict, out: str, runs: str, end_at: float) -> None:
+def run_job(job: dict, out: str, runs: str, end_at: float, stop_file: str | None = None) -> None:
     os.environ["OMP_NUM_THREADS"] = "3"
     import torch
 
@@ -50,7 +51,7 @@ def run_job(job: dict, out: str, runs: str, end_at: float) -> None:
             setup.append(time.time() - start)
         if done in (100, 1000) or done % 2000 == 0 or done == total:
             print(f"{job['name']} step {done}/{total} at {time.time() - start:.0f}s", file=log, flush=True)
-        if time.time() > end_at - setup[0] - 10:
+        if time.time() > end_at - setup[0] - 10 or (stop_file is not None and os.path.exists(stop_file)):
             raise Deadline(done)
 
     def train(config: dict, resume: bool = False, progress_fn=None):
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder for one NAME.tar per job")
     parser.add_argument("--runs", required=True, help="folder for the run folders and logs")
     parser.add_argument("--end-at", type=float, default=float("inf"), help="deadline, seconds since the epoch")
+    parser.add_argument("--stop-file", help="when this file exists, every job still training stops as at the deadline")
     args = parser.parse_args(argv)
     jobs = json.loads(Path(args.jobs).read_text())
     names = [job["name"] for job in jobs]
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.runs).mkdir(parents=True, exist_ok=True)
     ctx = get_context("spawn")
-    procs = [ctx.Process(target=run_job, args=(job, args.out, args.runs, args.end_at)) for job in jobs]
+    procs = [ctx.Process(target=run_job, args=(job, args.out, args.runs, args.end_at, args.stop_file)) for job in jobs]
     for proc in procs:
         proc.start()
     for proc, name in zip(procs, names):

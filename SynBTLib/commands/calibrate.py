@@ -33,14 +33,50 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+MIN_TUMOR_VOXELS = 27  # calibration.tumor_samples' min_voxels: smaller tumors are not measured
+
+
+def survey(data, max_tumors: int, min_voxels: int = MIN_TUMOR_VOXELS) -> tuple[list[str], list[str]]:
+    """(measured, too small): the tumors of ``data`` calibration will use, in its order (at most
+    ``max_tumors``), and those it skips for having fewer than ``min_voxels`` voxels. Reads only the labels."""
+    import numpy as np
+    from scipy import ndimage
+
+    from ..datasets import read_dataset
+    from ..io import read_image
+
+    used, small = [], []
+    for ref in read_dataset(data):
+        if ref.label_path is None:
+            continue
+        components, n = ndimage.label(read_image(ref.label_path)[0] != 0, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(components.ravel(), minlength=n + 1)
+        for label in range(1, n + 1):
+            name = f"{ref.case_id} tumor {label}"
+            if sizes[label] < min_voxels:
+                small.append(f"{name} ({sizes[label]} voxels)")
+            elif len(used) < max_tumors:
+                used.append(name)
+    return used, small
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
     from ..calibrated_bundle import calibrate_bundle
     from ..calibration import MIN_CURVE_TUMORS, MIN_SHAPE_TUMORS
+    from ..errors import SynBTError
 
+    used, small = survey(args.data, max(args.max_tumors, 0))
+    skipped = f"; skipped, under {MIN_TUMOR_VOXELS} voxels: {', '.join(small)}" if small else ""
+    if not used and not small:
+        raise SynBTError(f"no labelled tumor found in {args.data} (cases without a tumor label are skipped)")
+    if len(used) < 2 <= args.max_tumors:  # (a --max-tumors under 2 is refused by calibrate_bundle)
+        raise SynBTError(f"calibration needs at least 2 tumors of {MIN_TUMOR_VOXELS} voxels or more in {args.data}, "
+                         f"found {len(used)}{skipped}")
+    print(f"calibration tumors: {len(used)}{skipped}")
     passes = 1 if args.latent_only else 2
-    with tqdm(total=passes * args.max_tumors, desc="calibrate", unit="tumor", disable=None) as bar:
+    with tqdm(total=passes * len(used), desc="calibrate", unit="tumor", disable=None) as bar:
         path, fit, image_fit = calibrate_bundle(args.bundle, args.data, args.out, seed=args.seed, steps=args.steps,
                                                 max_tumors=args.max_tumors, command=_command(args),
                                                 progress=lambda done: bar.update(done - bar.n),

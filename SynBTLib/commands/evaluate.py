@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SynBTError
+from ._shared import check_output
 
 COLUMNS = ("case", "dice", "hd95_mm", "volume_error_ml", "pred_volume_ml", "truth_volume_ml")
 
@@ -16,24 +17,29 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="compare predicted tumor labels with the truth: Dice, HD95 (mm), volume error",
-        description="Label files are matched by case id (file name without extension). Writes metrics.csv, "
+        description="Label files are matched by case id (file name without extension, or the data set's case id). Writes metrics.csv, "
         "summary.json and metrics.png into --out. Nonzero voxels (or those equal to --label) are tumor.",
     )
-    p.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted label images")
-    p.add_argument("--truth", required=True, metavar="DIR", help="folder of ground-truth label images")
+    p.add_argument("--pred", required=True, metavar="DIR",
+                   help="folder of predicted label images, <case id>.nii.gz (what `synbt segment` writes)")
+    p.add_argument("--truth", required=True, metavar="DIR",
+                   help="folder of ground-truth label images named the same, or the data set itself (case folders "
+                   "with tumor_labels.nii.gz, nnU-Net labelsTr/, MAMA-MIA)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--label", type=int, metavar="V", help="tumor label value (default: any nonzero value)")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out folder")
     p.set_defaults(func=run)
 
 
-def label_files(folder) -> dict[str, Path]:
-    """Label images of a folder by case id (file name without its image extension)."""
-    from ..datasets import IMAGE_EXTENSIONS, strip_image_extension
+def label_files(folder, what: str = "--truth") -> dict[str, Path]:
+    """Label images by case id: the image files of a flat folder (case id = file name without its
+    extension, as `synbt segment` writes them), else the tumor labels of a data set folder (SynBT case
+    folders with tumor_labels.nii.gz, nnU-Net labelsTr/, MAMA-MIA segmentations/expert/)."""
+    from ..datasets import IMAGE_EXTENSIONS, read_dataset, strip_image_extension
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise SynBTError(f"folder not found: {folder}")
+        raise SynBTError(f"{what} folder not found: {folder}")
     files = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_EXTENSIONS):
@@ -41,14 +47,24 @@ def label_files(folder) -> dict[str, Path]:
             if case_id in files:
                 raise SynBTError(f"{folder} holds two label files for case {case_id}: {files[case_id].name}, {path.name}")
             files[case_id] = path
+    if files:
+        return files
+    try:
+        files = {ref.case_id: ref.label_path for ref in read_dataset(folder) if ref.label_path is not None}
+    except SynBTError:
+        files = {}
     if not files:
-        raise SynBTError(f"{folder} holds no label images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise SynBTError(
+            f"{what} {folder} holds no label images; accepted: a folder of label files named <case id>"
+            f"{IMAGE_EXTENSIONS[0]} (any of {', '.join(IMAGE_EXTENSIONS)}), or a data set with tumor labels "
+            "(case folders with tumor_labels.nii.gz, nnU-Net labelsTr/, MAMA-MIA segmentations/expert/)"
+        )
     return files
 
 
 def match_cases(pred_dir, truth_dir) -> list[tuple[str, Path, Path]]:
     """(case id, prediction, truth) for every case; refuses unmatched files on either side, listing them."""
-    pred, truth = label_files(pred_dir), label_files(truth_dir)
+    pred, truth = label_files(pred_dir, "--pred"), label_files(truth_dir, "--truth")
     problems = []
     if no_pred := sorted(truth.keys() - pred.keys()):
         problems.append(f"no prediction for {', '.join(no_pred)}")
@@ -131,6 +147,7 @@ def plot(rows: list[dict], path: Path) -> Path:
 def run(args) -> int:
     from ..io import prepare_output_dir
 
+    check_output(args.out, args.overwrite, [args.pred, args.truth])
     pairs = match_cases(args.pred, args.truth)
     out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.pred, args.truth])
     rows = evaluate_pairs(pairs, args.label)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from ..errors import SynBTError
+from ..synthesizers import DEFAULT_STEPS
+from ._shared import seed_help
 
 
 def register(subparsers) -> None:
@@ -21,9 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--tumors-per-case", type=int, default=1, metavar="K")
     p.add_argument("--size-mm", type=float, nargs=2, default=(10.0, 30.0), metavar=("MIN", "MAX"),
                    help="tumor diameters are drawn uniformly in [MIN, MAX] mm")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help=seed_help("the placements, shapes and syntheses"))
     p.add_argument("--bundle", metavar="B", help="model bundle folder (diffusion method)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion method)")
+    p.add_argument("--steps", type=int, default=None, help=f"sampling steps (diffusion method; default {DEFAULT_STEPS})")
     p.add_argument("--kinetics", default=None, metavar="TYPE",
                    help="curve type of every tumor (a bundle trained with curve types): persistent, plateau, washout, "
                    "any, or source = that of the source case's own tumor (default: drawn by the seed, as often as "

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SynBTError
+from ._shared import check_output, seed_help
 
 DENSITIES = ("a", "b", "c", "d")
 
@@ -24,7 +25,7 @@ def _add_grid_options(parser) -> None:
 def register(subparsers) -> None:
     single = subparsers.add_parser("phantom", help="write a procedural breast DCE-MRI phantom with ground-truth labels")
     single.add_argument("--out", required=True, type=Path, help="output case folder")
-    single.add_argument("--seed", type=int, default=0)
+    single.add_argument("--seed", type=int, default=0, help=seed_help("the anatomy, the tumors and the noise"))
     single.add_argument("--tumors", type=int, default=0, help="number of tumors in the breasts (default 0)")
     single.add_argument("--density", choices=DENSITIES, default=None, help="ACR breast density (default: random per seed)")
     single.add_argument("--resolution", type=float, default=None,
@@ -36,7 +37,7 @@ def register(subparsers) -> None:
     cohort = subparsers.add_parser("phantom-cohort", help="write a varied cohort of phantoms (case_000, case_001, ...)")
     cohort.add_argument("--out", required=True, type=Path, help="output folder for the cohort")
     cohort.add_argument("--n", type=int, required=True, help="number of cases")
-    cohort.add_argument("--seed", type=int, default=0)
+    cohort.add_argument("--seed", type=int, default=0, help=seed_help("the cohort (case k gets its own seed drawn from it)"))
     cohort.add_argument("--max-tumors", type=int, default=3, help="each case gets 0..max tumors (default 3)")
     cohort.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     _add_grid_options(cohort)
@@ -46,6 +47,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..phantom import make_phantom, write_phantom
 
+    check_output(args.out, args.overwrite)  # before the phantom is made
     params = {"density": args.density} if args.density else {}
     if args.resolution is not None:
         params["resolution"] = args.resolution
@@ -94,6 +96,7 @@ def run_cohort(args) -> int:
     if args.workers < 1:
         raise SynBTError(f"--workers must be at least 1, got {args.workers}")
     plan = cohort_plan(args.n, args.seed, args.max_tumors)
+    check_output(args.out, args.overwrite)
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     jobs = (str(out), list(args.shape), args.spacing, args.phases, args.overwrite)
     entries = []

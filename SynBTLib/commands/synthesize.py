@@ -5,15 +5,17 @@ import json
 from pathlib import Path
 
 from ..errors import SynBTError
-from ..synthesizers import METHODS, check_request
+from ..labels import EXISTING_TUMOR_LABEL
+from ..synthesizers import DEFAULT_STEPS, METHODS, check_request
+from ._shared import check_output, seed_help
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "synthesize",
         help="synthesize a tumor into DCE-MRI phases, inside a given mask or at an automatic place",
-        description="Writes phase_<k>.nii.gz, tumor_labels.nii.gz, preview.png and provenance.json into --out. "
-        "Input files are never modified.",
+        description="Writes phase_<k>.nii.gz, tumor_labels.nii.gz (1: the new tumor, 2: tumors the case already "
+        "had), preview.png and provenance.json into --out. Input files are never modified.",
     )
     p.add_argument("--phases", nargs="+", required=True, metavar="P",
                    help="phase files, pre-contrast first (or one case folder / one 4D NIfTI)")
@@ -28,8 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--method", choices=METHODS, default="diffusion",
                    help="diffusion (default, with --bundle or the shipped phantom bundle) or the handcrafted baseline")
     p.add_argument("--bundle", metavar="B", help="model bundle folder (default: the shipped phantom bundle)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (for methods that have them)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help("the placement (--auto) and the synthesis"))
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps of the diffusion method (default {DEFAULT_STEPS}; the handcrafted method has none)")
     p.add_argument("--kinetics", choices=("persistent", "plateau", "washout", "any"),
                    help="the tumor's kinetic curve type, for bundles trained with kinetic classes (default: "
                    "drawn by the seed from the types the bundle was trained on; any: the model's own choice, "
@@ -38,6 +41,10 @@ def register(subparsers) -> None:
                    help="whether the tumor gets a non-enhancing necrotic core (the deepest part of the mask), for "
                    "bundles trained with necrotic cores (default: drawn by the seed, as often as the bundle's "
                    "training tumors at least as large as its smallest necrotic one had a core)")
+    p.add_argument("--existing-tumors", metavar="L",
+                   help="label image of the tumors the case already has: --auto keeps 5 mm away from them and the "
+                   "output label keeps them as value 2 (default: tumor_labels.nii.gz of a --phases case folder; "
+                   "none: ignore them)")
     p.add_argument("--resample", action="store_true", help="resample phases and mask onto the first phase's grid")
     p.add_argument("--resample-mask", action="store_true", help="resample only the mask onto the case grid")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out folder")
@@ -103,8 +110,26 @@ def _check_options(args) -> None:
         raise SynBTError(f"--seed must be a non-negative integer, got {args.seed}")
 
 
-def _tumor_mask(args, case):
-    """The mask (uint8 Z,Y,X) and details for provenance."""
+def _existing_tumors_path(args) -> Path | None:
+    """The label file of the tumors the case already has: --existing-tumors, or a case folder's own label."""
+    from ..datasets import TUMOR_LABEL_FILE
+
+    if args.existing_tumors is not None:
+        return None if args.existing_tumors == "none" else Path(args.existing_tumors)
+    folder = Path(args.phases[0])
+    if len(args.phases) == 1 and folder.is_dir() and (folder / TUMOR_LABEL_FILE).is_file():
+        return folder / TUMOR_LABEL_FILE
+    return None
+
+
+def _check_inputs(inputs) -> None:
+    missing = [str(path) for path in inputs if not Path(path).exists()]
+    if missing:
+        raise SynBTError(f"input not found: {', '.join(missing)}")
+
+
+def _tumor_mask(args, case, existing=None):
+    """The mask (uint8 Z,Y,X) and details for provenance; --auto keeps away from the existing tumors."""
     if args.mask:
         from ..preprocess import check_mask_in_body
         from ..io import read_mask
@@ -114,9 +139,9 @@ def _tumor_mask(args, case):
         check_mask_in_body(case, mask, f"mask {args.mask}")
         return mask, {"mask": {"path": str(Path(args.mask).resolve()), "segment": args.segment, "label": args.label}}
     from ..preprocess import breast_tissue_mask
-    from ..shapes import place_tumor
+    from ..shapes import away_from_tumors, place_tumor
 
-    allowed = breast_tissue_mask(case).breast
+    allowed = away_from_tumors(breast_tissue_mask(case).breast, existing, case.geometry.spacing[::-1])
     placement = place_tumor(allowed, case.geometry, args.size_mm, seed=args.seed, center_mm=args.center)
     details = {"size_mm": args.size_mm, "center_mm": [float(v) for v in placement.center_mm], "kind": "lobulated"}
     return placement.mask, {"auto_placement": details}
@@ -127,6 +152,10 @@ def run(args) -> int:
     from ..synthesis_outputs import OutputFolder, write_synthesis_outputs
 
     _check_options(args)
+    existing_path = _existing_tumors_path(args)
+    inputs = list(args.phases) + ([args.mask] if args.mask else []) + ([existing_path] if existing_path else [])
+    _check_inputs(inputs)
+    check_output(args.out, args.overwrite, inputs)  # refused before any model is loaded
     synthesizer, steps = make_synthesizer(args.method, args)
     # refused before anything is read or written
     necrosis = check_request(args.method, steps, args.kinetics, args.necrosis, args.bundle, synthesizer=synthesizer).necrosis
@@ -134,9 +163,16 @@ def run(args) -> int:
     try:
         progress(0, "reading the phases")
         case = read_case(args.phases[0] if len(args.phases) == 1 else args.phases, resample=args.resample)
+        existing = None
+        if existing_path is not None:
+            from ..export import read_existing_tumors
+
+            existing = read_existing_tumors(existing_path, case, "the case")
         progress(5, "reading the mask" if args.mask else "placing the tumor")
-        mask, details = _tumor_mask(args, case)
-        inputs = list(args.phases) + ([args.mask] if args.mask else [])
+        mask, details = _tumor_mask(args, case, existing)
+        if existing is not None:
+            details["existing_tumors"] = {"path": str(existing_path.resolve()), "voxels": int(existing.sum()),
+                                          "label_value": EXISTING_TUMOR_LABEL}
         out = OutputFolder(args.out, overwrite=args.overwrite, inputs=inputs)  # locked; written as a whole
         extra = {"kinetics": args.kinetics} if args.kinetics else {}
         if necrosis is not None:
@@ -152,7 +188,8 @@ def run(args) -> int:
             details.update(synthesizer.describe(args.seed, args.kinetics, mask, case.geometry.spacing[::-1], necrosis))
         else:
             details["synthesizer"] = synthesizer.describe(args.seed)
-        write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case)
+        write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case,
+                                existing=existing)
         progress(100, "done")
     finally:
         progress.close()

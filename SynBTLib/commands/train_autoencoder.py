@@ -1,10 +1,10 @@
 """`synbt train-autoencoder`: train the patch-to-volume autoencoder; writes an autoencoder-only bundle."""
 from __future__ import annotations
 
+from ._shared import add_training_arguments
+
 
 def register(subparsers) -> None:
-    from ..training.common import add_training_arguments
-
     p = subparsers.add_parser(
         "train-autoencoder",
         help="train the patch-to-volume autoencoder on a data set",
@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         "config.json and bundle/ (autoencoder only, for train-diffusion) into --out. Multi-GPU/CPU: "
         "torchrun --nproc_per_node N -m SynBTLib train-autoencoder ...",
     )
-    add_training_arguments(p)
+    add_training_arguments(p, writes="bundle/ (the autoencoder, for train-diffusion)", steps=2000)
     p.set_defaults(func=run)
 
 

@@ -1,17 +1,17 @@
 """`synbt train-diffusion`: train the mask-conditioned denoiser; writes the full model bundle."""
 from __future__ import annotations
 
+from ._shared import add_training_arguments
+
 
 def register(subparsers) -> None:
-    from ..training.common import add_training_arguments
-
     p = subparsers.add_parser(
         "train-diffusion",
         help="train the tumor-inpainting denoiser in the latent space of a trained autoencoder",
         description="Trains on latent ROIs around the tumors of the cases under --data (cases need a tumor "
         "label). Writes checkpoint.pt, losses.csv, config.json and bundle/ (the full model bundle) into --out.",
     )
-    add_training_arguments(p)
+    add_training_arguments(p, writes="bundle/ (the full model bundle)", steps=4000)
     p.add_argument("--autoencoder", required=True, metavar="PATH",
                    help="autoencoder bundle folder, train-autoencoder output folder, or its checkpoint.pt")
     p.add_argument("--latent-cache", metavar="DIR",

@@ -4,24 +4,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SynBTError
+from ._shared import add_training_arguments
 
 
 def register(subparsers) -> None:
-    from ..training.common import add_training_arguments
-
     p = subparsers.add_parser(
         "train-seg",
         help="train tumor segmentation (MONAI UNet, or nnU-Net v2) with real and synthetic tumors",
         description="Trains on patches of the labelled cases under --data, mixed with synthetic tumors "
         "(--synthetic offline DIR: an exported synthetic data set; --synthetic on-the-fly: synthesized "
-        "during training). Writes checkpoint.pt, losses.csv, config.json and model/ (best by --val Dice) "
-        "into --out. Multi-GPU/CPU: torchrun --nproc_per_node N -m SynBTLib train-seg ...",
+        "during training, by the handcrafted method unless --method diffusion). Writes checkpoint.pt, losses.csv, "
+        "config.json and model/ (best by --val Dice; apply it with `synbt segment --model OUT`) into --out. "
+        "Multi-GPU/CPU: torchrun --nproc_per_node N -m SynBTLib train-seg ...",
     )
-    add_training_arguments(p)
+    add_training_arguments(p, writes="model/ (the segmentation model, for synbt segment)", steps=2000)
     p.add_argument("--epochs", type=int, help="epochs of data.steps_per_epoch steps each (overrides --steps)")
     p.add_argument("--synthetic", nargs="+", metavar="MODE",
                    help="none (default) | offline DIR | on-the-fly")
-    p.add_argument("--method", choices=("diffusion", "handcrafted"), help="synthesizer for --synthetic on-the-fly")
+    p.add_argument("--method", choices=("diffusion", "handcrafted"),
+                   help="synthesizer for --synthetic on-the-fly (default handcrafted: fast, no model; diffusion: "
+                   "the --bundle model, slower)")
     p.add_argument("--bundle", help="diffusion model bundle (default: the phantom bundle shipped with SynBT)")
     p.add_argument("--synthesis-steps", type=int, help="diffusion sampling steps per synthetic tumor")
     p.add_argument("--ratio", type=float, help="fraction of synthetic samples per batch (default 0.5)")
@@ -86,7 +88,13 @@ def run(args) -> int:
         print(f"nnU-Net results: {results}")
         return 0
 
-    from ..training.segmentation import train_segmentation
+    from ..training.segmentation import DEFAULT_CONFIG, train_segmentation
+
+    synthetic = config.get("synthetic", {})
+    if synthetic.get("mode") == "on-the-fly":
+        method = synthetic.get("method")
+        print("on-the-fly synthesis: " + (f"{method} method" if method else
+              f"{DEFAULT_CONFIG['synthetic']['method']} method (the default; --method diffusion for the diffusion model)"))
 
     extra = (("--val", "val"), ("--epochs", "epochs"), ("--ratio", "ratio"), ("--method", "method"))
     result = train_segmentation(

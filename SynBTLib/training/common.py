@@ -509,20 +509,6 @@ TRAINING_FLAGS = (
 )
 
 
-def add_training_arguments(parser) -> None:
-    """The flags both trainers share; the given ones override keys of the config file."""
-    parser.add_argument("--data", required=True, metavar="DIR", help="data set folder (case folders, nnU-Net raw or MAMA-MIA)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoint.pt, losses.csv, config.json, bundle/")
-    parser.add_argument("--config", metavar="FILE", help="JSON config (see configs/); defaults are built in")
-    parser.add_argument("--steps", type=int, help="total optimizer steps")
-    parser.add_argument("--batch-size", type=int, help="batch size per process")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--seed", type=int, help="seed of the weights, the data sampling and the noise")
-    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda:LOCAL_RANK when a GPU is present)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-
-
 def config_from_args(args) -> dict:
     """The config file (or {}) with the command-line overrides applied."""
     return apply_overrides(load_config(args.config) if args.config else {}, args)

@@ -1,0 +1,53 @@
+"""What several commands share: the trainers' flags, the --seed help, the early --out check.
+
+Nothing here imports torch: `synbt --help` builds every command's parser from these.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import SynBTError
+
+
+def seed_help(what: str) -> str:
+    return f"seed of {what}: the same inputs, seed and model give the same result (default 0)"
+
+
+def add_training_arguments(parser, writes: str, steps: int) -> None:
+    """The flags the trainers share; the given ones override keys of the --config file.
+
+    ``writes``: what the run folder gets besides checkpoint.pt, losses.csv and config.json;
+    ``steps``: the trainer's built-in number of steps (its DEFAULT_CONFIG's).
+    """
+    parser.add_argument("--data", required=True, metavar="DIR", help="data set folder (case folders, nnU-Net raw or MAMA-MIA)")
+    parser.add_argument("--out", required=True, metavar="DIR", help=f"run folder: checkpoint.pt, losses.csv, config.json, {writes}")
+    parser.add_argument("--config", metavar="FILE", help="JSON config (see configs/); defaults are built in")
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help=f"total optimizer steps (default: the --config file's, else {steps})")
+    parser.add_argument("--batch-size", type=int, help="batch size per process")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--seed", type=int, help="seed of the weights, the data sampling and the noise (default 0)")
+    parser.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda:LOCAL_RANK when a GPU is present)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+
+
+def check_output(out, overwrite: bool = False, inputs=()) -> Path:
+    """Refuse a bad --out before any model is loaded or any work done; creates nothing.
+
+    The rules of io.prepare_output_dir (which creates the folder when the results are written),
+    worded with the command's options.
+    """
+    from ..io import prepare_output_dir
+
+    path = Path(out).expanduser().resolve()
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise SynBTError(f"output folder {path} exists and is not empty; add --overwrite to write into it, "
+                         "or choose another --out")
+    if path.exists():  # an existing folder is only checked against the inputs
+        return prepare_output_dir(path, overwrite=True, inputs=inputs)
+    for item in inputs:  # a new folder can only clash by lying inside an input folder
+        source = Path(item).expanduser().resolve()
+        if source.is_dir() and source in path.parents:
+            raise SynBTError(f"output folder {path} is inside the input folder {source}; choose another --out")
+    return path
