@@ -197,3 +197,35 @@ def test_in_process_handcrafted_path_needs_only_what_a_fresh_slicer_ships(tmp_pa
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["OK", "3", "3"]
+
+
+def test_segment_with_a_trained_model_adds_a_segmentation_and_cancel_adds_nothing(scene, tmp_path):
+    """The panel's "Segment with a trained model": phases -> `synbt segment` in a worker -> a segmentation node
+    that matches what the engine's segment_case predicts in this process."""
+    from SynBTLib.phantom import make_phantom, write_phantom
+    from SynBTLib.segment import segment_case
+    from SynBTLib.training.segmentation import train_segmentation
+
+    for k in range(2):
+        write_phantom(make_phantom(seed=30 + k, shape=(48, 48, 20), tumors=1, tumor_diameters_mm=16.0),
+                      tmp_path / "data" / f"case_{k}", montage=False)
+    tiny = {"model": {"channels": [4, 8], "num_res_units": 0}, "training": {"steps": 2, "batch_size": 1},
+            "data": {"patch_size": [8, 16, 16], "steps_per_epoch": 2}}
+    train_segmentation(tmp_path / "data", tmp_path / "run", tiny, verbose=False)
+    phases, _ = panel.add_phantom_nodes(scene, seed=0, shape=(48, 48, 20))
+    count = scene.GetNumberOfNodes()
+    panel.SegmentRun(scene, phases, str(tmp_path / "run"), python=sys.executable).cancel()
+    assert scene.GetNumberOfNodes() == count
+    run = panel.SegmentRun(scene, phases, str(tmp_path / "run"), python=sys.executable)
+    while not run.poll().finished:
+        time.sleep(0.05)
+    node, voxels = run.finish()
+    assert node.GetAttribute(panel.OUTPUT_ATTRIBUTE) and "predicted" in node.GetName()
+    geometry = mrml.geometry_from_volume_node(phases[0])
+    expected = segment_case(str(tmp_path / "run"), mrml.case_from_volume_nodes(phases))
+    assert voxels == int(expected.sum())
+    if voxels:
+        got = mrml.mask_from_segment(node, node.GetSegmentation().GetNthSegmentID(0), geometry)
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(SynBTError, match="model"):
+        panel.SegmentRun(scene, phases, str(tmp_path / "no-such-run"), python=sys.executable)
