@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from . import kinetics as kin
 from . import labels as L
@@ -426,11 +426,11 @@ def _build_breasts(axes: _Axes, p: dict, rng: np.random.Generator, material, lab
     duct_points = nearest + offset / radial[:, None] * (60.0 + 0.25 * radial[:, None])
     ducts = _WaveNoise(rng, (4.0, 10.0)).at_points(duct_points)
     score = envelope * (0.5 + 0.3 * central + 0.35 * lobes + 0.45 * ducts + 0.55 * texture)
-    score[envelope <= 0] = -1.0
-    threshold = np.quantile(score, 1.0 - p["fgt_fraction_target"])
+    score[envelope <= 0] = -np.inf  # (the noise terms make candidates' scores negative too)
+    threshold = _fgt_threshold(score, envelope > 0, p["fgt_fraction_target"])
     softness = 0.04 * float(score[envelope > 0].std()) + 1e-6
     fraction = np.zeros(breast.shape, np.float32)
-    fraction[breast] = 1.0 / (1.0 + np.exp(-(score - threshold) / softness))
+    fraction[breast] = special.expit((score - threshold) / softness)
     fgt = breast & (fraction >= 0.5)
     mat[fgt] = FGT
     lab[fgt] = L.FIBROGLANDULAR
@@ -438,6 +438,20 @@ def _build_breasts(axes: _Axes, p: dict, rng: np.random.Generator, material, lab
     lab[skin_zone] = L.SKIN
     fraction[skin_zone | ~breast] = 0.0
     return box, fraction, nipples
+
+
+def _fgt_threshold(score: np.ndarray, candidates: np.ndarray, target: float) -> float:
+    """The score above which `target` of all breast voxels are fibroglandular, taken among the candidates only.
+
+    The fat envelope (under the skin, on the muscle) is never a candidate: a quantile over all breast
+    voxels, with the envelope scored -1, fell below the envelope's score when the envelope exceeded
+    1 - target and turned whole breasts into FGT (half the ACR d breasts had no fat). A target the candidates cannot
+    hold gives them all (the envelope stays fat).
+    """
+    if not candidates.any():
+        return float("inf")
+    share = target * score.size / candidates.sum()
+    return float(np.quantile(score[candidates], float(np.clip(1.0 - share, 0.0, 1.0))))
 
 
 def _build_anatomy(geometry: Geometry, p: dict, rng: np.random.Generator) -> _Anatomy:

@@ -99,6 +99,21 @@ def test_density_controls_fibroglandular_fraction_and_bad_params_are_refused():
         make_phantom(shape=SMALL, tumors=2, tumor_diameters_mm=[10.0])
 
 
+def test_dense_breasts_keep_their_fat_envelope():
+    """ACR d asks for 60-72 % FGT: the subcutaneous and retromammary fat must stay fat in every breast.
+
+    (The FGT threshold was a quantile over all breast voxels with the envelope scored -1, so about
+    half the ACR d breasts became FGT through and through.)"""
+    for seed in range(6):
+        ph = make_phantom(seed=seed, shape=SMALL, density="d", resolution=1.0)
+        tissue = ph.tissue_labels
+        half = tissue.shape[2] // 2
+        for breast in (tissue[..., :half], tissue[..., half:]):
+            fat, fgt = (breast == L.FAT).sum(), (breast == L.FIBROGLANDULAR).sum()
+            assert fgt > 0 and fat >= 0.2 * (fat + fgt), (seed, fat, fgt)
+        assert 0.5 < ph.meta["fgt_fraction"] < 0.8, (seed, ph.meta["fgt_fraction"])
+
+
 def test_write_phantom_and_montage(tmp_path, washout_phantom):
     written = write_phantom(washout_phantom, tmp_path / "case")
     names = {p.name for p in written}
