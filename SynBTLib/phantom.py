@@ -743,7 +743,7 @@ def _draw_parameters_v2(rng: np.random.Generator, tumors: int, params: dict, pha
         if not 0 <= p[key] < 1:
             raise SynBTError(f"{key} must be in [0, 1), got {p[key]:g}")
     p.update(_draw_body(rng))
-    p.update(fgt_cone_spread=float(rng.uniform(0.6, 0.95)), fgt_cone_weight=float(rng.uniform(0.8, 1.6)),
+    p.update(fgt_cone_spread=float(rng.uniform(0.45, 0.8)), fgt_cone_weight=float(rng.uniform(1.8, 3.0)),
              fgt_beta_offset=float(rng.normal(0.0, 0.15)), nipple_length=float(rng.uniform(4, 9)),
              nipple_radius=float(rng.uniform(4, 6.5)))
     p.update(acq.draw_acquisition(rng, params, p["fat_suppressed"]))

@@ -59,11 +59,16 @@ def ghosts(phases, anatomy, p, rng) -> None:
     axis = 2 if p["ghost_axis"] == "x" else 1
     n = phases.shape[axis + 1]
     step = int(rng.uniform(0.12, 0.25) * n)
+    slices = np.nonzero(source.any(axis=(1, 2)))[0]
+    if slices.size == 0:
+        return
+    slab = slice(int(slices[0]), int(slices[-1]) + 1)  # ghosts stay in the slices of their source
+    source = source[slab]
     for k in range(phases.shape[0]):
         pulse = p["ghosting"] * rng.uniform(0.5, 1.5)
-        heart = np.where(source, phases[k], 0.0).astype(np.float32)
+        heart = np.where(source, phases[k, slab], 0.0).astype(np.float32)
         for m, weight in ((1, 1.0), (-1, 1.0), (2, 0.5), (-2, 0.5)):
-            phases[k] += np.float32(pulse * weight) * np.roll(heart, m * step, axis=axis)
+            phases[k, slab] += np.float32(pulse * weight) * np.roll(heart, m * step, axis=axis)
 
 
 def motion_shifts(rng: np.random.Generator, num_phases: int, motion_mm: float, spacing_zyx) -> list:

@@ -80,7 +80,8 @@ def _nipples(sub, shell, p, mat, lab, fraction):
         length, radius = p["nipple_length"], p["nipple_radius"]
         tip_y = frame.base_y - frame.ry
         r2 = (sub.x - frame.cx) ** 2 + (sub.z - frame.cz) ** 2
-        nipple = (r2 <= radius * radius) & (sub.y >= tip_y - length) & (sub.y <= tip_y + 3.0)
+        ahead = np.maximum(tip_y - sub.y, 0.0)  # a rounded cap in front of the tip
+        nipple = (r2 / (radius * radius) + (ahead / length) ** 2 <= 1.0) & (sub.y <= tip_y + 3.0)
         nipple = np.broadcast_to(nipple, mat.shape) & (mat != P.FGT)
         mat[nipple] = P.SKIN
         lab[nipple] = L.SKIN
@@ -100,7 +101,7 @@ def _vessels(sub, shell, p, rng, mat, lab, fraction) -> int:
             end = np.array([frame.cz + rng.uniform(-0.3, 0.3) * frame.rz, frame.base_y - frame.ry * rng.uniform(0.5, 0.85),
                             frame.cx + rng.uniform(-0.3, 0.3) * frame.rx])
             bend = (start + end) / 2 + rng.normal(0, 12.0, 3)
-            radius = rng.uniform(0.8, 1.6)
+            radius = max(rng.uniform(0.8, 1.6), 0.5 * float(spacing.min()))  # at least a voxel wide on coarse grids
             t = np.linspace(0, 1, int(np.linalg.norm(end - start) / 0.5) + 2)[:, None]
             path = (1 - t) ** 2 * start + 2 * t * (1 - t) * bend + t**2 * end
             reach = np.ceil(radius / spacing).astype(int) + 1

@@ -43,7 +43,7 @@ NME_SHARE = 212 / (396 + 212)
 # masses: oval/round ~15 %, irregular (lobulated) and spiculated the rest (BI-RADS, issue figure)
 MASS_KIND_MIX = {"ellipsoid": 0.15, "lobulated": 0.5, "spiculated": 0.35}
 NME_DISTRIBUTIONS = ("segmental", "regional", "clumped")
-RIM_SHARE = 0.25
+RIM_SHARE = 0.2
 TUMOR_SIZE_MEDIAN_MM = 27.0
 TUMOR_SIZE_SIGMA = 0.4  # lognormal: 5-95 % about 14-52 mm
 # BPE as the share of FGT that enhances (BI-RADS 4th edition: <25, 25-50, 50-75, >75 %)
@@ -60,16 +60,20 @@ def _pick(rng, value, options, weights, what):
 
 
 def clinical_phase_times(rng: np.random.Generator, phases: int | None) -> np.ndarray:
-    """Pre-contrast at 0 s, then 2-5 post-contrast phases from ~1-2 min to ~5.5-7.5 min (3-6 phases in all)."""
+    """Pre-contrast at 0 s, then 2-5 post-contrast phases: 3-6 phases, the last at ~5.5-8 min.
+
+    Two post-contrast phases: an early one at 1.5-2.5 min and a delayed one at 6-7.5 min (I-SPY
+    style); more: one every 90-125 s (Duke / NACT style), the last at most 8 min after injection."""
     if phases is None:
         phases = int(rng.choice([3, 4, 5, 6], p=[0.2, 0.3, 0.3, 0.2]))
     if phases < 2:
         raise SynBTError(f"a DCE series needs at least 2 phases, got {phases}")
-    first = rng.uniform(60.0, 120.0)
-    last = rng.uniform(330.0, 450.0)
-    if phases == 2:
-        return np.array([0.0, first])
-    return np.concatenate([[0.0], np.linspace(first, max(last, first + 60.0 * (phases - 2)), phases - 1)])
+    posts = phases - 1
+    if posts <= 2:
+        early = rng.uniform(90.0, 150.0)
+        return np.array([0.0, early] + ([rng.uniform(360.0, 450.0)] if posts == 2 else []))
+    interval = rng.uniform(max(90.0, 330.0 / posts), max(90.0, min(125.0, 480.0 / posts)))
+    return np.arange(phases, dtype=np.float64) * interval
 
 
 def draw_population(rng: np.random.Generator, params: dict) -> dict:
@@ -108,7 +112,7 @@ def draw_lesion(rng: np.random.Generator, diameter, kind, curve, necrotic, lesio
     curve = _pick(rng, curve, kin.CURVE_TYPES, CURVE_MIX, "tumor kinetics type")
     rim = lesion_type == "mass" and rng.random() < RIM_SHARE
     if necrotic is None:
-        necrotic = bool(lesion_type == "mass" and diameter >= 20 and rng.random() < 0.25)
+        necrotic = bool(lesion_type == "mass" and diameter >= 20 and rng.random() < 0.2)
     return {
         "lesion_type": lesion_type,
         "diameter_mm": float(diameter),
