@@ -353,9 +353,12 @@ def main(argv=None) -> int:
     jobs_legacy = [{"seed": s, "preset": None} for s in seeds]
     jobs_clinical = [{"seed": args.seed + 10000 + k, "preset": "clinical", "beta": True, "montage": True}
                      for k in range(args.clinical)]
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        v2 = list(pool.map(_case, jobs_v2))
-        legacy = list(pool.map(_case, jobs_legacy))
+    if args.workers <= 1:
+        v2, legacy = list(map(_case, jobs_v2)), list(map(_case, jobs_legacy))
+    else:
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            v2 = list(pool.map(_case, jobs_v2))
+            legacy = list(pool.map(_case, jobs_legacy))
     clinical = [_case(job) for job in jobs_clinical]  # one at a time: each takes ~1.5 GB
     rows = build_table(v2, legacy, clinical)
     table = to_markdown(rows)
