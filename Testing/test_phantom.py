@@ -299,3 +299,18 @@ def test_phantom_stats_bench_writes_its_table(tmp_path):
     assert "IMAGINE" in table and "Kuhl" in table and "Chen" in table
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["cases"] == {"phantom2_small": 3, "legacy": 3, "clinical": 0} and len(manifest["git_commit"]) == 40
+
+
+def test_cli_phantom_and_cohort_take_a_preset(tmp_path):
+    out = tmp_path / "ph2"
+    assert main(["phantom", "--out", str(out), "--seed", "3", "--preset", "small", "--shape", "48", "48", "16",
+                 "--tumors", "1"]) == 0
+    meta = json.loads((out / "case.json").read_text())
+    assert meta["preset"] == "small" and meta["shape"] == [48, 48, 16]
+    assert len(list(out.glob("phase_*.nii.gz"))) == len(meta["phase_times_s"]) >= 3
+    cohort = tmp_path / "cohort2"
+    assert main(["phantom-cohort", "--out", str(cohort), "--n", "2", "--seed", "4", "--preset", "small",
+                 "--shape", "48", "48", "16", "--workers", "1"]) == 0
+    index = json.loads((cohort / "cohort.json").read_text())
+    assert index["preset"] == "small" and index["shape"] == [48, 48, 16]
+    assert all(json.loads((cohort / c["path"] / "case.json").read_text())["preset"] == "small" for c in index["cases"])
