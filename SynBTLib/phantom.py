@@ -380,7 +380,16 @@ def _build_torso(axes: _Axes, p: dict):
     heart_level = ((axes.x - 30.0) / 62.0) ** 2 + ((axes.y - (yc + 0.05 * b)) / 48.0) ** 2 + ((axes.z - p["heart_z"]) / 55.0) ** 2
     heart = (heart_level <= 1.0) & inner[None]
     material[heart] = MYOCARDIUM
-    material[heart & (heart_level <= 0.6)] = BLOOD
+    if p.get("version", 1) >= 2:
+        from .phantom_anatomy import heart_chambers
+
+        heart_chambers(axes, p, yc + 0.05 * b, material, labels, heart, inner)
+        if "lung_vessel_seed" in p:
+            from .phantom_anatomy import lung_vessels
+
+            lung_vessels(axes, p, np.random.default_rng(p["lung_vessel_seed"]), material, labels, yc + 0.1 * b)
+    else:
+        material[heart & (heart_level <= 0.6)] = BLOOD
     labels[heart] = L.HEART
     ascending = (((axes.x - 4.0) ** 2 + (axes.y - (yc + 0.1 * b)) ** 2) <= 14.0**2) & (axes.z > p["heart_z"] + 40.0) & inner[None]
     material[ascending] = BLOOD
@@ -421,8 +430,18 @@ def _breast_shell(axes: _Axes, p: dict, material, labels, depth2d, fat_end) -> _
         depth = (1.0 - level) / np.maximum(grad, 1e-6)  # first-order distance to the surface
         best_level = np.minimum(best_level, level)
         breast_depth = np.maximum(breast_depth, depth)
-    breast = (best_level < 1.0) & (torso_depth < fat_end)
-    body_depth = np.maximum(breast_depth, torso_depth)  # depth below the skin of the whole body
+    if p.get("version", 1) >= 2:
+        # smooth junction: the short cylinder behind each base only bridges to the torso (a 45-degree
+        # chamfer instead of a flat bottom), then a smooth union of breast and torso fills the fold
+        bridge = max(f.base_y for f in frames) + 10.0 - sub.y
+        breast_depth = np.minimum(breast_depth, bridge)
+        k = 12.0
+        body_depth = np.maximum(breast_depth, torso_depth) + np.maximum(k - np.abs(breast_depth - torso_depth), 0) ** 2 / (4 * k)
+        breast = (body_depth > 0) & (torso_depth < fat_end) & (breast_depth > -k)
+        breast_depth = np.where(breast, body_depth, breast_depth)
+    else:
+        breast = (best_level < 1.0) & (torso_depth < fat_end)
+        body_depth = np.maximum(breast_depth, torso_depth)  # depth below the skin of the whole body
     to_muscle = np.broadcast_to(fat_end - torso_depth, breast.shape)  # distance to the pectoralis / chest wall
 
     mat, lab = material[box], labels[box]
@@ -745,7 +764,7 @@ def _draw_parameters_v2(rng: np.random.Generator, tumors: int, params: dict, pha
     p.update(_draw_body(rng))
     p.update(fgt_cone_spread=float(rng.uniform(0.45, 0.8)), fgt_cone_weight=float(rng.uniform(1.8, 3.0)),
              fgt_beta_offset=float(rng.normal(0.0, 0.15)), nipple_length=float(rng.uniform(4, 9)),
-             nipple_radius=float(rng.uniform(4, 6.5)))
+             nipple_radius=float(rng.uniform(4, 6.5)), lung_vessel_seed=int(rng.integers(2**31)))
     p.update(acq.draw_acquisition(rng, params, p["fat_suppressed"]))
     diameters = _per_tumor(params.get("tumor_diameters_mm"), tumors, "tumor_diameters_mm")
     kinds = _per_tumor(params.get("tumor_kinds"), tumors, "tumor_kinds")

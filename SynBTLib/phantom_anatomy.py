@@ -17,6 +17,8 @@ from . import phantom as P
 from .phantom_texture import power_law_field, sheets
 
 FGT_BETA = 1.8  # target 2-D slice exponent (Chen et al. 2012: 1.79 +- 0.40 axial breast CT)
+FGT_SOFTNESS = 0.3  # width of the FGT / fat transition (partial volume), in standard deviations of the score
+LIGAMENT_STRENGTH = 0.8
 
 
 def _spacing_zyx(sub: "P._Axes") -> tuple:
@@ -48,14 +50,14 @@ def build_breasts(axes, p: dict, rng: np.random.Generator, material, labels, dep
     score = np.where(candidates, score, -np.inf).astype(np.float32)
     n_breast = int(breast.sum())
     threshold = P._fgt_threshold(score[breast], candidates[breast], p["fgt_fraction_target"])
-    softness = 0.05 * float(score[candidates].std()) + 1e-6 if candidates.any() else 1.0
+    softness = FGT_SOFTNESS * float(score[candidates].std()) + 1e-6 if candidates.any() else 1.0
     fraction = np.zeros(shape, np.float32)
     fraction[breast] = special.expit((score[breast] - threshold) / softness)
     del score, texture
 
     # Cooper's ligaments: thin fibrous sheets through the fat, reaching the skin
     ligament_field = power_law_field(rng, shape, spacing, 4.0, largest_mm=40.0)
-    ligaments = sheets(ligament_field, spacing, thickness_mm=0.7) * 0.8
+    ligaments = sheets(ligament_field, spacing, thickness_mm=0.7) * LIGAMENT_STRENGTH
     del ligament_field
     ligaments[~breast] = 0.0
     np.maximum(fraction, ligaments, out=fraction)
@@ -100,26 +102,75 @@ def _vessels(sub, shell, p, rng, mat, lab, fraction) -> int:
                               frame.cx + side * rng.uniform(0.2, 0.8) * frame.rx])  # lateral / upper chest wall
             end = np.array([frame.cz + rng.uniform(-0.3, 0.3) * frame.rz, frame.base_y - frame.ry * rng.uniform(0.5, 0.85),
                             frame.cx + rng.uniform(-0.3, 0.3) * frame.rx])
-            bend = (start + end) / 2 + rng.normal(0, 12.0, 3)
             radius = max(rng.uniform(0.8, 1.6), 0.5 * float(spacing.min()))  # at least a voxel wide on coarse grids
-            t = np.linspace(0, 1, int(np.linalg.norm(end - start) / 0.5) + 2)[:, None]
-            path = (1 - t) ** 2 * start + 2 * t * (1 - t) * bend + t**2 * end
-            reach = np.ceil(radius / spacing).astype(int) + 1
-            for point in path:
-                center = np.round((point - origin) / spacing).astype(int)
-                lo = np.maximum(center - reach, 0)
-                hi = np.minimum(center + reach + 1, mat.shape)
-                if np.any(hi <= lo):
-                    continue
-                box = tuple(slice(a, b) for a, b in zip(lo, hi))
-                grids = np.meshgrid(*[origin[k] + spacing[k] * np.arange(lo[k], hi[k]) for k in range(3)], indexing="ij")
-                inside = sum((g - c) ** 2 for g, c in zip(grids, point)) <= radius * radius
-                inside &= (lab[box] == L.FAT) | (lab[box] == L.FIBROGLANDULAR)
-                mat[box][inside] = P.BLOOD
-                lab[box][inside] = L.VESSEL
-                fraction[box][inside] = 0.0
+            inside = stamp_tube(mat.shape, origin, spacing, start, end, start / 2 + end / 2 + rng.normal(0, 12.0, 3),
+                                (radius, radius), lambda box: (lab[box] == L.FAT) | (lab[box] == L.FIBROGLANDULAR))
+            for box, where in inside:
+                mat[box][where] = P.BLOOD
+                lab[box][where] = L.VESSEL
+                fraction[box][where] = 0.0
             count += 1
     return count
+
+
+def stamp_tube(shape, origin, spacing, start, end, bend, radii, allowed):
+    """Voxels of a quadratic Bezier tube (radius tapering radii[0] -> radii[1]), as (box, mask) pieces where allowed(box)."""
+    n = int(np.linalg.norm(end - start) / (0.5 * float(spacing.min()))) + 2
+    t = np.linspace(0, 1, n)[:, None]
+    path = (1 - t) ** 2 * start + 2 * t * (1 - t) * bend + t**2 * end
+    pieces = []
+    for point, radius in zip(path, np.linspace(radii[0], radii[1], n)):
+        reach = np.ceil(radius / spacing).astype(int) + 1
+        center = np.round((point - origin) / spacing).astype(int)
+        lo = np.maximum(center - reach, 0)
+        hi = np.minimum(center + reach + 1, shape)
+        if np.any(hi <= lo):
+            continue
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        grids = np.meshgrid(*[origin[k] + spacing[k] * np.arange(lo[k], hi[k]) for k in range(3)], indexing="ij")
+        inside = (sum((g - c) ** 2 for g, c in zip(grids, point)) <= radius * radius) & allowed(box)
+        if inside.any():
+            pieces.append((box, inside))
+    return pieces
+
+
+# ------------------------------------------------------------------------------ thorax
+
+
+def _ellipsoid(axes, center_xyz, radii_xyz):
+    return (((axes.x - center_xyz[0]) / radii_xyz[0]) ** 2 + ((axes.y - center_xyz[1]) / radii_xyz[1]) ** 2
+            + ((axes.z - center_xyz[2]) / radii_xyz[2]) ** 2) <= 1.0
+
+
+def heart_chambers(axes, p, heart_y, material, labels, heart, inner) -> None:
+    """Four blood-filled chambers in the myocardium: a thick-walled left ventricle (patient left, posterior), a
+    crescent right ventricle wrapped anteriorly around the septum, and the atria above and behind (in place)."""
+    hz = p["heart_z"]
+    lv = _ellipsoid(axes, (48.0, heart_y + 8.0, hz - 5.0), (20.0, 18.0, 30.0))
+    lv_wall = _ellipsoid(axes, (48.0, heart_y + 8.0, hz - 5.0), (30.0, 28.0, 40.0))
+    rv = _ellipsoid(axes, (16.0, heart_y - 16.0, hz), (30.0, 16.0, 34.0)) & ~lv_wall
+    atria = (_ellipsoid(axes, (34.0, heart_y + 34.0, hz + 28.0), (22.0, 14.0, 16.0))
+             | _ellipsoid(axes, (-2.0, heart_y + 12.0, hz + 24.0), (18.0, 18.0, 20.0)))
+    blood = ((lv | rv) & heart) | (atria & inner[None])
+    material[blood] = P.BLOOD
+    labels[blood] = L.HEART
+
+
+def lung_vessels(axes, p, rng, material, labels, hilum_y) -> None:
+    """Pulmonary vessels: tapering tubes from each hilum out into the lung (blood, labelled VESSEL; in place)."""
+    spacing = np.array([P._step(axes.z), P._step(axes.y), P._step(axes.x)])
+    origin = np.array([axes.z.flat[0], axes.y.flat[0], axes.x.flat[0]])
+    lung = material == P.LUNG
+    for side in (-1.0, 1.0):
+        hilum = np.array([p["heart_z"] + 45.0, hilum_y, side * 45.0])
+        for _ in range(10):
+            end = hilum + np.array([rng.uniform(-70, 70), rng.uniform(-50, 50), side * rng.uniform(40, 100)])
+            bend = (hilum + end) / 2 + rng.normal(0, 10.0, 3)
+            radius = max(rng.uniform(2.0, 3.5), 0.5 * float(spacing.min()))
+            for box, where in stamp_tube(material.shape, origin, spacing, hilum, end, bend, (radius, max(0.6, radius / 3)),
+                                         lambda box: lung[box]):
+                material[box][where] = P.BLOOD
+                labels[box][where] = L.VESSEL
 
 
 # ------------------------------------------------------------------------------ non-mass lesions

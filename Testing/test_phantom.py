@@ -298,7 +298,7 @@ def test_phantom_stats_bench_writes_its_table(tmp_path):
     table = (tmp_path / "phantom_stats.md").read_text()
     assert "IMAGINE" in table and "Kuhl" in table and "Chen" in table
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["cases"] == {"phantom2_small": 3, "legacy": 3, "clinical": 0} and len(manifest["git_commit"]) == 40
+    assert manifest["cases"] == {"phantom2_small": 3, "legacy": 3, "clinical": 0, "clinical_legacy": 0} and len(manifest["git_commit"]) == 40
 
 
 def test_cli_phantom_and_cohort_take_a_preset(tmp_path):

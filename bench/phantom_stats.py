@@ -13,8 +13,8 @@ What is measured on the images (not read back from the drawn parameters): FGT fr
 tumor's curve type (kinetics.classify_curve of its mean curve), its largest diameter (max
 distance between mask voxels), the coefficient of variation of its relative enhancement
 (heterogeneous when >= 0.2, our threshold), and the power-law exponent beta of pre-contrast
-axial breast ROIs (48 x 48 mm, Hann window, radially averaged power spectrum fitted over
-0.05-0.3 cycles/mm; Chen et al. fitted breast CT over the band of anatomical noise, their
+axial breast ROIs (48 x 48 mm inside the breast holding 10-90 % FGT, Hann window, radially
+averaged power spectrum fitted over 0.05-0.3 cycles/mm; Chen et al. fitted breast CT over the band of anatomical noise, their
 exact band was not checked here). Frequencies (density, BPE, lesion type, mass shape, rim)
 are the drawn labels: the table shows that the draws match the published mixes, within
 two binomial standard errors plus 2 points.
@@ -67,14 +67,18 @@ def largest_diameter_mm(mask: np.ndarray, spacing_zyx) -> float:
 
 
 def power_law_beta(image2d: np.ndarray, valid2d: np.ndarray, spacing_mm: float, roi_mm: float = 48.0,
-                   band=(0.05, 0.3), rng=None, rois: int = 4) -> list[float]:
-    """Slopes -beta of the radially averaged power spectrum of square ROIs lying inside `valid2d`."""
+                   band=(0.05, 0.3), rng=None, rois: int = 4, fgt2d: np.ndarray | None = None) -> list[float]:
+    """Slopes -beta of the radially averaged power spectrum of square ROIs lying inside `valid2d`
+    (and, given fgt2d, holding 10-90 % FGT: parenchyma, not a patch of pure fat whose spectrum is noise)."""
     from scipy import ndimage
 
     n = int(round(roi_mm / spacing_mm))
     if n < 16 or min(image2d.shape) < n:
         return []
     inside = ndimage.uniform_filter(valid2d.astype(np.float32), size=n, mode="constant") > 0.999
+    if fgt2d is not None:
+        share = ndimage.uniform_filter(fgt2d.astype(np.float32), size=n, mode="constant")
+        inside &= (share >= 0.1) & (share <= 0.9)
     centers = np.argwhere(inside)
     if len(centers) == 0:
         return []
@@ -146,7 +150,7 @@ def measure(ph, with_beta: bool = False) -> dict:
         betas = []
         zs = np.nonzero(breast.sum(axis=(1, 2)) > 0.5 * breast.sum(axis=(1, 2)).max())[0]
         for z in rng.choice(zs, min(6, len(zs)), replace=False):
-            betas += power_law_beta(phases[0][z], breast[z], spacing[2], rng=rng)
+            betas += power_law_beta(phases[0][z], breast[z], spacing[2], rng=rng, fgt2d=fgt[z])
         row["fgt_beta"] = betas
     return row
 
@@ -155,7 +159,7 @@ def _case(job: dict) -> dict:
     from SynBTLib.phantom import make_phantom
 
     start = time.perf_counter()
-    ph = make_phantom(seed=job["seed"], tumors=1, preset=job["preset"])
+    ph = make_phantom(seed=job["seed"], tumors=1, preset=job["preset"], shape=job.get("shape"))
     seconds = time.perf_counter() - start
     row = measure(ph, with_beta=job.get("beta", False))
     row["seconds"] = round(seconds, 2)
@@ -180,7 +184,7 @@ def _mix_row(name, values, options, published, source):
     return [name, f"{fmt(published)} %", source, inside, fmt(measured) + " %"]
 
 
-def build_table(v2: list[dict], legacy: list[dict], clinical: list[dict]) -> list[list]:
+def build_table(v2: list[dict], legacy: list[dict], clinical: list[dict], clinical_legacy=()) -> list[list]:
     """Rows: quantity, published, source, phantom 2 inside?, phantom 2, legacy."""
     rows = []
 
@@ -232,7 +236,8 @@ def build_table(v2: list[dict], legacy: list[dict], clinical: list[dict]) -> lis
     betas = [b for r in clinical for b in r.get("fgt_beta", [])]
     add(["power-law beta, pre-contrast axial breast ROIs", "1.79 +- 0.40 (axial bCT)", "Chen et al. 2012",
          bool(betas) and 1.4 <= np.mean(betas) <= 2.2, f"{np.mean(betas):.2f} +- {np.std(betas):.2f} (n={len(betas)})" if betas else "n/a"],
-        "1.2-1.5 (issue)")
+        (lambda b: f"{np.mean(b):.2f} +- {np.std(b):.2f} (n={len(b)}, same grid)" if b else "n/a")(
+            [b for r in clinical_legacy for b in r.get("fgt_beta", [])]))
     enh = [r["fgt_enhancement_post1"] for r in v2 if r["fgt_enhancement_post1"] is not None]
     enh_legacy = [r["fgt_enhancement_post1"] for r in legacy if r["fgt_enhancement_post1"] is not None]
     add(["mean FGT enhancement, first post-contrast", "~15 % (10-25)", "issue (source not checked)",
@@ -360,19 +365,23 @@ def main(argv=None) -> int:
             v2 = list(pool.map(_case, jobs_v2))
             legacy = list(pool.map(_case, jobs_legacy))
     clinical = [_case(job) for job in jobs_clinical]  # one at a time: each takes ~1.5 GB
-    rows = build_table(v2, legacy, clinical)
+    # the legacy phantom on the same clinical grid, for its texture exponent
+    clinical_legacy = [_case({**job, "preset": None, "shape": (480, 480, 120), "montage": False}) for job in jobs_clinical]
+    rows = build_table(v2, legacy, clinical, clinical_legacy)
     table = to_markdown(rows)
     print(table)
     (args.out / "phantom_stats.md").write_text(table + "\n")
     slices = [r.pop("montage_slices") for r in clinical]
     if slices:
         write_montage(slices, args.out / "montage.png")
-    (args.out / "phantom_stats.json").write_text(json.dumps({"phantom2_small": v2, "legacy": legacy, "clinical": clinical}))
+    (args.out / "phantom_stats.json").write_text(json.dumps({"phantom2_small": v2, "legacy": legacy, "clinical": clinical,
+                                                             "clinical_legacy": clinical_legacy}))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip())
     manifest = {"command": " ".join([Path(sys.executable).name, "bench/phantom_stats.py"] + (argv or sys.argv[1:])),
                 "git_commit": commit, "dirty_worktree": dirty, "seconds": round(time.time() - start, 1),
-                "cases": {"phantom2_small": len(v2), "legacy": len(legacy), "clinical": len(clinical)},
+                "cases": {"phantom2_small": len(v2), "legacy": len(legacy), "clinical": len(clinical),
+                          "clinical_legacy": len(clinical_legacy)},
                 "inside": sum(bool(r[3]) for r in rows), "rows": len(rows)}
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     print(f"{manifest['inside']} of {len(rows)} rows inside; wrote {args.out}")
