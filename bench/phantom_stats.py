@@ -318,13 +318,15 @@ def write_montage(slices: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = max(2 * len(s["names"]) - 1 for s in slices)
-    fig, axes = plt.subplots(len(slices), columns, figsize=(3.6 * columns, 2.9 * len(slices) + 0.4), squeeze=False)
+    columns = 6
+    fig, axes = plt.subplots(len(slices), columns, figsize=(4.6 * columns, 3.4 * len(slices) + 0.4), squeeze=False)
     for row, s in enumerate(slices):
         phases = np.asarray(s["phases"], dtype=np.float32)
         vmax = float(np.percentile(phases, 99.5))
-        panels = [(f"{n} ({t / 60:.1f} min)", phases[k], 0, vmax) for k, (n, t) in enumerate(zip(s["names"], s["times"]))]
-        sub = [(f"{n} - pre", phases[k] - phases[0]) for k, n in enumerate(s["names"]) if k]
+        last = len(phases) - 1
+        shown = sorted({0, 1, (1 + last) // 2, last})  # pre, first, middle and last post-contrast
+        panels = [(f"{s['names'][k]} ({s['times'][k] / 60:.1f} min)", phases[k], 0, vmax) for k in shown]
+        sub = [(f"{s['names'][k]} - pre", phases[k] - phases[0]) for k in sorted({1, last})]
         smax = float(np.percentile(np.abs(sub[0][1]), 99.7))
         panels += [(name, image, 0, smax) for name, image in sub]
         for col in range(columns):
