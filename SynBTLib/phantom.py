@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from . import kinetics as kin
 from . import labels as L
@@ -171,23 +171,9 @@ def _resolution(value) -> float | None:
     return value
 
 
-def _draw_parameters(rng: np.random.Generator, tumors: int, params: dict) -> dict:
-    unknown = set(params) - _PARAM_KEYS
-    if unknown:
-        raise SynBTError(f"unknown phantom parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_PARAM_KEYS))}")
-    density = _choose(rng, params.get("density"), tuple(DENSITY_FRACTIONS), "breast density (ACR)")
-    bpe = _choose(rng, params.get("bpe"), tuple(BPE_KTRANS), "background enhancement level")
-    p = {
-        "density": density,
-        "fgt_fraction_target": float(rng.uniform(*DENSITY_FRACTIONS[density])),
-        "bpe": bpe,
-        "fgt_ktrans": float(rng.uniform(*BPE_KTRANS[bpe])),
-        "phase_interval_s": float(params.get("phase_interval_s") or 90.0),
-        "fat_suppressed": bool(params.get("fat_suppressed", True)),
-        "noise": float(params["noise"]) if params.get("noise") is not None else float(rng.uniform(0.02, 0.04)),
-        "bias": float(params["bias"]) if params.get("bias") is not None else float(rng.uniform(0.1, 0.25)),
-        "resolution": _resolution(params.get("resolution")),  # None: drawn in _acquire
-        # body (mm)
+def _draw_body(rng: np.random.Generator) -> dict:
+    """Body and breast shape (mm)."""
+    return {
         "torso_half_width": float(rng.uniform(135, 160)),
         "torso_half_depth": float(rng.uniform(85, 100)),
         "chest_front_y": float(rng.uniform(-60, -48)),
@@ -208,6 +194,26 @@ def _draw_parameters(rng: np.random.Generator, tumors: int, params: dict) -> dic
         "breast_subcutaneous_fat": float(rng.uniform(3, 9)),
         "retromammary_fat": float(rng.uniform(3, 8)),
     }
+
+
+def _draw_parameters(rng: np.random.Generator, tumors: int, params: dict) -> dict:
+    unknown = set(params) - _PARAM_KEYS
+    if unknown:
+        raise SynBTError(f"unknown phantom parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_PARAM_KEYS))}")
+    density = _choose(rng, params.get("density"), tuple(DENSITY_FRACTIONS), "breast density (ACR)")
+    bpe = _choose(rng, params.get("bpe"), tuple(BPE_KTRANS), "background enhancement level")
+    p = {
+        "density": density,
+        "fgt_fraction_target": float(rng.uniform(*DENSITY_FRACTIONS[density])),
+        "bpe": bpe,
+        "fgt_ktrans": float(rng.uniform(*BPE_KTRANS[bpe])),
+        "phase_interval_s": float(params.get("phase_interval_s") or 90.0),
+        "fat_suppressed": bool(params.get("fat_suppressed", True)),
+        "noise": float(params["noise"]) if params.get("noise") is not None else float(rng.uniform(0.02, 0.04)),
+        "bias": float(params["bias"]) if params.get("bias") is not None else float(rng.uniform(0.1, 0.25)),
+        "resolution": _resolution(params.get("resolution")),  # None: drawn in _acquire
+    }
+    p.update(_draw_body(rng))
     if p["phase_interval_s"] <= 0:
         raise SynBTError(f"phase_interval_s must be positive, got {p['phase_interval_s']:g}")
     for key in ("noise", "bias"):
@@ -374,7 +380,16 @@ def _build_torso(axes: _Axes, p: dict):
     heart_level = ((axes.x - 30.0) / 62.0) ** 2 + ((axes.y - (yc + 0.05 * b)) / 48.0) ** 2 + ((axes.z - p["heart_z"]) / 55.0) ** 2
     heart = (heart_level <= 1.0) & inner[None]
     material[heart] = MYOCARDIUM
-    material[heart & (heart_level <= 0.6)] = BLOOD
+    if p.get("version", 1) >= 2:
+        from .phantom_anatomy import heart_chambers
+
+        heart_chambers(axes, p, yc + 0.05 * b, material, labels, heart, inner)
+        if "lung_vessel_seed" in p:
+            from .phantom_anatomy import lung_vessels
+
+            lung_vessels(axes, p, np.random.default_rng(p["lung_vessel_seed"]), material, labels, yc + 0.1 * b)
+    else:
+        material[heart & (heart_level <= 0.6)] = BLOOD
     labels[heart] = L.HEART
     ascending = (((axes.x - 4.0) ** 2 + (axes.y - (yc + 0.1 * b)) ** 2) <= 14.0**2) & (axes.z > p["heart_z"] + 40.0) & inner[None]
     material[ascending] = BLOOD
@@ -382,8 +397,23 @@ def _build_torso(axes: _Axes, p: dict):
     return material, labels, depth2d, fat_end
 
 
-def _build_breasts(axes: _Axes, p: dict, rng: np.random.Generator, material, labels, depth2d, fat_end):
-    """Carve both breasts (skin, fat, fibroglandular tissue) into the maps; returns the box and FGT fraction."""
+@dataclass
+class _BreastShell:
+    """Both breasts carved as fat into the maps (views `mat`, `lab` on `box`), before any FGT."""
+
+    box: tuple
+    sub: _Axes
+    breast: np.ndarray  # bool on box
+    breast_depth: np.ndarray  # mm below the breast surface
+    to_muscle: np.ndarray  # mm to the pectoralis / chest wall
+    skin_zone: np.ndarray
+    frames: list
+    nipples: list
+    mat: np.ndarray
+    lab: np.ndarray
+
+
+def _breast_shell(axes: _Axes, p: dict, material, labels, depth2d, fat_end) -> _BreastShell:
     frames = [_BreastFrame.of(p, side) for side in (-1, 1)]
     nipples = [f.nipple for f in frames]
     # the breasts lie in front of the muscle: restrict all work to that slab of rows
@@ -400,14 +430,33 @@ def _build_breasts(axes: _Axes, p: dict, rng: np.random.Generator, material, lab
         depth = (1.0 - level) / np.maximum(grad, 1e-6)  # first-order distance to the surface
         best_level = np.minimum(best_level, level)
         breast_depth = np.maximum(breast_depth, depth)
-    breast = (best_level < 1.0) & (torso_depth < fat_end)
-    body_depth = np.maximum(breast_depth, torso_depth)  # depth below the skin of the whole body
+    if p.get("version", 1) >= 2:
+        # smooth junction: the short cylinder behind each base only bridges to the torso (a 45-degree
+        # chamfer instead of a flat bottom), then a smooth union of breast and torso fills the fold
+        bridge = max(f.base_y for f in frames) + 10.0 - sub.y
+        breast_depth = np.minimum(breast_depth, bridge)
+        k = 12.0
+        body_depth = np.maximum(breast_depth, torso_depth) + np.maximum(k - np.abs(breast_depth - torso_depth), 0) ** 2 / (4 * k)
+        breast = (body_depth > 0) & (torso_depth < fat_end) & (breast_depth > -k)
+        breast_depth = np.where(breast, body_depth, breast_depth)
+    else:
+        breast = (best_level < 1.0) & (torso_depth < fat_end)
+        body_depth = np.maximum(breast_depth, torso_depth)  # depth below the skin of the whole body
     to_muscle = np.broadcast_to(fat_end - torso_depth, breast.shape)  # distance to the pectoralis / chest wall
 
     mat, lab = material[box], labels[box]
     mat[breast] = FAT
     lab[breast] = L.FAT
     skin_zone = (body_depth > 0) & (body_depth < p["skin"])
+    return _BreastShell(box=box, sub=sub, breast=breast, breast_depth=breast_depth, to_muscle=to_muscle,
+                        skin_zone=skin_zone, frames=frames, nipples=nipples, mat=mat, lab=lab)
+
+
+def _build_breasts(axes: _Axes, p: dict, rng: np.random.Generator, material, labels, depth2d, fat_end):
+    """Carve both breasts (skin, fat, fibroglandular tissue) into the maps; returns the box and FGT fraction."""
+    shell = _breast_shell(axes, p, material, labels, depth2d, fat_end)
+    box, sub, breast, breast_depth, to_muscle = shell.box, shell.sub, shell.breast, shell.breast_depth, shell.to_muscle
+    skin_zone, nipples, mat, lab = shell.skin_zone, shell.nipples, shell.mat, shell.lab
 
     # fibroglandular tissue: envelope (no FGT under the skin or on the muscle) x texture
     points = np.argwhere(breast)
@@ -426,11 +475,11 @@ def _build_breasts(axes: _Axes, p: dict, rng: np.random.Generator, material, lab
     duct_points = nearest + offset / radial[:, None] * (60.0 + 0.25 * radial[:, None])
     ducts = _WaveNoise(rng, (4.0, 10.0)).at_points(duct_points)
     score = envelope * (0.5 + 0.3 * central + 0.35 * lobes + 0.45 * ducts + 0.55 * texture)
-    score[envelope <= 0] = -1.0
-    threshold = np.quantile(score, 1.0 - p["fgt_fraction_target"])
+    score[envelope <= 0] = -np.inf  # (the noise terms make candidates' scores negative too)
+    threshold = _fgt_threshold(score, envelope > 0, p["fgt_fraction_target"])
     softness = 0.04 * float(score[envelope > 0].std()) + 1e-6
     fraction = np.zeros(breast.shape, np.float32)
-    fraction[breast] = 1.0 / (1.0 + np.exp(-(score - threshold) / softness))
+    fraction[breast] = special.expit((score - threshold) / softness)
     fgt = breast & (fraction >= 0.5)
     mat[fgt] = FGT
     lab[fgt] = L.FIBROGLANDULAR
@@ -438,6 +487,20 @@ def _build_breasts(axes: _Axes, p: dict, rng: np.random.Generator, material, lab
     lab[skin_zone] = L.SKIN
     fraction[skin_zone | ~breast] = 0.0
     return box, fraction, nipples
+
+
+def _fgt_threshold(score: np.ndarray, candidates: np.ndarray, target: float) -> float:
+    """The score above which `target` of all breast voxels are fibroglandular, taken among the candidates only.
+
+    The fat envelope (under the skin, on the muscle) is never a candidate: a quantile over all breast
+    voxels, with the envelope scored -1, fell below the envelope's score when the envelope exceeded
+    1 - target and turned whole breasts into FGT (half the ACR d breasts had no fat). A target the candidates cannot
+    hold gives them all (the envelope stays fat).
+    """
+    if not candidates.any():
+        return float("inf")
+    share = target * score.size / candidates.sum()
+    return float(np.quantile(score[candidates], float(np.clip(1.0 - share, 0.0, 1.0))))
 
 
 def _build_anatomy(geometry: Geometry, p: dict, rng: np.random.Generator) -> _Anatomy:
@@ -542,7 +605,7 @@ def _points_mm(geometry: Geometry, where, box=None) -> np.ndarray:
     return geometry.index_to_physical(zyx_index[:, ::-1])[:, ::-1]
 
 
-def _point_spread(image: np.ndarray, resolution: float) -> np.ndarray:
+def _point_spread(image: np.ndarray, resolution: float, shift=None) -> np.ndarray:
     """The image a scanner reconstructs from k-space sampled over `resolution` of each axis' band.
 
     A point-sampled object holds detail finer than a voxel (thresholded texture aliases into
@@ -550,9 +613,10 @@ def _point_spread(image: np.ndarray, resolution: float) -> np.ndarray:
     DCE is usually zero-filled to a larger matrix. Box truncation softened by a raised-cosine
     taper over the outer fifth of the sampled band (Gibbs ringing remains, as in real images);
     the volume is mirror-padded first so the FFT's wrap-around does not join opposite faces.
-    float32 / complex64 throughout: about 4x the volume's memory at the peak.
+    float32 / complex64 throughout: about 4x the volume's memory at the peak. shift: an optional
+    rigid (z, y, x) displacement in voxels (patient motion), applied as a linear phase ramp.
     """
-    if resolution >= 1.0:
+    if resolution >= 1.0 and shift is None:
         return image
     from scipy import fft
 
@@ -562,8 +626,11 @@ def _point_spread(image: np.ndarray, resolution: float) -> np.ndarray:
     for axis, n in enumerate(padded_shape):
         last = axis == len(padded_shape) - 1
         k = np.abs(fft.rfftfreq(n) if last else fft.fftfreq(n)) / 0.5  # 1.0 = the grid's Nyquist
-        taper = np.clip((resolution - k) / (0.2 * resolution), 0.0, 1.0)
-        window = (0.5 - 0.5 * np.cos(np.pi * taper)).astype(np.float32)
+        taper = np.clip((resolution - k) / (0.2 * resolution), 0.0, 1.0) if resolution < 1.0 else np.ones_like(k)
+        window = (0.5 - 0.5 * np.cos(np.pi * taper)).astype(np.complex64)
+        if shift is not None and shift[axis]:
+            cycles = fft.rfftfreq(n) if last else fft.fftfreq(n)
+            window *= np.exp(-2j * np.pi * cycles * shift[axis]).astype(np.complex64)
         shape = [1] * len(padded_shape)
         shape[axis] = window.size
         spectrum *= window.reshape(shape)
@@ -573,7 +640,7 @@ def _point_spread(image: np.ndarray, resolution: float) -> np.ndarray:
     return np.maximum(crop, 0.0, out=image)  # magnitude images are not negative (clips the ringing)
 
 
-def _acquire(phases: np.ndarray, geometry: Geometry, p: dict, reference: float, rng) -> np.ndarray:
+def _acquire(phases: np.ndarray, geometry: Geometry, p: dict, reference: float, rng, anatomy=None) -> np.ndarray:
     """Coil bias field, the scanner's point-spread function, then Rician noise (in place).
 
     The noise stays white (per-voxel std = noise x FGT signal): the PSF acts on the object.
@@ -589,9 +656,16 @@ def _acquire(phases: np.ndarray, geometry: Geometry, p: dict, reference: float, 
     sigma = np.float32(p["noise"] * reference)
     real = np.empty(bias.shape, np.float32)
     imag = np.empty(bias.shape, np.float32)
+    shifts = [None] * phases.shape[0]
+    if p.get("version", 1) >= 2:
+        from . import phantom_acquisition as acq
+
+        if anatomy is not None:
+            acq.ghosts(phases, anatomy, p, rng)
+        shifts = acq.motion_shifts(rng, phases.shape[0], p["motion_mm"], geometry.spacing[::-1])
     for k in range(phases.shape[0]):  # in place, in two reused buffers: these arrays can be large
         phases[k] *= bias
-        _point_spread(phases[k], p["resolution"])  # in place
+        _point_spread(phases[k], p["resolution"], shifts[k])  # in place
         rng.standard_normal(dtype=np.float32, out=real)
         real *= sigma
         real += phases[k]
@@ -607,33 +681,37 @@ def _acquire(phases: np.ndarray, geometry: Geometry, p: dict, reference: float, 
 # ----------------------------------------------------------------------------------- public
 
 
-def make_phantom(seed: int = 0, shape=DEFAULT_SHAPE, spacing=None, phases: int = 3, tumors: int = 0, **params) -> Phantom:
+def make_phantom(seed: int = 0, shape=None, spacing=None, phases: int | None = None, tumors: int = 0, preset=None,
+                 **params) -> Phantom:
     """A synthetic breast DCE-MRI case with ground truth, fully determined by its arguments.
 
+    preset: None (or "legacy") is the original phantom (uniform density / BPE / curve-type
+    draws, 3 phases 90 s apart, 128 x 128 x 48 by default); "small", "bundle" or "clinical" is
+    phantom 2 (published population mixes, power-law FGT cone, clinical protocols and
+    artefacts; see phantom_population / phantom_acquisition) on that preset's grid.
     shape and spacing are (x, y, z); spacing defaults to a 340 x 340 x 150 mm field of view.
-    phases: number of DCE phases (pre-contrast + K-1 post-contrast, every phase_interval_s).
-    tumors: number of tumors placed in the breasts. Optional params (random per seed when
-    left out): density ("a".."d", ACR), bpe ("minimal".."marked"), tumor_kinetics, tumor_kinds,
-    tumor_diameters_mm, necrotic (one value or one per tumor), phase_interval_s (90),
-    fat_suppressed (True), noise (fraction of FGT signal), bias (field amplitude), resolution
-    (fraction of each axis' k-space band the scanner samples, 0.7-0.9 by default; 1 = none).
+    phases: number of DCE phases (legacy: 3, every phase_interval_s; phantom 2: 3-6 at clinical
+    times unless given). tumors: number of tumors placed in the breasts. Optional params (random
+    per seed when left out): density ("a".."d", ACR), bpe ("minimal".."marked"), tumor_kinetics,
+    tumor_kinds, tumor_diameters_mm, necrotic (one value or one per tumor), phase_interval_s,
+    fat_suppressed, noise (fraction of FGT signal), bias (field amplitude), resolution (fraction
+    of each axis' k-space band the scanner samples, 0.7-0.9 by default; 1 = none). Phantom 2
+    also takes menopause ("pre"/"post"), field_strength_t (1.5/3), lesion_types ("mass"/"nme"),
+    phase_times_s, ghosting (ghost amplitude) and motion_mm.
     """
     if int(seed) != seed or seed < 0:
         raise SynBTError(f"seed must be a non-negative integer, got {seed}")
     if int(tumors) != tumors or tumors < 0 or tumors > 10:
         raise SynBTError(f"tumors must be an integer in 0..10, got {tumors}")
-    geometry = phantom_geometry(shape, spacing)
-    times = kin.phase_times(int(phases), float(params.get("phase_interval_s") or 90.0))
+    if preset not in (None, "legacy"):
+        return _make_phantom_v2(int(seed), shape, spacing, phases, int(tumors), preset, params)
+    geometry = phantom_geometry(DEFAULT_SHAPE if shape is None else shape, spacing)
+    times = kin.phase_times(3 if phases is None else int(phases), float(params.get("phase_interval_s") or 90.0))
     rng = np.random.default_rng(int(seed))
     p = _draw_parameters(rng, int(tumors), params)
     anatomy = _build_anatomy(geometry, p, rng)
     placed = _place_tumors(geometry, anatomy.labels, p["tumors"])
-    tumor_labels = np.zeros(geometry.shape, np.uint8)
-    for tumor in placed:
-        anatomy.labels[tumor["mask"]] = L.TUMOR
-        if tumor["core"] is not None:
-            anatomy.labels[tumor["core"]] = L.NECROSIS
-        tumor_labels[tumor["mask"]] = L.TUMOR_LABEL
+    tumor_labels = _label_tumors(anatomy, placed, geometry)
     signal = _render(geometry, anatomy, p, placed, times, rng)
     reference = float(_material_kinetics(p)[FGT].signal(times)[0]) * SIGNAL_SCALE
     signal = _acquire(signal, geometry, p, reference, rng)
@@ -641,6 +719,111 @@ def make_phantom(seed: int = 0, shape=DEFAULT_SHAPE, spacing=None, phases: int =
     case = Case(phases=signal, geometry=geometry, phase_names=names)
     meta = _describe(int(seed), p, times, case, anatomy, placed, tumor_labels)
     return Phantom(case=case, tissue_labels=anatomy.labels, tumor_labels=tumor_labels, meta=meta)
+
+
+def _label_tumors(anatomy: _Anatomy, placed: list[dict], geometry: Geometry) -> np.ndarray:
+    tumor_labels = np.zeros(geometry.shape, np.uint8)
+    for tumor in placed:
+        anatomy.labels[tumor["mask"]] = L.TUMOR
+        if tumor["core"] is not None:
+            anatomy.labels[tumor["core"]] = L.NECROSIS
+        tumor_labels[tumor["mask"]] = L.TUMOR_LABEL
+    return tumor_labels
+
+
+# ------------------------------------------------------------------------------- phantom 2
+
+_PARAM_KEYS_V2 = _PARAM_KEYS | {"menopause", "field_strength_t", "lesion_types", "phase_times_s", "ghosting", "motion_mm"}
+
+
+def _draw_parameters_v2(rng: np.random.Generator, tumors: int, params: dict, phases) -> tuple[dict, np.ndarray]:
+    from . import phantom_acquisition as acq
+    from . import phantom_population as pop
+
+    unknown = set(params) - _PARAM_KEYS_V2
+    if unknown:
+        raise SynBTError(f"unknown phantom parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_PARAM_KEYS_V2))}")
+    p = {"version": 2, **pop.draw_population(rng, params)}
+    p["fgt_fraction_target"] = float(rng.uniform(*DENSITY_FRACTIONS[p["density"]]))
+    if params.get("phase_times_s") is not None:
+        times = np.asarray(params["phase_times_s"], dtype=np.float64)
+        if times.ndim != 1 or times.size < 2 or times[0] != 0 or np.any(np.diff(times) <= 0):
+            raise SynBTError("phase_times_s must start at 0 and increase, with at least 2 phases")
+    elif params.get("phase_interval_s") is not None:
+        times = kin.phase_times(3 if phases is None else int(phases), float(params["phase_interval_s"]))
+    else:
+        times = pop.clinical_phase_times(rng, None if phases is None else int(phases))
+    p["phase_interval_s"] = float(np.diff(times[1:]).mean()) if times.size > 2 else float(times[-1])
+    p["noise"] = float(params["noise"]) if params.get("noise") is not None else float(rng.uniform(0.02, 0.04))
+    p["noise"] *= 1.0 if params.get("noise") is not None or p["field_strength_t"] == 1.5 else 0.75
+    p["bias"] = float(params["bias"]) if params.get("bias") is not None else float(rng.uniform(0.1, 0.25))
+    p["resolution"] = _resolution(params.get("resolution"))
+    for key in ("noise", "bias"):
+        if not 0 <= p[key] < 1:
+            raise SynBTError(f"{key} must be in [0, 1), got {p[key]:g}")
+    p.update(_draw_body(rng))
+    p.update(fgt_cone_spread=float(rng.uniform(0.45, 0.8)), fgt_cone_weight=float(rng.uniform(1.8, 3.0)),
+             fgt_beta_offset=float(rng.normal(0.0, 0.15)), nipple_length=float(rng.uniform(4, 9)),
+             nipple_radius=float(rng.uniform(4, 6.5)), lung_vessel_seed=int(rng.integers(2**31)))
+    p.update(acq.draw_acquisition(rng, params, p["fat_suppressed"]))
+    diameters = _per_tumor(params.get("tumor_diameters_mm"), tumors, "tumor_diameters_mm")
+    kinds = _per_tumor(params.get("tumor_kinds"), tumors, "tumor_kinds")
+    curves = _per_tumor(params.get("tumor_kinetics"), tumors, "tumor_kinetics")
+    necrotic = _per_tumor(params.get("necrotic"), tumors, "necrotic")
+    types = _per_tumor(params.get("lesion_types"), tumors, "lesion_types")
+    p["tumors"] = [pop.draw_lesion(rng, diameters[k], kinds[k], curves[k], necrotic[k], types[k]) for k in range(tumors)]
+    return p, times
+
+
+def _make_phantom_v2(seed, shape, spacing, phases, tumors, preset, params) -> Phantom:
+    from . import phantom_acquisition as acq
+    from . import phantom_anatomy as anat
+    from . import phantom_kinetics as pk
+
+    if preset not in acq.PRESETS:
+        raise SynBTError(f"unknown phantom preset {preset!r}; choose one of legacy, {', '.join(acq.PRESETS)}")
+    geometry = phantom_geometry(acq.PRESETS[preset] if shape is None else shape, spacing)
+    rng = np.random.default_rng(seed)
+    p, times = _draw_parameters_v2(rng, tumors, params, phases)
+    p["preset"] = preset
+    axes = _Axes.of(geometry)
+    material, labels, depth2d, fat_end = _build_torso(axes, p)
+    box, fraction, nipples = anat.build_breasts(axes, p, rng, material, labels, depth2d, fat_end)
+    anatomy = _Anatomy(material=material, labels=labels, breast_box=box, fgt_fraction=fraction, nipples=nipples)
+    placed = _place_lesions_v2(geometry, anatomy, p["tumors"])
+    tumor_labels = _label_tumors(anatomy, placed, geometry)
+    signal = pk.render(geometry, anatomy, p, placed, times, rng)
+    acq.uneven_fat_suppression(signal, anatomy, geometry, p, pk.material_table(p, times)[FAT] * SIGNAL_SCALE, rng)
+    reference = float(pk.signal(0.0, pk.T1[p["field_strength_t"]]["fibroglandular"], 0.8, p["field_strength_t"])) * SIGNAL_SCALE
+    signal = _acquire(signal, geometry, p, reference, rng, anatomy=anatomy)
+    names = ["pre"] + [f"post{k}" for k in range(1, len(times))]
+    case = Case(phases=signal, geometry=geometry, phase_names=names)
+    meta = _describe(seed, p, times, case, anatomy, placed, tumor_labels)
+    return Phantom(case=case, tissue_labels=anatomy.labels, tumor_labels=tumor_labels, meta=meta)
+
+
+def _place_lesions_v2(geometry: Geometry, anatomy: _Anatomy, specs: list[dict]) -> list[dict]:
+    """Masses through shapes.place_tumor, then non-mass lesions (phantom_anatomy.nme_mask) in what is left."""
+    from . import phantom_anatomy as anat
+
+    order = [k for k, s in enumerate(specs) if s["lesion_type"] == "mass"] + \
+            [k for k, s in enumerate(specs) if s["lesion_type"] != "mass"]
+    labels = anatomy.labels.copy()
+    placed = {}
+    for k in order:
+        spec = specs[k]
+        if spec["lesion_type"] == "nme":
+            found = anat.nme_mask(geometry, labels, anatomy.nipples, spec)
+            if found is not None:
+                mask, center = found
+                placed[k] = {**spec, "center_mm": center, "mask": mask, "core": None}
+                labels[mask] = L.TUMOR
+                continue
+            spec = {**spec, "lesion_type": "mass", "kind": "lobulated"}  # no FGT to grow along: a mass instead
+        tumor = _place_tumors(geometry, labels, [spec])[0]
+        labels[tumor["mask"]] = L.TUMOR
+        placed[k] = tumor
+    return [placed[k] for k in range(len(specs))]
 
 
 def _describe(seed, p, times, case: Case, anatomy: _Anatomy, tumors, tumor_labels) -> dict:
@@ -653,8 +836,13 @@ def _describe(seed, p, times, case: Case, anatomy: _Anatomy, tumors, tumor_label
     for value, name in L.TISSUE_NAMES.items():
         if counts[value]:
             curves[name] = [round(float(v), 2) for v in sums[:, value] / counts[value]]
-    model = {name: [round(float(v) * SIGNAL_SCALE, 2) for v in m.signal(times)]
-             for name, m in zip(_MATERIAL_NAMES, _material_kinetics(p))}
+    if p.get("version", 1) >= 2:
+        from .phantom_kinetics import material_table
+
+        model = {name: [round(float(v) * SIGNAL_SCALE, 2) for v in row] for name, row in zip(_MATERIAL_NAMES, material_table(p, times))}
+    else:
+        model = {name: [round(float(v) * SIGNAL_SCALE, 2) for v in m.signal(times)]
+                 for name, m in zip(_MATERIAL_NAMES, _material_kinetics(p))}
     tumor_meta = []
     for tumor in tumors:
         enhancing = tumor["mask"] & ~tumor["core"] if tumor["core"] is not None else tumor["mask"]
@@ -666,6 +854,8 @@ def _describe(seed, p, times, case: Case, anatomy: _Anatomy, tumors, tumor_label
             "kinetics": tumor["kinetics"],
             "measured_curve_type": kin.classify_curve(curve) if case.num_phases >= 3 else None,
             "necrotic": tumor["core"] is not None,
+            **({"lesion_type": tumor["lesion_type"], "rim": tumor["rim"], "heterogeneity": round(tumor["heterogeneity"], 3)}
+               if "lesion_type" in tumor else {}),
             "ktrans_per_min": round(tumor["ktrans"], 4),
             "ve": round(tumor["ve"], 4),
             "vp": round(tumor["vp"], 4),
@@ -676,6 +866,7 @@ def _describe(seed, p, times, case: Case, anatomy: _Anatomy, tumors, tumor_label
     params = {k: v for k, v in p.items() if k != "tumors"}
     return {
         "generator": "SynBTLib.phantom",
+        **({"preset": p["preset"]} if "preset" in p else {}),
         "seed": seed,
         "shape": list(case.geometry.size),
         "spacing": list(case.geometry.spacing),

@@ -13,12 +13,20 @@ from ._shared import check_output, seed_help
 DENSITIES = ("a", "b", "c", "d")
 
 
+PRESETS = ("legacy", "small", "bundle", "clinical")
+
+
 def _add_grid_options(parser) -> None:
-    parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=[128, 128, 48],
-                        help="grid size in voxels (default 128 128 48)")
+    parser.add_argument("--preset", choices=PRESETS, default="legacy",
+                        help="legacy: the original phantom (128x128x48, 3 phases 90 s apart); small / bundle / clinical: "
+                             "phantom 2 (published density, BPE, curve-type and lesion mixes, 3-6 phases at clinical "
+                             "times, 1.5/3 T, fat-sat or not, artefacts) on a 2.7 / 1.8 / 0.7 mm grid (default legacy)")
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
+                        help="grid size in voxels (default: the preset's; legacy 128 128 48)")
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"), default=None,
                         help="voxel spacing in mm (default: a 340 x 340 x 150 mm field of view)")
-    parser.add_argument("--phases", type=int, default=3, help="DCE phases: pre-contrast + post-contrast (default 3)")
+    parser.add_argument("--phases", type=int, default=None,
+                        help="DCE phases: pre-contrast + post-contrast (default: legacy 3, phantom 2 drawn 3-6)")
     parser.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
 
 
@@ -52,7 +60,7 @@ def run(args) -> int:
     if args.resolution is not None:
         params["resolution"] = args.resolution
     phantom = make_phantom(seed=args.seed, shape=args.shape, spacing=args.spacing, phases=args.phases,
-                           tumors=args.tumors, **params)
+                           tumors=args.tumors, preset=None if args.preset == "legacy" else args.preset, **params)
     write_phantom(phantom, args.out, overwrite=args.overwrite)
     meta = phantom.meta
     print(f"wrote {args.out}: {phantom.case.geometry.describe()}, {phantom.case.num_phases} phases, "
@@ -75,16 +83,19 @@ def cohort_plan(n: int, seed: int, max_tumors: int = 3) -> list[dict]:
     ]
 
 
-def _write_cohort_case(item: dict, out: str, shape, spacing, phases: int, overwrite: bool) -> dict:
-    """Worker: one case folder; returns its cohort.json entry."""
+def _write_cohort_case(item: dict, out: str, shape, spacing, phases, overwrite: bool, preset: str = "legacy") -> dict:
+    """Worker: one case folder; returns its cohort.json entry (phantom 2 draws density from its population)."""
     from ..phantom import make_phantom, write_phantom
 
+    legacy = preset == "legacy"
     phantom = make_phantom(seed=item["seed"], shape=shape, spacing=spacing, phases=phases, tumors=item["tumors"],
-                           density=item["density"])
+                           preset=None if legacy else preset, **({"density": item["density"]} if legacy else {}))
     folder = Path(out) / item["case_id"]
     write_phantom(phantom, folder, overwrite=overwrite)
     meta = phantom.meta
-    return {**item, "path": item["case_id"], "fgt_fraction": meta["fgt_fraction"], "bpe": meta["parameters"]["bpe"],
+    return {**item, "density": meta["density"], "path": item["case_id"], "fgt_fraction": meta["fgt_fraction"],
+            "bpe": meta["parameters"]["bpe"],
+            "shape": meta["shape"],
             "tumors": [{k: t[k] for k in ("diameter_mm", "kind", "kinetics", "necrotic", "center_mm")} for t in meta["tumors"]]}
 
 
@@ -98,14 +109,15 @@ def run_cohort(args) -> int:
     plan = cohort_plan(args.n, args.seed, args.max_tumors)
     check_output(args.out, args.overwrite)
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
-    jobs = (str(out), list(args.shape), args.spacing, args.phases, args.overwrite)
+    jobs = (str(out), args.shape and list(args.shape), args.spacing, args.phases, args.overwrite, args.preset)
     entries = []
     with ProcessPoolExecutor(max_workers=min(args.workers, len(plan))) as pool:
         futures = [pool.submit(_write_cohort_case, item, *jobs) for item in plan]
         for future in tqdm(as_completed(futures), total=len(futures), desc="phantom cohort", unit="case"):
             entries.append(future.result())
     entries.sort(key=lambda e: e["case_id"])
-    index = {"generator": "synbt phantom-cohort", "seed": args.seed, "shape": list(args.shape), "phases": args.phases,
+    index = {"generator": "synbt phantom-cohort", "seed": args.seed, "preset": args.preset,
+             "shape": entries[0]["shape"] if entries else args.shape, "phases": args.phases,
              "cases": entries}
     (out / "cohort.json").write_text(json.dumps(index, indent=1))
     print(f"wrote {len(entries)} cases and cohort.json to {out}")
