@@ -32,7 +32,7 @@ def draw_acquisition(rng: np.random.Generator, params: dict, fat_suppressed: boo
 
 def uneven_fat_suppression(phases, anatomy, geometry, p, fat_signal, rng) -> None:
     """Adds residual fat signal where suppression fails: a smooth map, growing towards the lateral edges."""
-    from . import phantom as P
+    from . import phantom_base as P
 
     if not p["fat_suppressed"] or p["fat_unevenness"] <= 0:
         return

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import special
 
 from . import labels as L
-from . import phantom as P
+from . import phantom_base as P
 from .phantom_texture import power_law_field, sheets
 
 FGT_BETA = 1.8  # target 2-D slice exponent (Chen et al. 2012: 1.79 +- 0.40 axial breast CT)

@@ -61,7 +61,7 @@ def lesion_kinetics(curve_type: str, times_s, field_t: float, rng: np.random.Gen
 
 def material_table(p: dict, times_s) -> np.ndarray:
     """(M, K) signal (units of M0) of every phantom material (phantom.py's material order) at this field."""
-    from . import phantom as P
+    from . import phantom_base as P
 
     field = p["field_strength_t"]
     t1 = T1[field]
@@ -91,7 +91,7 @@ def material_table(p: dict, times_s) -> np.ndarray:
 
 def render(geometry, anatomy, p: dict, tumors: list[dict], times, rng) -> np.ndarray:
     """Noise-free signal (K, Z, Y, X): materials, FGT partial volume with patchy BPE, textured lesions."""
-    from . import phantom as P
+    from . import phantom_base as P
     from .phantom_texture import power_law_field
 
     field = p["field_strength_t"]
