@@ -212,9 +212,14 @@ class SuiteAUC:
 
 
 def auc_score(scores, labels) -> float:
-    from .realism import auc
-
-    return auc(scores, labels)
+    """Area under the ROC curve (label 1 positive) from mid-ranks: ties count 1/2 (realism.auc, faster)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
+    positive = labels == 1
+    count, other = int(positive.sum()), int((~positive).sum())
+    if count == 0 or other == 0:
+        raise SynBTError("AUC needs at least one sample of each class")
+    ranks = stats.rankdata(scores)
+    return float((ranks[positive].sum() - count * (count + 1) / 2) / (count * other))
 
 
 def bootstrap_interval(scores, labels, groups, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:

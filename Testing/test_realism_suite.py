@@ -145,3 +145,13 @@ def test_shared_texture_detail_keeps_the_post_phases_coupled():
     assert coupled[True] > 0.95 > 0.5 > coupled[False]
     with pytest.raises(SynBTError, match="shared_detail"):
         TextureMap.from_config({"notch": [0.0] * 3, "target": [1.5] * 3, "shared_detail": "yes"})
+
+
+def test_the_fast_auc_is_the_mann_whitney_auc():
+    from SynBTLib.realism import auc
+    from SynBTLib.realism_suite import auc_score
+
+    rng = np.random.default_rng(6)
+    scores = rng.integers(0, 6, size=50).astype(float)  # many ties
+    labels = rng.integers(0, 2, size=50)
+    assert auc_score(scores, labels) == pytest.approx(auc(scores, labels))

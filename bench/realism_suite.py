@@ -40,6 +40,7 @@ from bench.common import REPO, RESULTS_DIR, print_table, write_csv  # noqa: E402
 SEEDS_FILE = Path(__file__).resolve().parent / "realism_seeds.json"
 STAGES = ("noise", "latent", "coherence", "texture", "shared", "moments", "shape", "curves")
 REAL, ORACLE, AE = "real", "oracle", "autoencoder"
+META_COLUMNS = ["case", "seed", "source", "voxels", "kind", "necrotic", "kinetics"]
 # what the diagnosis reads first: the tumor's kinetic coherence and the issue's lag-1 subtraction figure
 COHERENCE = ("xc_post1_post2", "xc_hp_post1_post2", "late_spread", "kin_uniformity", "ac_sub1_x1", "ac_late_x1")
 
@@ -266,7 +267,11 @@ def main(argv=None) -> int:
                         help="only fit the coherence map on the real tumors of the 'fit' seeds, write coherence_fit.json")
     parser.add_argument("--coherence", type=Path, default=RESULTS_DIR / "realism_suite" / "coherence_fit.json",
                         help="coherence map for variants with +coherence where the bundle has none")
+    parser.add_argument("--from-features", type=Path, default=None,
+                        help="judge the rows of an earlier run's suite_features.csv instead of synthesizing")
     args = parser.parse_args(argv)
+    if args.from_features is not None:
+        return judge_only(args)
     if args.fit_coherence:
         fit_coherence(json.loads(SEEDS_FILE.read_text())["shape"], args.cache, args.out / "coherence_fit.json")
         return 0
@@ -315,10 +320,30 @@ def main(argv=None) -> int:
             examples.append(example)
     elapsed = time.perf_counter() - started
 
-    meta_columns = ["case", "seed", "source", "voxels", "kind", "necrotic", "kinetics"]
-    names = [k for k in rows[0] if k not in meta_columns]
+    names = [k for k in rows[0] if k not in META_COLUMNS]
     args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, meta_columns + names, args.out / "suite_features.csv")
+    write_csv(rows, META_COLUMNS + names, args.out / "suite_features.csv")
+    results, coherence = judge(rows, names, list(variants), args)
+    print(f"{len(seeds)} cases of set {args.set} ({seeds[0]}..{seeds[-1]}), bundle {bundle}, {elapsed:.0f} s, "
+          f"{len(names)} features")
+    report(results, coherence)
+    write_csv(results, list(results[0]), args.out / "suite_auc.csv")
+    write_csv(coherence, ["source", *COHERENCE], args.out / "suite_coherence.csv")
+    figure = montage(examples, [REAL, AE, *variants], args.out / "montage.png")
+    manifest = {"command": "python bench/realism_suite.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "git_commit": git_commit(), "bundle": str(bundle), "bundle_sha256": bundle_sha(bundle),
+                "set": args.set, "seeds": [seeds[0], seeds[-1]], "oracle_seeds": [oracle_seeds[0], oracle_seeds[-1]],
+                "variants": {k: sorted(v) for k, v in variants.items()}, "features": len(names),
+                "seconds": round(elapsed), "results": results, "coherence": coherence}
+    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    print(f"wrote {args.out}/suite_*.csv, {figure} and manifest.json")
+    return 0
+
+
+def judge(rows: list[dict], names: list[str], variants: list[str], args) -> tuple[list[dict], list[dict]]:
+    """AUC rows (real vs each control and variant) and the coherence means of every source."""
+    from SynBTLib.realism_suite import cross_validated_auc
+
     kinds = [k.strip() for k in args.classifiers.split(",") if k.strip()]
     results = []
     for source in [ORACLE, AE, *variants]:
@@ -339,23 +364,33 @@ def main(argv=None) -> int:
     for source in [REAL, ORACLE, AE, *variants]:
         values = {k: np.array([r[k] for r in rows if r["source"] == source], np.float64) for k in COHERENCE}
         coherence.append({"source": source, **{k: round(float(np.nanmean(v)), 3) for k, v in values.items()}})
+    return results, coherence
 
-    print(f"{len(seeds)} cases of set {args.set} ({seeds[0]}..{seeds[-1]}), bundle {bundle}, {elapsed:.0f} s, "
-          f"{len(names)} features")
+
+def report(results: list[dict], coherence: list[dict]) -> None:
     print("\nCoherence inside the tumor (means over tumors)")
     print_table(coherence, ["source", *COHERENCE])
     print("\nReal vs each source, cross-validated by case (5 folds x repeats), AUC [95 % bootstrap interval]")
     print_table(results, list(results[0]))
+
+
+def judge_only(args) -> int:
+    """--from-features: the judge on an earlier run's feature rows (every source in them)."""
+    import csv
+
+    with open(args.from_features) as handle:
+        rows = list(csv.DictReader(handle))
+    names = [k for k in rows[0] if k not in META_COLUMNS]
+    for row in rows:
+        row.update({k: float(row[k]) if row[k] not in ("", "None") else np.nan for k in names})
+        row["case"] = int(row["case"])
+    variants = [s for s in dict.fromkeys(r["source"] for r in rows) if s not in (REAL, ORACLE, AE)]
+    results, coherence = judge(rows, names, variants, args)
+    print(f"{len({r['case'] for r in rows})} cases from {args.from_features}, {len(names)} features")
+    report(results, coherence)
+    args.out.mkdir(parents=True, exist_ok=True)
     write_csv(results, list(results[0]), args.out / "suite_auc.csv")
     write_csv(coherence, ["source", *COHERENCE], args.out / "suite_coherence.csv")
-    figure = montage(examples, [REAL, AE, *variants], args.out / "montage.png")
-    manifest = {"command": "python bench/realism_suite.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "git_commit": git_commit(), "bundle": str(bundle), "bundle_sha256": bundle_sha(bundle),
-                "set": args.set, "seeds": [seeds[0], seeds[-1]], "oracle_seeds": [oracle_seeds[0], oracle_seeds[-1]],
-                "variants": {k: sorted(v) for k, v in variants.items()}, "features": len(names),
-                "seconds": round(elapsed), "results": results, "coherence": coherence}
-    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    print(f"wrote {args.out}/suite_*.csv, {figure} and manifest.json")
     return 0
 
 
