@@ -306,6 +306,7 @@ def main(argv=None) -> int:
         rows.append({**meta, "source": REAL, **features_of(study.real, study.mask, study.real_reference)})
         rows.append({**meta, "source": ORACLE, "seed": oracle_seed,
                      **features_of(other.real, other.mask, other.real_reference)})
+        configure(pipeline, base, shipped, coherence)  # the control gets the bundle's own noise restoration
         recon = pipeline.reconstruct(study.real, study.mask, seed=seed)
         rows.append({**meta, "source": AE, **features_of(recon, study.mask, study.real_reference)})
         example = {"seed": seed, REAL: crops_of(study.real, study.mask), AE: crops_of(recon, study.mask)} \
