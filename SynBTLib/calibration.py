@@ -249,15 +249,22 @@ class CoherenceMap:
 
     target: float
     core_target: float | None = None
+    # what the phases do not share: "own" (the generated tumor's own residual, shrunk) or "white" (the
+    # shared pattern plus seeded white noise per phase, like a real scan's acquisition noise)
+    residual: str = "own"
 
     def __post_init__(self):
         for name, value in (("target", self.target), ("core_target", self.core_target)):
             if value is not None and not (np.isfinite(value) and -1.0 < value <= 1.0):
                 raise SynBTError(f"{IMAGE_CONFIG_KEY} coherence {name} must be a correlation, got {value}")
+        if self.residual not in ("own", "white"):
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} coherence residual must be own or white, got {self.residual!r}")
 
-    def apply(self, image: np.ndarray, mask: np.ndarray, core: np.ndarray | None = None) -> np.ndarray:
+    def apply(self, image: np.ndarray, mask: np.ndarray, core: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
         """(P, Z, Y, X) ``image`` with the post phases of each connected tumor of ``mask`` (the part in the
-        necrotic ``core`` apart) made as coherent as the target; a new array, other voxels unchanged."""
+        necrotic ``core`` apart) made as coherent as the target (``seed``: of a white residual); a new
+        array, other voxels unchanged."""
+        rng = np.random.default_rng([int(seed), 17])
         mask = np.asarray(mask) > 0
         core = np.zeros_like(mask) if core is None else mask & (np.asarray(core) > 0)
         out = np.array(image, copy=True)
@@ -272,21 +279,25 @@ class CoherenceMap:
                 values = image[1:, inside].astype(np.float64)
                 if values.shape[1] < 3 or not (values.std(axis=1) > 0).all():
                     continue
+                z = _standardized(values)
+                if self.residual == "white":
+                    z = z.mean(axis=0, keepdims=True) + rng.standard_normal(z.shape)
                 out[1:, inside] = (values.mean(axis=1, keepdims=True) + values.std(axis=1, keepdims=True)
-                                   * pulled_together(_standardized(values), target)).astype(out.dtype)
+                                   * pulled_together(z, target)).astype(out.dtype)
         return out
 
     def to_config(self) -> dict:
-        return {"target": self.target} | ({} if self.core_target is None else {"core_target": self.core_target})
+        return ({"target": self.target} | ({} if self.core_target is None else {"core_target": self.core_target})
+                | ({} if self.residual == "own" else {"residual": self.residual}))
 
     @classmethod
     def from_config(cls, entry) -> "CoherenceMap":
-        if not isinstance(entry, dict) or not {"target"} <= set(entry) <= {"target", "core_target"}:
-            raise SynBTError(f"{IMAGE_CONFIG_KEY} coherence must hold target (and optionally core_target)")
+        if not isinstance(entry, dict) or not {"target"} <= set(entry) <= {"target", "core_target", "residual"}:
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} coherence must hold target (and optionally core_target, residual)")
         values = [entry.get(k) for k in ("target", "core_target")]
         if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
             raise SynBTError(f"{IMAGE_CONFIG_KEY} coherence target and core_target must be numbers")
-        return cls(*(None if v is None else float(v) for v in values))
+        return cls(*(None if v is None else float(v) for v in values), residual=str(entry.get("residual", "own")))
 
 
 def mean_correlation(values: np.ndarray) -> float:
@@ -653,7 +664,7 @@ class ImageCalibration(_MomentMap):
         shift = np.asarray(self.shift_for(kinetics), np.float32)[:, None]
         curve = self.curve_for(kinetics)
         if self.coherence is not None:
-            image = self.coherence.apply(image, mask, core)
+            image = self.coherence.apply(image, mask, core, seed)
         if self.texture is not None and lags is not None:
             image = self.texture.apply(image, mask, lags, seed, core)
         components, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))

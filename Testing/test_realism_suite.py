@@ -155,3 +155,21 @@ def test_the_fast_auc_is_the_mann_whitney_auc():
     scores = rng.integers(0, 6, size=50).astype(float)  # many ties
     labels = rng.integers(0, 2, size=50)
     assert auc_score(scores, labels) == pytest.approx(auc(scores, labels))
+
+
+def test_a_white_coherence_residual_is_seeded_noise_around_the_shared_pattern():
+    rng = np.random.default_rng(7)
+    image = tumor_phases(rng, False).astype(np.float32)
+    mask = ball()
+    white = CoherenceMap(0.95, residual="white")
+    out = white.apply(image, mask, seed=3)
+    assert mean_correlation(out[1:, mask]) == pytest.approx(0.95, abs=1e-3)
+    np.testing.assert_allclose(out[1:, mask].std(1), image[1:, mask].std(1), rtol=1e-4)
+    late = np.where(mask, out[2] - out[1], 0.0)
+    own = np.where(mask, CoherenceMap(0.95).apply(image, mask)[2] - CoherenceMap(0.95).apply(image, mask)[1], 0.0)
+    # what the phases do not share is white: the late change decorrelates within a voxel, the own residual does not
+    assert autocorrelation(late, mask, 2, 1) < 0.2 < autocorrelation(own, mask, 2, 1)
+    assert np.array_equal(white.apply(image, mask, seed=3), out) and not np.array_equal(white.apply(image, mask, seed=4), out)
+    assert CoherenceMap.from_config(white.to_config()) == white
+    with pytest.raises(SynBTError, match="residual"):
+        CoherenceMap(0.9, residual="pink")

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import REPO, RESULTS_DIR, print_table, write_csv  # noqa: E402
 
 SEEDS_FILE = Path(__file__).resolve().parent / "realism_seeds.json"
-STAGES = ("noise", "latent", "coherence", "texture", "shared", "moments", "shape", "curves")
+STAGES = ("noise", "latent", "coherence", "white", "texture", "shared", "moments", "shape", "curves")
 REAL, ORACLE, AE = "real", "oracle", "autoencoder"
 META_COLUMNS = ["case", "seed", "source", "voxels", "kind", "necrotic", "kinetics"]
 # what the diagnosis reads first: the tumor's kinetic coherence and the lag-1 subtraction figure
@@ -63,6 +63,7 @@ def shipped_stages(pipeline) -> frozenset:
     if image is not None:
         on |= {"moments"} | ({"shape"} if image.shape is not None else set()) | ({"curves"} if image.curves else set())
         on |= {"coherence"} if image.coherence is not None else set()
+        on |= {"white"} if image.coherence is not None and image.coherence.residual == "white" else set()
         if image.texture is not None:
             on |= {"texture"} | ({"shared"} if image.texture.shared_detail else set())
     return frozenset(on)
@@ -110,7 +111,10 @@ def configure(pipeline, base, stages: frozenset, coherence=None) -> None:
         changes.update(texture=None)
     elif image.texture is not None:
         changes.update(texture=dataclasses.replace(image.texture, shared_detail="shared" in stages))
-    changes.update(coherence=(image.coherence or coherence) if "coherence" in stages else None)
+    chosen = (image.coherence or coherence) if "coherence" in stages else None
+    if chosen is not None:
+        chosen = dataclasses.replace(chosen, residual="white" if "white" in stages else "own")
+    changes.update(coherence=chosen)
     image_stages = {"moments", "shape", "curves", "texture", "coherence"} & stages
     pipeline.image_calibration = dataclasses.replace(image, **changes) if image_stages else None
 
