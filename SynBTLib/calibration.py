@@ -164,6 +164,9 @@ class TextureMap:
     notch: tuple[float, ...]
     target: tuple[float, ...]
     core_target: tuple[float, ...] | None = None
+    # one detail pattern for every post-contrast phase (each scaled to its own target): detail drawn
+    # apart per phase decorrelates the phases a real tumor's perfusion couples
+    shared_detail: bool = False
 
     def __post_init__(self):
         notch, target = np.asarray(self.notch, np.float64), np.asarray(self.target, np.float64)
@@ -205,7 +208,10 @@ class TextureMap:
                     goal = np.asarray(target, np.float64)
                     # white detail of variance s (over the region's) moves the ratio to (ratio + 2 s) / (1 + s)
                     detail = np.clip(np.nan_to_num((goal - ratio) / (2 - goal)), 0.0, None)[:, None]
-                    values = _standardized(values + np.sqrt(detail) * rng.standard_normal(values.shape))
+                    noise = rng.standard_normal(values.shape)
+                    if self.shared_detail:
+                        noise[2:] = noise[1]
+                    values = _standardized(values + np.sqrt(detail) * noise)
                 out[:, inside] = (original.mean(axis=1, keepdims=True)
                                   + original.std(axis=1, keepdims=True) * values).astype(out.dtype)
         return out
@@ -214,14 +220,128 @@ class TextureMap:
         entry = {"notch": list(self.notch), "target": list(self.target)}
         if self.core_target is not None:
             entry["core_target"] = list(self.core_target)
+        if self.shared_detail:
+            entry["shared_detail"] = True
         return entry
 
     @classmethod
     def from_config(cls, entry) -> "TextureMap":
-        if not isinstance(entry, dict) or not {"notch", "target"} <= set(entry) <= {"notch", "target", "core_target"}:
-            raise SynBTError(f"{IMAGE_CONFIG_KEY} texture must hold notch and target (and optionally core_target)")
+        keys = {"notch", "target", "core_target", "shared_detail"}
+        if not isinstance(entry, dict) or not {"notch", "target"} <= set(entry) <= keys:
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} texture must hold notch and target (and optionally core_target, "
+                             "shared_detail)")
+        if not isinstance(entry.get("shared_detail", False), bool):
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} texture shared_detail must be true or false")
         return cls(*(_numbers(entry[k], f"texture {k}", IMAGE_CONFIG_KEY) if k in entry else None
-                     for k in ("notch", "target", "core_target")))
+                     for k in ("notch", "target", "core_target")), shared_detail=entry.get("shared_detail", False))
+
+
+@dataclass(frozen=True)
+class CoherenceMap:
+    """The post-contrast phases of a tumor drawn from one shared pattern (see the module doc).
+
+    ``target``: the real tumors' mean voxel correlation between post-contrast phases (outside any
+    necrotic core), ``core_target`` that of the real cores (None: a core is left alone). Per
+    connected region, each post phase's standardized values ``z_k`` are pulled toward their mean
+    ``g``, ``g + a (z_k - g)``, with the one ``a`` in [0, 1] that gives the target mean pairwise
+    correlation (``a = 1``, no change, where the phases already agree as much); each phase keeps its
+    mean and spread. The pre-contrast phase is untouched."""
+
+    target: float
+    core_target: float | None = None
+    # what the phases do not share: "own" (the generated tumor's own residual, shrunk) or "white" (the
+    # shared pattern plus seeded white noise per phase, like a real scan's acquisition noise)
+    residual: str = "own"
+
+    def __post_init__(self):
+        for name, value in (("target", self.target), ("core_target", self.core_target)):
+            if value is not None and not (np.isfinite(value) and -1.0 < value <= 1.0):
+                raise SynBTError(f"{IMAGE_CONFIG_KEY} coherence {name} must be a correlation, got {value}")
+        if self.residual not in ("own", "white"):
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} coherence residual must be own or white, got {self.residual!r}")
+
+    def apply(self, image: np.ndarray, mask: np.ndarray, core: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+        """(P, Z, Y, X) ``image`` with the post phases of each connected tumor of ``mask`` (the part in the
+        necrotic ``core`` apart) made as coherent as the target (``seed``: of a white residual); a new
+        array, other voxels unchanged."""
+        rng = np.random.default_rng([int(seed), 17])
+        mask = np.asarray(mask) > 0
+        core = np.zeros_like(mask) if core is None else mask & (np.asarray(core) > 0)
+        out = np.array(image, copy=True)
+        if image.shape[0] < 3:
+            return out
+        for region, target in ((mask & ~core, self.target), (core, self.core_target)):
+            if target is None:
+                continue
+            components, count = ndimage.label(region, structure=np.ones((3, 3, 3)))
+            for label in range(1, count + 1):
+                inside = components == label
+                values = image[1:, inside].astype(np.float64)
+                if values.shape[1] < 3 or not (values.std(axis=1) > 0).all():
+                    continue
+                z = _standardized(values)
+                if self.residual == "white":
+                    z = z.mean(axis=0, keepdims=True) + rng.standard_normal(z.shape)
+                out[1:, inside] = (values.mean(axis=1, keepdims=True) + values.std(axis=1, keepdims=True)
+                                   * pulled_together(z, target)).astype(out.dtype)
+        return out
+
+    def to_config(self) -> dict:
+        return ({"target": self.target} | ({} if self.core_target is None else {"core_target": self.core_target})
+                | ({} if self.residual == "own" else {"residual": self.residual}))
+
+    @classmethod
+    def from_config(cls, entry) -> "CoherenceMap":
+        if not isinstance(entry, dict) or not {"target"} <= set(entry) <= {"target", "core_target", "residual"}:
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} coherence must hold target (and optionally core_target, residual)")
+        values = [entry.get(k) for k in ("target", "core_target")]
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+            raise SynBTError(f"{IMAGE_CONFIG_KEY} coherence target and core_target must be numbers")
+        return cls(*(None if v is None else float(v) for v in values), residual=str(entry.get("residual", "own")))
+
+
+def mean_correlation(values: np.ndarray) -> float:
+    """Mean pairwise correlation of the rows of (K >= 2, N) ``values`` (nan if a row has no spread)."""
+    values = np.asarray(values, np.float64)
+    if values.shape[0] < 2 or not (values.std(axis=1) > 0).all():
+        return np.nan
+    matrix = np.corrcoef(values)
+    return float(matrix[np.triu_indices(len(matrix), 1)].mean())
+
+
+def pulled_together(z: np.ndarray, target: float, iterations: int = 40) -> np.ndarray:
+    """(K, N) standardized rows moved toward their mean g as ``g + a (z - g)``, re-standardized, with
+    ``a`` in [0, 1] found by bisection so the rows' mean pairwise correlation is ``target`` (rows that
+    already agree as much are returned as they are)."""
+    if mean_correlation(z) >= target:
+        return z
+    g = z.mean(axis=0, keepdims=True)
+    low, high = 0.0, 1.0  # the correlation falls as a grows
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        low, high = (middle, high) if mean_correlation(g + middle * (z - g)) > target else (low, middle)
+    return _standardized(g + low * (z - g))
+
+
+def coherence_targets(tumors: Iterable[tuple]) -> CoherenceMap | None:
+    """The CoherenceMap of real ``(phases, inside, core)`` tumors (normalized or raw units alike): the
+    mean post-phase correlation over the tumors outside their cores, and inside the cores where
+    MIN_SHAPE_TUMORS cores or more have one (None: fewer than 3 phases or no tumor with a spread)."""
+    tissue, cores = [], []
+    for phases, inside, core in tumors:
+        if np.shape(phases)[0] < 3:
+            return None
+        inside = np.asarray(inside) > 0
+        core = np.zeros_like(inside) if core is None else inside & (np.asarray(core) > 0)
+        for region, into in ((inside & ~core, tissue), (core, cores)):
+            if region.sum() >= 3:
+                value = mean_correlation(np.asarray(phases)[1:, region])
+                if np.isfinite(value):
+                    into.append(value)
+    if not tissue:
+        return None
+    core_target = float(np.mean(cores)) if len(cores) >= MIN_SHAPE_TUMORS else None
+    return CoherenceMap(float(np.mean(tissue)), core_target)
 
 
 def _standardized(values: np.ndarray) -> np.ndarray:
@@ -476,12 +596,13 @@ class ImageCalibration(_MomentMap):
     shape: ShapeMap | None = None
     necrotic_shape: ShapeMap | None = None
     curves: dict[str, CurveMap] = field(default_factory=dict)
-    texture: TextureMap | None = None  # applied first
+    texture: TextureMap | None = None  # applied first (after the coherence map)
+    coherence: CoherenceMap | None = None  # applied before all else
 
     CONFIG_KEY = IMAGE_CONFIG_KEY
     UNIT = "phase"
     TARGET = "the model"
-    EXTRA_KEYS = ("shape", "necrotic_shape", "curves", "texture")
+    EXTRA_KEYS = ("shape", "necrotic_shape", "curves", "texture", "coherence")
 
     def __post_init__(self):
         super().__post_init__()
@@ -511,6 +632,8 @@ class ImageCalibration(_MomentMap):
             entry["curves"] = {name: curve.to_config() for name, curve in self.curves.items()}
         if self.texture is not None:
             entry["texture"] = self.texture.to_config()
+        if self.coherence is not None:
+            entry["coherence"] = self.coherence.to_config()
         return entry
 
     @classmethod
@@ -522,11 +645,14 @@ class ImageCalibration(_MomentMap):
             extras["curves"] = {str(k): CurveMap.from_config(v, str(k)) for k, v in entry["curves"].items()}
         if "texture" in entry:
             extras["texture"] = TextureMap.from_config(entry["texture"])
+        if "coherence" in entry:
+            extras["coherence"] = CoherenceMap.from_config(entry["coherence"])
         return extras
 
     def apply(self, image: np.ndarray, mask: np.ndarray, kinetics: str | None = None,
               core: np.ndarray | None = None, zero: float = 0.0, lags=None, seed: int = 0) -> np.ndarray:
-        """(P, Z, Y, X) normalized image with the texture of ``mask`` (Z, Y, X) mapped where ``lags`` gives
+        """(P, Z, Y, X) normalized image with the post phases of ``mask`` (Z, Y, X) made coherent (the
+        coherence map, where there is one), its texture mapped where ``lags`` gives
         a latent cell's size in voxels per axis (``seed``: of the texture's detail), then the voxels of the
         mask mapped per phase, each connected tumor around its own mean (with the necrotic factor where it holds part of ``core``,
         the necrotic core it was generated with), then its histogram reshaped by the shape map of its
@@ -537,6 +663,8 @@ class ImageCalibration(_MomentMap):
                              f"and a (Z, Y, X) mask, got {image.shape} and {mask.shape}")
         shift = np.asarray(self.shift_for(kinetics), np.float32)[:, None]
         curve = self.curve_for(kinetics)
+        if self.coherence is not None:
+            image = self.coherence.apply(image, mask, core, seed)
         if self.texture is not None and lags is not None:
             image = self.texture.apply(image, mask, lags, seed, core)
         components, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
@@ -645,6 +773,10 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
                        mask[box] > 0, lags, None if core is None else core[box] & (mask[box] > 0)))
         if progress is not None:
             progress(index + 1)
+    coherence = None if moments_only else coherence_targets((real, inside, core) for real, _, inside, _, core in tumors)
+    if coherence is not None:  # all else is fitted on the coherent syntheses
+        tumors = [(real, coherence.apply(generated, inside, core), inside, lags, core)
+                  for real, generated, inside, lags, core in tumors]
     texture_map = _texture_map(tumors, notch) if texture and not moments_only else None
     real_means, real_stds, generated_means, generated_stds = [], [], [], []
     quantiles = {"real": [], "generated": []}
@@ -666,7 +798,8 @@ def fit_image_calibration(pipeline, samples: Iterable[tuple], seed: int = 0, ste
         moved = [m + np.asarray(fit.calibration.shift_for(t)) for m, t in zip(generated_means, types)]
         curves = _curve_maps(np.asarray(real_means) - np.asarray(zeros)[:, None],
                              np.asarray(moved) - np.asarray(zeros)[:, None], types)
-        fit.calibration = dataclasses.replace(fit.calibration, curves=curves, texture=texture_map, **maps)
+        fit.calibration = dataclasses.replace(fit.calibration, curves=curves, texture=texture_map,
+                                              coherence=coherence, **maps)
     return fit
 
 
@@ -697,7 +830,7 @@ def _texture_map(tumors: list, notch: float | None = None) -> TextureMap | None:
     core_target = None if core_target is None or not ((core_target > 0) & (core_target < 2)).all() else \
         tuple(float(v) for v in core_target)
     if notch is not None:
-        return TextureMap((float(notch),) * phases, tuple(float(v) for v in target), core_target)
+        return TextureMap((float(notch),) * phases, tuple(float(v) for v in target), core_target, shared_detail=True)
     errors = []
     for strength in NOTCH_GRID:
         excess = []
@@ -708,7 +841,7 @@ def _texture_map(tumors: list, notch: float | None = None) -> TextureMap | None:
             excess.append(cell_excess(notched, tissue[i], lags) / (1 + detail))
         errors.append(np.abs(np.nanmean(excess, axis=0) - real_excess))
     notch = tuple(float(NOTCH_GRID[i]) for i in np.nanargmin(np.asarray(errors), axis=0))
-    return TextureMap(notch, tuple(float(v) for v in target), core_target)
+    return TextureMap(notch, tuple(float(v) for v in target), core_target, shared_detail=True)
 
 
 def _curve_maps(real_signal: np.ndarray, generated_signal: np.ndarray, types: list) -> dict[str, CurveMap]:

@@ -26,8 +26,10 @@ def _view_planes(phantom):
 
 
 def phantom_montage(phantom, path) -> Path:
-    """Render axial and sagittal views of each phase, the early subtraction, the tissue labels
-    (tumor outlined) and every tissue's mean signal curve to a PNG (matplotlib Agg)."""
+    """Render axial and sagittal views of each phase, the early subtraction, the late change (last
+    phase - first post-contrast phase, red rising, blue falling: what tells a tumor's curve type and
+    whether its phases agree voxel by voxel), the tissue labels (tumor outlined) and every tissue's
+    mean signal curve to a PNG (matplotlib Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,19 +43,23 @@ def phantom_montage(phantom, path) -> Path:
     vmax = float(np.percentile(phases[-1], 99.5))
     subtraction = phases[1] - phases[0]
     smax = float(np.percentile(subtraction, 99.8))
+    late = phases[-1] - phases[1] if case.num_phases >= 3 else None
+    lmax = None if late is None else max(float(np.percentile(np.abs(late), 99.8)), 1e-6)
     cmap_labels = ListedColormap([_TISSUE_COLORS.get(v, "#ffffff") for v in range(max(L.TISSUE_NAMES) + 1)])
 
     views = [
         ("axial", lambda a: a[z], sy / sx),  # rows Y (anterior at top), columns X (patient right on the left)
         ("sagittal", lambda a: a[::-1, :, x], sz / sy),  # rows Z (superior at top), columns Y (anterior on the left)
     ]
-    columns = case.num_phases + 2
+    columns = case.num_phases + 2 + (late is not None)
     sagittal_height = (sz * phases.shape[1]) / (sy * phases.shape[2])
     fig = plt.figure(figsize=(3.0 * columns + 5.0, 3.3 * (1 + sagittal_height) + 0.6), dpi=100)
     grid = fig.add_gridspec(2, columns + 2, height_ratios=[1.0, sagittal_height])
     for row, (plane, cut, aspect) in enumerate(views):
         panels = [(name, cut(phases[k]), "gray", 0, vmax) for k, name in enumerate(case.phase_names)]
         panels.append((f"{case.phase_names[1]} - {case.phase_names[0]}", cut(subtraction), "gray", 0, smax))
+        if late is not None:
+            panels.append((f"{case.phase_names[-1]} - {case.phase_names[1]}", cut(late), "RdBu_r", -lmax, lmax))
         for col, (title, image, cmap, lo, hi) in enumerate(panels):
             ax = fig.add_subplot(grid[row, col])
             ax.imshow(image, cmap=cmap, vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")

@@ -21,6 +21,7 @@ from SynBTLib.calibration import (
     fit_image_calibration,
     lag_ratio,
     latent_notch,
+    mean_correlation,
     standardized_quantiles,
     tumor_cells,
 )
@@ -451,6 +452,10 @@ def test_the_fitted_shape_and_curve_maps_carry_whole_syntheses_to_the_real_kinet
     # the texture target is the real tumors' mean lag-1 ratio, measured on the case grid around each mask
     real_ratios = [lag_ratio(np.asarray(case.phases, np.float64), mask, 1) for _, case, mask in samples]
     np.testing.assert_allclose(fit.calibration.texture.target, np.mean(real_ratios, 0), rtol=1e-6)
+    # the coherence target is the real tumors' mean post-phase correlation; new texture maps share their detail
+    real_coherence = [mean_correlation(case.phases[1:, mask > 0]) for _, case, mask in samples]
+    assert fit.calibration.coherence.target == pytest.approx(np.mean(real_coherence), rel=1e-6)
+    assert fit.calibration.texture.shared_detail
     calibrated = SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
                                    image_calibration=fit.calibration, **MARGINS)
     real_steps, made_steps = [], []

@@ -62,9 +62,9 @@ def test_the_shipped_bundle_loads_and_synthesizes_a_tumor():
     bundle = load_bundle(path)  # checks every sha256 and tensor shape
     assert bundle.denoiser is not None and bundle.config["phases"] == 3
     assert bundle.calibration is not None and bundle.image_calibration is not None
-    image = bundle.image_calibration  # with its texture map (necrotic cores apart), shape maps and a curve map per type
-    assert image.texture is not None and max(image.texture.notch) > 0 and image.texture.core_target is not None
-    assert image.shape is not None and image.necrotic_shape is not None
+    image = bundle.image_calibration  # with its coherence map (necrotic cores apart) and a curve map per type
+    assert image.coherence is not None and image.coherence.core_target is not None
+    assert image.texture is None and image.shape is None  # removed: they did not earn their place (issue 28)
     assert set(image.curves) == {"all", "persistent", "plateau", "washout"}
     case = make_phantom(seed=11, shape=(96, 96, 32)).case  # coarser than the bundle: ROI is resampled
     placement = place_tumor(breast_tissue_mask(case).breast, case.geometry, 20.0, seed=2)

@@ -1,0 +1,403 @@
+"""Independent realism suite: real vs synthetic phantom tumors on features no calibration was fitted to.
+
+    python bench/realism_suite.py --set dev [--variants all,none] [--n 40] [--bundle B] [--cache DIR]
+
+For every case of a seed set (bench/realism_seeds.json: 'dev' to look at, 'heldout' once at the end)
+the real tumor is the phantom's own; each variant of the bundle's pipeline synthesizes into the same
+mask of the tumor-free twin (SynBTLib.realism.phantom_study_case). SynBTLib.realism_suite.tumor_features
+describes every tumor (~180 numbers inside the mask: first order, 3D GLCM, autocorrelation, radial
+profile, per-voxel kinetics, cross-phase coupling); gradient boosting and a logistic regression,
+cross-validated by case, give AUCs with 95 % bootstrap intervals, always beside two controls:
+
+- oracle: real tumors vs the real tumors of other phantoms (the set's 'oracle' seeds): ~0.5 unless
+  something but appearance leaks;
+- autoencoder: the real tumor through the bundle's autoencoder alone (SynthesisPipeline.reconstruct),
+  the floor any synthesis with these weights can reach.
+
+A variant is 'all' (the bundle as shipped) or 'none' (no calibration, no noise restoration) followed
+by stages added (+) or removed (-): noise, latent, texture, moments, shape, curves, e.g.
+'none+noise+latent' or 'all-texture'. The diffusion sample does not depend on them, so it is computed
+once per case and reused (and kept in --cache with the phantoms, keyed by its inputs).
+Writes suite_auc.csv, suite_features.csv, suite_coherence.csv, montage.png and manifest.json to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO, RESULTS_DIR, print_table, write_csv  # noqa: E402
+
+SEEDS_FILE = Path(__file__).resolve().parent / "realism_seeds.json"
+STAGES = ("noise", "latent", "coherence", "white", "texture", "shared", "moments", "shape", "curves")
+REAL, ORACLE, AE = "real", "oracle", "autoencoder"
+META_COLUMNS = ["case", "seed", "source", "voxels", "kind", "necrotic", "kinetics"]
+# what the diagnosis reads first: the tumor's kinetic coherence and the issue's lag-1 subtraction figure
+COHERENCE = ("xc_post1_post2", "xc_hp_post1_post2", "late_spread", "kin_uniformity", "ac_sub1_x1", "ac_late_x1")
+
+
+def seed_list(name: str, n: int | None) -> tuple[list[int], list[int], list[int]]:
+    spec = json.loads(SEEDS_FILE.read_text())
+    if name not in spec or name == "fit" and "oracle" not in spec[name]:
+        raise SystemExit(f"seed set {name!r} not in {SEEDS_FILE}")
+    cases, oracle = spec[name]["cases"], spec[name]["oracle"]
+    count = cases["count"] if n is None else min(n, cases["count"])
+    return (list(range(cases["first"], cases["first"] + count)),
+            list(range(oracle["first"], oracle["first"] + count)), spec["shape"])
+
+
+def shipped_stages(pipeline) -> frozenset:
+    """The corrections the bundle's pipeline carries, as STAGES names."""
+    image = pipeline.image_calibration
+    on = {"noise"} if pipeline.restore_noise else set()
+    on |= {"latent"} if pipeline.calibration is not None else set()
+    if image is not None:
+        on |= {"moments"} | ({"shape"} if image.shape is not None else set()) | ({"curves"} if image.curves else set())
+        on |= {"coherence"} if image.coherence is not None else set()
+        on |= {"white"} if image.coherence is not None and image.coherence.residual == "white" else set()
+        if image.texture is not None:
+            on |= {"texture"} | ({"shared"} if image.texture.shared_detail else set())
+    return frozenset(on)
+
+
+def parse_variant(text: str, shipped: frozenset = frozenset(STAGES)) -> frozenset:
+    """'all' (the ``shipped`` stages) / 'none' with +stage / -stage edits -> the set of stages on."""
+    import re
+
+    parts = re.findall(r"[+-]?[a-z]+", text)
+    if not parts or parts[0] not in ("all", "none"):
+        raise SystemExit(f"variant {text!r} must start with all or none")
+    on = set(shipped) if parts[0] == "all" else set()
+    for part in parts[1:]:
+        stage = part[1:]
+        if part[0] not in "+-" or stage not in STAGES:
+            raise SystemExit(f"variant {text!r}: unknown edit {part!r} (stages: {', '.join(STAGES)})")
+        (on.add if part[0] == "+" else on.discard)(stage)
+    return frozenset(on)
+
+
+def configure(pipeline, base, stages: frozenset, coherence=None) -> None:
+    """Set ``pipeline``'s corrections to the ``stages`` of the bundle's own (``base``: its latent and
+    image calibrations; ``coherence``: a CoherenceMap where the bundle has none; 'shared': the
+    texture map's detail shared by the post-contrast phases)."""
+    from SynBTLib.calibration import ImageCalibration
+
+    latent, image = base
+    if image is None and "coherence" in stages and coherence is not None:
+        image = ImageCalibration(tuple(0.0 for _ in range(3)), tuple(1.0 for _ in range(3)))
+    pipeline.restore_noise = "noise" in stages
+    pipeline.calibration = latent if "latent" in stages else None
+    if image is None:
+        pipeline.image_calibration = None
+        return
+    changes = {}
+    if "moments" not in stages:
+        ones = tuple(1.0 for _ in image.factor)
+        changes.update(shift=tuple(0.0 for _ in image.shift), factor=ones, kinetic_shift={}, necrotic_factor=None)
+    if "shape" not in stages:
+        changes.update(shape=None, necrotic_shape=None)
+    if "curves" not in stages:
+        changes.update(curves={})
+    if "texture" not in stages:
+        changes.update(texture=None)
+    elif image.texture is not None:
+        changes.update(texture=dataclasses.replace(image.texture, shared_detail="shared" in stages))
+    chosen = (image.coherence or coherence) if "coherence" in stages else None
+    if chosen is not None:
+        chosen = dataclasses.replace(chosen, residual="white" if "white" in stages else "own")
+    changes.update(coherence=chosen)
+    image_stages = {"moments", "shape", "curves", "texture", "coherence"} & stages
+    pipeline.image_calibration = dataclasses.replace(image, **changes) if image_stages else None
+
+
+def memoize_sampling(cache: Path | None) -> None:
+    """Keep every diffusion sample (SynBTLib.pipeline.inpaint_latent) by a hash of all its inputs, in
+    memory and in ``cache``: the variants of a case share it, and reruns skip it."""
+    import torch
+
+    import SynBTLib.pipeline as pipeline_module
+
+    original, memory = pipeline_module.inpaint_latent, {}
+
+    def cached(denoiser, scheduler, known, context, mask, steps, generator, **options):
+        digest = hashlib.sha256()
+        for tensor in (known, context, mask):
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        weights = sum(float(p.double().sum()) for p in denoiser.parameters())
+        digest.update(repr((steps, generator.initial_seed(), weights, sorted(options.items(), key=str))).encode())
+        key = digest.hexdigest()[:32]
+        if key in memory:
+            return memory[key].clone()
+        path = None if cache is None else cache / "latents" / f"{key}.pt"
+        if path is not None and path.exists():
+            latent = torch.load(path, weights_only=True)
+        else:
+            latent = original(denoiser, scheduler, known, context, mask, steps, generator, **options)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(latent, path)
+        memory[key] = latent
+        return latent.clone()
+
+    pipeline_module.inpaint_latent = cached
+
+
+def study_case(seed: int, shape, cache: Path | None):
+    """phantom_study_case of ``seed``, kept in ``cache`` (the arrays and reference masks)."""
+    import pickle  # our own cache files only
+
+    from SynBTLib.realism import phantom_study_case
+
+    path = None if cache is None else cache / "phantoms" / f"{seed}_{'x'.join(map(str, shape))}.pkl"
+    if path is not None and path.exists():
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    study = phantom_study_case(seed, shape=tuple(shape))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            pickle.dump(study, handle)
+    return study
+
+
+def fit_coherence(shape, cache: Path | None, out: Path) -> Path:
+    """The CoherenceMap of the real tumors of the 'fit' seeds (the only seeds anything is fitted on)."""
+    from SynBTLib.calibration import coherence_targets
+    from SynBTLib.necrosis import necrotic_core
+
+    spec = json.loads(SEEDS_FILE.read_text())["fit"]["cases"]
+    seeds = range(spec["first"], spec["first"] + spec["count"])
+    studies = (study_case(seed, shape, cache) for seed in seeds)
+    fitted = coherence_targets((s.real.phases, s.mask, necrotic_core(s.real.phases, s.mask)) for s in studies)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"seeds": [seeds[0], seeds[-1]], "coherence": fitted.to_config()}, indent=2))
+    print(f"coherence of the real tumors of fit seeds {seeds[0]}..{seeds[-1]}: {fitted}; wrote {out}")
+    return out
+
+
+def features_of(case, mask, reference_mask) -> dict:
+    from SynBTLib.realism import reference_intensity
+    from SynBTLib.realism_suite import tumor_features
+
+    return tumor_features(case.phases, mask, reference_intensity(case, reference_mask))
+
+
+def montage(examples: list[dict], sources: list[str], path: Path) -> Path:
+    """Per example (rows) and source: axial crop of every phase, post1 - pre and post2 - post1
+    (diverging, symmetric window from the real tumor), through the tumor's largest slice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = ["pre", "post1", "post2", "post1 - pre", "post2 - post1"]
+    rows = [(e, s) for e in examples for s in sources]
+    figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.9 * len(columns), 1.9 * len(rows)), squeeze=False)
+    for r, (example, source) in enumerate(rows):
+        crops = example[source]
+        real = example[REAL]
+        for c, name in enumerate(columns):
+            axis = axes[r, c]
+            if name == "post2 - post1":
+                limit = max(float(np.percentile(np.abs(real[name][real["mask"] > 0]), 99)), 1e-6) * 1.5
+                axis.imshow(crops[name], cmap="RdBu_r", vmin=-limit, vmax=limit)
+            else:
+                low, high = np.percentile(real[name], [1, 99.5])
+                axis.imshow(crops[name], cmap="gray", vmin=low, vmax=high)
+            axis.contour(crops["mask"], levels=[0.5], colors="yellow", linewidths=0.4)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if r == 0:
+                axis.set_title(name, fontsize=8)
+            if c == 0:
+                axis.set_ylabel(f"{example['seed']}\n{source}", fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def crops_of(case, mask) -> dict:
+    z = int(np.argmax(mask.sum(axis=(1, 2))))
+    ys, xs = np.nonzero(mask[z])
+    half = int(max(np.ptp(ys), np.ptp(xs)) // 2 + 8)
+    cy, cx = int(ys.mean()), int(xs.mean())
+    window = (z, slice(max(cy - half, 0), cy + half + 1), slice(max(cx - half, 0), cx + half + 1))
+    p = case.phases.astype(np.float64)
+    return {"pre": p[0][window], "post1": p[1][window], "post2": p[2][window],
+            "post1 - pre": (p[1] - p[0])[window], "post2 - post1": (p[2] - p[1])[window], "mask": mask[window]}
+
+
+def bundle_sha(bundle: Path) -> str:
+    from SynBTLib.bundle import load_bundle
+
+    return load_bundle(bundle).sha256
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", default="dev", choices=("dev", "heldout"), help="seed set of realism_seeds.json")
+    parser.add_argument("--n", type=int, default=None, help="first N cases of the set (default: all)")
+    parser.add_argument("--bundle", type=Path, default=None, help="diffusion bundle (default: the shipped one)")
+    parser.add_argument("--variants", default="all", help="comma-separated variants (see the doc); default all")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--classifiers", default="boosting,logistic")
+    parser.add_argument("--repeats", type=int, default=3, help="fold shuffles (default 3)")
+    parser.add_argument("--examples", type=int, default=4, help="cases in the montage (default 4)")
+    parser.add_argument("--cache", type=Path, default=None, help="folder keeping phantoms and diffusion samples")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "realism_suite")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fit-coherence", action="store_true",
+                        help="only fit the coherence map on the real tumors of the 'fit' seeds, write coherence_fit.json")
+    parser.add_argument("--coherence", type=Path, default=RESULTS_DIR / "realism_suite" / "coherence_fit.json",
+                        help="coherence map for variants with +coherence where the bundle has none")
+    parser.add_argument("--from-features", type=Path, default=None,
+                        help="judge the rows of an earlier run's suite_features.csv instead of synthesizing")
+    args = parser.parse_args(argv)
+    if args.from_features is not None:
+        return judge_only(args)
+    if args.fit_coherence:
+        fit_coherence(json.loads(SEEDS_FILE.read_text())["shape"], args.cache, args.out / "coherence_fit.json")
+        return 0
+
+    import torch
+    from tqdm import tqdm
+
+    from SynBTLib.bundle import default_bundle_path
+    from SynBTLib.pipeline import SynthesisPipeline
+    from SynBTLib.realism_suite import cross_validated_auc
+
+    torch.set_num_threads(args.threads)
+    bundle = args.bundle or default_bundle_path()
+    seeds, oracle_seeds, shape = seed_list(args.set, args.n)
+    memoize_sampling(args.cache)
+    pipeline = SynthesisPipeline.from_bundle(bundle)
+    shipped = shipped_stages(pipeline)
+    variants = {name.strip(): parse_variant(name.strip(), shipped) for name in args.variants.split(",") if name.strip()}
+    base = (pipeline.calibration, pipeline.image_calibration)
+    coherence = None
+    if any("coherence" in stages for stages in variants.values()) and args.coherence.exists():
+        from SynBTLib.calibration import CoherenceMap
+
+        coherence = CoherenceMap.from_config(json.loads(args.coherence.read_text())["coherence"])
+    started = time.perf_counter()
+    rows, examples = [], []
+    for index, (seed, oracle_seed) in enumerate(tqdm(list(zip(seeds, oracle_seeds)), desc="suite", unit="case")):
+        study = study_case(seed, shape, args.cache)
+        other = study_case(oracle_seed, shape, args.cache)
+        meta = {"case": index, "seed": seed, "voxels": int(study.mask.sum()), "kind": study.meta["tumor"]["kind"],
+                "necrotic": study.meta["tumor"]["necrotic"], "kinetics": study.meta["tumor"]["kinetics"]}
+        rows.append({**meta, "source": REAL, **features_of(study.real, study.mask, study.real_reference)})
+        rows.append({**meta, "source": ORACLE, "seed": oracle_seed,
+                     **features_of(other.real, other.mask, other.real_reference)})
+        configure(pipeline, base, shipped, coherence)  # the control gets the bundle's own noise restoration
+        recon = pipeline.reconstruct(study.real, study.mask, seed=seed)
+        rows.append({**meta, "source": AE, **features_of(recon, study.mask, study.real_reference)})
+        example = {"seed": seed, REAL: crops_of(study.real, study.mask), AE: crops_of(recon, study.mask)} \
+            if index < args.examples else None
+        for name, stages in variants.items():
+            configure(pipeline, base, stages, coherence)
+            synthetic = pipeline(study.background, study.mask, seed=seed, steps=args.steps)
+            rows.append({**meta, "source": name, **features_of(synthetic, study.mask, study.background_reference)})
+            if example is not None:
+                example[name] = crops_of(synthetic, study.mask)
+        if example is not None:
+            examples.append(example)
+    elapsed = time.perf_counter() - started
+
+    names = [k for k in rows[0] if k not in META_COLUMNS]
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, META_COLUMNS + names, args.out / "suite_features.csv")
+    results, coherence = judge(rows, names, list(variants), args)
+    print(f"{len(seeds)} cases of set {args.set} ({seeds[0]}..{seeds[-1]}), bundle {bundle}, {elapsed:.0f} s, "
+          f"{len(names)} features")
+    report(results, coherence)
+    write_csv(results, list(results[0]), args.out / "suite_auc.csv")
+    write_csv(coherence, ["source", *COHERENCE], args.out / "suite_coherence.csv")
+    figure = montage(examples, [REAL, AE, *variants], args.out / "montage.png")
+    manifest = {"command": "python bench/realism_suite.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "git_commit": git_commit(), "bundle": str(bundle), "bundle_sha256": bundle_sha(bundle),
+                "set": args.set, "seeds": [seeds[0], seeds[-1]], "oracle_seeds": [oracle_seeds[0], oracle_seeds[-1]],
+                "variants": {k: sorted(v) for k, v in variants.items()}, "features": len(names),
+                "seconds": round(elapsed), "results": results, "coherence": coherence}
+    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    print(f"wrote {args.out}/suite_*.csv, {figure} and manifest.json")
+    return 0
+
+
+def judge(rows: list[dict], names: list[str], variants: list[str], args) -> tuple[list[dict], list[dict]]:
+    """AUC rows (real vs each control and variant) and the coherence means of every source."""
+    from SynBTLib.realism_suite import cross_validated_auc
+
+    kinds = [k.strip() for k in args.classifiers.split(",") if k.strip()]
+    results = []
+    for source in [ORACLE, AE, *variants]:
+        subset = [r for r in rows if r["source"] in (REAL, source)]
+        x = np.array([[r[k] for k in names] for r in subset], np.float64)
+        y = np.array([r["source"] == source for r in subset], int)
+        groups = np.array([r["case"] for r in subset])
+        entry = {"source": source, "tumors_per_class": int(y.sum())}
+        for kind in kinds:
+            result = cross_validated_auc(x, y, groups, kind=kind, repeats=args.repeats)
+            entry[f"auc_{kind}"] = round(result.auc, 3)
+            entry[f"ci_{kind}"] = f"{result.low:.3f}-{result.high:.3f}"
+        no_cross = [i for i, k in enumerate(names) if not k.startswith(("xc_", "late_", "kin_"))]
+        result = cross_validated_auc(x[:, no_cross], y, groups, kind=kinds[0], repeats=args.repeats)
+        entry[f"auc_{kinds[0]}_no_cross_phase"] = round(result.auc, 3)
+        results.append(entry)
+    coherence = []
+    for source in [REAL, ORACLE, AE, *variants]:
+        values = {k: np.array([r[k] for r in rows if r["source"] == source], np.float64) for k in COHERENCE}
+        coherence.append({"source": source, **{k: round(float(np.nanmean(v)), 3) for k, v in values.items()}})
+    return results, coherence
+
+
+def report(results: list[dict], coherence: list[dict]) -> None:
+    print("\nCoherence inside the tumor (means over tumors)")
+    print_table(coherence, ["source", *COHERENCE])
+    print("\nReal vs each source, cross-validated by case (5 folds x repeats), AUC [95 % bootstrap interval]")
+    print_table(results, list(results[0]))
+
+
+def judge_only(args) -> int:
+    """--from-features: the judge on an earlier run's feature rows (every source in them)."""
+    import csv
+
+    with open(args.from_features) as handle:
+        rows = list(csv.DictReader(handle))
+    names = [k for k in rows[0] if k not in META_COLUMNS]
+    for row in rows:
+        row.update({k: float(row[k]) if row[k] not in ("", "None") else np.nan for k in names})
+        row["case"] = int(row["case"])
+    variants = [s for s in dict.fromkeys(r["source"] for r in rows) if s not in (REAL, ORACLE, AE)]
+    results, coherence = judge(rows, names, variants, args)
+    print(f"{len({r['case'] for r in rows})} cases from {args.from_features}, {len(names)} features")
+    report(results, coherence)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(results, list(results[0]), args.out / "suite_auc.csv")
+    write_csv(coherence, ["source", *COHERENCE], args.out / "suite_coherence.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
