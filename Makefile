@@ -10,7 +10,7 @@ $(BIN)/synbt: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,eval]"
 	touch $(BIN)/synbt
 
 setup: $(BIN)/synbt
