@@ -42,32 +42,43 @@ def synthesis_montage(
     window = (slice(None), cz, slice(y0, y1), slice(x0, x1))
     vmax = float(max(before.phases[window].max(), after.phases[window].max()))
     smax = float(max(sub_before[window[1:]].max(), sub_after[window[1:]].max()))
+    late = n >= 3  # the late change (last - first post-contrast phase) needs two post-contrast phases
+    if late:
+        late_before, late_after = before.phases[-1] - before.phases[1], after.phases[-1] - after.phases[1]
+        lmax = max(float(np.abs(late_after[window[1:]][tumor[cz, y0:y1, x0:x1]]).max(initial=0.0)),
+                   float(np.percentile(np.abs(late_before[window[1:]]), 99)), 1e-6)
+    columns = n + 1 + late
 
-    fig = plt.figure(figsize=(2.6 * (n + 1), 8.6), dpi=110)
-    grid = fig.add_gridspec(3, n + 1, height_ratios=[1, 1, 1.15])
+    fig = plt.figure(figsize=(2.6 * columns, 8.6), dpi=110)
+    grid = fig.add_gridspec(3, columns, height_ratios=[1, 1, 1.15])
     aspect = sy / sx
     for row, (label, case, sub) in enumerate((("before", before, sub_before), ("after", after, sub_after))):
-        for k in range(n + 1):
+        for k in range(columns):
             ax = fig.add_subplot(grid[row, k])
             if k < n:
                 ax.imshow(case.phases[k, cz, y0:y1, x0:x1], cmap="gray", vmin=0, vmax=vmax, aspect=aspect)
                 name = case.phase_names[k]
-            else:
+            elif k == n:
                 ax.imshow(sub[cz, y0:y1, x0:x1], cmap="gray", vmin=0, vmax=smax, aspect=aspect)
                 name = f"{case.phase_names[1]} - {case.phase_names[0]}"
+            else:  # red: still rising (persistent), blue: washing out
+                change = (late_before if row == 0 else late_after)[cz, y0:y1, x0:x1]
+                ax.imshow(change, cmap="RdBu_r", vmin=-lmax, vmax=lmax, aspect=aspect)
+                name = f"{case.phase_names[-1]} - {case.phase_names[1]}"
             if row == 0:
                 ax.contour(tumor[cz, y0:y1, x0:x1], levels=[0.5], colors="tab:red", linewidths=0.6)
             ax.set_title(f"{name} ({label})", fontsize=8)
             ax.set_axis_off()
 
-    overview = fig.add_subplot(grid[2, : max(n - 1, 1)])
+    split = max(columns - 2, 1)
+    overview = fig.add_subplot(grid[2, :split])
     full = after.phases[1, cz]
     overview.imshow(full, cmap="gray", vmin=0, vmax=float(np.percentile(full, 99.7)), aspect=aspect)
     overview.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="tab:red", linewidth=1))
     overview.set_title(f"{after.phase_names[1]} after, full field of view (axial slice {cz})", fontsize=8)
     overview.set_axis_off()
 
-    curve = fig.add_subplot(grid[2, max(n - 1, 1) :])
+    curve = fig.add_subplot(grid[2, split:])
     phases = np.arange(n)
     for region, mask, color in (
         ("synthetic tumor", tumor, "tab:red"),
