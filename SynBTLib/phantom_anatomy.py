@@ -195,10 +195,13 @@ def nme_mask(geometry, labels: np.ndarray, nipples, spec: dict) -> tuple[np.ndar
     extent = spec["diameter_mm"] * (1.4 if spec["kind"] == "segmental" else 1.0)
     half = extent / 2 + 4.0
     spacing = np.array(geometry.spacing[::-1])
-    lo = np.maximum(np.floor((anchor - half - np.array([axes.z.flat[0], axes.y.flat[0], axes.x.flat[0]])) / spacing), 0).astype(int)
-    hi = np.minimum(lo + np.ceil(2 * half / spacing).astype(int) + 1, labels.shape)
-    if spec["kind"] == "segmental":
-        lo = np.maximum(np.minimum(lo, np.floor((nipple - np.array([axes.z.flat[0], axes.y.flat[0], axes.x.flat[0]])) / spacing).astype(int)), 0)
+    origin = np.array([axes.z.flat[0], axes.y.flat[0], axes.x.flat[0]])
+    low_mm, high_mm = anchor - half, anchor + half
+    if spec["kind"] == "segmental":  # the wedge runs from the nipple: the box must hold both ends
+        reach = float(np.linalg.norm(anchor - nipple)) + extent / 2 + 4.0
+        low_mm, high_mm = np.minimum(low_mm, nipple - reach), np.maximum(high_mm, nipple + reach)
+    lo = np.maximum(np.floor((low_mm - origin) / spacing), 0).astype(int)
+    hi = np.minimum(np.ceil((high_mm - origin) / spacing).astype(int) + 1, labels.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     z, y, x = axes.z[box[0]], axes.y[:, box[1]], axes.x[:, :, box[2]]
     if spec["kind"] == "segmental":
