@@ -165,6 +165,8 @@ def prepare_store(data: str | Path, out: str | Path, workers: int = 1, policy=No
     """
     from tqdm.auto import tqdm
 
+    if int(workers) < 1:
+        raise SynBTError(f"workers must be at least 1, got {workers}")
     if dtype not in DTYPES:
         raise SynBTError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if spacing is not None and (len(spacing) != 3 or min(float(v) for v in spacing) <= 0):

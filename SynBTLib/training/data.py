@@ -272,7 +272,7 @@ def encode_cases(
         for case, flip in tqdm(variants, desc="encoding cases", disable=not progress):
             # float32 in memory: a store may hold float16 (memory-mapped)
             image = pad_to_multiple(np.asarray(case.image, np.float32), compression, roi_size, "edge")
-            tumor = pad_to_multiple(case.tumor, compression, roi_size, "constant")
+            tumor = pad_to_multiple(np.array(case.tumor), compression, roi_size, "constant")
             if flip:
                 image, tumor = image[..., ::-1], tumor[..., ::-1]
             image_t = torch.from_numpy(np.ascontiguousarray(image)).to(device)[None]
