@@ -199,7 +199,7 @@ def prepare_store(data: str | Path, out: str | Path, workers: int = 1, policy=No
         if not done(case_id):
             record(case_id, reason)
     todo = [ref for ref in refs if not done(ref.case_id)]
-    report.reused = [ref.case_id for ref in refs if done(ref.case_id)]
+    report.reused = [ref.case_id for ref in refs if (out / "cases" / ref.case_id).is_dir()]
     bar = tqdm(total=len(todo), desc="preparing cases", disable=not progress)
     try:
         if workers <= 1:
