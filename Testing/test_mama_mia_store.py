@@ -215,3 +215,22 @@ def test_bundles_record_their_phase_policy_and_old_bundles_mean_every_phase(coho
     # the NIfTI folder with the autoencoder's policy: the diffusion model takes it over
     run = train_diffusion(cohort, ae.bundle, tmp_path / "diffusion", diffusion_config, verbose=False)
     assert load_bundle(run.bundle).config["phase_policy"] == POLICY
+
+
+def test_throughput_bench_runs_every_stage_and_projects_to_mama_mia(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "train_throughput.py"), "--quick", "--steps", "2",
+                             "--cases", "2", "--json", str(tmp_path / "rows.json")],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {row["stage"]: row for row in json.loads((tmp_path / "rows.json").read_text())["rows"]}
+    assert rows.keys() == {"prepare", "autoencoder", "diffusion", "segmentation"}
+    assert rows["prepare"]["cases"] == 2
+    for name in ("autoencoder", "diffusion", "segmentation"):
+        row = rows[name]
+        assert row["s_per_step"] > 0 and row["samples_per_s"] == pytest.approx(row["batch"] / row["s_per_step"])
+        assert row["projected_h"] >= row["configured_steps"] * row["s_per_step"] / 3600
+        assert row["peak_rss_mb"] > 0
+    assert "projections for 1506 cases" in result.stdout
