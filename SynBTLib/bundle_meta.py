@@ -100,6 +100,15 @@ def migrate(config: dict) -> dict:
     return config
 
 
+def phase_policy_of(config: dict) -> str | None:
+    """Which phases of a case the bundle models (datasets.PhasePolicy spec), recorded as "phase_policy";
+    None (bundles trained before it was recorded, or on every phase): all phases in file order."""
+    policy = config.get("phase_policy")
+    if policy is not None and not isinstance(policy, str):
+        raise SynBTError(f"phase_policy must be a phase policy spec such as \"pre,first,last\", got {policy!r}")
+    return policy
+
+
 def implied_mask_encoding(config: dict) -> str | None:
     """The mask encoding that the denoiser's mask channels imply (None without a denoiser)."""
     denoiser = config.get("denoiser")

@@ -36,7 +36,7 @@ from .common import (
     step_torch_generator,
     teardown_distributed,
 )
-from .data import PatchSampler, TrainingCase, load_cases, median_spacing
+from .data import PatchSampler, TrainingCase, data_phase_policy, load_cases, median_spacing
 
 DEFAULT_CONFIG = {
     "autoencoder": {},  # AutoencoderConfig defaults, with in_channels set from the data
@@ -125,7 +125,9 @@ def train_autoencoder(
     dist = setup_distributed(device)
     try:
         out = prepare_run_dir(out, resume, dist, data=data)
-        cases = load_cases(data, progress=verbose and dist.is_main, with_tumors=tumor_fraction > 0)
+        config["data"]["phase_policy"] = data_phase_policy(data, config["data"].get("phase_policy"))
+        cases = load_cases(data, progress=verbose and dist.is_main, with_tumors=tumor_fraction > 0,
+                           policy=config["data"]["phase_policy"])
         phases = int(cases[0].image.shape[0])
         if source is not None:
             config["autoencoder"] = source.config["autoencoder"]
@@ -310,6 +312,7 @@ def bundle_meta(cases: list[TrainingCase], config: dict, data, steps: int, losse
     return {
         "phases": int(cases[0].image.shape[0]),
         "phase_names": list(cases[0].phase_names),
+        "phase_policy": config["data"].get("phase_policy"),
         "normalization": dict(NORMALIZATION),
         "spacing": median_spacing(cases),
         "training": {

@@ -20,10 +20,12 @@ from tqdm.auto import tqdm
 from ..boxes import crop
 from ..conditioning import denoiser_condition, erase_mask, latent_mask_to_voxels, mask_to_latent
 from ..errors import SynBTError
+from ..datasets import apply_policy, phase_policy
 from ..io import read_case, read_dataset, read_mask
 from ..kinetics import classify_curve
 from ..necrosis import equivalent_diameter_mm, necrotic_core
 from ..preprocess import body_mask, fit_normalization, normalize
+from ..store import is_store, log, open_store
 from .common import step_rng
 from .latent_cache import LatentCache
 
@@ -46,21 +48,50 @@ class TrainingCase:
 
 
 def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = True,
-               with_tumors: bool = False) -> list[TrainingCase]:
-    """Read, normalize and cache every case of a data set folder (any layout SynBTLib.io reads).
+               with_tumors: bool = False, policy=None) -> list[TrainingCase]:
+    """Read, normalize and cache every case of a data set folder (any layout SynBTLib.io reads), or open
+    the cases of a store that `synbt prepare` wrote (memory-mapped, not read into memory).
 
-    With ``need_tumors`` the cases without a tumor label are skipped, and at least one must remain;
-    with ``with_tumors`` every case is kept and the tumor labels that exist are read.
+    With ``need_tumors`` the cases without a tumor are skipped, and at least one must remain;
+    with ``with_tumors`` every case is kept and the tumor labels that exist are read. ``policy``
+    (datasets.PhasePolicy spec) picks each case's phases. A case that cannot be used (too few phases,
+    unreadable, no tumor where one is needed) is skipped with one line on stderr, and counted.
     """
+    if is_store(root):
+        cases = _cases_from_store(root, need_tumors, with_tumors, policy)
+    else:
+        cases = _cases_from_files(root, need_tumors, with_tumors, policy, progress)
+    if not cases:
+        what = "cases with a tumor label (tumor_labels.nii.gz)" if need_tumors else "cases"
+        raise SynBTError(f"no usable {what} found in {root}")
+    phases = {c.image.shape[0] for c in cases}
+    if len(phases) > 1:
+        raise SynBTError(f"cases in {root} have different numbers of phases {sorted(phases)}; train on one protocol, "
+                         "or pick the phases with a phase policy (data.phase_policy, e.g. \"pre,first,last\")")
+    return cases
 
-    def load(ref) -> TrainingCase:
-        case = read_case(list(ref.phase_paths))
-        read_tumor = need_tumors or (with_tumors and ref.label_path is not None)
-        tumor = read_mask(ref.label_path, case.geometry) if read_tumor else None
+
+def data_phase_policy(root, policy=None) -> str | None:
+    """The phase policy training on ``root`` uses: ``policy``, or a store's own (which ``policy`` must match)."""
+    policy = None if policy is None else phase_policy(policy).spec
+    if is_store(root):
+        stored = open_store(root, policy)[0].get("phase_policy")
+        return stored
+    return policy
+
+
+def _cases_from_files(root, need_tumors: bool, with_tumors: bool, policy, progress: bool) -> list[TrainingCase]:
+    def load(ref) -> TrainingCase | str:
+        try:
+            case = read_case(list(ref.phase_paths))
+            read_tumor = need_tumors or (with_tumors and ref.label_path is not None)
+            tumor = read_mask(ref.label_path, case.geometry) if read_tumor else None
+            norm = fit_normalization(case)
+        except (SynBTError, OSError, RuntimeError, ValueError) as exc:
+            return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         body = np.argwhere(body_mask(case))
         stride = max(1, len(body) // MAX_CENTER_CANDIDATES)
         tumor_voxels = np.argwhere(tumor > 0) if tumor is not None else None
-        norm = fit_normalization(case)
         return TrainingCase(
             case_id=ref.case_id,
             image=normalize(case.phases, norm),
@@ -72,17 +103,49 @@ def load_cases(root: str | Path, need_tumors: bool = False, progress: bool = Tru
             tumor_centers=tumor_voxels if tumor_voxels is not None and len(tumor_voxels) else None,
         )
 
-    refs = [ref for ref in read_dataset(root) if not (need_tumors and ref.label_path is None)]
+    every = read_dataset(root)
+    refs, skipped = apply_policy(every, policy)
+    skipped += [(ref.case_id, "no tumor label") for ref in refs if need_tumors and ref.label_path is None]
+    refs = [ref for ref in refs if not (need_tumors and ref.label_path is None)]
     # threads: decompression and the numpy work release the GIL; map keeps the folder's order; few, since
     # each case in flight holds its float64 temporaries (about 3 GB for 512 x 512 x 160 x 4)
     with ThreadPoolExecutor(max_workers=min(LOAD_THREADS, os.cpu_count() or 1)) as pool:
-        cases = list(tqdm(pool.map(load, refs), total=len(refs), desc="loading cases", disable=not progress))
-    if not cases:
-        what = "cases with a tumor label (tumor_labels.nii.gz)" if need_tumors else "cases"
-        raise SynBTError(f"no {what} found in {root}")
-    phases = {c.image.shape[0] for c in cases}
-    if len(phases) > 1:
-        raise SynBTError(f"cases in {root} have different numbers of phases {sorted(phases)}; train on one protocol")
+        loaded = list(tqdm(pool.map(load, refs), total=len(refs), desc="loading cases", disable=not progress))
+    skipped += [(ref.case_id, item) for ref, item in zip(refs, loaded) if isinstance(item, str)]
+    report_skipped(skipped, len(every), root)
+    return [item for item in loaded if not isinstance(item, str)]
+
+
+def report_skipped(skipped: list[tuple[str, str]], total: int, root) -> None:
+    """One line per skipped case, then the count."""
+    for case_id, reason in sorted(skipped):
+        log(f"skipped case {case_id}: {reason}")
+    if skipped:
+        log(f"{len(skipped)} of {total} cases in {root} skipped")
+
+
+def _cases_from_store(root, need_tumors: bool, with_tumors: bool, policy) -> list[TrainingCase]:
+    settings, stored = open_store(root, policy)
+    if settings["skipped"]:
+        log(f"store {root}: {settings['skipped']} cases were skipped when it was prepared (see its skipped/ folder)")
+    cases, skipped = [], []
+    for entry in stored:
+        meta = entry.meta
+        if need_tumors and not meta["has_tumor"]:
+            skipped.append((entry.case_id, "no tumor label" if meta["label_file"] is None else "empty tumor label"))
+            continue
+        read_tumor = need_tumors or with_tumors
+        tumor = entry.array("tumor") if read_tumor else None
+        tumor_voxels = entry.array("tumor_voxels") if read_tumor and meta["has_tumor"] else None
+        norm = meta["normalization"]
+        cases.append(TrainingCase(
+            case_id=entry.case_id, image=entry.array("image"), tumor=tumor,
+            spacing=tuple(meta["geometry"]["spacing"]), phase_names=list(meta["phase_names"]),
+            centers=np.asarray(entry.array("centers")),
+            tumor_centers=None if tumor_voxels is None else np.asarray(tumor_voxels),
+            intensity_range=(norm["low"], norm["high"]),
+        ))
+    report_skipped(skipped, len(stored), root)
     return cases
 
 
@@ -207,8 +270,9 @@ def encode_cases(
     encoded = []
     with torch.no_grad():
         for case, flip in tqdm(variants, desc="encoding cases", disable=not progress):
-            image = pad_to_multiple(case.image, compression, roi_size, "edge")
-            tumor = pad_to_multiple(case.tumor, compression, roi_size, "constant")
+            # float32 in memory: a store may hold float16 (memory-mapped)
+            image = pad_to_multiple(np.asarray(case.image, np.float32), compression, roi_size, "edge")
+            tumor = pad_to_multiple(np.array(case.tumor), compression, roi_size, "constant")
             if flip:
                 image, tumor = image[..., ::-1], tumor[..., ::-1]
             image_t = torch.from_numpy(np.ascontiguousarray(image)).to(device)[None]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..bundle import SUMS_FILE, load_bundle, save_bundle
-from ..bundle_meta import DEFAULT_CONTEXT_MARGIN_MM, SynthesisSettings
+from ..bundle_meta import DEFAULT_CONTEXT_MARGIN_MM, SynthesisSettings, phase_policy_of
 from ..conditioning import MASK_ENCODINGS, mask_condition_channels
 from ..errors import SynBTError
 from ..necrosis import necrosis_statistics
@@ -41,7 +41,7 @@ from .common import (
     step_torch_generator,
     teardown_distributed,
 )
-from .data import TumorRoiSampler, encode_cases, load_cases
+from .data import TumorRoiSampler, data_phase_policy, encode_cases, load_cases
 
 DEFAULT_CONFIG = {
     "denoiser": {},  # DenoiserConfig defaults, with latent_channels set from the autoencoder
@@ -106,6 +106,7 @@ class FrozenAutoencoder:
     network: torch.nn.Module
     latent_scale: float | None
     source: str
+    phase_policy: str | None = None  # the phases it was trained on (None: all, in file order)
 
 
 @dataclass
@@ -123,7 +124,8 @@ def load_autoencoder(path: str | Path, device="cpu") -> FrozenAutoencoder:
         path = path / "bundle"  # a train-autoencoder output folder
     if path.is_dir():
         bundle = load_bundle(path, device=device)
-        return FrozenAutoencoder(bundle.autoencoder, bundle.latent_scale, f"bundle {path} (sha256 {bundle.sha256})")
+        return FrozenAutoencoder(bundle.autoencoder, bundle.latent_scale, f"bundle {path} (sha256 {bundle.sha256})",
+                                 phase_policy_of(bundle.config))
     if path.is_file():
         state = read_checkpoint(path)
         config = json.loads(state["config"])
@@ -131,7 +133,8 @@ def load_autoencoder(path: str | Path, device="cpu") -> FrozenAutoencoder:
             raise SynBTError(f"checkpoint {path} holds no autoencoder")
         network = PatchVolumeAutoencoder(AutoencoderConfig.from_dict(config["autoencoder"]))
         network.load_state_dict(state["models"]["autoencoder"])
-        return FrozenAutoencoder(network.to(device).eval(), None, f"checkpoint {path} (step {state['step']})")
+        return FrozenAutoencoder(network.to(device).eval(), None, f"checkpoint {path} (step {state['step']})",
+                                 config.get("data", {}).get("phase_policy"))
     raise SynBTError(f"--autoencoder {path} is neither a bundle folder, a train-autoencoder output folder nor a checkpoint")
 
 
@@ -231,7 +234,11 @@ def train_diffusion(
             _check_same_latent_space(source, frozen)
         out = prepare_run_dir(out, resume, dist, data=data)
         ae = frozen.network.eval().requires_grad_(False)
-        cases = load_cases(data, need_tumors=True, progress=verbose and dist.is_main)
+        policy = config["data"].get("phase_policy") or frozen.phase_policy
+        if frozen.phase_policy is not None and policy != frozen.phase_policy:
+            raise SynBTError(f"data.phase_policy {policy!r} differs from the autoencoder's {frozen.phase_policy!r}")
+        config["data"]["phase_policy"] = data_phase_policy(data, policy)
+        cases = load_cases(data, need_tumors=True, progress=verbose and dist.is_main, policy=config["data"]["phase_policy"])
         if cases[0].image.shape[0] != ae.config.in_channels:
             raise SynBTError(
                 f"the autoencoder expects {ae.config.in_channels} phases but the cases in {data} have {cases[0].image.shape[0]}"

@@ -166,26 +166,57 @@ def _subsample(points: np.ndarray) -> np.ndarray:
     return points[:: max(1, len(points) // MAX_CENTERS)]
 
 
-def load_segmentation_cases(root: str | Path, what: str = "training", progress: bool = True) -> list[SegmentationCase]:
-    """Every case of a data set folder that has a tumor label, normalized and cached in memory."""
+def load_segmentation_cases(root: str | Path, what: str = "training", progress: bool = True,
+                            policy=None) -> list[SegmentationCase]:
+    """Every case of a data set folder (or a `synbt prepare` store, memory-mapped) that has a tumor label,
+    normalized; ``policy`` picks the phases. Unusable cases are skipped with one line each and counted."""
     from tqdm.auto import tqdm
 
+    from ..datasets import apply_policy
     from ..io import read_case, read_dataset, read_mask
-    from ..preprocess import body_mask, fit_normalization, normalize
+    from ..preprocess import Normalization, body_mask, fit_normalization, normalize
+    from ..store import is_store, open_store
+    from .data import report_skipped
 
-    refs = [ref for ref in read_dataset(root) if ref.label_path is not None]
-    if not refs:
-        raise SynBTError(f"no {what} cases with a tumor label (tumor_labels.nii.gz / labelsTr) in {root}")
-    cases = []
-    for ref in tqdm(refs, desc=f"loading {what} cases", disable=not progress):
-        case = read_case(list(ref.phase_paths))
-        tumor = _read_tumor(ref.label_path, case.geometry, read_mask)
-        norm = fit_normalization(case)
-        cases.append(SegmentationCase(
-            case_id=ref.case_id, image=normalize(case.phases, norm), tumor=tumor, geometry=case.geometry,
-            norm=norm, phase_names=list(case.phase_names),
-            body_voxels=_subsample(np.argwhere(body_mask(case))), tumor_voxels=_subsample(np.argwhere(tumor > 0)),
-        ))
+    cases, skipped = [], []
+    if is_store(root):
+        _, stored = open_store(root, policy)
+        total = len(stored)
+        for entry in stored:
+            if entry.meta["label_file"] is None:
+                skipped.append((entry.case_id, "no tumor label"))
+                continue
+            tumor = entry.array("tumor")
+            # validation segments whole cases: a float32 copy in memory; training crops the memory map
+            image = entry.array("image") if what == "training" else np.asarray(entry.array("image"), np.float32)
+            cases.append(SegmentationCase(
+                case_id=entry.case_id, image=image, tumor=tumor, geometry=entry.geometry,
+                norm=Normalization.from_dict(entry.meta["normalization"]), phase_names=list(entry.meta["phase_names"]),
+                body_voxels=np.asarray(entry.array("centers")),
+                tumor_voxels=_subsample(np.asarray(entry.array("tumor_voxels"))),
+            ))
+    else:
+        every = read_dataset(root)
+        refs, skipped = apply_policy(every, policy)
+        total = len(every)
+        skipped += [(ref.case_id, "no tumor label") for ref in refs if ref.label_path is None]
+        refs = [ref for ref in refs if ref.label_path is not None]
+        for ref in tqdm(refs, desc=f"loading {what} cases", disable=not progress):
+            try:
+                case = read_case(list(ref.phase_paths))
+                tumor = _read_tumor(ref.label_path, case.geometry, read_mask)
+                norm = fit_normalization(case)
+            except (SynBTError, OSError, RuntimeError, ValueError) as exc:
+                skipped.append((ref.case_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+                continue
+            cases.append(SegmentationCase(
+                case_id=ref.case_id, image=normalize(case.phases, norm), tumor=tumor, geometry=case.geometry,
+                norm=norm, phase_names=list(case.phase_names),
+                body_voxels=_subsample(np.argwhere(body_mask(case))), tumor_voxels=_subsample(np.argwhere(tumor > 0)),
+            ))
+    report_skipped(skipped, total, root)
+    if not cases:
+        raise SynBTError(f"no usable {what} cases with a tumor label (tumor_labels.nii.gz / labelsTr) in {root}")
     phases = {c.image.shape[0] for c in cases}
     if len(phases) > 1:
         raise SynBTError(f"{what} cases in {root} have different numbers of phases {sorted(phases)}; use one protocol")
@@ -429,10 +460,14 @@ def train_segmentation(
     dist = setup_distributed(device)
     try:
         out = prepare_run_dir(out, resume, dist, data=data)
+        from .data import data_phase_policy
+
+        policy = config["data"]["phase_policy"] = data_phase_policy(data, config["data"].get("phase_policy"))
         if resume:
             _check_resumable(out, config)
-        cases = load_segmentation_cases(data, "training", progress=verbose and dist.is_main)
-        val_cases = load_segmentation_cases(val, "validation", progress=verbose and dist.is_main) if val else []
+        cases = load_segmentation_cases(data, "training", progress=verbose and dist.is_main, policy=policy)
+        val_cases = load_segmentation_cases(val, "validation", progress=verbose and dist.is_main,
+                                            policy=data_phase_policy(val, policy)) if val else []
         phases = int(cases[0].image.shape[0])
         if phases < 2 and config["model"].get("subtraction"):
             raise SynBTError("the subtraction channel needs at least two phases")
@@ -440,7 +475,8 @@ def train_segmentation(
             raise SynBTError(f"validation cases have {val_cases[0].image.shape[0]} phases, training cases {phases}")
         in_channels = input_channels(phases, bool(config["model"].get("subtraction")))
         model_config = {
-            **config, "phases": phases, "phase_names": cases[0].phase_names, "in_channels": in_channels,
+            **config, "phases": phases, "phase_names": cases[0].phase_names, "phase_policy": policy,
+            "in_channels": in_channels,
             "spacing": [float(v) for v in np.median([c.geometry.spacing for c in cases], axis=0)],
             "normalization": "SynBTLib.preprocess.fit_normalization", "data_dir": str(data), "command": command,
         }
