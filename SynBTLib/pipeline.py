@@ -30,6 +30,7 @@ from .nets.denoiser import KINETIC_CLASSES, guided_noise
 from .nets.latent_norm import ChannelStandardizer
 from .nets.scheduler import check_inference_steps
 from .preprocess import Normalization, denormalize, fit_normalization, normalize
+from .stages import stage
 
 Progress = Callable[[int, int, str], None]
 
@@ -289,17 +290,24 @@ class SynthesisPipeline:
         Same case, mask, seed, kinetics, necrosis and weights give the same output. If `progress(done,
         total, message)` raises (e.g. on Cancel), its exception propagates and nothing is returned.
         """
-        steps, curve = self.check_sampling(steps, kinetics, seed)
-        mask, core = self.check_mask(case, mask, necrosis, seed)
-        norm = fit_normalization(case)
-        region = self.crop(case, mask, core, norm)
-        known = self.encode(region.image)
-        latent = self.sample(region, known, steps, curve, seed, progress)
-        latent = self.calibrate_latent(latent, region, curve)
-        decoded = self.decode(latent, region)
-        decoded = self.add_detail_noise(decoded, region, seed)
-        decoded = self.calibrate_image(decoded, region, curve, seed)
-        return self.paste(case, region, decoded)
+        with stage("check"):
+            steps, curve = self.check_sampling(steps, kinetics, seed)
+            mask, core = self.check_mask(case, mask, necrosis, seed)
+        with stage("crop"):
+            norm = fit_normalization(case)
+            region = self.crop(case, mask, core, norm)
+        with stage("encode"):
+            known = self.encode(region.image)
+        with stage("denoise"):
+            latent = self.sample(region, known, steps, curve, seed, progress)
+            latent = self.calibrate_latent(latent, region, curve)
+        with stage("decode"):
+            decoded = self.decode(latent, region)
+        with stage("correct"):
+            decoded = self.add_detail_noise(decoded, region, seed)
+            decoded = self.calibrate_image(decoded, region, curve, seed)
+        with stage("paste"):
+            return self.paste(case, region, decoded)
 
     @torch.no_grad()
     def latent_pair(self, case: Case, mask: np.ndarray, seed: int = 0, steps: int | None = None,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import SynBTError
 from ..labels import EXISTING_TUMOR_LABEL
+from ..stages import stage
 from ..synthesizers import DEFAULT_STEPS, METHODS, check_request
 from ._shared import check_output, seed_help
 
@@ -156,20 +157,23 @@ def run(args) -> int:
     inputs = list(args.phases) + ([args.mask] if args.mask else []) + ([existing_path] if existing_path else [])
     _check_inputs(inputs)
     check_output(args.out, args.overwrite, inputs)  # refused before any model is loaded
-    synthesizer, steps = make_synthesizer(args.method, args)
+    with stage("load"):
+        synthesizer, steps = make_synthesizer(args.method, args)
     # refused before anything is read or written
     necrosis = check_request(args.method, steps, args.kinetics, args.necrosis, args.bundle, synthesizer=synthesizer).necrosis
     progress = Progress(args.progress)
     try:
         progress(0, "reading the phases")
-        case = read_case(args.phases[0] if len(args.phases) == 1 else args.phases, resample=args.resample)
-        existing = None
-        if existing_path is not None:
-            from ..export import read_existing_tumors
+        with stage("read"):
+            case = read_case(args.phases[0] if len(args.phases) == 1 else args.phases, resample=args.resample)
+            existing = None
+            if existing_path is not None:
+                from ..export import read_existing_tumors
 
-            existing = read_existing_tumors(existing_path, case, "the case")
+                existing = read_existing_tumors(existing_path, case, "the case")
         progress(5, "reading the mask" if args.mask else "placing the tumor")
-        mask, details = _tumor_mask(args, case, existing)
+        with stage("place"):
+            mask, details = _tumor_mask(args, case, existing)
         if existing is not None:
             details["existing_tumors"] = {"path": str(existing_path.resolve()), "voxels": int(existing.sum()),
                                           "label_value": EXISTING_TUMOR_LABEL}
@@ -188,8 +192,9 @@ def run(args) -> int:
             details.update(synthesizer.describe(args.seed, args.kinetics, mask, case.geometry.spacing[::-1], necrosis))
         else:
             details["synthesizer"] = synthesizer.describe(args.seed)
-        write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case,
-                                existing=existing)
+        with stage("write"):
+            write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case,
+                                    existing=existing)
         progress(100, "done")
     finally:
         progress.close()
