@@ -52,21 +52,29 @@ def worker(spec: dict) -> dict:
 
 
 def make_case(folder: Path, shape, seed: int, diameters) -> tuple[Path, dict]:
-    """(case folder, {diameter: mask path}) for the phantom of `shape` (x, y, z); reused when present."""
+    """(case folder, {diameter: mask path}) for the phantom of `shape` (x, y, z); reused when present.
+
+    Each mask is placed in the phantom's breast tissue, or where it does not fit (60 mm in the
+    default phantom, whose breasts hold about 43 mm) anywhere in the body below the skin."""
     case_dir, masks = folder / "case", {d: folder / f"mask_{d:g}mm.nii.gz" for d in diameters}
     if not (case_dir / "phase_0.nii.gz").exists() or not all(p.exists() for p in masks.values()):
         import numpy as np
 
         from SynBTLib.io import write_case, write_label
-        from SynBTLib.labels import BREAST_TISSUE
+        from SynBTLib.errors import SynBTError
+        from SynBTLib.labels import AIR, BREAST_TISSUE, SKIN
         from SynBTLib.phantom import make_phantom
         from SynBTLib.shapes import place_tumor
 
         phantom = make_phantom(seed, shape=tuple(shape))
         write_case(phantom.case, case_dir)
-        breast = np.isin(phantom.tissue_labels, [label for label in BREAST_TISSUE])
+        breast = np.isin(phantom.tissue_labels, BREAST_TISSUE)
+        body = ~np.isin(phantom.tissue_labels, (AIR, SKIN))
         for diameter, path in masks.items():
-            placed = place_tumor(breast, phantom.case.geometry, diameter, seed=seed)
+            try:
+                placed = place_tumor(breast, phantom.case.geometry, diameter, seed=seed)
+            except SynBTError:  # larger than the phantom's breasts: anywhere in the body (what --mask allows)
+                placed = place_tumor(body, phantom.case.geometry, diameter, seed=seed)
             write_label(placed.mask, phantom.case.geometry, path)
     return case_dir, masks
 
@@ -83,8 +91,9 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    except (OSError, subprocess.CalledProcessError):  # an exported tree (git archive) records its commit
+        marker = ROOT / "COMMIT"
+        return marker.read_text().strip() if marker.exists() else "unknown"
 
 
 def run_one(spec: dict, timeout: float) -> dict:

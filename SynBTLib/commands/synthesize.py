@@ -139,11 +139,9 @@ def _tumor_mask(args, case, existing=None):
                          resample=args.resample or args.resample_mask, label=args.label)
         check_mask_in_body(case, mask, f"mask {args.mask}")
         return mask, {"mask": {"path": str(Path(args.mask).resolve()), "segment": args.segment, "label": args.label}}
-    from ..preprocess import breast_tissue_mask
-    from ..shapes import away_from_tumors, place_tumor
+    from ..shapes import place_in_breast
 
-    allowed = away_from_tumors(breast_tissue_mask(case).breast, existing, case.geometry.spacing[::-1])
-    placement = place_tumor(allowed, case.geometry, args.size_mm, seed=args.seed, center_mm=args.center)
+    placement = place_in_breast(case, args.size_mm, seed=args.seed, center_mm=args.center, existing=existing)
     details = {"size_mm": args.size_mm, "center_mm": [float(v) for v in placement.center_mm], "kind": "lobulated"}
     return placement.mask, {"auto_placement": details}
 
