@@ -8,7 +8,7 @@ from ..errors import SynBTError
 from ..labels import EXISTING_TUMOR_LABEL
 from ..stages import stage
 from ..synthesizers import DEFAULT_STEPS, METHODS, check_request
-from ._shared import check_output, seed_help
+from ._shared import add_device_arguments, check_output, seed_help
 
 
 def register(subparsers) -> None:
@@ -52,6 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--progress", choices=("tqdm", "json"), default="tqdm",
                    help="json: one JSON line per progress update on stdout (for the Slicer module)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -59,7 +60,13 @@ def make_synthesizer(method: str, args):
     """(synthesizer, steps) for the --method and --bundle options."""
     from ..synthesizers import make_synthesizer as by_name
 
-    synthesizer, _, steps = by_name(method, bundle=args.bundle, steps=args.steps)
+    from ..pipeline import resolve_device
+
+    options = {}
+    if method != "handcrafted":
+        options = {"device": resolve_device(getattr(args, "device", None)),
+                   "precision": getattr(args, "precision", "float32")}
+    synthesizer, _, steps = by_name(method, bundle=args.bundle, steps=args.steps, **options)
     return synthesizer, steps
 
 
