@@ -112,10 +112,14 @@ def run_demo(
     overwrite: bool = False,
     progress=None,
     log=None,
+    device: str | None = None,
+    precision: str = "float32",
 ) -> dict:
     """Make a phantom case, place a tumor in its breast tissue, synthesize it, write everything.
 
     `progress(done, total, message)` follows the synthesis steps; `log(message)` each stage.
+    device (None/"auto": cuda when available) and precision are the diffusion networks' (ignored by
+    the handcrafted method).
     """
     log = log or (lambda message: None)
     from .io import prepare_output_dir, write_case, write_label
@@ -125,7 +129,13 @@ def run_demo(
     from .synthesizers import make_synthesizer
 
     start = time.perf_counter()
-    synthesizer, used_method, used_steps = make_synthesizer(method, steps=steps)
+    from .pipeline import resolve_device
+    from .synthesizers import check_request
+
+    options = {}
+    if check_request(method, steps).method != "handcrafted":
+        options = {"device": resolve_device(device), "precision": precision}
+    synthesizer, used_method, used_steps = make_synthesizer(method, steps=steps, **options)
     out = prepare_output_dir(out, overwrite=overwrite)
     log(f"making a {shape[0]}x{shape[1]}x{shape[2]} phantom DCE-MRI case (seed {seed})")
     phantom = make_phantom(seed=seed, shape=shape, phases=3, tumors=0)

@@ -9,6 +9,7 @@ cost grows with the tumor, not with the field of view.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,26 @@ from .nets.denoiser import KINETIC_CLASSES, guided_noise
 from .nets.latent_norm import ChannelStandardizer
 from .nets.scheduler import check_inference_steps
 from .preprocess import Normalization, denormalize, fit_normalization, normalize
+from .stages import stage
 
 Progress = Callable[[int, int, str], None]
+PRECISIONS = ("float32", "bfloat16")
+
+
+def resolve_device(device: str | None = None) -> str:
+    """The torch device for a --device value: None or "auto" = "cuda" when a GPU is available, else
+    "cpu"; an explicit CUDA device is refused (one line) when there is none."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise SynBTError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SynBTError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if kind not in ("cpu", "cuda"):
+        raise SynBTError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 class SynthesisPipeline:
@@ -57,6 +76,9 @@ class SynthesisPipeline:
         (normalized units; fitted by ``synbt calibrate`` after the latent one; None: none).
     necrosis: for a denoiser trained with necrotic cores, how often and how large its training tumors'
         cores were (a bundle's "necrosis", necrosis.necrosis_statistics): what ``choose_core`` draws from.
+    precision: "float32" (default) or "bfloat16": the networks run under bf16 autocast (encode, each
+        denoising step, decode); the latent, the scheduler's updates and everything outside the
+        networks stay float32.
 
     With ``denoiser=None`` (an autoencoder-only bundle, ``from_bundle(..., reconstruct_only=True)``)
     the pipeline can only ``reconstruct``: a check of an autoencoder before a denoiser is trained on it.
@@ -80,7 +102,11 @@ class SynthesisPipeline:
         calibration: LatentCalibration | None = None,
         image_calibration: ImageCalibration | None = None,
         necrosis: dict | None = None,
+        precision: str = "float32",
     ):
+        if precision not in PRECISIONS:
+            raise SynBTError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         if not 0 <= blend_mm <= context_margin_mm:
             raise SynBTError(f"blend_mm ({blend_mm}) must be between 0 and context_margin_mm ({context_margin_mm})")
         if not latent_scale > 0:
@@ -289,17 +315,24 @@ class SynthesisPipeline:
         Same case, mask, seed, kinetics, necrosis and weights give the same output. If `progress(done,
         total, message)` raises (e.g. on Cancel), its exception propagates and nothing is returned.
         """
-        steps, curve = self.check_sampling(steps, kinetics, seed)
-        mask, core = self.check_mask(case, mask, necrosis, seed)
-        norm = fit_normalization(case)
-        region = self.crop(case, mask, core, norm)
-        known = self.encode(region.image)
-        latent = self.sample(region, known, steps, curve, seed, progress)
-        latent = self.calibrate_latent(latent, region, curve)
-        decoded = self.decode(latent, region)
-        decoded = self.add_detail_noise(decoded, region, seed)
-        decoded = self.calibrate_image(decoded, region, curve, seed)
-        return self.paste(case, region, decoded)
+        with stage("check"):
+            steps, curve = self.check_sampling(steps, kinetics, seed)
+            mask, core = self.check_mask(case, mask, necrosis, seed)
+        with stage("crop"):
+            norm = fit_normalization(case)
+            region = self.crop(case, mask, core, norm)
+        with stage("encode"):
+            known = self.encode(region.image)
+        with stage("denoise"):
+            latent = self.sample(region, known, steps, curve, seed, progress)
+            latent = self.calibrate_latent(latent, region, curve)
+        with stage("decode"):
+            decoded = self.decode(latent, region)
+        with stage("correct"):
+            decoded = self.add_detail_noise(decoded, region, seed)
+            decoded = self.calibrate_image(decoded, region, curve, seed)
+        with stage("paste"):
+            return self.paste(case, region, decoded)
 
     @torch.no_grad()
     def latent_pair(self, case: Case, mask: np.ndarray, seed: int = 0, steps: int | None = None,
@@ -362,7 +395,15 @@ class SynthesisPipeline:
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """(1, C, z, y, x) normalized image -> its latent in the denoiser's space (scaled, standardized)."""
-        return self.channels.standardize(self.autoencoder.encode_volume(image) * self.latent_scale)
+        with self.autocast():
+            latent = self.autoencoder.encode_volume(image).float()
+        return self.channels.standardize(latent * self.latent_scale)
+
+    def autocast(self):
+        """The networks' precision context: bf16 autocast for precision "bfloat16", else nothing."""
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def sample(self, region: Region, known: torch.Tensor, steps: int, curve: str | None, seed: int,
                progress: Progress | None = None) -> torch.Tensor:
@@ -373,8 +414,9 @@ class SynthesisPipeline:
         context = self.encode(erase_mask(region.image, erased))
         label = None if curve is None else (0 if curve == "any" else KINETIC_CLASSES.index(curve))
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        return inpaint_latent(self.denoiser, self.scheduler, known, context, mask_latent, steps, generator,
-                              guidance_scale=self.guidance_scale, eta=self.eta, progress=progress, kinetics=label)
+        with self.autocast():
+            return inpaint_latent(self.denoiser, self.scheduler, known, context, mask_latent, steps, generator,
+                                  guidance_scale=self.guidance_scale, eta=self.eta, progress=progress, kinetics=label)
 
     def calibrate_latent(self, latent: torch.Tensor, region: Region, curve: str | None) -> torch.Tensor:
         """The latent calibration applied to the tumor's cells (unchanged without one)."""
@@ -384,7 +426,8 @@ class SynthesisPipeline:
 
     def decode(self, latent: torch.Tensor, region: Region) -> np.ndarray:
         """(C, Z, Y, X) float32 decoded image of the region, normalized units, on the case grid."""
-        decoded = self.autoencoder.decode_volume(self.channels.restore(latent) / self.latent_scale)
+        with self.autocast():
+            decoded = self.autoencoder.decode_volume(self.channels.restore(latent) / self.latent_scale).float()
         if region.geometry.working_shape is not None:
             decoded = resize(decoded, region.mask.shape)
         return decoded[0].float().cpu().numpy()
@@ -546,7 +589,7 @@ def inpaint_latent(
     for index, timestep in enumerate(scheduler.timesteps):
         noised_known = scheduler.add_noise(known_latent, _randn(known_latent, generator), timestep.reshape(1))
         latent = torch.where(inside, latent, noised_known)
-        noise = guided_noise(denoiser, latent, context_latent, mask_latent, timestep, guidance_scale, kinetics)
+        noise = guided_noise(denoiser, latent, context_latent, mask_latent, timestep, guidance_scale, kinetics).float()
         latent, _ = scheduler.step(noise, int(timestep), latent, eta=eta, generator=generator)
         if progress is not None:
             progress(index + 1, steps, f"denoising step {index + 1}/{steps}")

@@ -334,3 +334,86 @@ def place_tumor(
         if _protrusion_mm(shape.mask, allowed, distance_in, margin_mm, spacing_zyx) <= 0:
             return Placement(mask=shape.mask, center_mm=center, core=shape.core)
     raise SynBTError(f"could not place a {diameter_mm:g} mm {kind} tumor inside the allowed region in 20 tries")
+
+
+# ------------------------------------------------------------------ placement on a coarse grid
+
+COARSE_PLACEMENT_MM = 2.0  # voxel size the breast is found and the centre drawn at (--auto)
+
+
+def coarse_factors(spacing_zyx, target_mm: float = COARSE_PLACEMENT_MM) -> tuple[int, int, int]:
+    """Whole voxels per coarse voxel along (z, y, x): as many as fit in target_mm (at least 1)."""
+    return tuple(max(1, int(target_mm // float(s))) for s in spacing_zyx)
+
+
+def coarse_geometry(geometry: Geometry, factors_zyx) -> Geometry:
+    """The grid of factors-sized blocks of `geometry` (the incomplete blocks at the far edges dropped):
+    each coarse voxel's centre is its block's centre."""
+    f_xyz = np.asarray(factors_zyx[::-1])
+    size = tuple(int(n // f) for n, f in zip(geometry.size, f_xyz))
+    if min(size) < 1:
+        raise SynBTError(f"the grid {geometry.describe()} is smaller than one {tuple(f_xyz)} block")
+    origin = geometry.index_to_physical((f_xyz - 1) / 2.0)
+    return Geometry(size=size, spacing=tuple(float(s * f) for s, f in zip(geometry.spacing, f_xyz)),
+                    origin=tuple(float(v) for v in origin), direction=tuple(geometry.direction))
+
+
+def block_mean(volume: np.ndarray, factors_zyx) -> np.ndarray:
+    """Mean of each factors-sized block of a (Z, Y, X) array (float32; incomplete edge blocks dropped).
+
+    Sums strided views into the small coarse array, so no full-size copy is made."""
+    shape = tuple(n // f for n, f in zip(volume.shape, factors_zyx))
+    total = np.zeros(shape, dtype=np.float64)
+    fz, fy, fx = factors_zyx
+    for dz in range(fz):
+        for dy in range(fy):
+            for dx in range(fx):
+                total += volume[dz::fz, dy::fy, dx::fx][: shape[0], : shape[1], : shape[2]]
+    return (total / (fz * fy * fx)).astype(np.float32)
+
+
+def block_any(mask: np.ndarray, factors_zyx, shape) -> np.ndarray:
+    """Coarse voxels (of `shape`) whose block holds a voxel of `mask`; voxels of the dropped edge
+    blocks count for their nearest coarse voxel."""
+    coarse = np.zeros(shape, dtype=bool)
+    index = np.nonzero(mask)
+    if len(index[0]):
+        coarse[tuple(np.minimum(i // f, n - 1) for i, f, n in zip(index, factors_zyx, shape))] = True
+    return coarse
+
+
+def place_in_breast(case, diameter_mm: float, seed: int = 0, center_mm=None, existing: np.ndarray | None = None,
+                    kind: str = "lobulated", margin_mm: float = 3.0,
+                    coarse_mm: float = COARSE_PLACEMENT_MM) -> Placement:
+    """A tumor placed inside the case's breast tissue (preprocess.breast_tissue_mask), at least
+    EXISTING_TUMOR_CLEARANCE_MM from `existing` tumors, deterministic per seed.
+
+    The breast is found and the centre drawn on a grid of about coarse_mm voxels (block means of
+    the phases): memory and time grow with the coarse grid, not the case's. The margin there is
+    widened by half a coarse voxel's diagonal, so the tumor voxelized on the case grid, grown by
+    margin_mm, lies inside the breast region mapped back to the case grid (checked).
+    """
+    from .case import Case
+    from .preprocess import breast_tissue_mask
+
+    geometry = case.geometry
+    factors = coarse_factors(geometry.spacing[::-1], coarse_mm)
+    if factors == (1, 1, 1):
+        allowed = away_from_tumors(breast_tissue_mask(case).breast, existing, geometry.spacing[::-1])
+        return place_tumor(allowed, geometry, diameter_mm, seed=seed, kind=kind, center_mm=center_mm, margin_mm=margin_mm)
+    coarse = coarse_geometry(geometry, factors)
+    phases = np.stack([block_mean(phase, factors) for phase in case.phases])
+    allowed = breast_tissue_mask(Case(phases, coarse, list(case.phase_names))).breast
+    if existing is not None:
+        allowed = away_from_tumors(allowed, block_any(np.asarray(existing) > 0, factors, coarse.shape), coarse.spacing[::-1])
+    widened = margin_mm + 0.5 * float(np.linalg.norm(coarse.spacing))
+    placed = place_tumor(allowed, coarse, diameter_mm, seed=seed, kind=kind, center_mm=center_mm, margin_mm=widened)
+    shape = tumor_mask(geometry, placed.center_mm, diameter_mm, kind, seed)
+    if _touches_border(shape.mask):
+        raise SynBTError(f"a {diameter_mm:g} mm tumor at {tuple(round(v, 1) for v in placed.center_mm)} mm is cut by the image border")
+    voxels = np.nonzero(shape.mask)
+    blocks = tuple(i // f for i, f in zip(voxels, factors))
+    inside = np.all([b < n for b, n in zip(blocks, coarse.shape)], axis=0)
+    if not inside.all() or not allowed[tuple(b[inside] for b in blocks)].all():
+        raise SynBTError(f"could not place a {diameter_mm:g} mm {kind} tumor inside the breast tissue")
+    return Placement(mask=shape.mask, center_mm=placed.center_mm, core=None)

@@ -49,6 +49,7 @@ class SynthesisRequest:
     center_mm: tuple[float, float, float] | None = None  # LPS, with auto_size_mm
     kinetics: str | None = None  # curve type for a bundle trained with kinetic classes (None: drawn by the seed)
     necrosis: str | None = None  # "yes" / "no": a necrotic core, for a bundle trained with cores (None: drawn)
+    device: str = "auto"  # the networks' --device (auto: cuda when available)
 
 
 @dataclass
@@ -111,6 +112,8 @@ def build_synthesize_command(python: str, inputs: WorkerInputs, out_dir: str | P
         command += ["--kinetics", str(request.kinetics)]
     if checked.necrosis is not None:
         command += ["--necrosis", necrosis_choice(checked.necrosis)]
+    if request.device != "auto" and request.method != "handcrafted":
+        command += ["--device", str(request.device)]
     return command + ["--out", str(out_dir), "--progress", "json"]
 
 

@@ -86,9 +86,11 @@ def _method_capabilities(method: str) -> Capabilities:
     return Capabilities()
 
 
-def make_synthesizer(method: str = "diffusion", bundle: str | Path | None = None, steps: int | None = None):
+def make_synthesizer(method: str = "diffusion", bundle: str | Path | None = None, steps: int | None = None,
+                     **pipeline_options):
     """(synthesizer, method, steps) for a checked request (check_request: "auto" = diffusion when a
-    bundle is available; steps default to DEFAULT_STEPS for the diffusion method)."""
+    bundle is available; steps default to DEFAULT_STEPS for the diffusion method).
+    pipeline_options (device, precision) go to SynthesisPipeline.from_bundle."""
     request = check_request(method, steps, bundle=bundle)
     if request.method == "handcrafted":
         from .handcrafted import HandcraftedSynthesizer
@@ -99,4 +101,4 @@ def make_synthesizer(method: str = "diffusion", bundle: str | Path | None = None
     path = request.bundle or default_bundle_path()
     if not (path / "config.json").exists():
         raise SynBTError(f"no model bundle at {path} (config.json missing); pass --bundle DIR or --method handcrafted")
-    return SynthesisPipeline.from_bundle(path), request.method, request.steps
+    return SynthesisPipeline.from_bundle(path, **pipeline_options), request.method, request.steps

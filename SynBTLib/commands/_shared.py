@@ -51,3 +51,13 @@ def check_output(out, overwrite: bool = False, inputs=()) -> Path:
         if source.is_dir() and source in path.parents:
             raise SynBTError(f"output folder {path} is inside the input folder {source}; choose another --out")
     return path
+
+
+def add_device_arguments(parser) -> None:
+    """--device and --precision of the commands that run a bundle's networks."""
+    parser.add_argument("--device", default="auto", metavar="D",
+                        help="where the networks run: auto (default: cuda when a GPU is available, else cpu), cpu, "
+                        "cuda or cuda:N")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: the networks run under bf16 autocast (faster on a GPU; results differ "
+                        "slightly from float32, the default)")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..synthesizers import DEFAULT_STEPS
-from ._shared import seed_help
+from ._shared import add_device_arguments, seed_help
 
 
 def register(subparsers) -> None:
@@ -17,6 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("--size-mm", type=float, default=25.0, help="tumor diameter in mm")
     p.add_argument("--steps", type=int, default=None, help=f"diffusion sampling steps (default {DEFAULT_STEPS})")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out folder")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -40,7 +41,8 @@ def run(args) -> int:
 
     try:
         summary = run_demo(args.out, seed=args.seed, method=args.method, size_mm=args.size_mm,
-                           steps=args.steps, overwrite=args.overwrite, progress=progress, log=tqdm.write)
+                           steps=args.steps, overwrite=args.overwrite, progress=progress, log=tqdm.write,
+                           device=args.device, precision=args.precision)
     finally:
         for bar in bars:
             bar.close()
