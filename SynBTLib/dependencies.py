@@ -22,7 +22,7 @@ except ImportError:  # a bare Python: pip always vendors packaging
 REQUIREMENTS_FILE = Path(__file__).with_name("requirements.txt")
 TORCH = "torch"
 # Distributions whose import name differs from the distribution name (for the "restart Slicer" check).
-IMPORT_NAMES = {"pynrrd": "nrrd", "SimpleITK": "SimpleITK", "safetensors": "safetensors"}
+IMPORT_NAMES = {"pynrrd": "nrrd"}
 
 
 def runtime_requirements(path: str | Path = REQUIREMENTS_FILE) -> list[Requirement]:

@@ -238,6 +238,12 @@ def mark_output(result: mrml.SynthesisResult) -> mrml.SynthesisResult:
     return result
 
 
+def _segment_mask(segmentation_node, segment_id, case) -> np.ndarray:
+    if segmentation_node is None or not segment_id:
+        raise SynBTError("select a tumor segment, or choose an automatic tumor size")
+    return mrml.mask_from_segment(segmentation_node, segment_id, case.geometry)
+
+
 @dataclass
 class RunStatus:
     percent: int
@@ -254,11 +260,7 @@ class SynthesisRun:
                  suffix: str = mrml.OUTPUT_SUFFIX, python: str | None = None):
         self.scene, self.phase_nodes, self.suffix = scene, list(phase_nodes), suffix
         case = mrml.case_from_volume_nodes(self.phase_nodes)
-        mask = None
-        if request.auto_size_mm is None:
-            if segmentation_node is None or not segment_id:
-                raise SynBTError("select a tumor segment, or choose an automatic tumor size")
-            mask = mrml.mask_from_segment(segmentation_node, segment_id, case.geometry)
+        mask = None if request.auto_size_mm is not None else _segment_mask(segmentation_node, segment_id, case)
         self.job = SynthesisJob.start(case, mask, request, python=python)
         self.percent, self.message = 0, "starting"
 
@@ -287,9 +289,7 @@ def synthesize_in_process(scene, phase_nodes, segmentation_node=None, segment_id
                             synthesizer=synthesizer, prefix="").options
     case = mrml.case_from_volume_nodes(phase_nodes)
     if request.auto_size_mm is None:
-        if segmentation_node is None or not segment_id:
-            raise SynBTError("select a tumor segment, or choose an automatic tumor size")
-        mask = mrml.mask_from_segment(segmentation_node, segment_id, case.geometry)
+        mask = _segment_mask(segmentation_node, segment_id, case)
     else:
         mask = auto_tumor_mask(case, request.auto_size_mm, request.seed, request.center_mm)
     result = synthesizer(case, mask, seed=request.seed, steps=steps, progress=progress, **options)

@@ -86,6 +86,18 @@ def write_worker_inputs(case: Case, mask: np.ndarray | None, work_dir: str | Pat
     return WorkerInputs(phase_paths, mask_path)
 
 
+def start_in_work_dir(prefix: str, case: Case, mask: np.ndarray | None, command_for) -> tuple["WorkerProcess", Path]:
+    """Write the inputs into a new temporary folder and start the worker on
+    ``command_for(inputs, work_dir / "output")``; the folder is removed if anything fails."""
+    work_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        inputs = write_worker_inputs(case, mask, work_dir)
+        return WorkerProcess(command_for(inputs, work_dir / "output")), work_dir
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+
+
 def python_executable() -> str:
     """Slicer's Python launcher when there is one (it sets up Slicer's libraries), else this Python."""
     return shutil.which("PythonSlicer") or sys.executable
@@ -297,14 +309,9 @@ class SynthesisJob:
     def start(cls, case: Case, mask: np.ndarray | None, request: SynthesisRequest, python: str | None = None) -> "SynthesisJob":
         if mask is None and request.auto_size_mm is None:
             raise SynBTError("give a tumor mask or an automatic tumor size")
-        work_dir = Path(tempfile.mkdtemp(prefix="SynBT-"))
-        try:
-            inputs = write_worker_inputs(case, None if request.auto_size_mm is not None else mask, work_dir)
-            command = build_synthesize_command(python or python_executable(), inputs, work_dir / "output", request)
-            worker = WorkerProcess(command)
-        except BaseException:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            raise
+        mask = None if request.auto_size_mm is not None else mask
+        worker, work_dir = start_in_work_dir("SynBT-", case, mask, lambda inputs, out: build_synthesize_command(
+            python or python_executable(), inputs, out, request))
         return cls(case, worker, work_dir)
 
     def poll(self) -> list[ProgressEvent]:
@@ -637,12 +644,10 @@ class CommandJob:
 
 
 def auto_tumor_mask(case: Case, size_mm: float, seed: int, center_mm=None) -> np.ndarray:
-    """A tumor of diameter size_mm placed in the breast tissue (as `synbt synthesize --auto` does)."""
-    from .preprocess import breast_tissue_mask
-    from .shapes import place_tumor
+    """A tumor of diameter size_mm placed in the breast tissue, exactly as `synbt synthesize --auto` does."""
+    from .shapes import place_in_breast
 
-    allowed = breast_tissue_mask(case).breast
-    return place_tumor(allowed, case.geometry, size_mm, seed=seed, center_mm=center_mm).mask
+    return place_in_breast(case, size_mm, seed=seed, center_mm=center_mm).mask
 
 
 # ---------------------------------------------------------------- applying a trained segmentation model
@@ -652,13 +657,18 @@ SEGMENT_CASE_ID = "case"
 
 def build_segment_command(python: str, inputs: WorkerInputs, model: str | Path, out_dir: str | Path) -> list[str]:
     """The `segment` command line that writes out_dir/case.nii.gz for the phases in `inputs`."""
+    return [python, "-m", "SynBTLib", "segment", "--model", check_model_folder(model), "--phases",
+            *map(str, inputs.phase_paths), "--name", SEGMENT_CASE_ID, "--out", str(out_dir)]
+
+
+def check_model_folder(model: str | Path | None) -> str:
+    """The chosen model folder as text, refused when empty or missing."""
     model_text = str(model or "").strip()
     if not model_text:
         raise SynBTError("choose the trained model folder (a `synbt train-seg` run folder)")
     if not Path(model_text).is_dir():
         raise SynBTError(f"model folder not found: {model_text}")
-    return [python, "-m", "SynBTLib", "segment", "--model", model_text, "--phases", *map(str, inputs.phase_paths),
-            "--name", SEGMENT_CASE_ID, "--out", str(out_dir)]
+    return model_text
 
 
 class SegmentationJob:
@@ -672,14 +682,9 @@ class SegmentationJob:
 
     @classmethod
     def start(cls, case: Case, model: str | Path, python: str | None = None) -> "SegmentationJob":
-        work_dir = Path(tempfile.mkdtemp(prefix="SynBT-segment-"))
-        try:
-            inputs = write_worker_inputs(case, None, work_dir)
-            command = build_segment_command(python or python_executable(), inputs, model, work_dir / "output")
-            worker = WorkerProcess(command)
-        except BaseException:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            raise
+        check_model_folder(model)  # before the phases are written: a wrong folder costs nothing
+        worker, work_dir = start_in_work_dir("SynBT-segment-", case, None, lambda inputs, out: build_segment_command(
+            python or python_executable(), inputs, model, out))
         return cls(case, worker, work_dir)
 
     @property
