@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from .boxes import Box, box_overlap
 
@@ -39,6 +39,33 @@ def noise_level(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return 1.4826 * np.median(np.abs(centred), axis=1)
 
 
+RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))  # median / sigma of noise-only (air) voxels
+
+
+def air_noise_sigma(phases: np.ndarray, max_samples: int = 1_000_000) -> np.ndarray:
+    """Per-phase acquisition-noise sigma of (C, Z, Y, X) magnitude ``phases`` (their own units), from
+    the air around the body: there a magnitude image holds noise alone, Rayleigh-distributed, whose
+    median is sigma * sqrt(2 ln 2) (the MRI "background method"). Air is the strided voxels whose
+    maximum over phases lies below the Otsu threshold of its logarithm; the median keeps the few
+    partial-volume voxels at the skin from mattering. Zeros where there is no air (under 5 % of the
+    voxels, or a dark class brighter than a fifth of the body: dim tissue, not noise) or where the
+    scanner zeroed it: nothing to measure, so nothing is added."""
+    from .preprocess import _otsu_threshold
+
+    flat = phases.reshape(phases.shape[0], -1)
+    stride = max(1, flat.shape[1] // max_samples)
+    sample = np.asarray(flat[:, ::stride], np.float64)
+    peak = sample.max(axis=0)
+    log_peak = np.log1p(np.maximum(peak, 0.0) - min(float(peak.min()), 0.0))
+    if float(log_peak.max()) <= float(log_peak.min()):
+        return np.zeros(phases.shape[0])
+    air = log_peak <= _otsu_threshold(log_peak)
+    # no air: under 5 % of the voxels, or a "dark" class that is dim tissue rather than noise
+    if air.mean() < 0.05 or np.median(peak[air]) > 0.2 * np.median(peak[~air]):
+        return np.zeros(phases.shape[0])
+    return np.maximum(np.median(sample[:, air], axis=1), 0.0) / RAYLEIGH_MEDIAN
+
+
 def detail_noise(original: np.ndarray, mask: np.ndarray, seed: int, decoded: np.ndarray | None = None) -> np.ndarray:
     """Seeded Gaussian noise per phase that brings `decoded` up to `original`'s acquisition-noise level:
     of standard deviation sqrt(level(original)^2 - level(decoded)^2) (the part the decoder left out),
@@ -49,6 +76,66 @@ def detail_noise(original: np.ndarray, mask: np.ndarray, seed: int, decoded: np.
     rng = np.random.default_rng([int(seed), 7])
     noise = rng.standard_normal(original.shape, dtype=np.float32)
     return noise * sigma.astype(np.float32)[:, None, None, None]
+
+
+def smooth_phases(image: np.ndarray, sigma_vox: float) -> np.ndarray:
+    """(C, Z, Y, X) ``image`` with each phase smoothed by a Gaussian of ``sigma_vox`` voxels (a copy;
+    ``sigma_vox`` 0 returns it unchanged)."""
+    if sigma_vox <= 0:
+        return image
+    return np.stack([gaussian_filter(phase, sigma_vox, mode="nearest") for phase in image]).astype(image.dtype)
+
+
+def shared_post_phases(image: np.ndarray, mask: np.ndarray, core: np.ndarray | None, sigma: np.ndarray,
+                       seed: int) -> np.ndarray:
+    """(C, Z, Y, X) ``image`` whose post-contrast phases, inside each connected region of ``mask`` (a
+    necrotic ``core`` a region of its own), are one shared pattern seen through independent
+    acquisition noise, as a scanner sees one enhancing tissue at several times.
+
+    Per region and post phase k, with mean m_k and spread s_k of its voxels and g the standardized
+    mean over post phases of their standardized values: ``m_k + sqrt(s_k^2 - sigma_k^2) g +
+    sigma_k n_k``, n_k seeded white noise. Each phase keeps its mean and spread; how much the phases
+    agree then follows from the measured noise ``sigma`` (per phase, the image's units), not from a
+    fitted target. The pre-contrast phase and voxels outside ``mask`` are unchanged (a copy)."""
+    from scipy import ndimage
+
+    out = np.array(image, copy=True)
+    if image.shape[0] < 3:
+        return out
+    rng = np.random.default_rng([int(seed), 23])
+    mask = np.asarray(mask) > 0
+    core = np.zeros_like(mask) if core is None else mask & (np.asarray(core) > 0)
+    noise_var = np.square(np.asarray(sigma, np.float64)[1:, None])
+    for region in (mask & ~core, core):
+        components, count = ndimage.label(region, structure=np.ones((3, 3, 3)))
+        for label in range(1, count + 1):
+            inside = components == label
+            values = image[1:, inside].astype(np.float64)
+            spread = values.std(axis=1, keepdims=True)
+            if values.shape[1] < 3 or not (spread > 0).all():
+                continue
+            shared = ((values - values.mean(axis=1, keepdims=True)) / spread).mean(axis=0, keepdims=True)
+            shared = (shared - shared.mean()) / max(float(shared.std()), 1e-12)
+            signal = np.sqrt(np.clip(spread ** 2 - noise_var, 0.0, None))
+            noise = rng.standard_normal(values.shape) * np.sqrt(np.minimum(noise_var, spread ** 2))
+            out[1:, inside] = (values.mean(axis=1, keepdims=True) + signal * shared + noise).astype(out.dtype)
+    return out
+
+
+def keep_late_change(generated: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(C, Z, Y, X) ``generated`` whose phases after the first post-contrast one follow ``original``'s
+    change from it outside ``mask``: ``gen_k = gen_1 + (orig_k - orig_1)`` for k >= 2 where ``mask`` is 0.
+
+    The blend zone around a tumor mixes generated tissue into the original; the generated tissue's
+    late change is not coherent with the original's, which drew a ring in the post2 - post1 map.
+    Inside the mask nothing changes (a copy)."""
+    out = np.array(generated, copy=True)
+    if out.shape[0] < 3:
+        return out
+    outside = np.asarray(mask) == 0
+    for k in range(2, out.shape[0]):
+        out[k][outside] = generated[1][outside] + (original[k][outside] - original[1][outside])
+    return out
 
 
 def blend_weight(mask: np.ndarray, spacing_zyx, blend_mm: float) -> np.ndarray:

@@ -23,7 +23,8 @@ from .bundle_meta import DEFAULT_CONTEXT_MARGIN_MM, SynthesisSettings
 from .calibration import ImageCalibration, LatentCalibration, tumor_cells
 from .capabilities import CURVE_TYPES, DEFAULT_STEPS, Capabilities
 from .case import Case, Geometry, check_finite
-from .compositing import blend_weight, detail_noise, paste_blended, resize, resize_mask
+from .compositing import (air_noise_sigma, blend_weight, detail_noise, keep_late_change, paste_blended, resize,
+                          resize_mask, shared_post_phases, smooth_phases)
 from .conditioning import denoiser_condition, erase_mask, mask_condition_channels
 from .errors import SynBTError
 from .necrosis import core_from_mask, equivalent_diameter_mm
@@ -35,6 +36,8 @@ from .stages import stage
 
 Progress = Callable[[int, int, str], None]
 PRECISIONS = ("float32", "bfloat16")
+# how the post-contrast phases of a generated tumor relate: as calibrated, or one shared pattern + measured noise
+PHASE_MODELS = ("calibrated", "shared")
 
 
 def resolve_device(device: str | None = None) -> str:
@@ -103,6 +106,8 @@ class SynthesisPipeline:
         image_calibration: ImageCalibration | None = None,
         necrosis: dict | None = None,
         precision: str = "float32",
+        noise_grain_vox: float = 0.0,
+        phase_model: str = "calibrated",
     ):
         if precision not in PRECISIONS:
             raise SynBTError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -128,6 +133,12 @@ class SynthesisPipeline:
         self.guidance_scale = float(guidance_scale)
         self.eta = float(eta)
         self.restore_noise = bool(restore_noise)
+        if not (np.isfinite(noise_grain_vox) and 0 <= noise_grain_vox <= 3):
+            raise SynBTError(f"noise_grain_vox must be between 0 and 3 voxels, got {noise_grain_vox}")
+        self.noise_grain_vox = float(noise_grain_vox)
+        if phase_model not in PHASE_MODELS:
+            raise SynBTError(f"phase_model must be one of {', '.join(PHASE_MODELS)}, got {phase_model!r}")
+        self.phase_model = phase_model
         if isinstance(mask_dilation_cells, bool) or int(mask_dilation_cells) != mask_dilation_cells or mask_dilation_cells < 0:
             raise SynBTError(f"mask_dilation_cells must be a whole number, 0 or more, got {mask_dilation_cells!r}")
         self.mask_dilation_cells = int(mask_dilation_cells)
@@ -329,8 +340,7 @@ class SynthesisPipeline:
         with stage("decode"):
             decoded = self.decode(latent, region)
         with stage("correct"):
-            decoded = self.add_detail_noise(decoded, region, seed)
-            decoded = self.calibrate_image(decoded, region, curve, seed)
+            decoded = self.correct(decoded, region, curve, seed)
         with stage("paste"):
             return self.paste(case, region, decoded)
 
@@ -359,6 +369,8 @@ class SynthesisPipeline:
         mask = validated_mask(case, mask, expected_phases=self.autoencoder.config.in_channels)
         region = self.crop(case, mask, None, fit_normalization(case))
         decoded = self.decode(self.encode(region.image), region)
+        if self.noise_grain_vox > 0:
+            return self.paste(case, region, self.add_detail_noise(smooth_phases(decoded, self.noise_grain_vox), region, seed))
         return self.paste(case, region, self.add_detail_noise(decoded, region, seed))
 
     # -- the stages, in the order __call__ runs them
@@ -391,7 +403,11 @@ class SynthesisPipeline:
             image = resize(image, shape)
             mask_t = resize_mask(mask_t, shape)
             core_t = None if core_t is None else resize_mask(core_t, shape, within=mask_t)
-        return Region(geometry, norm, inside_volume(box, case.shape), original, roi_mask, roi_core, image, mask_t, core_t)
+        sigma = None
+        if self.phase_model == "shared":
+            sigma = air_noise_sigma(case.phases) / (norm.high - norm.low)
+        return Region(geometry, norm, inside_volume(box, case.shape), original, roi_mask, roi_core, image, mask_t, core_t,
+                      sigma)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """(1, C, z, y, x) normalized image -> its latent in the denoiser's space (scaled, standardized)."""
@@ -431,6 +447,22 @@ class SynthesisPipeline:
         if region.geometry.working_shape is not None:
             decoded = resize(decoded, region.mask.shape)
         return decoded[0].float().cpu().numpy()
+
+    def correct(self, decoded: np.ndarray, region: Region, curve: str | None, seed: int) -> np.ndarray:
+        """The decoded region after the acquisition-noise and image corrections, its late change outside
+        the mask the original's (``keep_late_change``).
+
+        With ``noise_grain_vox`` > 0 the decoder's own correlated grain is smoothed away first and the
+        case's measured acquisition noise (white, independent per phase) is added after the image
+        calibration, as a scanner adds it to the object; otherwise noise restoration comes first."""
+        if self.noise_grain_vox > 0:
+            decoded = self.calibrate_image(smooth_phases(decoded, self.noise_grain_vox), region, curve, seed)
+            decoded = self.add_detail_noise(decoded, region, seed)
+        else:
+            decoded = self.calibrate_image(self.add_detail_noise(decoded, region, seed), region, curve, seed)
+        if self.phase_model == "shared":
+            decoded = shared_post_phases(decoded, region.mask, region.core, region.noise_sigma, seed)
+        return keep_late_change(decoded, region.original, region.mask)
 
     def add_detail_noise(self, decoded: np.ndarray, region: Region, seed: int) -> np.ndarray:
         """With ``restore_noise``: the acquisition noise the decoder left out (``detail_noise``),
@@ -523,7 +555,8 @@ class Region:
 
     On the case grid: ``inside`` (the box's voxels inside the volume), ``original`` (the normalized
     phases, edge-padded), ``mask`` (uint8) and ``core`` (bool, or None). On the networks' grid:
-    ``image`` (1, C, z, y, x), ``mask_t`` and ``core_t`` (1, 1, z, y, x, 0/1 float)."""
+    ``image`` (1, C, z, y, x), ``mask_t`` and ``core_t`` (1, 1, z, y, x, 0/1 float). ``noise_sigma``:
+    the case's acquisition noise per phase in normalized units, where the pipeline needs it."""
 
     geometry: RegionGeometry
     norm: Normalization
@@ -534,6 +567,7 @@ class Region:
     image: torch.Tensor
     mask_t: torch.Tensor
     core_t: torch.Tensor | None
+    noise_sigma: np.ndarray | None = None  # per-phase acquisition noise, normalized units (phase_model "shared")
 
 
 def validated_mask(case: Case, mask, expected_phases: int | None = None) -> np.ndarray:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import REPO, RESULTS_DIR, print_table, write_csv  # noqa: E402
 
 SEEDS_FILE = Path(__file__).resolve().parent / "realism_seeds.json"
-STAGES = ("noise", "latent", "coherence", "white", "texture", "shared", "moments", "shape", "curves")
+STAGES = ("noise", "grain", "sharedpost", "latent", "coherence", "white", "texture", "shared", "moments", "shape", "curves")
 REAL, ORACLE, AE = "real", "oracle", "autoencoder"
 META_COLUMNS = ["case", "seed", "source", "voxels", "kind", "necrotic", "kinetics"]
 # what the diagnosis reads first: the tumor's kinetic coherence and the issue's lag-1 subtraction figure
@@ -59,6 +59,8 @@ def shipped_stages(pipeline) -> frozenset:
     """The corrections the bundle's pipeline carries, as STAGES names."""
     image = pipeline.image_calibration
     on = {"noise"} if pipeline.restore_noise else set()
+    on |= {"grain"} if pipeline.noise_grain_vox > 0 else set()
+    on |= {"sharedpost"} if pipeline.phase_model == "shared" else set()
     on |= {"latent"} if pipeline.calibration is not None else set()
     if image is not None:
         on |= {"moments"} | ({"shape"} if image.shape is not None else set()) | ({"curves"} if image.curves else set())
@@ -85,16 +87,19 @@ def parse_variant(text: str, shipped: frozenset = frozenset(STAGES)) -> frozense
     return frozenset(on)
 
 
-def configure(pipeline, base, stages: frozenset, coherence=None) -> None:
+def configure(pipeline, base, stages: frozenset, coherence=None, grain: float = 0.0) -> None:
     """Set ``pipeline``'s corrections to the ``stages`` of the bundle's own (``base``: its latent and
     image calibrations; ``coherence``: a CoherenceMap where the bundle has none; 'shared': the
-    texture map's detail shared by the post-contrast phases)."""
+    texture map's detail shared by the post-contrast phases; 'grain': the decoder's grain smoothed by
+    ``grain`` voxels and the measured acquisition noise added last, SynthesisPipeline.noise_grain_vox)."""
     from SynBTLib.calibration import ImageCalibration
 
     latent, image = base
     if image is None and "coherence" in stages and coherence is not None:
         image = ImageCalibration(tuple(0.0 for _ in range(3)), tuple(1.0 for _ in range(3)))
     pipeline.restore_noise = "noise" in stages
+    pipeline.noise_grain_vox = grain if "grain" in stages else 0.0
+    pipeline.phase_model = "shared" if "sharedpost" in stages else "calibrated"
     pipeline.calibration = latent if "latent" in stages else None
     if image is None:
         pipeline.image_calibration = None
@@ -238,6 +243,25 @@ def crops_of(case, mask) -> dict:
             "post1 - pre": (p[1] - p[0])[window], "post2 - post1": (p[2] - p[1])[window], "mask": mask[window]}
 
 
+CROP = 32  # voxels per side of the judge crops (bench/realism_cnn.py)
+
+
+def judge_crop(case, mask, reference_mask) -> np.ndarray:
+    """(6, CROP, CROP, CROP) float32 around the tumor's centroid: pre, post1, post2, post1 - pre,
+    post2 - post1 divided by the case's reference tissue intensity, and the mask (edge-padded)."""
+    from SynBTLib.realism import reference_intensity
+
+    reference = reference_intensity(case, reference_mask)
+    p = case.phases[:3].astype(np.float32) / reference
+    stack = np.concatenate([p, p[1:2] - p[0:1], p[2:3] - p[1:2], (mask > 0)[None].astype(np.float32)])
+    centre = np.round(np.argwhere(mask > 0).mean(axis=0)).astype(int)
+    half = CROP // 2
+    pad = [(0, 0)] + [(half, half)] * 3
+    padded = np.pad(stack, pad, mode="edge")
+    window = tuple(slice(c, c + CROP) for c in centre)  # centre + half in padded coordinates, minus half
+    return padded[(slice(None), *window)]
+
+
 def bundle_sha(bundle: Path) -> str:
     from SynBTLib.bundle import load_bundle
 
@@ -267,6 +291,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="folder keeping phantoms and diffusion samples")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "realism_suite")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--save-crops", action="store_true",
+                        help="also write judge_crops.npz (tumor-centred crops of every source, for bench/realism_cnn.py)")
+    parser.add_argument("--grain", type=float, default=None,
+                        help="voxels of the 'grain' stage (default: the bundle's noise_grain_vox, else 0.75)")
     parser.add_argument("--fit-coherence", action="store_true",
                         help="only fit the coherence map on the real tumors of the 'fit' seeds, write coherence_fit.json")
     parser.add_argument("--coherence", type=Path, default=RESULTS_DIR / "realism_suite" / "coherence_fit.json",
@@ -293,15 +321,18 @@ def main(argv=None) -> int:
     memoize_sampling(args.cache)
     pipeline = SynthesisPipeline.from_bundle(bundle)
     shipped = shipped_stages(pipeline)
-    variants = {name.strip(): parse_variant(name.strip(), shipped) for name in args.variants.split(",") if name.strip()}
+    # 'recon:<variant>': the autoencoder control with that variant's corrections (a control, not a synthesis)
+    variants = {name.strip(): parse_variant(name.strip().removeprefix("recon:"), shipped)
+                for name in args.variants.split(",") if name.strip()}
     base = (pipeline.calibration, pipeline.image_calibration)
+    grain = args.grain if args.grain is not None else (pipeline.noise_grain_vox or 0.75)
     coherence = None
     if any("coherence" in stages for stages in variants.values()) and args.coherence.exists():
         from SynBTLib.calibration import CoherenceMap
 
         coherence = CoherenceMap.from_config(json.loads(args.coherence.read_text())["coherence"])
     started = time.perf_counter()
-    rows, examples = [], []
+    rows, examples, crops = [], [], []
     for index, (seed, oracle_seed) in enumerate(tqdm(list(zip(seeds, oracle_seeds)), desc="suite", unit="case")):
         study = study_case(seed, shape, args.cache)
         other = study_case(oracle_seed, shape, args.cache)
@@ -310,15 +341,27 @@ def main(argv=None) -> int:
         rows.append({**meta, "source": REAL, **features_of(study.real, study.mask, study.real_reference)})
         rows.append({**meta, "source": ORACLE, "seed": oracle_seed,
                      **features_of(other.real, other.mask, other.real_reference)})
-        configure(pipeline, base, shipped, coherence)  # the control gets the bundle's own noise restoration
+        if args.save_crops:
+            crops.append((index, REAL, judge_crop(study.real, study.mask, study.real_reference)))
+            crops.append((index, ORACLE, judge_crop(other.real, other.mask, other.real_reference)))
+        configure(pipeline, base, shipped, coherence, grain)  # the control gets the bundle's own noise restoration
         recon = pipeline.reconstruct(study.real, study.mask, seed=seed)
         rows.append({**meta, "source": AE, **features_of(recon, study.mask, study.real_reference)})
+        if args.save_crops:
+            crops.append((index, AE, judge_crop(recon, study.mask, study.real_reference)))
         example = {"seed": seed, REAL: crops_of(study.real, study.mask), AE: crops_of(recon, study.mask)} \
             if index < args.examples else None
         for name, stages in variants.items():
-            configure(pipeline, base, stages, coherence)
-            synthetic = pipeline(study.background, study.mask, seed=seed, steps=args.steps)
-            rows.append({**meta, "source": name, **features_of(synthetic, study.mask, study.background_reference)})
+            configure(pipeline, base, stages, coherence, grain)
+            if name.startswith("recon:"):
+                synthetic = pipeline.reconstruct(study.real, study.mask, seed=seed)
+                reference = study.real_reference
+            else:
+                synthetic = pipeline(study.background, study.mask, seed=seed, steps=args.steps)
+                reference = study.background_reference
+            rows.append({**meta, "source": name, **features_of(synthetic, study.mask, reference)})
+            if args.save_crops:
+                crops.append((index, name, judge_crop(synthetic, study.mask, reference)))
             if example is not None:
                 example[name] = crops_of(synthetic, study.mask)
         if example is not None:
@@ -328,6 +371,9 @@ def main(argv=None) -> int:
     names = [k for k in rows[0] if k not in META_COLUMNS]
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, META_COLUMNS + names, args.out / "suite_features.csv")
+    if crops:
+        np.savez_compressed(args.out / "judge_crops.npz", case=np.array([c[0] for c in crops]),
+                            source=np.array([c[1] for c in crops]), crops=np.stack([c[2] for c in crops]))
     results, coherence = judge(rows, names, list(variants), args)
     print(f"{len(seeds)} cases of set {args.set} ({seeds[0]}..{seeds[-1]}), bundle {bundle}, {elapsed:.0f} s, "
           f"{len(names)} features")
