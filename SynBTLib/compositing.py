@@ -39,15 +39,17 @@ def noise_level(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return 1.4826 * np.median(np.abs(centred), axis=1)
 
 
-RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))  # median / sigma of noise-only (air) voxels
+AIR_QUANTILE = 0.25
+# that quantile / sigma of noise-only (air) voxels, Rayleigh-distributed
+RAYLEIGH_QUANTILE = float(np.sqrt(-2.0 * np.log(1.0 - AIR_QUANTILE)))
 
 
 def air_noise_sigma(phases: np.ndarray, max_samples: int = 1_000_000) -> np.ndarray:
     """Per-phase acquisition-noise sigma of (C, Z, Y, X) magnitude ``phases`` (their own units), from
     the air around the body: there a magnitude image holds noise alone, Rayleigh-distributed, whose
-    median is sigma * sqrt(2 ln 2) (the MRI "background method"). Air is the strided voxels whose
-    maximum over phases lies below the Otsu threshold of its logarithm; the median keeps the few
-    partial-volume voxels at the skin from mattering. Zeros where there is no air (under 5 % of the
+    lower quartile is sigma * sqrt(-2 ln 0.75) (the MRI "background method"). Air is the strided voxels
+    whose maximum over phases lies below the Otsu threshold of its logarithm; a low quantile keeps
+    partial-volume voxels at the skin and ghosts (which only add bright voxels) from mattering. Zeros where there is no air (under 5 % of the
     voxels, or a dark class brighter than a fifth of the body: dim tissue, not noise) or where the
     scanner zeroed it: nothing to measure, so nothing is added."""
     from .preprocess import _otsu_threshold
@@ -63,7 +65,7 @@ def air_noise_sigma(phases: np.ndarray, max_samples: int = 1_000_000) -> np.ndar
     # no air: under 5 % of the voxels, or a "dark" class that is dim tissue rather than noise
     if air.mean() < 0.05 or np.median(peak[air]) > 0.2 * np.median(peak[~air]):
         return np.zeros(phases.shape[0])
-    return np.maximum(np.median(sample[:, air], axis=1), 0.0) / RAYLEIGH_MEDIAN
+    return np.maximum(np.quantile(sample[:, air], AIR_QUANTILE, axis=1), 0.0) / RAYLEIGH_QUANTILE
 
 
 def detail_noise(original: np.ndarray, mask: np.ndarray, seed: int, decoded: np.ndarray | None = None) -> np.ndarray:
