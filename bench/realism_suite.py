@@ -259,7 +259,7 @@ def judge_crop(case, mask, reference_mask) -> np.ndarray:
     pad = [(0, 0)] + [(half, half)] * 3
     padded = np.pad(stack, pad, mode="edge")
     window = tuple(slice(c, c + CROP) for c in centre)  # centre + half in padded coordinates, minus half
-    return padded[(slice(None), *window)]
+    return np.ascontiguousarray(padded[(slice(None), *window)])  # a copy: a view would keep the padded volume alive
 
 
 def bundle_sha(bundle: Path) -> str:
