@@ -139,6 +139,7 @@ def test_offline_synthetic_run_and_refusals(dataset, tmp_path, capsys):
     assert [r["synthetic"] for r in _rows(out / LOG_FILE)] == ["2", "2"]
     assert (out / "model" / "model.safetensors").is_file()  # no --val: the final model
 
+    capsys.readouterr()  # the run's progress
     for bad, named in ((["--synthetic", "offline"], "--synthetic"), (["--synthetic", "sometimes"], "sometimes"),
                        (["--config", str(tiny), "--ratio", "1.5"], "--ratio")):
         assert cli.main(args + bad) == 2

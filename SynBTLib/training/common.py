@@ -1,4 +1,5 @@
-"""Shared training machinery: seeding, distributed setup, mixed precision, checkpoints, the loss log, the loop.
+"""Shared training machinery: the run skeleton (TrainingRun, whose hooks each trainer fills), seeding,
+distributed setup, mixed precision, checkpoints, the loss log and the loop (Trainer).
 
 Resuming is exact: a checkpoint holds the networks, optimizers, LR schedulers, the step and every
 RNG state, and each step draws its data and noise from generators seeded by (seed, step, rank)
