@@ -140,9 +140,10 @@ class AutoencoderTraining(TrainingRun):
     def train_step(self, index: int) -> dict[str, float]:
         trainer, settings, dist, sampler = self.trainer, self.settings, self.dist, self.sampler
         autoencoder, discriminator, adversarial = self.autoencoder, self.discriminator, self.adversarial
-        loss_cfg, decoder_only = self.config.loss, self.config.decoder_only
-        kl_weight, consistency_weight, kinetic_weight = loss_cfg.kl_weight, loss_cfg.consistency_weight, loss_cfg.kinetic_weight
-        adversarial_weight, latent_noise = loss_cfg.adversarial_weight, loss_cfg.decoder_latent_noise
+        weights, decoder_only = self.config.loss, self.config.decoder_only
+        kl_weight, consistency_weight = weights.kl_weight, weights.consistency_weight
+        kinetic_weight, adversarial_weight = weights.kinetic_weight, weights.adversarial_weight
+        latent_noise = weights.decoder_latent_noise
         x = torch.from_numpy(sampler.sample(index, settings.batch_size)).to(dist.device)
         generator = step_torch_generator(settings.seed, index, dist.rank, stream=1, device=dist.device)
         with trainer.autocast():
