@@ -134,7 +134,7 @@ def test_the_fitted_calibration_maps_the_generated_moments_onto_the_real_ones(pi
     small = [(name, case, tumor(case.shape, (10, 20, 20), radius_mm=3.0)) for name, case, _ in samples]
     with pytest.raises(SynBTError, match=f"no calibration tumor covers {MIN_SPREAD_CELLS} latent cells"):
         fit_calibration(pipeline, small, steps=STEPS)
-    with pytest.raises(SynBTError, match=r"calibration tumor 2 \(odd case\): the tumor mask has shape"):
+    with pytest.raises(SynBTError, match="odd case"):
         fit_calibration(pipeline, [samples[0], ("odd case", samples[1][1], samples[1][2][:-1])], steps=STEPS)
 
 
