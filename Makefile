@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo_output
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean bundle
 
 $(BIN)/synbt: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,3 +23,8 @@ test: setup
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
+
+# Rebuild the shipped bundle from the phantom (hours on CPU): make bundle WORK=... VERSION=1.1 CHANGE="what changed"
+WORK ?= bundle_work
+bundle: setup
+	$(BIN)/python tools/rebuild_bundle.py --work $(WORK) --version "$(VERSION)" --change "$(CHANGE)"

@@ -54,15 +54,15 @@ def test_denoiser_config_round_trips_through_json():
 
 
 def test_configs_refuse_unknown_keys_and_bad_values():
-    with pytest.raises(SynBTError, match="unknown denoiser config keys"):
+    with pytest.raises(SynBTError, match="width"):
         DenoiserConfig.from_dict({**TINY.to_dict(), "width": 3})
-    with pytest.raises(SynBTError, match="multiples of norm_num_groups"):
+    with pytest.raises(SynBTError, match="norm_num_groups"):
         DenoiserConfig(channels=(8, 12, 16), norm_num_groups=8)
-    with pytest.raises(SynBTError, match="unknown scheduler config keys"):
+    with pytest.raises(SynBTError, match="sigma"):
         SchedulerConfig.from_dict({"kind": "ddim", "sigma": 1})
     with pytest.raises(SynBTError, match="unknown scheduler kind"):
         SchedulerConfig(kind="euler")
-    with pytest.raises(SynBTError, match="prediction_type must be one of"):
+    with pytest.raises(SynBTError, match="prediction_type"):
         SchedulerConfig(prediction_type="sample")
 
 

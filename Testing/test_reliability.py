@@ -128,7 +128,7 @@ def test_sha256sums_line_leaving_the_bundle_is_refused(tmp_path, name):
     digest = file_sha256(target) if target.is_file() else "0" * 64
     with open(bundle / SUMS_FILE, "a") as sums:
         sums.write(f"{digest}  {name}\n")
-    with pytest.raises(SynBTError, match="not a file of the bundle folder") as info:
+    with pytest.raises(SynBTError) as info:  # the file and the list that names it:
         verify_bundle(bundle)
     assert SUMS_FILE in str(info.value) and name in str(info.value)
 

@@ -253,7 +253,7 @@ def test_command_line_for_mask_auto_and_diffusion_requests(tmp_path):
     for value, text in (("yes", "yes"), (True, "yes"), ("no", "no"), (False, "no")):
         core = sw.build_synthesize_command("py", inputs, "o", sw.SynthesisRequest(method="diffusion", necrosis=value))
         assert core[core.index("--necrosis") + 1] == text
-    with pytest.raises(SynBTError, match="necrosis must be 'yes' or 'no'"):
+    with pytest.raises(SynBTError, match="necrosis"):
         sw.build_synthesize_command("py", inputs, "o", sw.SynthesisRequest(method="diffusion", necrosis="maybe"))
     assert "--mask" not in auto and auto[auto.index("--size-mm") + 1] == "12.5"
     assert auto[auto.index("--steps") + 1] == "20" and auto[auto.index("--bundle") + 1] == "b"

@@ -3,6 +3,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import socket
 
 import numpy as np
@@ -224,12 +225,14 @@ def test_cli_refuses_bad_runs_with_one_line(dataset, tmp_path, capsys):
     occupied.mkdir()
     (occupied / "x.txt").write_text("x")
     assert cli.main(["train-autoencoder", "--data", str(dataset), "--out", str(occupied)]) == 2
-    assert "is not empty; pass --resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(occupied) in err and "--resume" in err and len(err.strip().splitlines()) == 1
     assert cli.main(["train-autoencoder", "--data", str(dataset), "--out", str(tmp_path / "new"), "--resume"]) == 2
-    assert "no checkpoint.pt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert CHECKPOINT_FILE in err and len(err.strip().splitlines()) == 1
     assert cli.main(["train-diffusion", "--data", str(dataset), "--out", str(tmp_path / "d"), "--autoencoder", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
-    assert "neither a bundle folder" in err and len(err.strip().splitlines()) == 1
+    assert str(tmp_path / "none") in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_trains_with_overrides(dataset, tmp_path):
@@ -261,12 +264,12 @@ def test_resume_with_other_settings_is_refused_and_changes_nothing(dataset, tmp_
 def test_a_run_folder_inside_the_data_set_or_on_a_file_is_refused(dataset, tmp_path):
     from SynBTLib.errors import SynBTError
 
-    with pytest.raises(SynBTError, match="inside the data set folder"):
+    with pytest.raises(SynBTError, match=re.escape(str(dataset))):
         train_autoencoder(dataset, dataset / "runs", AE_CONFIG, verbose=False)
     assert not (dataset / "runs").exists()
     blocker = tmp_path / "afile"
     blocker.write_text("x")
-    with pytest.raises(SynBTError, match="is a file"):
+    with pytest.raises(SynBTError, match="--out"):
         train_autoencoder(dataset, blocker, AE_CONFIG, verbose=False)
 
 
@@ -299,7 +302,7 @@ def test_diffusion_phase_normalization_rotates_the_linear_latent_by_phase(datase
     linear = train_autoencoder(dataset, tmp_path / "ae", ae_config, verbose=False)
     config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 1},
               "latent_normalization": "phase"}
-    with pytest.raises(SynBTError, match="linear path"):
+    with pytest.raises(SynBTError, match="latent_normalization"):
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "plain", config, verbose=False)
     assert not (tmp_path / "plain").exists()
     run = train_diffusion(dataset, linear.bundle, tmp_path / "d", config, verbose=False)
@@ -319,7 +322,7 @@ def test_diffusion_phase_normalization_rotates_the_linear_latent_by_phase(datase
     narrow = train_autoencoder(dataset, tmp_path / "ae8", {**ae_config, "autoencoder": {**ae_config["autoencoder"],
                                                                                        "latent_channels": 8}},
                                verbose=False)
-    with pytest.raises(SynBTError, match="separates nothing"):  # 8 channels, 8 pre-contrast voxels per cell
+    with pytest.raises(SynBTError, match="latent_normalization"):  # 8 channels, 8 pre-contrast voxels per cell
         train_diffusion(dataset, narrow.bundle, tmp_path / "d8", config, verbose=False)
 
 
@@ -362,7 +365,7 @@ def test_diffusion_mask_dilation_grows_the_trained_region_and_is_recorded(datase
             train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bad", {**config, "mask_dilation_cells": bad},
                             verbose=False)
     assert not (tmp_path / "bad").exists()
-    with pytest.raises(SynBTError, match="differs from the finetune bundle"):
+    with pytest.raises(SynBTError, match="mask_dilation_cells"):
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "ft",
                         {**config, "mask_dilation_cells": 0, "finetune": {"bundle": str(run.bundle)}}, verbose=False)
 
@@ -389,7 +392,7 @@ def test_diffusion_mask_encoding_voxels_trains_on_the_outline_and_is_recorded(da
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bad", {**config, "mask_encoding": "outline"},
                         verbose=False)
     assert not (tmp_path / "bad").exists()
-    with pytest.raises(SynBTError, match="differs from the finetune bundle"):
+    with pytest.raises(SynBTError, match="mask_encoding"):
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "ft",
                         {**config, "mask_encoding": "cells", "finetune": {"bundle": str(run.bundle)}}, verbose=False)
 
@@ -476,7 +479,7 @@ def test_diffusion_kinetic_conditioning_records_frequencies_and_the_pipeline_obe
     washout = pipeline(case, mask, seed=0, steps=2, kinetics="washout")
     assert np.array_equal(washout.phases, pipeline(case, mask, seed=0, steps=2, kinetics="washout").phases)
     assert not np.array_equal(washout.phases, pipeline(case, mask, seed=0, steps=2, kinetics="plateau").phases)
-    with pytest.raises(SynBTError, match="unknown kinetic curve type"):
+    with pytest.raises(SynBTError, match="'rising'"):
         pipeline(case, mask, seed=0, steps=2, kinetics="rising")
     for bad in (0.0, 1.0, 2):
         with pytest.raises(SynBTError, match="kinetics_dropout"):
@@ -528,11 +531,11 @@ def test_diffusion_mask_loss_weight_changes_the_training_and_is_validated(datase
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "neg", {**config, "mask_loss_weight": -1},
                         verbose=False)
     assert not (tmp_path / "neg").exists()
-    with pytest.raises(SynBTError, match="mask_loss_balanced must be true or false"):
+    with pytest.raises(SynBTError, match="mask_loss_balanced"):
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bal", {**config, "mask_loss_balanced": "yes"},
                         verbose=False)
     assert not (tmp_path / "bal").exists()
-    with pytest.raises(SynBTError, match="mask_loss_balanced shares out mask_loss_weight, which is 0"):
+    with pytest.raises(SynBTError, match="mask_loss_balanced.*mask_loss_weight"):
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "bal0",
                         {**config, "mask_loss_weight": 0.0, "mask_loss_balanced": True}, verbose=False)
 
@@ -729,22 +732,20 @@ def test_replace_decoder_keeps_the_denoiser_and_refuses_another_latent_space(dat
     assert all(torch.equal(a, b) for a, b in zip(combined.denoiser.state_dict().values(), base.denoiser.state_dict().values()))
     assert all(torch.equal(a, b) for a, b in zip(combined.autoencoder.state_dict().values(), donor.autoencoder.state_dict().values()))
     assert combined.latent_scale == base.latent_scale and combined.config["decoder_from"]["sha256"] == donor.sha256
-    assert "Decoder" in (tmp_path / "combined" / "MODEL_CARD.md").read_text()
     assert combined.calibration == base.calibration is not None
     assert base.image_calibration is not None and combined.image_calibration is None
-    assert "image calibration of the base bundle" in (tmp_path / "combined" / "MODEL_CARD.md").read_text()
     assert (diffusion / "SHA256SUMS").read_text() == sums_before  # the input is untouched
     SynthesisPipeline.from_bundle(tmp_path / "combined")
 
     # a fully fine-tuned autoencoder has another encoder: its latents would not fit the denoiser
     other = train_autoencoder(dataset, tmp_path / "all", finetune_config(autoencoder_run.bundle, part="all"), verbose=False)
-    with pytest.raises(SynBTError, match="latent space differs"):
+    with pytest.raises(SynBTError, match=re.escape(str(other.bundle))):
         replace_decoder(diffusion, other.bundle, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
     capsys.readouterr()
     assert cli.main(["replace-decoder", "--bundle", str(diffusion), "--decoder", str(tuned), "--out", str(diffusion)]) == 2
     err = capsys.readouterr().err
-    assert "one of the input bundles" in err and len(err.strip().splitlines()) == 1
+    assert str(diffusion) in err and len(err.strip().splitlines()) == 1
 
 
 def test_kinetic_term_is_logged_changes_the_training_and_is_validated(dataset, tmp_path):
@@ -805,7 +806,6 @@ def test_linear_path_run_starts_from_the_block_pca_and_resumes_exactly(dataset, 
     bundle = load_bundle(run.bundle)
     assert bundle.autoencoder.config.linear_path is True
     assert 0.9 < bundle.config["linear_path_init"]["variance_kept"] <= 1.0
-    assert "started as the PCA" in (run.bundle / "MODEL_CARD.md").read_text()
 
     out = tmp_path / "interrupted"  # resuming takes the checkpoint's weights, not a refitted code
     with pytest.raises(Stop):
@@ -865,7 +865,7 @@ def test_necrosis_conditioning_widens_a_finetuned_denoiser_and_the_pipeline_make
     assert not np.array_equal(with_core.phases, without.phases)
     changed = np.any(with_core.phases != without.phases, axis=0)
     assert changed.any() and not changed[case.phases[0] == 0].any()  # only where the tumor is generated
-    with pytest.raises(SynBTError, match="necrosis must be"):
+    with pytest.raises(SynBTError, match="necrosis"):
         pipeline(case, mask, seed=1, steps=2, necrosis="yes")
     from SynBTLib.calibration import ImageCalibration
 
@@ -880,17 +880,17 @@ def test_necrosis_conditioning_widens_a_finetuned_denoiser_and_the_pipeline_make
         train_diffusion(necrotic_data, autoencoder_run.bundle, tmp_path / "off",
                         {**config, "finetune": {"bundle": str(tuned.bundle)}}, verbose=False)
     plain_pipeline = SynthesisPipeline.from_bundle(plain.bundle)
-    with pytest.raises(SynBTError, match="necrosis must be"):
+    with pytest.raises(SynBTError, match="necrosis"):
         plain_pipeline(case, mask, seed=1, steps=2, necrosis="yes")
-    with pytest.raises(SynBTError, match="outside the tumor mask"):
+    with pytest.raises(SynBTError, match="necrotic core"):
         pipeline(case, mask, seed=1, steps=2, necrosis=(mask == 0))
-    with pytest.raises(SynBTError, match="no training tumor .* necrotic"):
+    with pytest.raises(SynBTError, match="necrosis_conditioning"):
         train_diffusion(dataset, autoencoder_run.bundle, tmp_path / "none", {**config, "necrosis_conditioning": True},
                         verbose=False)
-    with pytest.raises(SynBTError, match="differs from the finetune bundle's 'cells'"):
+    with pytest.raises(SynBTError, match="mask_encoding.*'cells'"):
         train_diffusion(necrotic_data, autoencoder_run.bundle, tmp_path / "enc",
                         {**config, "mask_encoding": "voxels", "finetune": {"bundle": str(tuned.bundle)}}, verbose=False)
-    with pytest.raises(SynBTError, match="necrosis_conditioning must be"):
+    with pytest.raises(SynBTError, match="necrosis_conditioning"):
         train_diffusion(necrotic_data, autoencoder_run.bundle, tmp_path / "bad",
                         {**config, "necrosis_conditioning": "yes"}, verbose=False)
 

@@ -90,7 +90,8 @@ def _config(name: str, quick: bool, steps: int) -> dict:
     config = json.loads((REPO / "configs" / f"{name}.json").read_text())
     configured = int(config["training"]["steps"])
     config["training"].update(steps=steps, checkpoint_every=steps, warmup_steps=1)
-    config["latent_scale_patches"] = 2
+    if name != "segmentation":  # the segmentation config has no latent scale
+        config["latent_scale_patches"] = 2
     if quick:
         small = {"autoencoder": {"autoencoder": {"channels": [8, 16, 16], "latent_channels": 4, "norm_num_groups": 1},
                                  "data": {"patch_size": [16, 16, 16]}},

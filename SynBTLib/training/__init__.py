@@ -1,7 +1,9 @@
-"""Training: the shared loop machinery (common), data sampling (data) and the two SynBT trainers.
+"""Training: the run skeleton and loop machinery (common), the typed configs (config), data sampling
+(data) and the trainers, each a set of hooks on ``common.TrainingRun``: autoencoder, diffusion, segmentation.
 
-``train_autoencoder`` and ``train_diffusion`` are also the `synbt train-autoencoder` and
-`synbt train-diffusion` commands; both resume exactly and run under torchrun.
+``train_autoencoder``, ``train_diffusion`` and ``segmentation.train_segmentation`` are also the
+`synbt train-autoencoder`, `train-diffusion` and `train-seg` commands; all resume exactly and run
+under torchrun.
 """
 from .autoencoder import train_autoencoder
 from .diffusion import load_autoencoder, train_diffusion

@@ -1,22 +1,19 @@
 """Train the patch-to-volume autoencoder on random patches; write an autoencoder-only bundle.
 
-Loss: L1 reconstruction + kl_weight * KL (summed over latent elements, while L1 is a voxel mean)
-+ consistency_weight * patch/volume consistency (nets.autoencoder.consistency_loss) + optional
-kinetic_weight * L1 of the differences between consecutive phases (the subtraction images) +
-optional patch adversarial term (MONAI PatchDiscriminator, off by default). At the end the latent
-scale (1 / std of the latent means of training patches) is measured and stored in the bundle.
+Loss (config ``loss``, config.AutoencoderLoss): L1 reconstruction + kl_weight * KL (summed over
+latent elements, while L1 is a voxel mean) + consistency_weight * patch/volume consistency
+(nets.autoencoder.consistency_loss) + kinetic_weight * L1 of the differences between consecutive
+phases (the subtraction images) + adversarial_weight * a patch-GAN term (MONAI PatchDiscriminator).
+At the end the latent scale (1 / std of the latent means of training patches) is stored in the bundle.
 
-Fine-tuning (config ``"finetune": {"bundle": PATH, "part": "all" | "decoder"}``) starts from a
-bundle's autoencoder. With ``part: "decoder"`` the encoder is frozen and the decoder learns to
-decode the latent means (no posterior sampling, no KL or consistency term), so the latent space,
-and any denoiser trained on it, stays valid; the bundle keeps the source's latent scale and
+Fine-tuning (``"finetune": {"bundle": PATH, "part": "all" | "decoder"}``) starts from a bundle's
+autoencoder. With ``part: "decoder"`` the encoder is frozen and the decoder learns to decode the
+latent means (no posterior sampling, no KL or consistency term), so the latent space, and any
+denoiser trained on it, stays valid; the bundle keeps the source's latent scale and
 ``bundle.replace_decoder`` puts the new decoder under a diffusion bundle.
-``loss.decoder_latent_noise`` (decoder fine-tune only) adds Gaussian noise of that standard
-deviation (latent units) to the means it decodes.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,37 +22,12 @@ import torch
 from ..bundle import save_bundle
 from ..errors import SynBTError
 from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder, consistency_loss, kl_loss
-from .common import (
-    Distributed,
-    TrainSettings,
-    Trainer,
-    finetune_bundle,
-    prepare_run_dir,
-    seed_everything,
-    setup_distributed,
-    step_torch_generator,
-    teardown_distributed,
-)
-from .data import PatchSampler, TrainingCase, data_phase_policy, load_cases, median_spacing
+from .bundle_outputs import bundle_meta, measure_latent_scale, model_card
+from .common import TrainingRun, adamw, finetune_bundle, step_torch_generator
+from .config import AutoencoderTrainingConfig, check_patch_size
+from .data import PatchSampler, data_phase_policy, load_cases
 
-DEFAULT_CONFIG = {
-    "autoencoder": {},  # AutoencoderConfig defaults, with in_channels set from the data
-    "training": {"steps": 2000, "batch_size": 2, "lr": 1e-4, "seed": 0, "checkpoint_every": 200, "warmup_steps": 100},
-    "data": {"patch_size": [32, 32, 32], "flip_x": True, "body_fraction": 0.9, "tumor_fraction": 0.0},
-    "loss": {
-        "kl_weight": 1e-6,
-        "consistency_weight": 0.1,
-        "kinetic_weight": 0.0,
-        "adversarial_weight": 0.0,
-        "decoder_latent_noise": 0.0,
-        "discriminator_channels": 16,
-        "discriminator_layers": 2,
-    },
-    "latent_scale_patches": 32,
-    "pca_patches": 256,  # with autoencoder.linear_path: training patches the starting linear code is fitted on
-}
-FINETUNE_PARTS = ("all", "decoder")
-NORMALIZATION = {"kind": "fit_normalization", "function": "SynBTLib.preprocess.fit_normalization"}
+DEFAULT_CONFIG = AutoencoderTrainingConfig().to_dict()
 
 
 @dataclass
@@ -69,32 +41,10 @@ class AutoencoderRun:
     out: Path
 
 
-def merge_config(base: dict, override: dict) -> dict:
-    """``base`` with ``override``'s keys replaced section by section (one level deep)."""
-    merged = json.loads(json.dumps(base))
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key].update(value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def measure_latent_scale(autoencoder, sampler: PatchSampler, count: int, device, step: int) -> float:
-    """1 / std of the latent means of ``count`` training patches (a fixed, seeded draw)."""
-    with torch.no_grad():
-        batch = torch.from_numpy(sampler.sample(step, count, stream=7)).to(device)
-        mu, _ = autoencoder.encode(batch)
-    std = float(mu.float().std())
-    if not std > 0:
-        raise SynBTError("the autoencoder's latents are constant on the training patches; cannot set a latent scale")
-    return 1.0 / std
-
-
 def train_autoencoder(
     data: str | Path,
     out: str | Path,
-    config: dict | None = None,
+    config: dict | AutoencoderTrainingConfig | None = None,
     resume: bool = False,
     device: str | None = None,
     command: str = "",
@@ -104,156 +54,96 @@ def train_autoencoder(
 ) -> AutoencoderRun:
     """Train an autoencoder on the cases under ``data``; checkpoints, losses.csv and bundle/ go to ``out``.
 
-    ``config`` overrides DEFAULT_CONFIG section by section. ``progress(done, total, message)`` is
-    called after every step and may raise to stop (the last checkpoint stays resumable).
+    ``config`` (config.AutoencoderTrainingConfig or its dict) overrides the defaults section by
+    section. ``progress(done, total, message)`` is called after every step and may raise to stop
+    (the last checkpoint stays resumable).
     """
-    config = merge_config(DEFAULT_CONFIG, config or {})
-    settings = TrainSettings.from_dict(config["training"])
-    tumor_fraction = float(config["data"].get("tumor_fraction", 0.0))
-    if not 0.0 <= tumor_fraction <= 1.0:
-        raise SynBTError(f"data.tumor_fraction must be between 0 and 1, got {tumor_fraction}")
-    kinetic_weight = config["loss"].get("kinetic_weight", 0.0)
-    if not isinstance(kinetic_weight, (int, float)) or not kinetic_weight >= 0:
-        raise SynBTError(f"loss.kinetic_weight must be a number >= 0, got {kinetic_weight!r}")
-    source = _finetune_source(config)  # before any folder is made: a bad bundle changes nothing
-    latent_noise = config["loss"].get("decoder_latent_noise", 0.0)
-    if isinstance(latent_noise, bool) or not isinstance(latent_noise, (int, float)) or not latent_noise >= 0:
-        raise SynBTError(f"loss.decoder_latent_noise must be a number >= 0, got {latent_noise!r}")
-    if latent_noise > 0 and (source is None or config["finetune"].get("part", "all") != "decoder"):
-        raise SynBTError("loss.decoder_latent_noise needs a decoder fine-tune (finetune.part \"decoder\"): "
-                         "noise on the latent of a trained encoder")
-    dist = setup_distributed(device)
-    try:
-        out = prepare_run_dir(out, resume, dist, data=data)
-        config["data"]["phase_policy"] = data_phase_policy(data, config["data"].get("phase_policy"))
-        cases = load_cases(data, progress=verbose and dist.is_main, with_tumors=tumor_fraction > 0,
-                           policy=config["data"]["phase_policy"])
-        phases = int(cases[0].image.shape[0])
+    run = AutoencoderTraining(data, out, config, resume, device, command, verbose, progress)
+    run.write_bundle = write_bundle
+    return run.fit()
+
+
+class AutoencoderTraining(TrainingRun):
+    """The autoencoder trainer's hooks (see common.TrainingRun)."""
+
+    name = "train-autoencoder"
+    config_class = AutoencoderTrainingConfig
+    write_bundle = True
+
+    def check(self) -> None:
+        # the finetune bundle is read before any folder is made: a bad bundle changes nothing
+        self.source = finetune_bundle(self.config.finetune, self.record(), {"autoencoder": ("in_channels",)})
+
+    def load_data(self) -> None:
+        config, source = self.config, self.source
+        config.data.phase_policy = data_phase_policy(self.data, config.data.phase_policy)
+        self.cases = load_cases(self.data, progress=self.loud, with_tumors=config.data.tumor_fraction > 0,
+                                policy=config.data.phase_policy)
+        phases = int(self.cases[0].image.shape[0])
         if source is not None:
-            config["autoencoder"] = source.config["autoencoder"]
+            config.autoencoder = source.config["autoencoder"]
             if source.autoencoder.config.in_channels != phases:
                 raise SynBTError(f"finetune bundle {source.path} was trained on {source.autoencoder.config.in_channels} "
-                                 f"phases, the cases under {data} have {phases}")
-        config["autoencoder"] = {**config["autoencoder"], "in_channels": phases}
-        ae_config = AutoencoderConfig.from_dict(config["autoencoder"])
-        config["autoencoder"] = ae_config.to_dict()
-        _check_patch_size(config["data"]["patch_size"], 2 ** (len(ae_config.channels) - 1))
+                                 f"phases, the cases under {self.data} have {phases}")
+        self.ae_config = AutoencoderConfig.from_dict({**config.autoencoder, "in_channels": phases})
+        config.autoencoder = self.ae_config.to_dict()
+        check_patch_size("data.patch_size", config.data.patch_size, self.ae_config.compression,
+                         "the autoencoder's compression factor")
+        if config.loss.kinetic_weight > 0 and phases < 2:
+            raise SynBTError("loss.kinetic_weight needs at least two phases (it compares consecutive phases)")
 
-        seed_everything(settings.seed)
-        autoencoder = PatchVolumeAutoencoder(ae_config).to(dist.device)
-        decoder_only = source is not None and config["finetune"].get("part", "all") == "decoder"
-        if source is not None:
-            autoencoder.load_state_dict(source.autoencoder.state_dict())
-        if decoder_only:
+    def build(self):
+        config, settings, device = self.config, self.settings, self.dist.device
+        autoencoder = PatchVolumeAutoencoder(self.ae_config).to(device)
+        if self.source is not None:
+            autoencoder.load_state_dict(self.source.autoencoder.state_dict())
+        if config.decoder_only:
             for parameter in autoencoder.encoder_parameters():
                 parameter.requires_grad_(False)
-        models = {"autoencoder": autoencoder}
-        optimizers = {"autoencoder": _adamw(autoencoder, settings)}
-        loss_cfg = config["loss"]
-        adversarial = float(loss_cfg.get("adversarial_weight", 0.0)) > 0
-        if adversarial:
-            models["discriminator"] = _discriminator(ae_config.in_channels, loss_cfg).to(dist.device)
-            optimizers["discriminator"] = _adamw(models["discriminator"], settings)
+        self.autoencoder = autoencoder
+        models, optimizers = {"autoencoder": autoencoder}, {"autoencoder": adamw(autoencoder, settings)}
+        self.discriminator = None
+        if config.loss.adversarial_weight > 0:
+            from monai.networks.nets import PatchDiscriminator
 
-        data_cfg = config["data"]
-        sampler = PatchSampler(
-            cases, data_cfg["patch_size"], settings.seed, dist.rank,
-            flip_x=bool(data_cfg.get("flip_x", True)), body_fraction=float(data_cfg.get("body_fraction", 0.9)),
-            tumor_fraction=tumor_fraction,
-        )
-        pca = None
-        if ae_config.linear_path and source is None and not resume:
+            self.discriminator = models["discriminator"] = PatchDiscriminator(
+                spatial_dims=3, channels=config.loss.discriminator_channels, in_channels=self.ae_config.in_channels,
+                num_layers_d=config.loss.discriminator_layers, norm="INSTANCE",
+            ).to(device)
+            optimizers["discriminator"] = adamw(self.discriminator, settings)
+        data_cfg = config.data
+        self.sampler = PatchSampler(self.cases, data_cfg.patch_size, settings.seed, self.dist.rank,
+                                    flip_x=data_cfg.flip_x, body_fraction=data_cfg.body_fraction,
+                                    tumor_fraction=data_cfg.tumor_fraction)
+        self.pca = None
+        if self.ae_config.linear_path and self.source is None and not self.resume:
             # every rank draws the same patches (stream 11 of rank 0's sampler), so all start alike
-            pca_sampler = PatchSampler(cases, data_cfg["patch_size"], settings.seed, 0, flip_x=False,
-                                       body_fraction=sampler.body_fraction, tumor_fraction=tumor_fraction)
-            patches = torch.from_numpy(pca_sampler.sample(0, int(config.get("pca_patches", 256)), stream=11))
-            pca = autoencoder.init_linear_path(patches.to(dist.device))
-            if verbose and dist.is_main:
-                print(f"linear path: PCA of {len(patches)} patches keeps {pca['variance_kept']:.4f} "
+            pca_sampler = PatchSampler(self.cases, data_cfg.patch_size, settings.seed, 0, flip_x=False,
+                                       body_fraction=data_cfg.body_fraction, tumor_fraction=data_cfg.tumor_fraction)
+            patches = torch.from_numpy(pca_sampler.sample(0, config.pca_patches, stream=11))
+            self.pca = autoencoder.init_linear_path(patches.to(device))
+            if self.loud:
+                print(f"linear path: PCA of {len(patches)} patches keeps {self.pca['variance_kept']:.4f} "
                       "of the block variance")
-        if kinetic_weight > 0 and phases < 2:
-            raise SynBTError("loss.kinetic_weight needs at least two phases (it compares consecutive phases)")
-        fields = ["loss", "l1", "kl", "latent_snr", "consistency"] + (["kinetic"] if kinetic_weight > 0 else []) + (
-            ["generator", "discriminator"] if adversarial else [])
-        trainer = Trainer(settings, dist, out, models, optimizers, fields, config, resume, "train-autoencoder", verbose)
-        if dist.is_main:  # after the Trainer accepted a resume, so a refused one changes nothing
-            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        step_fn = _step_function(trainer, models, sampler, settings, loss_cfg, dist, decoder_only)
-        losses = trainer.run(step_fn, progress)
+        return models, optimizers
 
-        autoencoder.eval()
-        if decoder_only:  # the encoder, hence the latent space, is the source's
-            scale = source.latent_scale
-        else:
-            scale = measure_latent_scale(
-                autoencoder, sampler, int(config.get("latent_scale_patches", 32)), dist.device, settings.steps
-            )
-        bundle_path = None
-        if write_bundle and dist.is_main:
-            meta = bundle_meta(cases, config, data, settings.steps, losses, command)
-            extra = ""
-            if source is not None:
-                meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256,
-                                          "part": config["finetune"].get("part", "all")}
-                extra = (f"- fine-tuned ({meta['finetuned_from']['part']}) from `{source.path}` "
-                         f"(sha256 {source.sha256[:16]}...)\n")
-            if pca is not None:
-                meta["linear_path_init"] = {"patches": int(config.get("pca_patches", 256)), **pca}
-                extra += f"- linear path started as the PCA of the training blocks ({pca['variance_kept']:.4f} " \
-                         "of their variance)\n"
-            card = model_card("autoencoder", data, cases, command, settings.steps, losses, scale, extra)
-            bundle_path = save_bundle(out / "bundle", autoencoder, None, None, scale, meta, card, overwrite=True)
-        dist.barrier()
-        return AutoencoderRun(autoencoder, scale, losses, bundle_path, out)
-    finally:
-        teardown_distributed()
+    def log_fields(self) -> list[str]:
+        loss = self.config.loss
+        return ["loss", "l1", "kl", "latent_snr", "consistency"] + (["kinetic"] if loss.kinetic_weight > 0 else []) + (
+            ["generator", "discriminator"] if self.discriminator is not None else [])
 
+    def on_train_start(self) -> None:
+        from monai.losses import PatchAdversarialLoss
 
-def _finetune_source(config: dict):
-    """The bundle named by config["finetune"], loaded and verified, or None."""
-    finetune = config.get("finetune")
-    if finetune and isinstance(finetune, dict) and finetune.get("part", "all") not in FINETUNE_PARTS:
-        raise SynBTError(f"finetune.part must be one of {', '.join(FINETUNE_PARTS)}, got {finetune.get('part')!r}")
-    return finetune_bundle(config, {"autoencoder": ("in_channels",)},
-                           '{"bundle": PATH, "part": "all" or "decoder"}')
+        self.adversarial = PatchAdversarialLoss(criterion="least_squares") if self.discriminator is not None else None
 
-
-def _check_patch_size(patch_size, compression: int) -> None:
-    if len(patch_size) != 3 or any(int(p) % compression or int(p) < compression for p in patch_size):
-        raise SynBTError(f"patch_size {patch_size} must be three multiples of the compression factor {compression}")
-
-
-def _adamw(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-
-
-def _discriminator(in_channels: int, loss_cfg: dict) -> torch.nn.Module:
-    from monai.networks.nets import PatchDiscriminator
-
-    return PatchDiscriminator(
-        spatial_dims=3,
-        channels=int(loss_cfg.get("discriminator_channels", 16)),
-        in_channels=in_channels,
-        num_layers_d=int(loss_cfg.get("discriminator_layers", 2)),
-        norm="INSTANCE",
-    )
-
-
-def _step_function(trainer: Trainer, models: dict, sampler: PatchSampler, settings: TrainSettings, loss_cfg: dict,
-                   dist: Distributed, decoder_only: bool = False):
-    from monai.losses import PatchAdversarialLoss
-
-    autoencoder = models["autoencoder"]
-    discriminator = models.get("discriminator")
-    adversarial = PatchAdversarialLoss(criterion="least_squares") if discriminator is not None else None
-    kl_weight = float(loss_cfg.get("kl_weight", 1e-6))
-    consistency_weight = float(loss_cfg.get("consistency_weight", 0.0))
-    kinetic_weight = float(loss_cfg.get("kinetic_weight", 0.0))
-    adversarial_weight = float(loss_cfg.get("adversarial_weight", 0.0))
-    latent_noise = float(loss_cfg.get("decoder_latent_noise", 0.0))
-
-    def step(index: int) -> dict[str, float]:
+    def train_step(self, index: int) -> dict[str, float]:
+        trainer, settings, dist, sampler = self.trainer, self.settings, self.dist, self.sampler
+        autoencoder, discriminator, adversarial = self.autoencoder, self.discriminator, self.adversarial
+        weights, decoder_only = self.config.loss, self.config.decoder_only
+        kl_weight, consistency_weight = weights.kl_weight, weights.consistency_weight
+        kinetic_weight, adversarial_weight = weights.kinetic_weight, weights.adversarial_weight
+        latent_noise = weights.decoder_latent_noise
         x = torch.from_numpy(sampler.sample(index, settings.batch_size)).to(dist.device)
         generator = step_torch_generator(settings.seed, index, dist.rank, stream=1, device=dist.device)
         with trainer.autocast():
@@ -304,46 +194,28 @@ def _step_function(trainer: Trainer, models: dict, sampler: PatchSampler, settin
         values["loss"] = total.item()
         return values
 
-    return step
-
-
-def bundle_meta(cases: list[TrainingCase], config: dict, data, steps: int, losses: dict, command: str) -> dict:
-    """The data-dependent part of a bundle's config.json: phases, normalization, spacing, provenance."""
-    return {
-        "phases": int(cases[0].image.shape[0]),
-        "phase_names": list(cases[0].phase_names),
-        "phase_policy": config["data"].get("phase_policy"),
-        "normalization": dict(NORMALIZATION),
-        "spacing": median_spacing(cases),
-        "training": {
-            "data": str(data),
-            "cases": len(cases),
-            "steps": int(steps),
-            "command": command,
-            "final_losses": {k: float(v) for k, v in losses.items()},
-            "config": config,
-        },
-    }
-
-
-def model_card(stage: str, data, cases: list[TrainingCase], command: str, steps: int, losses: dict, scale: float, extra: str = "") -> str:
-    """MODEL_CARD.md text: what was trained, on what, with which command, and the final losses."""
-    loss_lines = "\n".join(f"| {k} | {v:.6g} |" for k, v in losses.items())
-    spacing = " x ".join(f"{v:g}" for v in median_spacing(cases))
-    return (
-        f"# SynBT model bundle ({stage})\n\n"
-        "Latent diffusion model for synthetic breast tumors in DCE-MRI (SynBT, arXiv 2509.03267).\n\n"
-        f"## Training data\n\n- folder: `{data}`\n- cases: {len(cases)} ({', '.join(c.case_id for c in cases[:10])}"
-        f"{', ...' if len(cases) > 10 else ''})\n- phases: {', '.join(cases[0].phase_names)}\n"
-        f"- median spacing (x, y, z): {spacing} mm\n\n"
-        f"## Command\n\n```\n{command or '(Python API)'}\n```\n\n"
-        f"## Training\n\n- steps: {steps}\n- latent scale: {scale:.6g}\n{extra}\n"
-        f"## Final losses (last step)\n\n| term | value |\n|---|---|\n{loss_lines}\n"
-    )
-
-
-def latent_scale_from_cases(autoencoder, cases, patch_size, seed: int, count: int, device) -> float:
-    """Latent scale of an autoencoder checkpoint that has no bundle (measured on these cases)."""
-    sampler = PatchSampler(cases, patch_size, seed, flip_x=False)
-    return measure_latent_scale(autoencoder, sampler, count, device, step=0)
-
+    def finish(self, losses: dict[str, float]) -> AutoencoderRun:
+        config, source, autoencoder = self.config, self.source, self.autoencoder
+        autoencoder.eval()
+        if config.decoder_only:  # the encoder, hence the latent space, is the source's
+            scale = source.latent_scale
+        else:
+            scale = measure_latent_scale(autoencoder, self.sampler, config.latent_scale_patches, self.dist.device,
+                                         self.settings.steps)
+        bundle_path = None
+        if self.write_bundle and self.is_main:
+            steps, cases = self.settings.steps, self.cases
+            meta = bundle_meta(cases, self.record(), self.data, steps, losses, self.command)
+            extra = ""
+            if source is not None:
+                meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256,
+                                          "part": config.finetune.part}
+                extra = (f"- fine-tuned ({config.finetune.part}) from `{source.path}` "
+                         f"(sha256 {source.sha256[:16]}...)\n")
+            if self.pca is not None:
+                meta["linear_path_init"] = {"patches": config.pca_patches, **self.pca}
+                extra += f"- linear path started as the PCA of the training blocks ({self.pca['variance_kept']:.4f} " \
+                         "of their variance)\n"
+            card = model_card("autoencoder", self.data, cases, self.command, steps, losses, scale, extra)
+            bundle_path = save_bundle(self.out / "bundle", autoencoder, None, None, scale, meta, card, overwrite=True)
+        return AutoencoderRun(autoencoder, scale, losses, bundle_path, self.out)

@@ -1,4 +1,5 @@
-"""Shared training machinery: seeding, distributed setup, mixed precision, checkpoints, the loss log, the loop.
+"""Shared training machinery: the run skeleton (TrainingRun, whose hooks each trainer fills), seeding,
+distributed setup, mixed precision, checkpoints, the loss log and the loop (Trainer).
 
 Resuming is exact: a checkpoint holds the networks, optimizers, LR schedulers, the step and every
 RNG state, and each step draws its data and noise from generators seeded by (seed, step, rank)
@@ -14,7 +15,7 @@ import math
 import os
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,45 +25,10 @@ from torch import nn
 
 from ..bundle import load_bundle
 from ..errors import SynBTError
+from .config import TrainingConfig, TrainSettings, config_dict
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "losses.csv"
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-
-
-@dataclass
-class TrainSettings:
-    """Loop settings shared by the trainers (the "training" section of a config file)."""
-
-    steps: int = 1000
-    batch_size: int = 2
-    lr: float = 1e-4
-    seed: int = 0
-    checkpoint_every: int = 100
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    amp: str = "auto"
-
-    def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise SynBTError(
-                f"steps, batch_size and checkpoint_every must be positive, got {self.steps}, "
-                f"{self.batch_size}, {self.checkpoint_every}"
-            )
-        if not self.lr > 0:
-            raise SynBTError(f"the learning rate must be positive, got {self.lr}")
-        if self.amp not in AMP_MODES:
-            raise SynBTError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainSettings":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def load_config(path: str | Path) -> dict:
@@ -347,26 +313,22 @@ def config_differences(saved: dict, current: dict, ignore=(), prefix: str = "") 
     return differing
 
 
-def finetune_bundle(config: dict, sections: dict[str, tuple[str, ...]], usage: str):
-    """The bundle named by ``config["finetune"]["bundle"]``, loaded and verified, or None without one.
+def finetune_bundle(finetune, config: dict, sections: dict[str, tuple[str, ...]]):
+    """The bundle named by ``finetune.bundle``, loaded and verified, or None without a finetune section.
 
-    Refuses a malformed ``finetune`` entry (``usage`` says the expected form) and any key of the
-    config ``sections`` (name -> keys to ignore) that differs from the bundle's: a run that
-    continues a network keeps its architecture.
+    Refuses any key of the config ``sections`` (name -> keys to ignore) that differs from the
+    bundle's: a run that continues a network keeps its architecture.
     """
-    finetune = config.get("finetune")
-    if not finetune:
+    if finetune is None:
         return None
-    if not isinstance(finetune, dict) or not finetune.get("bundle"):
-        raise SynBTError(f"finetune must be {usage}")
-    source = load_bundle(finetune["bundle"])
+    source = load_bundle(finetune.bundle)
     for section, ignored in sections.items():
         theirs = source.config.get(section) or {}
         given = {k: v for k, v in (config.get(section) or {}).items() if k not in ignored}
         differing = sorted(k for k, v in given.items() if theirs.get(k) != v)
         if differing:
             raise SynBTError(f"the {section} section sets {', '.join(differing)} unlike the finetune bundle "
-                             f"{finetune['bundle']}; leave it out to keep the bundle's")
+                             f"{finetune.bundle}; leave it out to keep the bundle's")
     return source
 
 
@@ -399,7 +361,8 @@ class Trainer:
     gradient clipping, LR schedules, periodic atomic checkpoints, a CSV log and a tqdm bar.
 
     ``step_fn`` computes its losses inside ``trainer.autocast()`` and updates with
-    ``trainer.optimize(loss, name)`` (one call per optimizer).
+    ``trainer.optimize(loss, name)`` (one call per optimizer). On resume, the checkpoint's config
+    (read through ``migrate``, e.g. a typed config's) must equal ``config`` but for RESUMABLE_CHANGES.
     """
 
     def __init__(
@@ -414,6 +377,7 @@ class Trainer:
         resume: bool = False,
         description: str = "training",
         verbose: bool = True,
+        migrate: Callable[[dict], dict] | None = None,
     ):
         self.settings, self.dist, self.out, self.config = settings, dist, Path(out), config
         self.models, self.optimizers, self.description = models, optimizers, description
@@ -430,6 +394,8 @@ class Trainer:
         self.start_step = 0
         if resume:
             self.start_step, saved = self.checkpoint.load(self.out / CHECKPOINT_FILE)
+            if migrate is not None:
+                saved = migrate(saved)
             differing = config_differences(saved, config, ignore=RESUMABLE_CHANGES)
             if differing:
                 raise SynBTError(
@@ -498,6 +464,104 @@ class Trainer:
         finally:
             bar.close()
         return self.last
+
+
+class TrainingRun:
+    """One training run in nnU-Net's trainer pattern: ``fit()`` runs the fixed stages below and a
+    trainer (autoencoder, diffusion, segmentation) is a subclass that fills in the hooks.
+
+    1. ``check()``: refusals that need neither a device nor a file (a bad run changes nothing)
+    2. ``before_run_dir()``: refusals that need the device (e.g. loading a frozen network)
+    3. the run folder is made (``prepare_run_dir``); ``load_data()`` reads the cases
+    4. every RNG is seeded with training.seed; ``build()`` returns the networks and their optimizers
+    5. a ``Trainer`` takes them (checking a resume), then config.json is written and
+       ``on_train_start()`` prepares the samplers
+    6. ``train_step(index)`` runs for each step; ``finish(losses)`` writes the results and returns them
+
+    ``self.config`` is the trainer's typed config (config.py); its dict form is what the checkpoint,
+    config.json and the bundle record.
+    """
+
+    name = "training"  # the command; labels the progress bar
+    config_class: type[TrainingConfig] = TrainingConfig
+
+    def __init__(self, data, out, config=None, resume: bool = False, device: str | None = None, command: str = "",
+                 verbose: bool = True, progress=None):
+        self.config = self.config_class.from_dict(config)
+        self.settings = self.config.training
+        self.data, self.out, self.resume, self.device = data, out, resume, device
+        self.command, self.verbose, self.progress = command, verbose, progress
+        self.dist: Distributed | None = None
+        self.trainer: Trainer | None = None
+
+    # -- hooks
+    def check(self) -> None:
+        """Refuse what can be refused before anything is loaded or written."""
+
+    def before_run_dir(self) -> None:
+        """Checks and loading that need the device but write nothing."""
+
+    def load_data(self) -> None:
+        """Read the training cases (the run folder exists now)."""
+
+    def build(self) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
+        """The networks and their optimizers (after seeding)."""
+        raise NotImplementedError
+
+    def log_fields(self) -> list[str]:
+        return ["loss"]
+
+    def on_train_start(self) -> None:
+        """Set up what the steps use (samplers, losses); ``self.trainer`` exists."""
+
+    def train_step(self, index: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def finish(self, losses: dict[str, float]):
+        """Write the results of the finished run (main rank) and return what the caller gets."""
+        return losses
+
+    # -- the fixed flow
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    @property
+    def loud(self) -> bool:
+        """Whether this process prints progress (verbose, main rank)."""
+        return self.verbose and self.dist.is_main
+
+    def record(self) -> dict:
+        """The config as recorded (checkpoint, config.json, bundle)."""
+        return config_dict(self.config)
+
+    def fit(self):
+        self.check()
+        self.dist = setup_distributed(self.device)
+        try:
+            self.before_run_dir()
+            self.out = prepare_run_dir(self.out, self.resume, self.dist, data=self.data)
+            self.load_data()
+            seed_everything(self.settings.seed)
+            models, optimizers = self.build()
+            self.trainer = Trainer(self.settings, self.dist, self.out, models, optimizers, self.log_fields(),
+                                   self.record(), self.resume, self.name, self.verbose,
+                                   migrate=self.config_class.migrate)
+            if self.dist.is_main:  # after the Trainer accepted a resume, so a refused one changes nothing
+                (self.out / "config.json").write_text(json.dumps(self.record(), indent=2) + "\n")
+            self.on_train_start()
+            losses = self.trainer.run(self.train_step, self.progress)
+            result = self.finish(losses)
+            self.dist.barrier()
+            return result
+        finally:
+            teardown_distributed()
+
+
+def adamw(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters with the run's learning rate and weight decay."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 # ---------------------------------------------------------------- command line

@@ -19,64 +19,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..bundle import SUMS_FILE, load_bundle, save_bundle
 from ..bundle_meta import DEFAULT_CONTEXT_MARGIN_MM, SynthesisSettings, phase_policy_of
-from ..conditioning import MASK_ENCODINGS, mask_condition_channels
+from ..conditioning import mask_condition_channels
 from ..errors import SynBTError
 from ..necrosis import necrosis_statistics
 from ..nets.autoencoder import AutoencoderConfig, PatchVolumeAutoencoder
 from ..nets.latent_norm import ChannelStandardizer, phase_group_sizes, phase_separating_rotation
-from .autoencoder import bundle_meta, latent_scale_from_cases, merge_config, model_card
-from .common import (
-    TrainSettings,
-    Trainer,
-    finetune_bundle,
-    prepare_run_dir,
-    read_checkpoint,
-    seed_everything,
-    setup_distributed,
-    step_torch_generator,
-    teardown_distributed,
-)
+from .bundle_outputs import bundle_meta, latent_scale_from_cases, model_card
+from .common import TrainingRun, adamw, finetune_bundle, read_checkpoint, step_torch_generator
+from .config import DiffusionTrainingConfig, check_patch_size
 from .data import TumorRoiSampler, data_phase_policy, encode_cases, load_cases
 
-DEFAULT_CONFIG = {
-    "denoiser": {},  # DenoiserConfig defaults, with latent_channels set from the autoencoder
-    "scheduler": {},  # SchedulerConfig defaults
-    "training": {"steps": 4000, "batch_size": 4, "lr": 1e-4, "seed": 0, "checkpoint_every": 200, "warmup_steps": 100},
-    "data": {"roi_size": [64, 64, 64], "flip_x": True, "jitter": 0.25},
-    "condition_dropout": 0.1,
-    "latent_scale_patches": 32,
-    # or "channel": mean 0 / std 1 per latent channel; or "phase": rotated first so that channels
-    # group by the DCE phase they change, then standardized (linear-path autoencoders; nets/latent_norm.py)
-    "latent_normalization": "global",
-    # extra weight of the noise error inside the tumor mask: the ROI is mostly context, which the
-    # sampler replaces anyway, so an unweighted loss spends most of its signal outside the tumor
-    "mask_loss_weight": 0.0,
-    # (optional) "mask_loss_balanced": true gives every sample's tumor region the same share of that
-    # weight whatever its size (loss_weight). Absent from the defaults so that checkpoints of older
-    # runs still resume.
-    # tissue around the mask the pipeline gives this denoiser as context, recorded in the bundle
-    # (None: the pipeline's default, 16 mm)
-    "context_margin_mm": None,
-    # latent cells around the tumor that the denoiser generates too and that are erased from its
-    # context (conditioning.generation_region); 0 = exactly the tumor's cells, as older bundles
-    "mask_dilation_cells": 0,
-    # what the denoiser is told of the mask: "cells" = the latent cells to generate (older bundles);
-    # "voxels" adds the tumor's outline to the voxel (conditioning.denoiser_condition)
-    "mask_encoding": "cells",
-    # the tumor's BI-RADS curve type (measured on each training tumor) as a class label of the
-    # denoiser, dropped to "unspecified" with kinetics_dropout (nets/denoiser.py KINETIC_CLASSES)
-    "kinetic_conditioning": False,
-    "kinetics_dropout": 0.2,
-    # (optional) "necrosis_conditioning": true: the mask condition also carries each training tumor's
-    # necrotic core, measured on its image (necrosis.py); a finetune bundle without it is widened (its
-    # denoiser's weights for the new channels start at 0, so it starts out as it was). Absent from the
-    # defaults so that checkpoints of older runs still resume.
-}
+DEFAULT_CONFIG = DiffusionTrainingConfig().to_dict()
 
 
 def loss_weight(region: torch.Tensor, mask_weight: float, balanced: bool = False) -> torch.Tensor:
@@ -142,7 +99,7 @@ def train_diffusion(
     data: str | Path,
     autoencoder: str | Path,
     out: str | Path,
-    config: dict | None = None,
+    config: dict | DiffusionTrainingConfig | None = None,
     resume: bool = False,
     device: str | None = None,
     command: str = "",
@@ -151,198 +108,211 @@ def train_diffusion(
     latent_cache: str | Path | None = None,
 ) -> DiffusionRun:
     """Train a denoiser for the autoencoder at ``autoencoder`` on the tumor cases under ``data``;
-    checkpoints, losses.csv and the full bundle/ go to ``out``. ``progress(done, total, message)``
-    is called after every step and may raise to stop (the last checkpoint stays resumable).
-    ``latent_cache``: a folder where encoded cases are kept for later runs on this autoencoder
-    (training/latent_cache.py); entries are keyed by the encoder, the device type and the voxels."""
-    # monai's generative networks: loaded only when a denoiser is trained
-    from ..nets.denoiser import KINETIC_CLASSES, DenoiserConfig, MaskConditionedDenoiser, drop_condition, drop_kinetics
-    from ..nets.scheduler import SchedulerConfig, make_scheduler, training_target
+    checkpoints, losses.csv and the full bundle/ go to ``out``. ``config``: config.DiffusionTrainingConfig
+    or its dict. ``progress(done, total, message)`` is called after every step and may raise to stop
+    (the last checkpoint stays resumable). ``latent_cache``: a folder where encoded cases are kept for
+    later runs on this autoencoder (training/latent_cache.py); entries are keyed by the encoder, the
+    device type and the voxels."""
+    run = DiffusionTraining(data, out, config, resume, device, command, verbose, progress)
+    run.autoencoder_path, run.latent_cache = autoencoder, latent_cache
+    return run.fit()
 
-    config = merge_config(DEFAULT_CONFIG, config or {})
-    settings = TrainSettings.from_dict(config["training"])
-    if config["latent_normalization"] not in ("global", "channel", "phase"):
-        raise SynBTError(f"latent_normalization must be 'global', 'channel' or 'phase', "
-                         f"got {config['latent_normalization']!r}")
-    mask_weight = float(config["mask_loss_weight"])
-    if not mask_weight >= 0:
-        raise SynBTError(f"mask_loss_weight must be 0 or more, got {config['mask_loss_weight']!r}")
-    balanced = config.get("mask_loss_balanced", False)
-    if not isinstance(balanced, bool):
-        raise SynBTError(f"mask_loss_balanced must be true or false, got {balanced!r}")
-    if balanced and mask_weight == 0:
-        raise SynBTError("mask_loss_balanced shares out mask_loss_weight, which is 0: set mask_loss_weight > 0")
-    margin = config["context_margin_mm"]
-    if margin is not None and not (isinstance(margin, (int, float)) and margin > 0):
-        raise SynBTError(f"context_margin_mm must be a positive number of mm (or null), got {margin!r}")
-    dilation = config["mask_dilation_cells"]
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
-        raise SynBTError(f"mask_dilation_cells must be a whole number of latent cells, 0 or more, got {dilation!r}")
-    if config["mask_encoding"] not in MASK_ENCODINGS:
-        raise SynBTError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {config['mask_encoding']!r}")
-    source = _finetune_source(config)
-    source_settings = None if source is None else SynthesisSettings.from_config(source.config)
-    if source is not None and source_settings.mask_dilation_cells != dilation:
-        raise SynBTError(f"mask_dilation_cells {dilation} differs from the finetune bundle's "
-                         f"{source_settings.mask_dilation_cells}: its denoiser learned another region")
-    if source is not None and margin is None:
-        margin = source_settings.context_margin_mm
-    dist = setup_distributed(device)
-    try:
-        frozen = load_autoencoder(autoencoder, dist.device)
-        if config["latent_normalization"] == "phase" and not frozen.network.config.linear_path:
+
+class DiffusionTraining(TrainingRun):
+    """The diffusion trainer's hooks (see common.TrainingRun)."""
+
+    name = "train-diffusion"
+    config_class = DiffusionTrainingConfig
+    autoencoder_path: str | Path = ""
+    latent_cache: str | Path | None = None
+
+    def check(self) -> None:
+        """The finetune bundle (its denoiser and scheduler settings adopted into the config)."""
+        config = self.config
+        self.margin = config.context_margin_mm
+        self.source = source = finetune_bundle(config.finetune, self.record(),
+                                               {"denoiser": ("latent_channels",), "scheduler": ()})
+        self.source_settings = None
+        if source is None:
+            return
+        if source.denoiser is None:
+            raise SynBTError(f"finetune bundle {source.path} has no denoiser to continue from")
+        config.denoiser, config.scheduler = dict(source.config["denoiser"]), dict(source.config["scheduler"])
+        normalization = source.config.get("training", {}).get("config", {}).get("latent_normalization", "global")
+        if config.latent_normalization != normalization:
+            raise SynBTError(f"latent_normalization {config.latent_normalization!r} differs from the finetune "
+                             f"bundle's {normalization!r}")
+        self.source_settings = SynthesisSettings.from_config(source.config)
+        if self.source_settings.mask_dilation_cells != config.mask_dilation_cells:
+            raise SynBTError(f"mask_dilation_cells {config.mask_dilation_cells} differs from the finetune bundle's "
+                             f"{self.source_settings.mask_dilation_cells}: its denoiser learned another region")
+        if self.margin is None:
+            self.margin = self.source_settings.context_margin_mm
+
+    def before_run_dir(self) -> None:
+        """Load the frozen autoencoder and refuse what it rules out, before any case is read or anything written."""
+        config, source = self.config, self.source
+        self.frozen = frozen = load_autoencoder(self.autoencoder_path, self.dist.device)
+        net = frozen.network
+        if config.latent_normalization == "phase" and not net.config.linear_path:
             raise SynBTError("latent_normalization 'phase' needs an autoencoder with a linear path "
                              f"(linear_path: true); {frozen.source} has none")
-        # checks that need only the autoencoder, before any case is read or anything written
-        net = frozen.network
-        kinetic = bool(config["kinetic_conditioning"])
-        if kinetic and not 0 < float(config["kinetics_dropout"]) < 1:
-            raise SynBTError(f"kinetics_dropout must be between 0 and 1 (exclusive: 'unspecified' must be "
-                             f"learned too), got {config['kinetics_dropout']!r}")
+        kinetic, necrosis = config.kinetic_conditioning, config.necrosis_conditioning
         if kinetic and net.config.in_channels < 3:
             raise SynBTError("kinetic_conditioning needs a pre-contrast and at least two post-contrast phases")
-        rotation = None
-        if config["latent_normalization"] == "phase" and source is None:
+        self.rotation = None
+        if config.latent_normalization == "phase" and source is None:
             weight = net.linear_decoder.weight.detach().cpu().numpy()
-            rotation = phase_separating_rotation(weight)
-            groups = phase_group_sizes(weight, rotation)
+            self.rotation = phase_separating_rotation(weight)
+            groups = phase_group_sizes(weight, self.rotation)
             if groups[0] >= net.config.latent_channels:
                 raise SynBTError(f"latent_normalization 'phase' separates nothing here: every one of the "
                                  f"{net.config.latent_channels} latent channels changes the pre-contrast phase "
                                  f"(a cell has {net.config.compression ** 3} voxels); use 'channel'")
-            config["latent_phase_groups"] = groups
-        necrosis = config.get("necrosis_conditioning", False)
-        if not isinstance(necrosis, bool):
-            raise SynBTError(f"necrosis_conditioning must be true or false, got {necrosis!r}")
-        mask_channels = mask_condition_channels(config["mask_encoding"], net.config.compression, necrosis)
+            config.latent_phase_groups = groups
+        self.mask_channels = mask_condition_channels(config.mask_encoding, net.config.compression, necrosis)
         if necrosis and net.config.in_channels < 2:
             raise SynBTError("necrosis_conditioning needs a pre-contrast and a post-contrast phase")
-        if source is not None and source_settings.mask_encoding != config["mask_encoding"]:
+        self.widen = False
+        if source is None:
+            return
+        if self.source_settings.mask_encoding != config.mask_encoding:
             # checked by name: with necrosis, "cells" has as many channels as "voxels" without
-            raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
-                             f"{source_settings.mask_encoding!r}")
-        source_necrosis = source is not None and bool(config["denoiser"].get("necrosis", False))
+            raise SynBTError(f"mask_encoding {config.mask_encoding!r} differs from the finetune bundle's "
+                             f"{self.source_settings.mask_encoding!r}")
+        source_necrosis = bool(config.denoiser.get("necrosis", False))
         if source_necrosis and not necrosis:
             raise SynBTError("the finetune bundle's denoiser was trained with necrosis_conditioning; keep it on")
-        widen = source is not None and necrosis and not source_necrosis
-        if source is not None and not widen and int(config["denoiser"].get("mask_channels", 1)) != mask_channels:
-            raise SynBTError(f"mask_encoding {config['mask_encoding']!r} differs from the finetune bundle's "
-                             f"denoiser ({config['denoiser'].get('mask_channels', 1)} mask channels)")
-        if source is not None and bool(config["denoiser"].get("kinetic_classes", False)) != kinetic:
+        self.widen = necrosis and not source_necrosis
+        if not self.widen and int(config.denoiser.get("mask_channels", 1)) != self.mask_channels:
+            raise SynBTError(f"mask_encoding {config.mask_encoding!r} differs from the finetune bundle's "
+                             f"denoiser ({config.denoiser.get('mask_channels', 1)} mask channels)")
+        if bool(config.denoiser.get("kinetic_classes", False)) != kinetic:
             raise SynBTError(f"kinetic_conditioning {kinetic} differs from the finetune bundle's denoiser")
-        if source is not None and not config["finetune"].get("warm_start", False):
+        if not config.finetune.warm_start:
             _check_same_latent_space(source, frozen)
-        out = prepare_run_dir(out, resume, dist, data=data)
-        ae = frozen.network.eval().requires_grad_(False)
-        policy = config["data"].get("phase_policy") or frozen.phase_policy
+
+    def load_data(self) -> None:
+        """Read and encode the tumor cases; set the denoiser's config; the ROI sampler."""
+        from ..nets.denoiser import DenoiserConfig
+        from ..nets.scheduler import SchedulerConfig
+
+        config, frozen, settings, data = self.config, self.frozen, self.settings, self.data
+        self.ae = ae = frozen.network.eval().requires_grad_(False)
+        policy = config.data.phase_policy or frozen.phase_policy
         if frozen.phase_policy is not None and policy != frozen.phase_policy:
             raise SynBTError(f"data.phase_policy {policy!r} differs from the autoencoder's {frozen.phase_policy!r}")
-        config["data"]["phase_policy"] = data_phase_policy(data, policy)
-        cases = load_cases(data, need_tumors=True, progress=verbose and dist.is_main, policy=config["data"]["phase_policy"])
+        config.data.phase_policy = data_phase_policy(data, policy)
+        self.cases = cases = load_cases(data, need_tumors=True, progress=self.loud, policy=config.data.phase_policy)
         if cases[0].image.shape[0] != ae.config.in_channels:
             raise SynBTError(
                 f"the autoencoder expects {ae.config.in_channels} phases but the cases in {data} have {cases[0].image.shape[0]}"
             )
-        config["denoiser"] = {**config["denoiser"], "latent_channels": ae.config.latent_channels,
-                              "mask_channels": mask_channels, "kinetic_classes": kinetic, "necrosis": necrosis}
-        den_config = DenoiserConfig.from_dict(config["denoiser"])
-        sched_config = SchedulerConfig.from_dict(config["scheduler"])
-        config.update(autoencoder=ae.config.to_dict(), denoiser=den_config.to_dict(), scheduler=sched_config.to_dict())
-        config["autoencoder_source"] = frozen.source
-        roi = [int(v) for v in config["data"]["roi_size"]]
-        multiple = ae.config.compression * den_config.downsampling
-        if len(roi) != 3 or any(v % multiple or v < multiple for v in roi):
-            raise SynBTError(f"roi_size {roi} must be three multiples of {multiple} (autoencoder x denoiser downsampling)")
+        kinetic, necrosis = config.kinetic_conditioning, config.necrosis_conditioning
+        config.denoiser = {**config.denoiser, "latent_channels": ae.config.latent_channels,
+                           "mask_channels": self.mask_channels, "kinetic_classes": kinetic, "necrosis": necrosis}
+        self.den_config = DenoiserConfig.from_dict(config.denoiser)
+        self.sched_config = SchedulerConfig.from_dict(config.scheduler)
+        config.autoencoder = ae.config.to_dict()
+        config.denoiser, config.scheduler = self.den_config.to_dict(), self.sched_config.to_dict()
+        config.autoencoder_source = frozen.source
+        roi = list(config.data.roi_size)
+        check_patch_size("data.roi_size", roi, ae.config.compression * self.den_config.downsampling,
+                         "autoencoder x denoiser downsampling")
         scale = frozen.latent_scale
         if scale is None:
             patch = [4 * ae.config.compression] * 3
-            scale = latent_scale_from_cases(ae, cases, patch, settings.seed, int(config["latent_scale_patches"]), dist.device)
-        config["latent_scale"] = scale
+            scale = latent_scale_from_cases(ae, cases, patch, settings.seed, config.latent_scale_patches, self.dist.device)
+        config.latent_scale = self.scale = scale
 
-        encoded = encode_cases(
-            cases, ae, scale, roi, flip_x=bool(config["data"].get("flip_x", True)),
-            device=dist.device, progress=verbose and dist.is_main, mask_dilation_cells=dilation,
-            mask_encoding=config["mask_encoding"], cache_dir=latent_cache, kinetics=kinetic, necrosis=necrosis,
+        self.encoded = encoded = encode_cases(
+            cases, ae, scale, roi, flip_x=config.data.flip_x, device=self.dist.device, progress=self.loud,
+            mask_dilation_cells=config.mask_dilation_cells, mask_encoding=config.mask_encoding,
+            cache_dir=self.latent_cache, kinetics=kinetic, necrosis=necrosis,
         )
         if necrosis and not any(f > 0 for c in encoded for _, f in (c.tumor_necrosis or [])):
             raise SynBTError(f"no training tumor in {data} has a necrotic (non-enhancing) core; train without "
                              "necrosis_conditioning")
         if kinetic and not any(c.tumor_kinetics is not None and c.tumor_kinetics.any() for c in encoded):
             raise SynBTError(f"no training tumor in {data} could be given a curve type; train without kinetic_conditioning")
-        channels = ChannelStandardizer()
-        if config["latent_normalization"] in ("channel", "phase"):
+        self.channels = ChannelStandardizer()
+        if config.latent_normalization in ("channel", "phase"):
             # mean 0 / std 1 per channel over the training latents (see nets/latent_norm.py); a
             # continued denoiser keeps the statistics it was trained with
-            channels = (source.channels if source is not None
-                        else ChannelStandardizer.fit([item.latent for item in encoded], rotation=rotation))
+            self.channels = (self.source.channels if self.source is not None
+                             else ChannelStandardizer.fit([item.latent for item in encoded], rotation=self.rotation))
             for item in encoded:
-                item.latent = channels.standardize(item.latent, channel_axis=0)
-                item.context = channels.standardize(item.context, channel_axis=0)
+                item.latent = self.channels.standardize(item.latent, channel_axis=0)
+                item.context = self.channels.standardize(item.context, channel_axis=0)
         latent_roi = [v // ae.config.compression for v in roi]
-        sampler = TumorRoiSampler(encoded, latent_roi, settings.seed, dist.rank, float(config["data"].get("jitter", 0.25)))
+        self.sampler = TumorRoiSampler(encoded, latent_roi, settings.seed, self.dist.rank, config.data.jitter)
 
-        seed_everything(settings.seed)
-        denoiser = MaskConditionedDenoiser(den_config).to(dist.device)
-        if source is not None:
-            state = source.denoiser.state_dict()
-            denoiser.load_state_dict(widened_input(state, denoiser.state_dict()) if widen else state)
-        scheduler = make_scheduler(sched_config)
-        optimizer = torch.optim.AdamW(denoiser.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        trainer = Trainer(
-            settings, dist, out, {"denoiser": denoiser}, {"denoiser": optimizer}, ["loss"], config, resume,
-            "train-diffusion", verbose,
-        )
-        if dist.is_main:  # after the Trainer accepted a resume, so a refused one changes nothing
-            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        dropout = float(config["condition_dropout"])
-        kinetics_dropout = float(config["kinetics_dropout"])
-        timesteps_total = sched_config.num_train_timesteps
+    def build(self):
+        from ..nets.denoiser import MaskConditionedDenoiser
+        from ..nets.scheduler import make_scheduler
 
-        def step(index: int) -> dict[str, float]:
-            latent, context, mask, kinetics = (torch.from_numpy(a).to(dist.device)
-                                               for a in sampler.sample(index, settings.batch_size))
-            generator = step_torch_generator(settings.seed, index, dist.rank, stream=1, device=dist.device)
-            noise = torch.randn(latent.shape, generator=generator, device=dist.device)
-            t = torch.randint(0, timesteps_total, (latent.shape[0],), generator=generator, device=dist.device)
-            noisy = scheduler.add_noise(latent, noise, t)
-            # the generated region, also where the condition is dropped
-            weight = loss_weight(mask[:, :1], mask_weight, balanced)
-            context, mask = drop_condition(context, mask, dropout, generator)
-            extra = {"kinetics": drop_kinetics(kinetics, kinetics_dropout, generator)} if kinetic else {}
-            with trainer.autocast():
-                prediction = denoiser(noisy, context, mask, t, **extra)
-            loss = weighted_mse(prediction.float(), training_target(scheduler, latent, noise, t), weight)
-            trainer.optimize(loss, "denoiser")
-            return {"loss": loss.item()}
+        self.denoiser = denoiser = MaskConditionedDenoiser(self.den_config).to(self.dist.device)
+        if self.source is not None:
+            state = self.source.denoiser.state_dict()
+            denoiser.load_state_dict(widened_input(state, denoiser.state_dict()) if self.widen else state)
+        self.scheduler = make_scheduler(self.sched_config)
+        return {"denoiser": denoiser}, {"denoiser": adamw(denoiser, self.settings)}
 
-        losses = trainer.run(step, progress)
+    def train_step(self, index: int) -> dict[str, float]:
+        from ..nets.denoiser import drop_condition, drop_kinetics
+        from ..nets.scheduler import training_target
+
+        config, settings, device, scheduler = self.config, self.settings, self.dist.device, self.scheduler
+        latent, context, mask, kinetics = (torch.from_numpy(a).to(device)
+                                           for a in self.sampler.sample(index, settings.batch_size))
+        generator = step_torch_generator(settings.seed, index, self.dist.rank, stream=1, device=device)
+        noise = torch.randn(latent.shape, generator=generator, device=device)
+        t = torch.randint(0, self.sched_config.num_train_timesteps, (latent.shape[0],), generator=generator,
+                          device=device)
+        noisy = scheduler.add_noise(latent, noise, t)
+        # the generated region, also where the condition is dropped
+        weight = loss_weight(mask[:, :1], config.mask_loss_weight, config.mask_loss_balanced)
+        context, mask = drop_condition(context, mask, config.condition_dropout, generator)
+        extra = ({"kinetics": drop_kinetics(kinetics, config.kinetics_dropout, generator)}
+                 if config.kinetic_conditioning else {})
+        with self.trainer.autocast():
+            prediction = self.denoiser(noisy, context, mask, t, **extra)
+        loss = weighted_mse(prediction.float(), training_target(scheduler, latent, noise, t), weight)
+        self.trainer.optimize(loss, "denoiser")
+        return {"loss": loss.item()}
+
+    def finish(self, losses: dict[str, float]) -> DiffusionRun:
+        from ..nets.denoiser import KINETIC_CLASSES
+
         bundle_path = None
-        if dist.is_main:
-            meta = {**bundle_meta(cases, config, data, settings.steps, losses, command), **channels.to_config()}
-            meta["training"]["autoencoder"] = frozen.source
+        if self.is_main:
+            config, source, encoded, record = self.config, self.source, self.encoded, self.record()
+            meta = {**bundle_meta(self.cases, record, self.data, self.settings.steps, losses, self.command),
+                    **self.channels.to_config()}
+            meta["training"]["autoencoder"] = self.frozen.source
             types = [t for c in encoded for t in (c.whole_tumor_types or [])]
             meta.update(SynthesisSettings(
                 spacing=meta["spacing"],
-                context_margin_mm=DEFAULT_CONTEXT_MARGIN_MM if margin is None else float(margin),
-                mask_dilation_cells=dilation, mask_encoding=config["mask_encoding"],
+                context_margin_mm=DEFAULT_CONTEXT_MARGIN_MM if self.margin is None else float(self.margin),
+                mask_dilation_cells=config.mask_dilation_cells, mask_encoding=config.mask_encoding,
                 # how many whole training tumors had each curve type: the pipeline draws from these
-                kinetic_frequencies={name: types.count(name) for name in KINETIC_CLASSES} if kinetic else None,
+                kinetic_frequencies=({name: types.count(name) for name in KINETIC_CLASSES}
+                                     if config.kinetic_conditioning else None),
                 # how often and how large the training tumors' cores were: the pipeline draws from these
-                necrosis=necrosis_statistics([r for c in encoded for r in (c.tumor_necrosis or [])]) if necrosis else {},
+                necrosis=(necrosis_statistics([r for c in encoded for r in (c.tumor_necrosis or [])])
+                          if config.necrosis_conditioning else {}),
             ).to_config())
+            extra = (f"- autoencoder: {self.frozen.source}\n- ROI size: {list(config.data.roi_size)} voxels, "
+                     f"condition dropout {config.condition_dropout}\n")
             if source is not None:
                 meta["finetuned_from"] = {"bundle": str(source.path), "sha256": source.sha256,
-                                          "warm_start": bool(config["finetune"].get("warm_start", False))}
-                extra_source = f"- denoiser continued from `{source.path}` (sha256 {source.sha256[:16]}...)\n"
-            else:
-                extra_source = ""
-            extra = f"- autoencoder: {frozen.source}\n- ROI size: {roi} voxels, condition dropout {dropout}\n" + extra_source
-            card = model_card("autoencoder + denoiser", data, cases, command, settings.steps, losses, scale, extra)
-            bundle_path = save_bundle(out / "bundle", ae, denoiser.eval(), sched_config, scale, meta, card, overwrite=True)
-        dist.barrier()
-        return DiffusionRun(denoiser, losses, bundle_path, out)
-    finally:
-        teardown_distributed()
+                                          "warm_start": config.finetune.warm_start}
+                extra += f"- denoiser continued from `{source.path}` (sha256 {source.sha256[:16]}...)\n"
+            card = model_card("autoencoder + denoiser", self.data, self.cases, self.command, self.settings.steps,
+                              losses, self.scale, extra)
+            bundle_path = save_bundle(self.out / "bundle", self.ae, self.denoiser.eval(), self.sched_config,
+                                      self.scale, meta, card, overwrite=True)
+        return DiffusionRun(self.denoiser, losses, bundle_path, self.out)
 
 
 def widened_input(source: dict, target: dict) -> dict:
@@ -363,22 +333,6 @@ def widened_input(source: dict, target: dict) -> dict:
             value = grown
         out[key] = value
     return out
-
-
-def _finetune_source(config: dict):
-    """The full bundle named by config["finetune"] (its denoiser settings adopted into config), or None."""
-    source = finetune_bundle(config, {"denoiser": ("latent_channels",), "scheduler": ()},
-                             '{"bundle": PATH} (a full bundle with a denoiser)')
-    if source is None:
-        return None
-    if source.denoiser is None:
-        raise SynBTError(f"finetune bundle {source.path} has no denoiser to continue from")
-    config["denoiser"], config["scheduler"] = dict(source.config["denoiser"]), dict(source.config["scheduler"])
-    normalization = source.config.get("training", {}).get("config", {}).get("latent_normalization", "global")
-    if config["latent_normalization"] != normalization:
-        raise SynBTError(f"latent_normalization {config['latent_normalization']!r} differs from the finetune "
-                         f"bundle's {normalization!r}")
-    return source
 
 
 def _check_same_latent_space(source, frozen: FrozenAutoencoder) -> None:

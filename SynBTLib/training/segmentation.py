@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,115 +22,48 @@ import torch
 
 from ..case import Case, Geometry
 from ..errors import SynBTError
-from .common import (
-    LOG_FILE,
-    TrainSettings,
-    Trainer,
-    prepare_run_dir,
-    seed_everything,
-    setup_distributed,
-    step_rng,
-    teardown_distributed,
-)
+from .common import LOG_FILE, TrainingRun, adamw, step_rng
+from .config import SegmentationNetwork, SegmentationTrainingConfig
 from .data import crop
 
 MODEL_DIR = "model"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "config.json"
-SYNTHETIC_MODES = ("none", "offline", "on-the-fly")
 NNUNET_MISSING = "nnunetv2 is not installed: pip install 'synbt[nnunet]'"
 MAX_CENTERS = 200_000  # body / tumor voxels kept per case as patch-centre candidates
 
-DEFAULT_CONFIG = {
-    "model": {"name": "unet", "channels": [16, 32, 64, 128], "num_res_units": 2, "dropout": 0.0, "subtraction": True},
-    "training": {
-        "steps": 2000, "batch_size": 4, "lr": 1e-3, "seed": 0, "checkpoint_every": None, "warmup_steps": 20,
-        "min_lr_ratio": 0.05, "weight_decay": 1e-5, "grad_clip": 1.0, "amp": "auto",
-    },
-    "data": {"patch_size": [32, 64, 64], "pos_fraction": 0.67, "flip_x": True, "steps_per_epoch": 100},
-    "synthetic": {
-        "mode": "none", "dir": None, "method": "handcrafted", "bundle": None, "steps": None, "ratio": 0.5,
-        "size_mm": [10.0, 40.0], "kinds": None, "context_mm": 16.0, "shape_pool": 20, "workers": 2,
-    },
-    "validation": {"dir": None, "every": None, "overlap": 0.25, "sw_batch_size": 2},
-}
+DEFAULT_CONFIG = SegmentationTrainingConfig().to_dict()
 
 
-# ------------------------------------------------------------------------------------ config
-
-
-def merge_config(base: dict, override: dict) -> dict:
-    """``base`` with ``override``'s keys replaced section by section (one level deep)."""
-    merged = json.loads(json.dumps(base))
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key].update(value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def resolve_config(config: dict | None) -> dict:
-    """DEFAULT_CONFIG with ``config`` merged in, epochs turned into steps, and every value checked."""
-    config = merge_config(DEFAULT_CONFIG, config or {})
-    data, training, synthetic = config["data"], config["training"], config["synthetic"]
-    per_epoch = int(data["steps_per_epoch"])
-    if per_epoch < 1:
-        raise SynBTError(f"data.steps_per_epoch must be positive, got {per_epoch}")
-    if training.get("epochs") is not None:
-        if int(training["epochs"]) < 1:
-            raise SynBTError(f"--epochs must be at least 1, got {training['epochs']}")
-        training["steps"] = int(training["epochs"]) * per_epoch
-    if training.get("checkpoint_every") is None:
-        training["checkpoint_every"] = per_epoch
-    if config["validation"].get("every") is None:
-        config["validation"]["every"] = per_epoch
-    if synthetic["mode"] not in SYNTHETIC_MODES:
-        raise SynBTError(f"unknown synthetic mode {synthetic['mode']!r}; choose one of {', '.join(SYNTHETIC_MODES)}")
-    if synthetic["mode"] == "offline" and not synthetic.get("dir"):
-        raise SynBTError("--synthetic offline needs the folder of synthetic cases: --synthetic offline DIR")
-    if not 0.0 <= float(synthetic["ratio"]) <= 1.0:
-        raise SynBTError(f"--ratio must be in [0, 1], got {synthetic['ratio']}")
-    if not 0.0 <= float(data["pos_fraction"]) <= 1.0:
-        raise SynBTError(f"data.pos_fraction must be in [0, 1], got {data['pos_fraction']}")
-    _check_patch_size(data["patch_size"], network_divisor(config["model"]))
-    return config
-
-
-def network_divisor(model_cfg: dict) -> int:
-    """Patch sizes must be multiples of this (the network's total downsampling)."""
-    if model_cfg.get("name", "unet") == "segresnet":
-        return 2 ** (len(model_cfg.get("blocks_down", [1, 2, 2, 4])) - 1)
-    return 2 ** (len(model_cfg["channels"]) - 1)
-
-
-def _check_patch_size(patch_size, divisor: int) -> None:
-    if len(patch_size) != 3 or any(int(p) < divisor or int(p) % divisor for p in patch_size):
-        raise SynBTError(f"patch_size {list(patch_size)} (z, y, x) must be three multiples of {divisor} for this network")
+def resolve_config(config: dict | SegmentationTrainingConfig | None) -> dict:
+    """The complete config for ``config`` (defaults merged in, epochs turned into steps, every value checked)."""
+    return SegmentationTrainingConfig.from_dict(config).to_dict()
 
 
 # ----------------------------------------------------------------------------------- network
 
 
-def build_network(model_cfg: dict, in_channels: int) -> torch.nn.Module:
+def network_divisor(model_cfg: dict | SegmentationNetwork) -> int:
+    """Patch sizes must be multiples of this (the network's total downsampling)."""
+    return SegmentationNetwork.from_dict(model_cfg, "model").divisor
+
+
+def build_network(model_cfg: dict | SegmentationNetwork, in_channels: int) -> torch.nn.Module:
     """A MONAI 3D UNet (default) or SegResNet with two output classes (background, tumor)."""
     from monai.networks.nets import SegResNet, UNet
 
-    name = model_cfg.get("name", "unet")
-    channels = [int(c) for c in model_cfg["channels"]]
-    if name == "unet":
+    model = SegmentationNetwork.from_dict(model_cfg, "model")
+    channels = list(model.channels)
+    if model.name == "unet":
         return UNet(
             spatial_dims=3, in_channels=in_channels, out_channels=2, channels=channels,
-            strides=[2] * (len(channels) - 1), num_res_units=int(model_cfg.get("num_res_units", 2)),
-            norm="INSTANCE", dropout=float(model_cfg.get("dropout", 0.0)),
+            strides=[2] * (len(channels) - 1), num_res_units=model.num_res_units, norm="INSTANCE", dropout=model.dropout,
         )
-    if name == "segresnet":
-        return SegResNet(
-            spatial_dims=3, in_channels=in_channels, out_channels=2, init_filters=channels[0],
-            blocks_down=tuple(model_cfg.get("blocks_down", [1, 2, 2, 4])), blocks_up=tuple(model_cfg.get("blocks_up", [1, 1, 1])),
-            norm="INSTANCE", dropout_prob=float(model_cfg.get("dropout", 0.0)) or None,
-        )
-    raise SynBTError(f"unknown segmentation network {name!r}; choose unet or segresnet")
+    return SegResNet(
+        spatial_dims=3, in_channels=in_channels, out_channels=2, init_filters=channels[0],
+        blocks_down=model.blocks_down or (1, 2, 2, 4), blocks_up=model.blocks_up or (1, 1, 1),
+        norm="INSTANCE", dropout_prob=model.dropout or None,
+    )
 
 
 def network_input(images: torch.Tensor, subtraction: bool) -> torch.Tensor:
@@ -369,46 +301,159 @@ class SegmentationRun:
     out: Path
 
 
-def _synthetic_source(config: dict, cases, dist, verbose: bool):
-    """A callable (step, count) -> (images, labels) of synthetic samples, or None without synthesis."""
-    syn = config["synthetic"]
-    settings = TrainSettings.from_dict(config["training"])
-    patch = config["data"]["patch_size"]
-    if syn["mode"] == "none" or float(syn["ratio"]) == 0:
-        return None
-    if syn["mode"] == "offline":
-        synthetic_cases = load_segmentation_cases(syn["dir"], "synthetic", progress=verbose)
-        if synthetic_cases[0].image.shape[0] != cases[0].image.shape[0]:
-            raise SynBTError(
-                f"synthetic cases in {syn['dir']} have {synthetic_cases[0].image.shape[0]} phases, the real ones "
-                f"{cases[0].image.shape[0]}"
-            )
-        sampler = TumorPatchSampler(synthetic_cases, patch, settings.seed, dist.rank, flip_x=bool(config["data"]["flip_x"]))
-        if not sampler.with_tumor:
-            raise SynBTError(f"the synthetic cases in {syn['dir']} have no tumor voxels")
-        return lambda step, count, start: sampler.sample(step, count, stream=2, positive_only=True)
-    from ..synthesizers import make_synthesizer
-    from .onthefly import OnTheFlyTumors, synthetic_loader
+def train_segmentation(
+    data: str | Path,
+    out: str | Path,
+    config: dict | SegmentationTrainingConfig | None = None,
+    val: str | Path | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    command: str = "",
+    verbose: bool = True,
+    progress=None,
+) -> SegmentationRun:
+    """Train a segmentation network on the labelled cases under ``data`` (+ synthetic tumors per config).
 
-    synth, method, steps = make_synthesizer(syn["method"], syn.get("bundle"), syn.get("steps"))
-    dataset = OnTheFlyTumors(
-        cases, synth, seed=settings.seed, patch_size=patch, size_mm=syn["size_mm"], rank=dist.rank,
-        synthesis_steps=steps, context_mm=float(syn["context_mm"]), flip_x=bool(config["data"]["flip_x"]),
-        kinds=syn.get("kinds"), shape_pool=syn.get("shape_pool"),
-    )
-    state = {}
+    ``out`` gets checkpoint.pt, losses.csv (loss, synthetic samples, lr, val_dice), config.json and
+    model/ (the best model by validation Dice, or the final one without ``val``). ``progress(done,
+    total, message)`` is called after every step and may raise to stop (the checkpoint stays resumable).
+    """
+    run = SegmentationTraining(data, out, config, resume, device, command, verbose, progress)
+    if val is None:  # a resumed run validates on the folder it was started with
+        val = run.config.validation.dir
+    run.config.validation.dir = str(val) if val else None
+    return run.fit()
 
-    def draw(step: int, count: int, start: int):
-        if "iterator" not in state:  # built lazily, from the first step this process runs (resume-aware)
-            keys = [
-                (s, slot) for s in range(start, settings.steps)
-                for slot in range(synthetic_count(settings.seed, s, dist.rank, settings.batch_size, float(syn["ratio"])))
-            ]
-            state["iterator"] = iter(synthetic_loader(dataset, keys, int(syn.get("workers", 0))))
-        items = [next(state["iterator"]) for _ in range(count)]
-        return stack_batch([i[0] for i in items], [i[1] for i in items], cases[0].image.shape[0])
 
-    return draw
+class SegmentationTraining(TrainingRun):
+    """The segmentation trainer's hooks (see common.TrainingRun)."""
+
+    name = "train-seg"
+    config_class = SegmentationTrainingConfig
+
+    def load_data(self) -> None:
+        from .data import data_phase_policy
+
+        config, data, val = self.config, self.data, self.config.validation.dir
+        policy = config.data.phase_policy = data_phase_policy(data, config.data.phase_policy)
+        if self.resume:
+            self._check_resumable()
+        self.cases = cases = load_segmentation_cases(data, "training", progress=self.loud, policy=policy)
+        self.val_cases = load_segmentation_cases(val, "validation", progress=self.loud,
+                                                 policy=data_phase_policy(val, policy)) if val else []
+        phases = int(cases[0].image.shape[0])
+        if phases < 2 and config.model.subtraction:
+            raise SynBTError("model.subtraction: the subtraction channel needs at least two phases")
+        if self.val_cases and self.val_cases[0].image.shape[0] != phases:
+            raise SynBTError(f"validation cases have {self.val_cases[0].image.shape[0]} phases, training cases {phases}")
+        self.in_channels = input_channels(phases, config.model.subtraction)
+        self.model_config = {
+            **self.record(), "phases": phases, "phase_names": cases[0].phase_names, "phase_policy": policy,
+            "in_channels": self.in_channels,
+            "spacing": [float(v) for v in np.median([c.geometry.spacing for c in cases], axis=0)],
+            "normalization": "SynBTLib.preprocess.fit_normalization", "data_dir": str(data), "command": self.command,
+        }
+
+    def _check_resumable(self) -> None:
+        """The model and data sections must be the run's (its config.json, read as today's config)."""
+        saved_path = Path(self.out) / "config.json"
+        if not saved_path.is_file():
+            return
+        saved, current = SegmentationTrainingConfig.migrate(json.loads(saved_path.read_text())), self.record()
+        for section in ("model", "data"):
+            if saved.get(section) != current.get(section):
+                raise SynBTError(f"--resume: the {section} config differs from the run's config.json; resume with the "
+                                 "same config")
+
+    def build(self):
+        self.network = build_network(self.config.model, self.in_channels).to(self.dist.device)
+        return {"segmentation": self.network}, {"segmentation": adamw(self.network, self.settings)}
+
+    def log_fields(self) -> list[str]:
+        return ["loss", "synthetic", "lr", "val_dice"]
+
+    def on_train_start(self) -> None:
+        from monai.losses import DiceCELoss
+
+        config, settings = self.config, self.settings
+        self.best = dict(zip(("dice", "step"), _best_from_log(self.out / LOG_FILE) if self.is_main else (None, None)))
+        self.real = TumorPatchSampler(self.cases, config.data.patch_size, settings.seed, self.dist.rank,
+                                      config.data.pos_fraction, config.data.flip_x)
+        self.synthetic = self._synthetic_source()
+        self.ratio = config.synthetic.ratio if self.synthetic is not None else 0.0
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.evaluator = SegmentationModel(self.network, self.model_config)
+
+    def _synthetic_source(self):
+        """A callable (step, count, start) -> (images, labels) of synthetic samples, or None without synthesis."""
+        syn, settings, cases = self.config.synthetic, self.settings, self.cases
+        patch, flip_x, rank = self.config.data.patch_size, self.config.data.flip_x, self.dist.rank
+        if syn.mode == "none" or syn.ratio == 0:
+            return None
+        if syn.mode == "offline":
+            synthetic_cases = load_segmentation_cases(syn.dir, "synthetic", progress=self.loud)
+            if synthetic_cases[0].image.shape[0] != cases[0].image.shape[0]:
+                raise SynBTError(
+                    f"synthetic cases in {syn.dir} have {synthetic_cases[0].image.shape[0]} phases, the real ones "
+                    f"{cases[0].image.shape[0]}"
+                )
+            sampler = TumorPatchSampler(synthetic_cases, patch, settings.seed, rank, flip_x=flip_x)
+            if not sampler.with_tumor:
+                raise SynBTError(f"the synthetic cases in {syn.dir} have no tumor voxels")
+            return lambda step, count, start: sampler.sample(step, count, stream=2, positive_only=True)
+        from ..synthesizers import make_synthesizer
+        from .onthefly import OnTheFlyTumors, synthetic_loader
+
+        synth, method, steps = make_synthesizer(syn.method, syn.bundle, syn.steps)
+        dataset = OnTheFlyTumors(
+            cases, synth, seed=settings.seed, patch_size=patch, size_mm=list(syn.size_mm), rank=rank,
+            synthesis_steps=steps, context_mm=syn.context_mm, flip_x=flip_x, kinds=syn.kinds, shape_pool=syn.shape_pool,
+        )
+        state = {}
+
+        def draw(step: int, count: int, start: int):
+            if "iterator" not in state:  # built lazily, from the first step this process runs (resume-aware)
+                keys = [(s, slot) for s in range(start, settings.steps)
+                        for slot in range(synthetic_count(settings.seed, s, rank, settings.batch_size, syn.ratio))]
+                state["iterator"] = iter(synthetic_loader(dataset, keys, syn.workers))
+            items = [next(state["iterator"]) for _ in range(count)]
+            return stack_batch([i[0] for i in items], [i[1] for i in items], cases[0].image.shape[0])
+
+        return draw
+
+    def train_step(self, index: int) -> dict[str, float]:
+        settings, dist, network, synthetic = self.settings, self.dist, self.network, self.synthetic
+        count = synthetic_count(settings.seed, index, dist.rank, settings.batch_size, self.ratio) if synthetic else 0
+        parts = [self.real.sample(index, settings.batch_size - count, stream=1)]
+        if count:
+            parts.append(synthetic(index, count, self.trainer.start_step))
+        parts = [p for p in parts if len(p[0])]
+        images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        x = network_input(torch.from_numpy(images).to(dist.device), self.config.model.subtraction)
+        y = torch.from_numpy(labels).to(dist.device)
+        with self.trainer.autocast():
+            logits = network(x)
+        loss = self.loss_fn(logits.float(), y)
+        self.trainer.optimize(loss, "segmentation")
+        values = {"loss": loss.item(), "synthetic": float(count)}
+        done = index + 1
+        if self.val_cases and (done % self.config.validation.every == 0 or done == settings.steps):
+            values["val_dice"] = _validate(self.evaluator, self.val_cases, dist)
+            network.train()
+            best = self.best
+            if dist.is_main and (best["dice"] is None or values["val_dice"] > best["dice"]):
+                best["dice"], best["step"] = values["val_dice"], done
+                save_model(self.out / MODEL_DIR, network, {**self.model_config, "best_val_dice": values["val_dice"],
+                                                           "step": done})
+        return values
+
+    def finish(self, losses: dict[str, float]) -> SegmentationRun:
+        model_dir = None
+        if self.is_main:
+            if not self.val_cases:
+                save_model(self.out / MODEL_DIR, self.network, self.model_config)
+            model_dir = self.out / MODEL_DIR
+        return SegmentationRun(model_dir, self.best["dice"], self.best["step"], losses, self.out)
 
 
 def _best_from_log(path: Path) -> tuple[float | None, int | None]:
@@ -423,124 +468,6 @@ def _best_from_log(path: Path) -> tuple[float | None, int | None]:
                 if best is None or value > best:
                     best, best_step = value, int(row["step"])
     return best, best_step
-
-
-def _check_resumable(out: Path, config: dict) -> None:
-    saved_path = out / "config.json"
-    if not saved_path.is_file():
-        return
-    saved = json.loads(saved_path.read_text())
-    for section in ("model", "data"):
-        if saved.get(section) != config.get(section):
-            raise SynBTError(f"--resume: the {section} config differs from the run's config.json; resume with the same config")
-
-
-def train_segmentation(
-    data: str | Path,
-    out: str | Path,
-    config: dict | None = None,
-    val: str | Path | None = None,
-    resume: bool = False,
-    device: str | None = None,
-    command: str = "",
-    verbose: bool = True,
-    progress=None,
-) -> SegmentationRun:
-    """Train a segmentation network on the labelled cases under ``data`` (+ synthetic tumors per config).
-
-    ``out`` gets checkpoint.pt, losses.csv (loss, synthetic samples, lr, val_dice), config.json and
-    model/ (the best model by validation Dice, or the final one without ``val``). ``progress(done,
-    total, message)`` is called after every step and may raise to stop (the checkpoint stays resumable).
-    """
-    config = resolve_config(config)
-    if val is None:  # a resumed run validates on the folder it was started with
-        val = config["validation"].get("dir")
-    config["validation"]["dir"] = str(val) if val else None
-    settings = TrainSettings.from_dict(config["training"])
-    dist = setup_distributed(device)
-    try:
-        out = prepare_run_dir(out, resume, dist, data=data)
-        from .data import data_phase_policy
-
-        policy = config["data"]["phase_policy"] = data_phase_policy(data, config["data"].get("phase_policy"))
-        if resume:
-            _check_resumable(out, config)
-        cases = load_segmentation_cases(data, "training", progress=verbose and dist.is_main, policy=policy)
-        val_cases = load_segmentation_cases(val, "validation", progress=verbose and dist.is_main,
-                                            policy=data_phase_policy(val, policy)) if val else []
-        phases = int(cases[0].image.shape[0])
-        if phases < 2 and config["model"].get("subtraction"):
-            raise SynBTError("the subtraction channel needs at least two phases")
-        if val_cases and val_cases[0].image.shape[0] != phases:
-            raise SynBTError(f"validation cases have {val_cases[0].image.shape[0]} phases, training cases {phases}")
-        in_channels = input_channels(phases, bool(config["model"].get("subtraction")))
-        model_config = {
-            **config, "phases": phases, "phase_names": cases[0].phase_names, "phase_policy": policy,
-            "in_channels": in_channels,
-            "spacing": [float(v) for v in np.median([c.geometry.spacing for c in cases], axis=0)],
-            "normalization": "SynBTLib.preprocess.fit_normalization", "data_dir": str(data), "command": command,
-        }
-        if dist.is_main:
-            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-        seed_everything(settings.seed)
-        network = build_network(config["model"], in_channels).to(dist.device)
-        optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        fields = ["loss", "synthetic", "lr", "val_dice"]
-        trainer = Trainer(settings, dist, out, {"segmentation": network}, {"segmentation": optimizer}, fields, config,
-                          resume, "train-seg", verbose)
-        best = dict(zip(("dice", "step"), _best_from_log(out / LOG_FILE) if dist.is_main else (None, None)))
-        step_fn = _step_function(trainer, network, config, cases, val_cases, dist, best, out, model_config, verbose)
-        losses = trainer.run(step_fn, progress)
-        model_dir = None
-        if dist.is_main:
-            if not val_cases:
-                save_model(out / MODEL_DIR, network, model_config)
-            model_dir = out / MODEL_DIR
-        dist.barrier()
-        return SegmentationRun(model_dir, best["dice"], best["step"], losses, out)
-    finally:
-        teardown_distributed()
-
-
-def _step_function(trainer, network, config, cases, val_cases, dist, best, out, model_config, verbose):
-    from monai.losses import DiceCELoss
-
-    settings = trainer.settings
-    data_cfg, syn_cfg = config["data"], config["synthetic"]
-    subtraction = bool(config["model"].get("subtraction"))
-    real = TumorPatchSampler(cases, data_cfg["patch_size"], settings.seed, dist.rank,
-                             float(data_cfg["pos_fraction"]), bool(data_cfg["flip_x"]))
-    synthetic = _synthetic_source(config, cases, dist, verbose and dist.is_main)
-    ratio = float(syn_cfg["ratio"]) if synthetic is not None else 0.0
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    every = int(config["validation"]["every"])
-    evaluator = SegmentationModel(network, model_config)
-
-    def step(index: int) -> dict[str, float]:
-        count = synthetic_count(settings.seed, index, dist.rank, settings.batch_size, ratio) if synthetic else 0
-        parts = [real.sample(index, settings.batch_size - count, stream=1)]
-        if count:
-            parts.append(synthetic(index, count, trainer.start_step))
-        parts = [p for p in parts if len(p[0])]
-        images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        x = network_input(torch.from_numpy(images).to(dist.device), subtraction)
-        y = torch.from_numpy(labels).to(dist.device)
-        with trainer.autocast():
-            logits = network(x)
-        loss = loss_fn(logits.float(), y)
-        trainer.optimize(loss, "segmentation")
-        values = {"loss": loss.item(), "synthetic": float(count)}
-        done = index + 1
-        if val_cases and (done % every == 0 or done == settings.steps):
-            values["val_dice"] = _validate(evaluator, val_cases, dist)
-            network.train()
-            if dist.is_main and (best["dice"] is None or values["val_dice"] > best["dice"]):
-                best["dice"], best["step"] = values["val_dice"], done
-                save_model(out / MODEL_DIR, network, {**model_config, "best_val_dice": values["val_dice"], "step": done})
-        return values
-
-    return step
 
 
 def _validate(model: SegmentationModel, cases, dist) -> float:
