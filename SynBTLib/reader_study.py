@@ -53,6 +53,14 @@ def _panel(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.asarray(image)
 
 
+def _label(panel: np.ndarray, text: str) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(panel)
+    ImageDraw.Draw(image).text((4, 2), text, fill=255)
+    return np.asarray(image)
+
+
 def tumor_view(case_dir: Path) -> np.ndarray:
     """One uint8 image: the axial slice through the tumor centre, cropped to VIEW_MM around it, for every
     phase (one shared window from the pre-contrast phase's breast percentiles) and the early subtraction."""
@@ -74,6 +82,8 @@ def tumor_view(case_dir: Path) -> np.ndarray:
     panels = [_panel(p, low, high_post) for p in crop]
     subtraction = crop[1] - crop[0]
     panels.append(_panel(subtraction, 0.0, max(float(np.percentile(case.phases[1] - case.phases[0], 99.5)), 1e-6)))
+    names = ["pre"] + [f"post {k}" for k in range(1, len(crop))] + ["post 1 - pre"]
+    panels = [_label(panel, name) for panel, name in zip(panels, names)]
     gap = np.zeros((VIEW_PX, 4), np.uint8)
     row = [panels[0]]
     for panel in panels[1:]:
