@@ -40,7 +40,7 @@ class Server:
         self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"synbt_web_{self.port}.log", "w+")
         self.process = subprocess.Popen([sys.executable, "-m", "SynBTLib", "web", *args, "--host", host,
                                          "--port", str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # a loaded 2-core CI machine starts VTK slowly
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"synbt web exited: {self.output()}")

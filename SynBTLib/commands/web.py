@@ -30,6 +30,11 @@ def run(args) -> int:
     if not folder.is_dir():
         raise SynBTError(f"{folder} is not a folder")
     token = access_token(args.host, args.token)
+    import importlib.util
+
+    if importlib.util.find_spec("trame_slicer") and not importlib.util.find_spec("slicer_layer_dm"):
+        raise SynBTError("synbt web needs slicer-layer-dm, which pip leaves out (its metadata pins an older "
+                         "slicer-core): pip install --no-deps slicer-layer-dm==2.0.0")
     try:
         from ..web.app import serve
     except ImportError as exc:
