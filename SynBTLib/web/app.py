@@ -51,7 +51,9 @@ def curve_png(curves: dict[str, list[float]]) -> bytes:
     fig, ax = plt.subplots(figsize=(3.4, 2.4), dpi=100)
     for name, values in curves.items():
         ax.plot(range(len(values)), [100 * v for v in values], marker="o", label=name)
-    ax.set(xlabel="phase", ylabel="enhancement (%)", title="kinetic curve")
+    count = max(len(v) for v in curves.values())
+    ax.set_xticks(range(count), ["pre"] + [f"post {k}" for k in range(1, count)])
+    ax.set(ylabel="enhancement (%)", title="kinetic curve (mean)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     buffer = _io.BytesIO()
@@ -334,6 +336,11 @@ class SynBTWeb:
             if node is None:
                 node = panel.add_subtraction_node(self.scene, nodes)
                 node.SetAttribute(key, "1")
+                # window 0 .. high percentile of the enhancement: the auto window centres on zero (grey background)
+                values = mrml.array_from_volume_node(node)
+                high = float(np.percentile(values[values > 0], 99.5)) if (values > 0).any() else 1.0
+                node.GetDisplayNode().SetAutoWindowLevel(False)
+                node.GetDisplayNode().SetWindowLevel(high, high / 2)
             self._show(node)
         else:
             self._show(nodes[min(k, len(nodes) - 1)])
