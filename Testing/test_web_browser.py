@@ -112,6 +112,16 @@ def _view_pixels(page) -> np.ndarray:
     return np.asarray(Image.open(BytesIO(png)).convert("L")).astype(np.int16)
 
 
+def _rendered_view(page, timeout=60.0) -> np.ndarray:
+    """The view's pixels once the server has streamed a picture into it (not the empty black canvas)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pixels = _view_pixels(page)
+        if pixels[2:-2, 2:-2].mean() > 5 or time.monotonic() > deadline:
+            return pixels
+        time.sleep(0.5)
+
+
 def _load_case_and_place(page, method):
     _select(page, "Case (from --data)", CASE)
     page.click("#load")
@@ -132,13 +142,12 @@ def _load_case_and_place(page, method):
 
 
 def _generate_and_check(page, data, click_xy, shot=None):
-    before_generate = _view_pixels(page)
     page.click("#generate")
     page.wait_for_selector("#result", timeout=600000)
     assert page.inner_text("#error").strip() == ""
     assert page.locator("#progress").get_attribute("aria-valuenow") == "100"
     time.sleep(1.0)  # let the view stream the new frame
-    after = _view_pixels(page)
+    after = _rendered_view(page)
     page.locator(".v-switch input").click()  # back to the input
     time.sleep(1.5)
     before = _view_pixels(page)
@@ -150,7 +159,6 @@ def _generate_and_check(page, data, click_xy, shot=None):
     cx, cy = click_xy[0] - box["x"], click_xy[1] - box["y"]
     distance = np.hypot(xs - cx, ys - cy)
     assert np.percentile(distance, 99) < 0.12 * box["width"], "pixels changed far from the placed tumor"
-    del before_generate
     page.locator(".v-switch input").click()  # after again
     if shot:
         page.locator("#curve").scroll_into_view_if_needed()
@@ -272,3 +280,62 @@ def test_token_required_beyond_localhost_and_paths_stay_inside(browser, data):
         page.close()
     finally:
         server.stop()
+
+
+def test_paint_a_region_refused_bundle_and_cancel(browser, data):
+    server = Server("--data", str(data))
+    try:
+        page = _page(browser, server.url())
+        _select(page, "Case (from --data)", CASE)
+        page.click("#load")
+        _wait_text(page, "#status", "Loaded")
+        page.locator("label", has_text="segment").first.click()
+        _wait_text(page, "#missing", "segment")
+        page.get_by_role("button", name="paint", exact=True).click()  # trame-slicer's segment editor
+        box = page.locator("#views").bounding_box()
+        before = _rendered_view(page)
+        x0, y0 = box["x"] + 0.74 * box["width"], box["y"] + 0.30 * box["height"]
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        for k in range(10):
+            page.mouse.move(x0 + 3 * k, y0 + 2 * k)
+        page.mouse.up()
+        page.wait_for_selector("#missing", state="detached", timeout=30000)  # the painted segment is a region
+        time.sleep(1.5)
+        assert (np.abs(_view_pixels(page) - before) > 12).sum() > 50  # the painted region is drawn
+        page.get_by_label("Bundle (folder under --data; empty: shipped)").fill("../..")
+        page.click("#generate")
+        _wait_text(page, "#error", "served folder")  # a bundle outside --data is refused
+        page.get_by_label("Bundle (folder under --data; empty: shipped)").fill("")
+        page.click("#generate")  # diffusion (the default method): long enough to cancel
+        page.click("#cancel", timeout=30000)
+        _wait_text(page, "#status", "Cancelled")
+        assert page.locator("#result").count() == 0
+        page.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_export_a_synthetic_data_set(browser, tmp_path):
+    from SynBTLib.datasets import find_phase_files
+    from SynBTLib.phantom import make_phantom, write_phantom
+
+    write_phantom(make_phantom(seed=5, shape=(64, 64, 16), tumors=0), tmp_path / "cohort" / "c5", montage=False)
+    server = Server("--data", str(tmp_path))
+    try:
+        page = _page(browser, server.url())
+        page.locator("#export").scroll_into_view_if_needed()
+        page.get_by_label("Source data set (under --data)").fill("cohort")
+        page.get_by_label("Output folder (under --data)").fill("exported")
+        page.get_by_label("Cases").fill("2")
+        page.locator(".v-select", has_text="Method").nth(1).click()
+        page.get_by_role("option", name="handcrafted", exact=True).click()
+        page.click("#export")
+        _wait_text(page, "#export-message", "done", timeout=300000)
+        page.close()
+    finally:
+        server.stop()
+    exported = tmp_path / "exported"
+    assert exported.is_dir() and any(exported.rglob("*.nii.gz"))
+    assert find_phase_files(tmp_path / "cohort" / "c5")  # the source is untouched

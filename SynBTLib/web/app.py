@@ -416,7 +416,7 @@ class SynBTWeb:
                 with html.Div(classes="d-flex ga-2 mb-2"):
                     v.VBtn("Load case", click=self.load_case, disabled=("!case_name || running",), size="small", id="load")
                     v.VBtn("Load SynBT phantom", click=self.load_phantom, disabled=("running",), size="small", id="phantom")
-                with v.VExpansionPanels(multiple=True, model_value=([0, 1, 2],)):
+                with v.VExpansionPanels(multiple=True, model_value=([0, 1, 2, 3],)):
                     with v.VExpansionPanel(title="Inputs", disabled=("running",)):
                         with v.VExpansionPanelText():
                             for field, label in zip(panel.PHASE_FIELDS, ("Pre-contrast", "Post 1", "Post 2", "Post 3")):
@@ -497,11 +497,11 @@ class SynBTWeb:
                                 v.VTextField(label="Seed", v_model=("p_exportSeed",), type="number",
                                              density="compact", hide_details=True)
                             with html.Div(classes="d-flex ga-2 mt-1"):
-                                v.VBtn("Export", click=self.export, size="small",
+                                v.VBtn("Export", click=self.export, size="small", id="export",
                                        disabled=("export_running || !p_exportSource || !p_exportOutput",))
                                 v.VBtn("Stop", click=self.stop_export, size="small", v_if=("export_running",))
                             v.VProgressLinear(model_value=("export_progress",), height=8, classes="my-1")
-                            html.Div("{{ export_message }}", classes="text-caption")
+                            html.Div("{{ export_message }}", classes="text-caption", id="export-message")
                 html.Div("{{ status }}", classes="text-caption mt-2", id="status")
                 html.Div("{{ error }}", classes="text-error text-caption", id="error")
             with v.VMain():
