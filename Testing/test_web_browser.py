@@ -216,7 +216,7 @@ def test_generate_with_the_diffusion_bundle(browser, data):
         server.stop()
 
 
-def test_reader_answers_reloads_resumes(browser, tmp_path):
+def test_two_readers_answer_reload_and_resume(browser, tmp_path):
     from SynBTLib import reader_study as rs
     from SynBTLib.phantom import make_phantom, write_phantom
 
@@ -224,32 +224,42 @@ def test_reader_answers_reloads_resumes(browser, tmp_path):
         for seed in seeds:
             write_phantom(make_phantom(seed=seed, shape=(64, 64, 16), tumors=1), tmp_path / kind / f"c{seed}", montage=False)
     study = rs.create_study(tmp_path / "real", tmp_path / "synthetic", 4, tmp_path / "study")
+    def sign_in(page, name):
+        page.wait_for_selector("#reader", timeout=60000)
+        page.locator("#reader").fill(name)
+        page.click("#start")
+
     server = Server("--study", str(study))
     try:
         page = browser.new_page(viewport={"width": 1100, "height": 700})
         page.goto(server.url())
-        page.wait_for_selector("#reader", timeout=60000)
-        page.locator("#reader").fill("Dr Test")
-        page.click("#start")
+        sign_in(page, "Dr Test")
         _wait_text(page, "#counter", "view 1 of 4")
         page.screenshot(path=str(DOCS / "web_study.png"))
         page.click("#answer-real")
         _wait_text(page, "#counter", "view 2 of 4")
         page.click("#answer-synthetic")
         _wait_text(page, "#counter", "view 3 of 4")
-        page.reload()  # a reload shows the same view again
-        _wait_text(page, "#counter", "view 3 of 4")
+        other = browser.new_page()  # a second reader on the same page at the same time
+        other.goto(server.url())
+        sign_in(other, "Dr Two")
+        _wait_text(other, "#counter", "Dr Two: view 1 of 4")
+        other.click("#answer-real")
+        _wait_text(other, "#counter", "view 2 of 4")
+        assert "Dr Test: view 3 of 4" in page.inner_text("#counter")  # each tab keeps its own reader and view
+        page.reload()  # the first reader stops and comes back
+        sign_in(page, "Dr Test")
+        _wait_text(page, "#counter", "view 3 of 4")  # resumed from the answers database
         page.close()
+        other.close()
     finally:
         server.stop()
-    server = Server("--study", str(study))  # the reader stops; later the study is served again
+    server = Server("--study", str(study))  # later the study is served again
     try:
         page = browser.new_page(viewport={"width": 1100, "height": 700})
         page.goto(server.url())
-        page.wait_for_selector("#reader", timeout=60000)
-        page.locator("#reader").fill("Dr Test")
-        page.click("#start")
-        _wait_text(page, "#counter", "view 3 of 4")  # resumed from the answers database, not restarted
+        sign_in(page, "Dr Test")
+        _wait_text(page, "#counter", "view 3 of 4")
         page.click("#answer-real")
         _wait_text(page, "#counter", "view 4 of 4")
         page.click("#answer-synthetic")
@@ -258,9 +268,10 @@ def test_reader_answers_reloads_resumes(browser, tmp_path):
     finally:
         server.stop()
     summary = rs.report(study)
-    (reader,) = summary["readers"]
-    assert reader["reader"] == "Dr Test" and reader["answered"] == 4
-    assert reader["real"] == 2 and reader["synthetic"] == 2
+    by = {r["reader"]: r for r in summary["readers"]}
+    assert set(by) == {"Dr Test", "Dr Two"}
+    assert by["Dr Test"]["answered"] == 4 and by["Dr Test"]["real"] == 2 and by["Dr Test"]["synthetic"] == 2
+    assert by["Dr Two"]["answered"] == 1
 
 
 def test_token_required_beyond_localhost_and_paths_stay_inside(browser, data):
