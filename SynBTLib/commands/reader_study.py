@@ -9,7 +9,7 @@ def register(subparsers) -> None:
         description="create: draws --n case folders (half from --real, half from --synthetic; each a case folder "
         "with tumor_labels.nii.gz) and renders one tumor-centred view of every phase and the subtraction per case "
         "under random ids. Readers answer in `synbt web --study STUDY`. report: each reader's accuracy and AUC "
-        "(bootstrap 95%% CI) and roc.png.",
+        "(bootstrap 95% CI) and roc.png.",
     )
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     create = sub.add_parser("create", help="build a new study folder")
