@@ -56,6 +56,9 @@ def test_created_study_is_blinded(study, pools):
     image = np.asarray(Image.open(study / rs.IMAGES / f"{items[0]}.png"))
     panels = (image.shape[1] + 4) // (rs.VIEW_PX + 4)
     assert image.shape[0] == rs.VIEW_PX and panels == 4  # 3 phantom phases + subtraction
+    centre = slice(rs.VIEW_PX // 2 - 8, rs.VIEW_PX // 2 + 8)
+    pre, post1 = image[centre, centre], image[centre, rs.VIEW_PX + 4 :][:, centre]
+    assert post1.mean() > pre.mean() + 20  # the view is centred on the tumor, which enhances
 
 
 def test_answers_resume_and_two_readers(study):

@@ -49,7 +49,9 @@ class Server:
                 return
             except OSError:
                 time.sleep(0.3)
-        raise RuntimeError(f"synbt web did not listen: {self.output()}")
+        output = self.output()
+        self.stop()  # never leave a server behind
+        raise RuntimeError(f"synbt web did not listen: {output}")
 
     def output(self) -> str:
         self.log.flush()
