@@ -386,3 +386,53 @@ class SegmentRun:
 def segment_summary(finished) -> str:
     node, voxels = finished
     return f"Added '{node.GetName()}' ({voxels} tumor voxels)."
+
+
+# ---------------------------------------------------------------- after a synthesis (browser GUI)
+
+PLACED_TUMOR_NAME = "SynBT placed tumor"
+
+
+def add_placed_tumor(scene, phase_nodes, ras, diameter_mm: float, seed: int):
+    """A click-placed tumor (tumor_shape_at) as a new segmentation node; returns (node, segment id)."""
+    mask, _ = tumor_shape_at(phase_nodes, ras, diameter_mm, seed)
+    node, segment_id = mrml.add_segmentation_node(scene, mask, phase_nodes[0], PLACED_TUMOR_NAME,
+                                                  segment_name="placed tumor")
+    node.SetAttribute(OUTPUT_ATTRIBUTE, "1")
+    return node, segment_id
+
+
+def add_subtraction_node(scene, phase_nodes, post: int = 1):
+    """The subtraction image (post-contrast phase `post` minus pre-contrast) as a new float volume."""
+    values = mrml.array_from_volume_node(phase_nodes[post]).astype(np.float32)
+    values -= mrml.array_from_volume_node(phase_nodes[0]).astype(np.float32)
+    node = mrml.add_volume_from_array(scene, values, mrml.geometry_from_volume_node(phase_nodes[0]),
+                                      f"{phase_nodes[post].GetName()} - {phase_nodes[0].GetName()}")
+    node.SetAttribute(OUTPUT_ATTRIBUTE, "1")
+    return node
+
+
+def kinetic_curves(phase_nodes, tumor_mask: np.ndarray) -> dict[str, list[float]]:
+    """Mean relative enhancement per phase, (S_k - S_0) / S_0, of the tumor and of fibroglandular tissue
+    outside it (the reference a reader compares a curve with)."""
+    from .preprocess import breast_tissue_mask
+
+    case = mrml.case_from_volume_nodes(phase_nodes)
+    tumor = np.asarray(tumor_mask) > 0
+    fgt = breast_tissue_mask(case).fibroglandular & ~tumor
+    curves = {}
+    for name, region in (("tumor", tumor), ("fibroglandular", fgt)):
+        if region.any():
+            means = case.phases[:, region].mean(axis=1)
+            curves[name] = [float((m - means[0]) / max(abs(means[0]), 1e-6)) for m in means]
+    return curves
+
+
+def save_result_files(result: mrml.SynthesisResult, out_dir) -> list:
+    """The synthesized phases (phase_<k>.nii.gz) and tumor_labels.nii.gz in a new folder (never overwritten)."""
+    from . import io
+
+    out = io.prepare_output_dir(out_dir)
+    case = mrml.case_from_volume_nodes(result.volume_nodes)
+    mask = mrml.mask_from_segment(result.segmentation_node, result.segment_id, case.geometry)
+    return [*io.write_case(case, out), io.write_label(mask, case.geometry, out / "tumor_labels.nii.gz")]

@@ -1,0 +1,294 @@
+"""A blinded reader study (visual Turing test): are synthetic tumors told apart from real ones?
+
+``create_study`` draws real and synthetic case folders (each a case the engine reads with a
+``tumor_labels.nii.gz``), renders one tumor-centred axial view per case (every phase and the early
+subtraction, side by side) as ``images/<random id>.png`` and writes ``study.json`` (the item ids, in
+no meaningful order) and ``key.json`` (the truth, never sent to a reader). Nothing a reader sees
+names the source: the ids are random, the PNGs carry no text chunks, every view is windowed the
+same way. Answers go to ``answers.sqlite`` one row per (reader, item) as they are given, so a reader
+can stop and resume and several readers can answer at once. ``report`` gives each reader's
+accuracy and the AUC of their confidence-weighted answers, with a bootstrap confidence interval,
+and a ROC plot.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SynBTError
+
+LABEL_FILE = "tumor_labels.nii.gz"
+STUDY_FILE, KEY_FILE, ANSWERS_FILE, IMAGES = "study.json", "key.json", "answers.sqlite", "images"
+ANSWERS = ("real", "synthetic")
+CONFIDENCE = (1, 2, 3, 4, 5)
+VIEW_MM = 64.0  # side of the tumor-centred field of view
+VIEW_PX = 192  # pixels per panel side
+BOOTSTRAP = 2000
+
+
+# ---------------------------------------------------------------- creating a study
+
+def study_cases(folder: str | Path) -> list[Path]:
+    """Case folders under `folder` (itself or its sub-folders) that hold phases and a tumor label file."""
+    from .datasets import find_phase_files
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SynBTError(f"{folder} is not a folder")
+    candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
+    return [c for c in candidates if (c / LABEL_FILE).is_file() and find_phase_files(c)]
+
+
+def _panel(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    from PIL import Image
+
+    scaled = np.clip((values - low) / max(high - low, 1e-6), 0, 1) * 255
+    image = Image.fromarray(scaled.astype(np.uint8)).resize((VIEW_PX, VIEW_PX), Image.BILINEAR)
+    return np.asarray(image)
+
+
+def _label(panel: np.ndarray, text: str) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(panel)
+    ImageDraw.Draw(image).text((4, 2), text, fill=255)
+    return np.asarray(image)
+
+
+def tumor_view(case_dir: Path) -> np.ndarray:
+    """One uint8 image: the axial slice through the tumor centre, cropped to VIEW_MM around it, for every
+    phase (one shared window from the pre-contrast phase's breast percentiles) and the early subtraction."""
+    from .io import read_case, read_image
+
+    case = read_case(case_dir)
+    labels, _ = read_image(case_dir / LABEL_FILE)
+    mask = labels > 0
+    if mask.shape != case.shape or not mask.any():
+        raise SynBTError(f"{case_dir / LABEL_FILE} is empty or not on the grid of the phases")
+    z, y, x = np.argwhere(mask).mean(axis=0).round().astype(int)
+    sx, sy = case.geometry.spacing[0], case.geometry.spacing[1]
+    hy, hx = int(round(VIEW_MM / 2 / sy)), int(round(VIEW_MM / 2 / sx))
+    phases = np.pad(case.phases[:, z], ((0, 0), (hy, hy), (hx, hx)), mode="constant")
+    crop = phases[:, y : y + 2 * hy, x : x + 2 * hx]  # centred on (y, x) after the padding
+    body = case.phases[0][case.phases[0] > 0]
+    low, high = np.percentile(body, [1, 99.5]) if body.size else (0.0, 1.0)
+    high_post = max(high, float(np.percentile(case.phases[1], 99.5)))
+    panels = [_panel(p, low, high_post) for p in crop]
+    subtraction = crop[1] - crop[0]
+    panels.append(_panel(subtraction, 0.0, max(float(np.percentile(case.phases[1] - case.phases[0], 99.5)), 1e-6)))
+    names = ["pre"] + [f"post {k}" for k in range(1, len(crop))] + ["post 1 - pre"]
+    panels = [_label(panel, name) for panel, name in zip(panels, names)]
+    gap = np.zeros((VIEW_PX, 4), np.uint8)
+    row = [panels[0]]
+    for panel in panels[1:]:
+        row += [gap, panel]
+    return np.concatenate(row, axis=1)
+
+
+def create_study(real: str | Path, synthetic: str | Path, n: int, out: str | Path, seed: int = 0) -> Path:
+    """Build a blinded study of n views (half real, half synthetic) in a new folder `out`."""
+    from PIL import Image
+
+    if n < 2 or n % 2:
+        raise SynBTError(f"--n must be an even number of at least 2 (half real, half synthetic), got {n}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise SynBTError(f"{out} exists and is not empty; a study is never overwritten")
+    pools = {"real": study_cases(real), "synthetic": study_cases(synthetic)}
+    for kind, folder in (("real", real), ("synthetic", synthetic)):
+        if len(pools[kind]) < n // 2:
+            raise SynBTError(f"{folder} holds {len(pools[kind])} {kind} cases with {LABEL_FILE}; --n {n} needs {n // 2}")
+    rng = np.random.default_rng(seed)
+    chosen = [(kind, pools[kind][i]) for kind in ANSWERS for i in rng.choice(len(pools[kind]), n // 2, replace=False)]
+    order = rng.permutation(len(chosen))
+    (out / IMAGES).mkdir(parents=True, exist_ok=True)
+    items, key = [], {}
+    for index in order:
+        kind, folder = chosen[index]
+        item_id = rng.bytes(6).hex()
+        Image.fromarray(tumor_view(folder)).save(out / IMAGES / f"{item_id}.png")  # PIL writes no text chunks
+        items.append(item_id)
+        key[item_id] = {"truth": kind, "source": str(Path(folder).resolve())}
+    (out / KEY_FILE).write_text(json.dumps(key, indent=1))
+    (out / STUDY_FILE).write_text(json.dumps({"items": items, "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
+    Answers(out).close()  # creates the database
+    return out
+
+
+# ---------------------------------------------------------------- answering
+
+def load_items(study: str | Path) -> list[str]:
+    path = Path(study) / STUDY_FILE
+    if not path.is_file():
+        raise SynBTError(f"{study} is not a reader study (no {STUDY_FILE}); make one with `synbt reader-study create`")
+    return list(json.loads(path.read_text())["items"])
+
+
+def reader_order(items: list[str], reader: str) -> list[str]:
+    """Each reader sees the items in an own order (fixed for that reader, so a resume continues it)."""
+    seed = int.from_bytes(hashlib.sha256(reader.encode()).digest()[:8], "little")
+    return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+
+
+def check_reader(name: str) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 64 or not all(ch.isalnum() or ch in " ._-" for ch in name):
+        raise SynBTError("a reader name is 1-64 letters, digits, spaces, '.', '_' or '-'")
+    return name
+
+
+class Answers:
+    """The study's answers in SQLite: one row per (reader, item), written as soon as it is given."""
+
+    def __init__(self, study: str | Path):
+        self.items = set(load_items(study)) if (Path(study) / STUDY_FILE).is_file() else None
+        self.db = sqlite3.connect(Path(study) / ANSWERS_FILE, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")  # several readers (processes) at once
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS answers (reader TEXT NOT NULL, item TEXT NOT NULL, answer TEXT NOT NULL,"
+            " confidence INTEGER NOT NULL, answered_at REAL NOT NULL, PRIMARY KEY (reader, item))"
+        )
+
+    def record(self, reader: str, item: str, answer: str, confidence: int) -> None:
+        reader = check_reader(reader)
+        if self.items is not None and item not in self.items:
+            raise SynBTError(f"no item '{item}' in this study")
+        if answer not in ANSWERS:
+            raise SynBTError(f"an answer is one of {ANSWERS}, got '{answer}'")
+        if int(confidence) not in CONFIDENCE:
+            raise SynBTError(f"confidence is 1-5, got {confidence}")
+        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+                        (reader, item, answer, int(confidence), time.time()))
+
+    def answered(self, reader: str) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT item FROM answers WHERE reader = ?", (reader,))}
+
+    def rows(self) -> list[tuple[str, str, str, int]]:
+        return list(self.db.execute("SELECT reader, item, answer, confidence FROM answers ORDER BY reader, answered_at"))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def next_item(study: str | Path, reader: str, answers: Answers) -> tuple[str | None, int, int]:
+    """(the reader's next unanswered item or None, how many they answered, how many there are)."""
+    items = reader_order(load_items(study), check_reader(reader))
+    done = answers.answered(reader)
+    remaining = [item for item in items if item not in done]
+    return (remaining[0] if remaining else None), len(items) - len(remaining), len(items)
+
+
+# ---------------------------------------------------------------- report
+
+def suspicion(answer: str, confidence: int) -> int:
+    """The reader's "synthetic" score on a 10-point scale: real 5 -> 1 ... real 1 -> 5, synthetic 1 -> 6 ... 5 -> 10."""
+    return 5 + int(confidence) if answer == "synthetic" else 6 - int(confidence)
+
+
+def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rates, true positive rates) over every threshold, synthetic = positive."""
+    thresholds = np.unique(scores)[::-1]
+    positives, negatives = max(int(labels.sum()), 1), max(int((1 - labels).sum()), 1)
+    tpr = [0.0] + [float(((scores >= t) & (labels == 1)).sum()) / positives for t in thresholds]
+    fpr = [0.0] + [float(((scores >= t) & (labels == 0)).sum()) / negatives for t in thresholds]
+    return np.array(fpr), np.array(tpr)
+
+
+def bootstrap_auc_ci(scores: np.ndarray, labels: np.ndarray, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the AUC, resampling real and synthetic items separately."""
+    from .realism import auc
+
+    rng = np.random.default_rng(seed)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    values = []
+    for _ in range(BOOTSTRAP):
+        p, q = rng.choice(pos, pos.size), rng.choice(neg, neg.size)
+        values.append(auc(np.concatenate([p, q]), np.r_[np.ones(p.size), np.zeros(q.size)]))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+@dataclass
+class ReaderResult:
+    reader: str
+    answered: int
+    real: int
+    synthetic: int
+    correct: int
+    accuracy: float
+    auc: float | None
+    auc_ci: tuple[float, float] | None
+
+
+def report(study: str | Path, plot: bool = True) -> dict:
+    """Per-reader accuracy and AUC (with CI) from the answers; writes report.json and roc.png in the study."""
+    from .realism import auc
+
+    study = Path(study)
+    key = json.loads((study / KEY_FILE).read_text())
+    answers = Answers(study)
+    try:
+        rows = answers.rows()
+    finally:
+        answers.close()
+    readers: dict[str, list] = {}
+    for reader, item, answer, confidence in rows:
+        if item in key:
+            readers.setdefault(reader, []).append((key[item]["truth"], answer, confidence))
+    results, curves = [], {}
+    for reader, given in sorted(readers.items()):
+        labels = np.array([truth == "synthetic" for truth, _, _ in given], float)
+        scores = np.array([suspicion(a, c) for _, a, c in given], float)
+        correct = sum(truth == answer for truth, answer, _ in given)
+        both = 0 < labels.sum() < labels.size
+        value = auc(scores, labels) if both else None
+        ci = bootstrap_auc_ci(scores, labels) if both else None
+        if both:
+            curves[reader] = roc_points(scores, labels)
+        results.append(ReaderResult(reader, len(given), int((labels == 0).sum()), int(labels.sum()), int(correct),
+                                    correct / len(given), value, ci))
+    summary = {"items": len(key), "readers": [r.__dict__ for r in results]}
+    (study / "report.json").write_text(json.dumps(summary, indent=1))
+    if plot and curves:
+        summary["roc_png"] = str(_plot_roc(curves, {r.reader: r for r in results}, study / "roc.png"))
+    return summary
+
+
+def _plot_roc(curves: dict, results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance")
+    for reader, (fpr, tpr) in curves.items():
+        r = results[reader]
+        ax.plot(fpr, tpr, marker="o", markersize=3,
+                label=f"{reader}: AUC {r.auc:.2f} [{r.auc_ci[0]:.2f}, {r.auc_ci[1]:.2f}]")
+    ax.set(xlabel="false positive rate (real called synthetic)", ylabel="true positive rate (synthetic found)",
+           xlim=(0, 1), ylim=(0, 1), title="Reader study: telling synthetic from real")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def format_report(summary: dict) -> str:
+    lines = [f"{summary['items']} items"]
+    for r in summary["readers"]:
+        auc_text = (f"AUC {r['auc']:.3f} (95% CI {r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f})" if r["auc"] is not None
+                    else "AUC n/a (needs answers on both real and synthetic items)")
+        lines.append(f"{r['reader']}: {r['answered']} answered ({r['real']} real, {r['synthetic']} synthetic), "
+                     f"accuracy {r['accuracy']:.1%}, {auc_text}")
+    if "roc_png" in summary:
+        lines.append(f"ROC plot: {summary['roc_png']}")
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""The blinded reader study without a browser: create, answer (SQLite, resume, two readers), report."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from SynBTLib import reader_study as rs
+from SynBTLib.cli import main
+from SynBTLib.errors import SynBTError
+from SynBTLib.phantom import make_phantom, write_phantom
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory):
+    """Three 'real' and three 'synthetic' phantom case folders with a tumor each (small grids)."""
+    root = tmp_path_factory.mktemp("pools")
+    for kind, seeds in (("real", (1, 2, 3)), ("synthetic", (11, 12, 13))):
+        for seed in seeds:
+            write_phantom(make_phantom(seed=seed, shape=(48, 48, 16), tumors=1), root / kind / f"{kind}_case_{seed}",
+                          montage=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def study(pools, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "s"
+    assert main(["reader-study", "create", "--real", str(pools / "real"), "--synthetic", str(pools / "synthetic"),
+                 "--n", "4", "--out", str(out), "--seed", "5"]) == 0
+    return out
+
+
+def _png_chunks(path: Path) -> list[str]:
+    data, chunks, pos = path.read_bytes(), [], 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        chunks.append(data[pos + 4 : pos + 8].decode())
+        pos += 12 + length
+    return chunks
+
+
+def test_created_study_is_blinded(study, pools):
+    items = rs.load_items(study)
+    key = json.loads((study / rs.KEY_FILE).read_text())
+    assert len(items) == 4 and set(items) == set(key)
+    assert sorted(v["truth"] for v in key.values()) == ["real", "real", "synthetic", "synthetic"]
+    served = (study / rs.STUDY_FILE).read_text()
+    assert "real" not in served and "synthetic" not in served  # nothing the reader's page reads names the truth
+    for item in items:
+        png = study / rs.IMAGES / f"{item}.png"
+        assert set(_png_chunks(png)) <= {"IHDR", "IDAT", "IEND"}  # no text / time metadata
+        assert "case" not in png.name
+    # every view: all phases + subtraction side by side, a tumor at the centre brighter after contrast
+    from PIL import Image
+
+    image = np.asarray(Image.open(study / rs.IMAGES / f"{items[0]}.png"))
+    panels = (image.shape[1] + 4) // (rs.VIEW_PX + 4)
+    assert image.shape[0] == rs.VIEW_PX and panels == 4  # 3 phantom phases + subtraction
+    centre = slice(rs.VIEW_PX // 2 - 8, rs.VIEW_PX // 2 + 8)
+    pre, post1 = image[centre, centre], image[centre, rs.VIEW_PX + 4 :][:, centre]
+    assert post1.mean() > pre.mean() + 20  # the view is centred on the tumor, which enhances
+
+
+def test_answers_resume_and_two_readers(study):
+    items = rs.load_items(study)
+    first = rs.Answers(study)
+    second = rs.Answers(study)  # another reader at the same time (own connection)
+    try:
+        item, done, total = rs.next_item(study, "Dr A", first)
+        assert (done, total) == (0, 4)
+        first.record("Dr A", item, "real", 4)
+        second.record("Dr B", rs.next_item(study, "Dr B", second)[0], "synthetic", 2)
+        # A stops; a new connection resumes where A left off, with A's next item (not the one answered)
+        first.close()
+        again = rs.Answers(study)
+        nxt, done, _ = rs.next_item(study, "Dr A", again)
+        assert done == 1 and nxt != item and nxt in items
+        assert rs.reader_order(items, "Dr A")[1] == nxt
+        with pytest.raises(SynBTError, match="answer"):
+            again.record("Dr A", nxt, "maybe", 3)
+        with pytest.raises(SynBTError, match="confidence"):
+            again.record("Dr A", nxt, "real", 7)
+        with pytest.raises(SynBTError, match="item"):
+            again.record("Dr A", "../../etc/passwd", "real", 3)
+        with pytest.raises(SynBTError, match="reader"):
+            again.record("<script>", nxt, "real", 3)
+        again.close()
+    finally:
+        second.close()
+
+
+def test_report_counts_accuracy_and_auc(pools, tmp_path):
+    out = rs.create_study(pools / "real", pools / "synthetic", 6, tmp_path / "s6", seed=1)
+    key = json.loads((out / rs.KEY_FILE).read_text())
+    answers = rs.Answers(out)
+    for item, entry in key.items():
+        answers.record("perfect", item, entry["truth"], 5)  # always right, fully confident
+        answers.record("real-sayer", item, "real", 3)  # always says real
+    half = list(key)[:3]
+    for item in half:
+        answers.record("halfway", item, key[item]["truth"], 1)
+    answers.close()
+    summary = rs.report(out)
+    by = {r["reader"]: r for r in summary["readers"]}
+    assert by["perfect"]["answered"] == 6 and by["perfect"]["accuracy"] == 1.0 and by["perfect"]["auc"] == 1.0
+    assert by["perfect"]["real"] == 3 and by["perfect"]["synthetic"] == 3
+    assert by["real-sayer"]["accuracy"] == 0.5 and by["real-sayer"]["auc"] == 0.5
+    low, high = by["real-sayer"]["auc_ci"]
+    assert low <= 0.5 <= high
+    assert by["halfway"]["answered"] == 3
+    assert (out / "roc.png").stat().st_size > 0 and json.loads((out / "report.json").read_text())["items"] == 6
+    text = rs.format_report(summary)
+    assert "perfect" in text and "100.0%" in text
+
+
+def test_bad_inputs(pools, study, tmp_path, capsys):
+    with pytest.raises(SynBTError, match="even"):
+        rs.create_study(pools / "real", pools / "synthetic", 3, tmp_path / "odd")
+    with pytest.raises(SynBTError, match="needs"):
+        rs.create_study(pools / "real", pools / "synthetic", 10, tmp_path / "big")
+    assert main(["reader-study", "create", "--real", str(pools / "real"), "--synthetic", str(pools / "synthetic"),
+                 "--n", "2", "--out", str(study)]) == 2  # an existing study is never overwritten
+    assert "overwritten" in capsys.readouterr().err
+    with pytest.raises(SynBTError, match="study"):
+        rs.load_items(tmp_path)
+    assert rs.suspicion("real", 5) == 1 and rs.suspicion("real", 1) == 5 and rs.suspicion("synthetic", 1) == 6
