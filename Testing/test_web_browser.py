@@ -2,13 +2,16 @@
 
 The server runs as `python -m SynBTLib web` in a subprocess; the page is used the way a person uses it:
 choose a case, choose the method, click in the view to place a tumor, Generate, wait for the progress
-bar, compare before / after, save; a reader answers, reloads, resumes. Screenshots go to docs/.
+bar, compare before / after, save; a reader answers, reloads, resumes. Screenshots go to a temporary
+folder, or to the folder SYNBT_SCREENSHOTS names (`SYNBT_SCREENSHOTS=docs` refreshes docs/web_*.png):
+a test run never rewrites tracked files.
 """
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +26,8 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="the web extr
 pytest.importorskip("trame_slicer", reason="the web extra is not installed (pip install 'synbt[web]')")
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
+DOCS = Path(os.environ.get("SYNBT_SCREENSHOTS") or tempfile.mkdtemp(prefix="synbt_web_shots_"))
+DOCS = DOCS if DOCS.is_absolute() else ROOT / DOCS
 CASE = "case_a"
 
 
