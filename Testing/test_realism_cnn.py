@@ -64,3 +64,32 @@ def test_folds_keep_cases_whole_and_inputs_are_checked():
         cross_validated_cnn_auc(crops[:6], labels[:6], groups[:6])
     with pytest.raises(SynBTError, match="crops"):
         cross_validated_cnn_auc(crops[:, :, :, :, :8], labels, groups)
+
+
+def test_bench_judges_every_source_against_real(tmp_path, capsys):
+    import csv
+    import json
+
+    from bench.realism_cnn import main
+
+    crops, labels, groups = crop_set(2, white=0.5)
+    keep = groups < 6
+    source = np.where(labels[keep] == 1, "all", "real")
+    # an oracle control for the same cases, and a variant present for too few cases to fill the folds
+    source = np.concatenate([source, ["oracle"] * 6, ["few"] * 2])
+    case = np.concatenate([groups[keep], np.arange(6), [0, 1]])
+    stack = np.concatenate([crops[keep], crops[labels == 0][:6], crops[labels == 1][:2]])
+    path = tmp_path / "judge_crops.npz"
+    np.savez_compressed(path, case=case, source=source, crops=stack)
+    assert main(["--crops", str(path), "--epochs", "2", "--threads", "1"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "cnn_auc.csv")))
+    assert [r["source"] for r in rows] == ["oracle", "all"]  # controls first; 'few' skipped
+    assert all(r["real"] == r["synthetic"] == "6" for r in rows)
+    assert all(float(r["ci_low"]) <= float(r["auc"]) <= float(r["ci_high"]) for r in rows)
+    manifest = json.loads((tmp_path / "cnn_manifest.json").read_text())
+    assert manifest["crops"] == str(path) and manifest["settings"]["epochs"] == 2
+    assert "skipped few" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not in"):
+        main(["--crops", str(path), "--sources", "autoencoder"])
+    with pytest.raises(SystemExit, match="not found"):
+        main(["--crops", str(tmp_path / "missing.npz")])
