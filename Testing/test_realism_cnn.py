@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from SynBTLib.errors import SynBTError
-from SynBTLib.realism_cnn import case_folds, cross_validated_cnn_auc, judge_net
+from SynBTLib.realism_cnn import case_folds, cross_validated_cnn_auc, judge_net, near_tumor, train_and_score
 
 SIZE, CASES = 16, 20
 
@@ -37,14 +37,14 @@ def test_the_judge_sees_noise_inside_the_tumor():
 
 def test_identical_classes_stay_near_chance_and_runs_repeat():
     crops, labels, groups = crop_set(1, white=0.0)
-    first = cross_validated_cnn_auc(crops, labels, groups, epochs=20, seed=3, resamples=200)
+    first = cross_validated_cnn_auc(crops, labels, groups, epochs=10, seed=3, resamples=200)
     assert first.auc < 0.8 and first.low < 0.5 < first.high
     # every case lies in one fold, and each fold is scored once
     assert all(np.unique(first.fold[groups == g]).size == 1 for g in np.unique(groups))
     assert sorted(np.unique(first.fold).tolist()) == [0, 1, 2, 3, 4]
-    again = cross_validated_cnn_auc(crops, labels, groups, epochs=20, seed=3, resamples=200)
+    again = cross_validated_cnn_auc(crops, labels, groups, epochs=10, seed=3, resamples=200)
     np.testing.assert_array_equal(first.scores, again.scores)
-    other = cross_validated_cnn_auc(crops, labels, groups, epochs=20, seed=4, resamples=200)
+    other = cross_validated_cnn_auc(crops, labels, groups, epochs=10, seed=4, resamples=200)
     assert not np.array_equal(first.scores, other.scores)
 
 
@@ -64,6 +64,22 @@ def test_folds_keep_cases_whole_and_inputs_are_checked():
         cross_validated_cnn_auc(crops[:6], labels[:6], groups[:6])
     with pytest.raises(SynBTError, match="crops"):
         cross_validated_cnn_auc(crops[:, :, :, :, :8], labels, groups)
+
+
+def test_the_judge_sees_only_the_tumor_and_its_margin():
+    crops, labels, groups = crop_set(3, white=0.5)
+    kept = near_tumor(crops, margin=3.0)
+    radius = np.sqrt(crops[0, -1].sum() * 3 / (4 * np.pi))
+    assert kept.shape == (len(crops), 1, SIZE, SIZE, SIZE) and kept[0, 0, SIZE // 2, SIZE // 2, SIZE // 2]
+    assert radius ** 3 < kept[0].sum() * 3 / (4 * np.pi) < (radius + 4) ** 3
+    # what lies beyond the margin (the twin phantom's surroundings) changes no score
+    changed = crops.copy()
+    changed[:, :5][~np.broadcast_to(kept, changed[:, :5].shape)] += 10.0
+    first = train_and_score(crops[4:], labels[4:], crops[:4], seed=0, epochs=2)
+    again = train_and_score(crops[4:], labels[4:], changed[:4], seed=0, epochs=2)
+    np.testing.assert_array_equal(first, again)
+    whole = [train_and_score(crops[4:], labels[4:], test, seed=0, epochs=2, margin=None) for test in (crops[:4], changed[:4])]
+    assert np.abs(whole[0] - whole[1]).max() > 1e-3  # without the margin it would
 
 
 def test_bench_judges_every_source_against_real(tmp_path, capsys):
