@@ -106,6 +106,12 @@ def create_study(real: str | Path, synthetic: str | Path, n: int, out: str | Pat
             raise SynBTError(f"{folder} holds {len(pools[kind])} {kind} cases with {LABEL_FILE}; --n {n} needs {n // 2}")
     rng = np.random.default_rng(seed)
     chosen = [(kind, pools[kind][i]) for kind in ANSWERS for i in rng.choice(len(pools[kind]), n // 2, replace=False)]
+    from .datasets import find_phase_files
+
+    counts = {kind: {len(find_phase_files(folder)) for k, folder in chosen if k == kind} for kind in ANSWERS}
+    if len(counts["real"] | counts["synthetic"]) > 1:  # the view's width and labels would tell them apart
+        raise SynBTError(f"real and synthetic cases must have the same number of phases to be blinded; "
+                         f"real {sorted(counts['real'])}, synthetic {sorted(counts['synthetic'])}")
     order = rng.permutation(len(chosen))
     (out / IMAGES).mkdir(parents=True, exist_ok=True)
     items, key = [], {}
@@ -163,7 +169,8 @@ class Answers:
             raise SynBTError(f"an answer is one of {ANSWERS}, got '{answer}'")
         if int(confidence) not in CONFIDENCE:
             raise SynBTError(f"confidence is 1-5, got {confidence}")
-        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+        # the first answer given is kept (a double click or a second tab does not change it)
+        self.db.execute("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?)",
                         (reader, item, answer, int(confidence), time.time()))
 
     def answered(self, reader: str) -> set[str]:

@@ -76,6 +76,8 @@ def test_answers_resume_and_two_readers(study):
         nxt, done, _ = rs.next_item(study, "Dr A", again)
         assert done == 1 and nxt != item and nxt in items
         assert rs.reader_order(items, "Dr A")[1] == nxt
+        again.record("Dr A", item, "synthetic", 1)  # a second answer to an item (double click) is ignored
+        assert ("Dr A", item, "real", 4) in [tuple(r) for r in again.rows()]
         with pytest.raises(SynBTError, match="answer"):
             again.record("Dr A", nxt, "maybe", 3)
         with pytest.raises(SynBTError, match="confidence"):
@@ -124,3 +126,12 @@ def test_bad_inputs(pools, study, tmp_path, capsys):
     with pytest.raises(SynBTError, match="study"):
         rs.load_items(tmp_path)
     assert rs.suspicion("real", 5) == 1 and rs.suspicion("real", 1) == 5 and rs.suspicion("synthetic", 1) == 6
+
+
+def test_real_and_synthetic_with_different_phase_counts_cannot_be_blinded(pools, tmp_path):
+    mixed = tmp_path / "synthetic"
+    for seed in (21, 22):
+        write_phantom(make_phantom(seed=seed, shape=(48, 48, 16), tumors=1, phases=4), mixed / f"c{seed}", montage=False)
+    with pytest.raises(SynBTError, match="phases") as error:
+        rs.create_study(pools / "real", mixed, 4, tmp_path / "study")
+    assert "real [3]" in str(error.value) and "synthetic [4]" in str(error.value)

@@ -7,6 +7,7 @@ folder, or to the folder SYNBT_SCREENSHOTS names (`SYNBT_SCREENSHOTS=docs` refre
 a test run never rewrites tracked files.
 """
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -50,6 +51,10 @@ class Server:
                 raise RuntimeError(f"synbt web exited: {self.output()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                found = re.search(r"\?secret=(\S+)", self.output())
+                if found is None:
+                    raise RuntimeError(f"synbt web printed no token: {self.output()}")
+                self.secret = found.group(1)
                 return
             except OSError:
                 time.sleep(0.3)
@@ -62,8 +67,9 @@ class Server:
         self.log.seek(0)
         return self.log.read()[-3000:]
 
-    def url(self, query: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}/{query}"
+    def url(self, query: str | None = None) -> str:
+        """The page's address; by default with the printed token (query "" gives none)."""
+        return f"http://127.0.0.1:{self.port}/{f'?secret={self.secret}' if query is None else query}"
 
     def stop(self):
         self.process.terminate()
@@ -253,7 +259,7 @@ def test_two_readers_answer_reload_and_resume(browser, tmp_path):
         other.click("#answer-real")
         _wait_text(other, "#counter", "view 2 of 4")
         assert "Dr Test: view 3 of 4" in page.inner_text("#counter")  # each tab keeps its own reader and view
-        page.reload()  # the first reader stops and comes back
+        page.goto(server.url())  # the first reader stops and comes back by the printed link (token included)
         sign_in(page, "Dr Test")
         _wait_text(page, "#counter", "view 3 of 4")  # resumed from the answers database
         page.close()
@@ -285,7 +291,7 @@ def test_token_required_beyond_localhost_and_paths_stay_inside(browser, data):
     server = Server("--data", str(data), "--token", token, host="0.0.0.0")
     try:
         page = browser.new_page()
-        page.goto(server.url())
+        page.goto(server.url(""))
         with pytest.raises(playwright_api.Error):
             page.wait_for_selector("#panel", timeout=8000)  # no token: the websocket is refused, no page
         page.close()

@@ -39,7 +39,8 @@ def test_list_cases_finds_case_folders_only(tmp_path):
 def test_token_policy():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
-    assert access_token("127.0.0.1", None) is None
+    local = access_token("127.0.0.1", None)  # a token on loopback too: a web page could reach the socket
+    assert local and len(local) >= 16 and access_token("127.0.0.1", None) != local
     token = access_token("0.0.0.0", None)
     assert token and len(token) >= 16 and access_token("0.0.0.0", None) != token  # random each start
     assert access_token("0.0.0.0", "a-long-enough-token") == "a-long-enough-token"

@@ -7,14 +7,15 @@ def register(subparsers) -> None:
         "web",
         help="SynBT in the browser: open cases, mark a region, Generate, compare, save, export; or a reader study",
         description="Serves a web page (needs the web extra: pip install 'synbt[web]'). Only files under --data "
-        "(or the --study folder) are read or written. It listens on 127.0.0.1 unless --host is given; then a "
-        "token is required (--token, else a random one), and the URL to open carries it as ?secret=TOKEN.",
+        "(or the --study folder) are read or written. It listens on 127.0.0.1 unless --host is given. A token "
+        "is always required (--token, else a random one; a web page could otherwise reach a local server): "
+        "the URL printed at start carries it as ?secret=TOKEN.",
     )
     p.add_argument("--data", metavar="DIR", help="folder of case folders to open (and where results are saved)")
     p.add_argument("--study", metavar="STUDY", help="serve this reader study (from `synbt reader-study create`) instead")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    p.add_argument("--token", help="access token (at least 16 characters) for --host; default: a random one")
+    p.add_argument("--token", help="access token (at least 16 characters); default: a random one, printed in the URL")
     p.set_defaults(func=run)
 
 

@@ -1,5 +1,5 @@
 """What the web server may read and write, and who may connect: nothing outside --data / the study
-folder, and a token whenever it listens beyond this machine."""
+folder, and only a client that gives the token the server printed."""
 from __future__ import annotations
 
 import ipaddress
@@ -57,11 +57,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def access_token(host: str, token: str | None) -> str | None:
-    """The token clients must give (?secret=...): None on loopback unless one was set; beyond this machine
-    always one (the given --token, else a new random one)."""
+def access_token(host: str, token: str | None) -> str:
+    """The token clients must give (?secret=...): the given --token, else a new random one, on loopback
+    too: any web page the user opens could otherwise reach a local websocket (browsers do not apply
+    the same-origin rule to websockets) and drive the page."""
     if token is not None and len(token) < 16:
         raise SynBTError("--token must be at least 16 characters")
-    if is_loopback(host):
-        return token
     return token or secrets.token_urlsafe(24)
