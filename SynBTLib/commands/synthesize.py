@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "synthesize",
         help="synthesize a tumor into DCE-MRI phases, inside a given mask or at an automatic place",
-        description="Writes phase_<k>.nii.gz, tumor_labels.nii.gz (1: the new tumor, 2: tumors the case already "
+        description="Writes phase_<k> (in the input phases' own file type and voxel type: .nii.gz, .nii, .nrrd or "
+        ".mha; DICOM gives .nii.gz), tumor_labels.nii.gz (1: the new tumor, 2: tumors the case already "
         "had), preview.png and provenance.json into --out. Input files are never modified.",
     )
     p.add_argument("--phases", nargs="+", required=True, metavar="P",
@@ -224,7 +225,7 @@ def run(args) -> int:
             details["synthesizer"] = synthesizer.describe(args.seed)
         with stage("write"):
             write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case,
-                                    existing=existing)
+                                    existing=existing, stored=case.stored)
         progress(100, "done")
     finally:
         progress.close()
