@@ -32,6 +32,7 @@ from .synthesizers import check_request
 KINETICS_CHOICES = (*CURVE_TYPES, "any", "source")
 
 FORMATS = ("nnunet", "monai")
+PRECISIONS = ("float32", "bfloat16")  # as pipeline.PRECISIONS (not imported: the handcrafted export needs no torch)
 SETTINGS_FILE = "export.json"
 PROVENANCE_DIR = "provenance"
 PLACEMENT_TRIES = 3  # draws of (size, kind, place) before a tumor is declared not to fit
@@ -61,6 +62,9 @@ class ExportSettings:
     kinetics: str | None = None
     # whether every synthetic tumor gets a necrotic core (a bundle trained with cores): None draws it by the seed
     necrosis: bool | None = None
+    # the networks' precision (diffusion method), as `synbt synthesize --precision`: bfloat16 changes the voxels
+    # slightly, so it is part of what defines an export; the device is not (recorded per case)
+    precision: str = "float32"
 
     def __post_init__(self):
         from .shapes import MAX_DIAMETER_MM, MIN_DIAMETER_MM
@@ -85,6 +89,8 @@ class ExportSettings:
             raise SynBTError(f"--dataset-name {self.dataset_name!r} must be letters, digits and '-' only")
         if not 1 <= self.dataset_id <= 999:
             raise SynBTError(f"--dataset-id must be in 1..999 (nnU-Net's DatasetXXX), got {self.dataset_id}")
+        if self.precision not in PRECISIONS:
+            raise SynBTError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.necrosis is not None and not isinstance(self.necrosis, bool):
             raise SynBTError(f"necrosis must be true, false or unset (drawn by the seed), got {self.necrosis!r}")
         check_request(self.method, self.steps, self.kinetics, self.necrosis, self.bundle, source_kinetics=True)
@@ -469,13 +475,16 @@ def export_dataset(
     log: Callable[[str], None] = print,
     fail_after_files: int | None = None,
     fail_hard: bool = False,
+    device: str | None = None,
 ) -> list[str]:
     """Export settings.num_cases synthetic cases made from the data set `source` into `out`.
 
     With shard=(i, n) only cases j with j % n == i are made and no index is written (see merge).
     Done cases are skipped, so rerunning an interrupted export completes it. Returns the names of
     the cases made by this call. fail_after_files (tests only) stops after that many file
-    operations: with an InjectedFault, or like a killed process with fail_hard=True.
+    operations: with an InjectedFault, or like a killed process with fail_hard=True. device: where
+    the diffusion networks run (pipeline.resolve_device: None or "auto" = a GPU when there is one),
+    recorded in each case's provenance with the precision.
     """
     from tqdm import tqdm
 
@@ -487,13 +496,18 @@ def export_dataset(
     refs = read_dataset(source)
     num_phases = _source_phase_count(refs)
     _refuse_foreign_output(out, source)  # before any model is loaded
-    synth, method, steps = make_synthesizer(settings.method, settings.bundle, settings.steps)
+    options = {}
+    if check_request(settings.method, settings.steps, bundle=settings.bundle).method == "diffusion":
+        from .pipeline import resolve_device
+
+        options = {"device": resolve_device(device), "precision": settings.precision}
+    synth, method, steps = make_synthesizer(settings.method, settings.bundle, settings.steps, **options)
     check_request(method, steps, settings.kinetics, settings.necrosis, settings.bundle, synthesizer=synth,
                   source_kinetics=True)
     bundle_path, bundle_sha = _bundle_identity(method, settings.bundle)
     settings_record = asdict(settings) | {"size_mm": list(settings.size_mm)}
-    for option in ("kinetics", "necrosis"):  # exports made before an option existed resume with the same record
-        if getattr(settings, option) is None:
+    for option, default in (("kinetics", None), ("necrosis", None), ("precision", "float32")):
+        if getattr(settings, option) == default:  # exports made before an option existed resume with the same record
             settings_record.pop(option)
     record = {
         "settings": settings_record,
@@ -517,7 +531,7 @@ def export_dataset(
         provenance = {
             **item.provenance, "seed": settings.seed, "method": method, "steps": steps,
             "bundle": bundle_path, "bundle_sha256": bundle_sha, "format": settings.format,
-            "files": images + [label], "synbt_version": __version__,
+            "files": images + [label], "synbt_version": __version__, **options,
         }
         write_synthetic_case(out, item, settings, provenance, budget)
         made.append(name)
