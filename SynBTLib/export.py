@@ -262,6 +262,7 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
     provenance = {
         "case": name, "index": index, "source_case": ref.case_id,
         "source_phases": [str(p) for p in ref.phase_paths],
+        **({"source_phase_indices": list(ref.phase_indices)} if ref.phase_indices is not None else {}),
         "source_label": str(ref.label_path) if ref.label_path else None,
         "source_tumor_voxels": int(existing.sum()), "tumors": tumors,
     }
@@ -459,6 +460,40 @@ def _check_output(out: Path, source: Path, record: dict) -> Path:
     return out
 
 
+def choose_source_phases(refs, bundle, log: Callable[[str], None] = print) -> tuple[list, str | None]:
+    """(the source cases reduced to the phases the bundle models, the policy when it reduced any).
+
+    phase_choice.choose_phases on each case, with its acquisition times from the data set's clinical
+    table (MAMA-MIA) when there are any: the same choice `synbt synthesize` and the Slicer panel make.
+    A case that cannot give those phases is left out with one line in the log; none left is refused."""
+    from .datasets import CaseRef
+    from .phase_choice import choose_phases
+
+    kept, skipped, policy = [], [], None
+    for ref in refs:
+        try:
+            choice = choose_phases(len(ref.phase_paths), bundle, ref.acquisition_times, "the data set's clinical table",
+                                   what=f"source case {ref.case_id}")
+        except SynBTError as exc:
+            skipped.append(ref.case_id)
+            log(f"skipped: {exc}")
+            continue
+        if choice.is_subset:
+            policy = choice.policy
+            times = None if ref.acquisition_times is None else tuple(ref.acquisition_times[k] for k in choice.indices)
+            ref = CaseRef(ref.case_id, tuple(ref.phase_paths[k] for k in choice.indices), ref.label_path, times,
+                          choice.indices)
+        kept.append(ref)
+    if skipped:
+        log(f"{len(skipped)} of {len(refs)} source cases skipped: they cannot give the phases the bundle models")
+    if not kept:
+        raise SynBTError(f"none of the {len(refs)} source cases can give the {bundle.count} phases the bundle models"
+                         + (f" (phase policy {bundle.policy})" if bundle.policy else ""))
+    if policy is not None:
+        log(f"phases chosen by the bundle's phase policy {policy}")
+    return kept, policy
+
+
 def _source_phase_count(refs) -> int:
     counts = {len(ref.phase_paths) for ref in refs}
     if len(counts) > 1:
@@ -494,13 +529,17 @@ def export_dataset(
     source = Path(source).expanduser().resolve()
     out = Path(out).expanduser().resolve()
     refs = read_dataset(source)
-    num_phases = _source_phase_count(refs)
     _refuse_foreign_output(out, source)  # before any model is loaded
-    options = {}
+    options, policy = {}, None
     if check_request(settings.method, settings.steps, bundle=settings.bundle).method == "diffusion":
+        from .bundle import default_bundle_path
+        from .phase_choice import BundlePhases
         from .pipeline import resolve_device
 
+        bundle_phases = BundlePhases.of_bundle(Path(settings.bundle) if settings.bundle else default_bundle_path())
+        refs, policy = choose_source_phases(refs, bundle_phases, log)
         options = {"device": resolve_device(device), "precision": settings.precision}
+    num_phases = _source_phase_count(refs)
     synth, method, steps = make_synthesizer(settings.method, settings.bundle, settings.steps, **options)
     check_request(method, steps, settings.kinetics, settings.necrosis, settings.bundle, synthesizer=synth,
                   source_kinetics=True)
@@ -514,6 +553,8 @@ def export_dataset(
         "source": str(source), "num_phases": num_phases, "method": method, "steps": steps,
         "bundle": bundle_path, "bundle_sha256": bundle_sha, "synbt_version": __version__,
     }
+    if policy is not None:  # only then: exports of cases with the bundle's own phase count resume as before
+        record["phase_policy"] = policy
     out = _check_output(out, source, record)
 
     budget = _FileBudget(fail_after_files, fail_hard)
