@@ -438,8 +438,20 @@ def test_nifti_read_once_gives_what_itk_gives(tmp_path, name):
     assert geometry == Geometry(expected.GetSize(), expected.GetSpacing(), expected.GetOrigin(), expected.GetDirection())
 
 
-def test_nifti_in_several_gzip_members_reads_whole(tmp_path):
-    """gzip tools that compress in blocks (pigz --independent, bgzip) write several gzip members."""
+@pytest.fixture(params=["zlib", "isal"])
+def codec(request, monkeypatch):
+    """Each gzip implementation io can use: the standard zlib, and ISA-L when `isal` is installed."""
+    from SynBTLib import io
+
+    if request.param == "isal":
+        pytest.importorskip("isal")
+    monkeypatch.setattr(io, "_CODEC", io._isal_codec() if request.param == "isal" else io._zlib_codec())
+    return request.param
+
+
+def test_nifti_in_several_gzip_members_reads_whole(tmp_path, codec):
+    """gzip tools that compress in blocks (pigz --independent, bgzip) write several gzip members;
+    a truncated or corrupted stream is refused."""
     import gzip
 
     geometry = oblique_geometry(size=(16, 12, 8))
@@ -450,6 +462,14 @@ def test_nifti_in_several_gzip_members_reads_whole(tmp_path):
     values, read_geometry = read_image(tmp_path / "members.nii.gz")
     np.testing.assert_array_equal(values, array)
     assert_same_geometry(read_geometry, geometry)
+    whole = gzip.compress(plain)
+    (tmp_path / "cut.nii.gz").write_bytes(whole[:-100])
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF
+    (tmp_path / "flipped.nii.gz").write_bytes(bytes(flipped))
+    for name in ("cut.nii.gz", "flipped.nii.gz"):
+        with pytest.raises(SynBTError, match=rf"cannot read .*{name}"):
+            read_image(tmp_path / name)
 
 
 def test_nifti_nan_is_refused_though_itk_would_read_zeros(tmp_path):
@@ -465,7 +485,7 @@ def test_nifti_nan_is_refused_though_itk_would_read_zeros(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int16])
-def test_nii_gz_writer_holds_what_itk_compression_held(tmp_path, dtype):
+def test_nii_gz_writer_holds_what_itk_compression_held(tmp_path, dtype, codec):
     """The level-1 zlib writer against the previous writer (ITK's own compression): the decompressed
     files are byte for byte the same NIfTI, so SimpleITK, nibabel and Slicer read the same values and
     geometry; a single gzip member, readable by a plain gzip reader."""
