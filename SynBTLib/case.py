@@ -68,13 +68,46 @@ class Geometry:
         return f"{self.size[0]}x{self.size[1]}x{self.size[2]} @ {sp} mm, origin ({org}){oblique}"
 
 
+@dataclass(frozen=True)
+class StoredFormat:
+    """How a case's phases were stored, so that what is written from it keeps it: the file type
+    (an extension of EXTENSIONS) and the voxel type (a numpy dtype name; integer types are kept,
+    floating point is written as float32)."""
+
+    EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+    extension: str = ".nii.gz"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.extension not in self.EXTENSIONS:
+            raise SynBTError(f"cannot write phases as {self.extension!r}; use one of {', '.join(self.EXTENSIONS)}")
+        dtype = np.dtype(self.dtype)
+        if not (np.issubdtype(dtype, np.integer) or dtype == np.float32):
+            raise SynBTError(f"phases are written as an integer type or float32, not {dtype.name}")
+
+    def cast(self, phase: np.ndarray) -> np.ndarray:
+        """A float32 phase in this voxel type: integer types get the nearest integer, clipped to the
+        type's range (the values the scanner could have stored); float32 is returned as it is."""
+        dtype = np.dtype(self.dtype)
+        if dtype == np.float32:
+            return np.asarray(phase, dtype=np.float32)
+        info = np.iinfo(dtype)
+        rounded = np.rint(phase)
+        np.clip(rounded, info.min, info.max, out=rounded)
+        return rounded.astype(dtype)
+
+
 @dataclass
 class Case:
-    """A DCE-MRI case: phases as a (C, Z, Y, X) float32 array on one grid, with phase names."""
+    """A DCE-MRI case: phases as a (C, Z, Y, X) float32 array on one grid, with phase names.
+
+    ``stored``: how the phases were stored when the case was read from files (None otherwise)."""
 
     phases: np.ndarray
     geometry: Geometry
     phase_names: list[str] = field(default_factory=list)
+    stored: StoredFormat | None = None
 
     def __post_init__(self):
         if self.phases.ndim != 4:
@@ -102,7 +135,7 @@ class Case:
 
     def with_phases(self, phases: np.ndarray) -> "Case":
         """A new case on the same grid with other phase data."""
-        return Case(phases=phases, geometry=self.geometry, phase_names=list(self.phase_names))
+        return Case(phases=phases, geometry=self.geometry, phase_names=list(self.phase_names), stored=self.stored)
 
 
 def check_finite(array: np.ndarray, what: str) -> None:

@@ -32,6 +32,7 @@ from .synthesizers import check_request
 KINETICS_CHOICES = (*CURVE_TYPES, "any", "source")
 
 FORMATS = ("nnunet", "monai")
+PRECISIONS = ("float32", "bfloat16")  # as pipeline.PRECISIONS (not imported: the handcrafted export needs no torch)
 SETTINGS_FILE = "export.json"
 PROVENANCE_DIR = "provenance"
 PLACEMENT_TRIES = 3  # draws of (size, kind, place) before a tumor is declared not to fit
@@ -61,6 +62,9 @@ class ExportSettings:
     kinetics: str | None = None
     # whether every synthetic tumor gets a necrotic core (a bundle trained with cores): None draws it by the seed
     necrosis: bool | None = None
+    # the networks' precision (diffusion method), as `synbt synthesize --precision`: bfloat16 changes the voxels
+    # slightly, so it is part of what defines an export; the device is not (recorded per case)
+    precision: str = "float32"
 
     def __post_init__(self):
         from .shapes import MAX_DIAMETER_MM, MIN_DIAMETER_MM
@@ -85,6 +89,8 @@ class ExportSettings:
             raise SynBTError(f"--dataset-name {self.dataset_name!r} must be letters, digits and '-' only")
         if not 1 <= self.dataset_id <= 999:
             raise SynBTError(f"--dataset-id must be in 1..999 (nnU-Net's DatasetXXX), got {self.dataset_id}")
+        if self.precision not in PRECISIONS:
+            raise SynBTError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.necrosis is not None and not isinstance(self.necrosis, bool):
             raise SynBTError(f"necrosis must be true, false or unset (drawn by the seed), got {self.necrosis!r}")
         check_request(self.method, self.steps, self.kinetics, self.necrosis, self.bundle, source_kinetics=True)
@@ -256,6 +262,7 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
     provenance = {
         "case": name, "index": index, "source_case": ref.case_id,
         "source_phases": [str(p) for p in ref.phase_paths],
+        **({"source_phase_indices": list(ref.phase_indices)} if ref.phase_indices is not None else {}),
         "source_label": str(ref.label_path) if ref.label_path else None,
         "source_tumor_voxels": int(existing.sum()), "tumors": tumors,
     }
@@ -453,6 +460,40 @@ def _check_output(out: Path, source: Path, record: dict) -> Path:
     return out
 
 
+def choose_source_phases(refs, bundle, log: Callable[[str], None] = print) -> tuple[list, str | None]:
+    """(the source cases reduced to the phases the bundle models, the policy when it reduced any).
+
+    phase_choice.choose_phases on each case, with its acquisition times from the data set's clinical
+    table (MAMA-MIA) when there are any: the same choice `synbt synthesize` and the Slicer panel make.
+    A case that cannot give those phases is left out with one line in the log; none left is refused."""
+    from .datasets import CaseRef
+    from .phase_choice import choose_phases
+
+    kept, skipped, policy = [], [], None
+    for ref in refs:
+        try:
+            choice = choose_phases(len(ref.phase_paths), bundle, ref.acquisition_times, "the data set's clinical table",
+                                   what=f"source case {ref.case_id}")
+        except SynBTError as exc:
+            skipped.append(ref.case_id)
+            log(f"skipped: {exc}")
+            continue
+        if choice.is_subset:
+            policy = choice.policy
+            times = None if ref.acquisition_times is None else tuple(ref.acquisition_times[k] for k in choice.indices)
+            ref = CaseRef(ref.case_id, tuple(ref.phase_paths[k] for k in choice.indices), ref.label_path, times,
+                          choice.indices)
+        kept.append(ref)
+    if skipped:
+        log(f"{len(skipped)} of {len(refs)} source cases skipped: they cannot give the phases the bundle models")
+    if not kept:
+        raise SynBTError(f"none of the {len(refs)} source cases can give the {bundle.count} phases the bundle models"
+                         + (f" (phase policy {bundle.policy})" if bundle.policy else ""))
+    if policy is not None:
+        log(f"phases chosen by the bundle's phase policy {policy}")
+    return kept, policy
+
+
 def _source_phase_count(refs) -> int:
     counts = {len(ref.phase_paths) for ref in refs}
     if len(counts) > 1:
@@ -469,13 +510,16 @@ def export_dataset(
     log: Callable[[str], None] = print,
     fail_after_files: int | None = None,
     fail_hard: bool = False,
+    device: str | None = None,
 ) -> list[str]:
     """Export settings.num_cases synthetic cases made from the data set `source` into `out`.
 
     With shard=(i, n) only cases j with j % n == i are made and no index is written (see merge).
     Done cases are skipped, so rerunning an interrupted export completes it. Returns the names of
     the cases made by this call. fail_after_files (tests only) stops after that many file
-    operations: with an InjectedFault, or like a killed process with fail_hard=True.
+    operations: with an InjectedFault, or like a killed process with fail_hard=True. device: where
+    the diffusion networks run (pipeline.resolve_device: None or "auto" = a GPU when there is one),
+    recorded in each case's provenance with the precision.
     """
     from tqdm import tqdm
 
@@ -485,21 +529,32 @@ def export_dataset(
     source = Path(source).expanduser().resolve()
     out = Path(out).expanduser().resolve()
     refs = read_dataset(source)
-    num_phases = _source_phase_count(refs)
     _refuse_foreign_output(out, source)  # before any model is loaded
-    synth, method, steps = make_synthesizer(settings.method, settings.bundle, settings.steps)
+    options, policy = {}, None
+    if check_request(settings.method, settings.steps, bundle=settings.bundle).method == "diffusion":
+        from .bundle import default_bundle_path
+        from .phase_choice import BundlePhases
+        from .pipeline import resolve_device
+
+        bundle_phases = BundlePhases.of_bundle(Path(settings.bundle) if settings.bundle else default_bundle_path())
+        refs, policy = choose_source_phases(refs, bundle_phases, log)
+        options = {"device": resolve_device(device), "precision": settings.precision}
+    num_phases = _source_phase_count(refs)
+    synth, method, steps = make_synthesizer(settings.method, settings.bundle, settings.steps, **options)
     check_request(method, steps, settings.kinetics, settings.necrosis, settings.bundle, synthesizer=synth,
                   source_kinetics=True)
     bundle_path, bundle_sha = _bundle_identity(method, settings.bundle)
     settings_record = asdict(settings) | {"size_mm": list(settings.size_mm)}
-    for option in ("kinetics", "necrosis"):  # exports made before an option existed resume with the same record
-        if getattr(settings, option) is None:
+    for option, default in (("kinetics", None), ("necrosis", None), ("precision", "float32")):
+        if getattr(settings, option) == default:  # exports made before an option existed resume with the same record
             settings_record.pop(option)
     record = {
         "settings": settings_record,
         "source": str(source), "num_phases": num_phases, "method": method, "steps": steps,
         "bundle": bundle_path, "bundle_sha256": bundle_sha, "synbt_version": __version__,
     }
+    if policy is not None:  # only then: exports of cases with the bundle's own phase count resume as before
+        record["phase_policy"] = policy
     out = _check_output(out, source, record)
 
     budget = _FileBudget(fail_after_files, fail_hard)
@@ -517,7 +572,7 @@ def export_dataset(
         provenance = {
             **item.provenance, "seed": settings.seed, "method": method, "steps": steps,
             "bundle": bundle_path, "bundle_sha256": bundle_sha, "format": settings.format,
-            "files": images + [label], "synbt_version": __version__,
+            "files": images + [label], "synbt_version": __version__, **options,
         }
         write_synthetic_case(out, item, settings, provenance, budget)
         made.append(name)

@@ -111,12 +111,18 @@ def _phase_rank(name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def guess_phases(volume_nodes, limit: int = len(PHASE_FIELDS)) -> list:
+def guess_phases(volume_nodes, limit: int = len(PHASE_FIELDS), bundle=None) -> list:
     """The volumes that look like one DCE series, pre-contrast first.
 
     Left out: label maps, SynBT's own outputs, subtractions / MIPs / masks by name, and volumes not on
     the grid of the first candidate. Order: by the phase index in the names (pre = 0, "post1", "_0002");
-    where names say nothing, the scene order (the order in which they were loaded)."""
+    where names say nothing, the scene order (the order in which they were loaded).
+
+    bundle (a folder or a phase_choice.BundlePhases; default: the shipped bundle when there is one):
+    when the series has more volumes than the bundle models, its phase policy picks them in that order,
+    as `synbt synthesize` and `synbt export` do (phase_choice.choose_phases). Where those would refuse
+    (no policy, or a policy that needs acquisition times, which the scene does not give), the guess is
+    the first phases in that order, for the user to check (phase_guess_note says why)."""
     candidates = []
     for position, node in enumerate(volume_nodes):
         if node is None or node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetAttribute(OUTPUT_ATTRIBUTE):
@@ -131,7 +137,51 @@ def guess_phases(volume_nodes, limit: int = len(PHASE_FIELDS)) -> list:
         return []
     grid = mrml.geometry_from_volume_node(candidates[0][1])
     same_grid = [node for _, node in candidates if mrml.geometry_from_volume_node(node).matches(grid)]
+    bundle = _bundle_phases(bundle)
+    if bundle is not None and len(same_grid) > bundle.count:
+        from .phase_choice import choose_phases
+
+        try:
+            same_grid = [same_grid[k] for k in choose_phases(len(same_grid), bundle).indices]
+        except SynBTError:
+            same_grid = same_grid[:bundle.count]
     return same_grid[:limit]
+
+
+def phase_guess_note(volume_nodes, bundle=None) -> str | None:
+    """Why guess_phases could not follow the bundle's phase policy on these volumes (None when it could,
+    or had no choice to make): a line for the panel, so that the user checks the phases."""
+    from .phase_choice import choose_phases
+
+    bundle = _bundle_phases(bundle)
+    if bundle is None:
+        return None
+    count = len(guess_phases(volume_nodes, limit=10**6, bundle=False))
+    if count <= bundle.count:
+        return None
+    try:
+        choose_phases(count, bundle, what="the scene's DCE series")
+    except SynBTError as exc:
+        return f"{exc}; check the phases chosen"
+    return None
+
+
+def _bundle_phases(bundle):
+    """A phase_choice.BundlePhases for guess_phases' bundle argument (False: none)."""
+    from .phase_choice import BundlePhases
+
+    if bundle is False or isinstance(bundle, BundlePhases):
+        return bundle or None
+    if bundle is None:
+        from .paths import default_bundle_path
+
+        bundle = default_bundle_path()
+        if not (bundle / "config.json").is_file():
+            return None
+    try:
+        return BundlePhases.of_bundle(bundle)
+    except SynBTError:
+        return None  # an unreadable bundle is reported where it is loaded, not while guessing
 
 
 def phase_nodes(parameters) -> list:

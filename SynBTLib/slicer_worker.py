@@ -27,12 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .case import Case
+from .case import Case, StoredFormat
 from .errors import SynBTError
 from .synthesizers import check_request
 
 MASK_FILE = "tumor_mask.nii.gz"
 OUTPUT_LABEL_FILE = "tumor_labels.nii.gz"
+WORKER_FORMAT = StoredFormat(".nii", "float32")  # phases handed to the worker and back (temporary files)
 LOG_LINES_KEPT = 5000  # a worker's unread output lines kept (older ones are dropped)
 STOP_GRACE_S = 10.0  # after Stop's interrupt, seconds before the worker's process group is killed
 
@@ -76,12 +77,13 @@ class ProgressEvent:
 
 
 def write_worker_inputs(case: Case, mask: np.ndarray | None, work_dir: str | Path) -> WorkerInputs:
-    """Write the phases (phase_<k>.nii.gz) and the mask, if any, into work_dir/input."""
+    """Write the phases (phase_<k>.nii, uncompressed: the worker's outputs keep it, and a temporary
+    file need not pay for gzip) and the mask, if any, into work_dir/input."""
     from .io import write_case, write_label
 
     input_dir = Path(work_dir) / "input"
     input_dir.mkdir(parents=True, exist_ok=True)
-    phase_paths = [Path(p) for p in write_case(case, input_dir)]
+    phase_paths = [Path(p) for p in write_case(case, input_dir, WORKER_FORMAT)]
     mask_path = None if mask is None else Path(write_label(mask, case.geometry, input_dir / MASK_FILE))
     return WorkerInputs(phase_paths, mask_path)
 
@@ -159,10 +161,10 @@ def parse_progress_line(line: str) -> ProgressEvent | None:
 
 def read_worker_outputs(out_dir: str | Path, source: Case) -> tuple[Case, np.ndarray]:
     """The synthesized case and its tumor mask, on the exact grid of `source` (checked, not trusted)."""
-    from .io import read_case, read_mask
+    from .io import phase_paths as output_paths, read_case, read_mask
 
     out_dir = Path(out_dir)
-    phase_paths = [out_dir / f"phase_{k}.nii.gz" for k in range(source.num_phases)]
+    phase_paths = output_paths(out_dir, source.num_phases, WORKER_FORMAT)
     missing = [p.name for p in phase_paths + [out_dir / OUTPUT_LABEL_FILE] if not p.exists()]
     if missing:
         raise SynBTError(f"the worker did not write {', '.join(missing)} in {out_dir}")

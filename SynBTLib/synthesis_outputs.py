@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .case import Case
+from .case import Case, StoredFormat
 from .errors import SynBTError
 from .hashing import sha256_of
 
@@ -244,6 +244,7 @@ def write_synthesis_outputs(
     extra: dict | None = None,
     original: Case | None = None,
     existing: np.ndarray | None = None,
+    stored: StoredFormat | None = None,
 ) -> list[Path]:
     """Write phase_<k>.nii.gz, tumor_labels.nii.gz, preview.png and provenance.json into out_dir.
 
@@ -254,8 +255,12 @@ def write_synthesis_outputs(
     extra: JSON-serializable details (steps, placement, ...) recorded in provenance.json.
     original: the input case, shown as "before" in the preview. Returns the written paths.
     existing: the tumors the case already had; the label keeps them as EXISTING_TUMOR_LABEL (the new one is 1).
+    stored: the file and voxel type of the phases (case.StoredFormat: the input's own, so a .nii int16
+    case gives .nii int16 phases); default .nii.gz float32.
     """
-    from .io import write_case, write_label
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .io import submit_case, write_label
 
     mask = np.asarray(mask)
     if mask.shape != result_case.shape:
@@ -265,7 +270,7 @@ def write_synthesis_outputs(
     if isinstance(out_dir, OutputFolder):
         try:
             written = write_synthesis_outputs(out_dir.staging, result_case, mask, input_paths, method, seed, extra,
-                                              original, existing)
+                                              original, existing, stored)
         except BaseException:
             out_dir.close()
             raise
@@ -274,16 +279,23 @@ def write_synthesis_outputs(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # an earlier result in this folder (--overwrite) must not leave phases the new one does not have
-    for stale in out_dir.glob("phase_*.nii.gz"):
-        stale.unlink()
-    written = write_case(result_case, out_dir)
-    label = (mask > 0).astype(np.uint8)
-    if existing is not None:
-        from .labels import EXISTING_TUMOR_LABEL
+    for stale in out_dir.glob("phase_*"):
+        if stale.is_file() and _RESULT_FILE.match(stale.name):
+            stale.unlink()
+    # The phases compress in worker threads (zlib and ITK release the GIL) while this thread writes
+    # the label and draws the preview; the inputs' checksums are queued behind the phases.
+    with ThreadPoolExecutor(max_workers=max(1, min(result_case.num_phases, os.cpu_count() or 1))) as pool:
+        phases = submit_case(pool, result_case, out_dir, stored)
+        checksums = [pool.submit(sha256_of, p) for p in input_paths]
+        label = (mask > 0).astype(np.uint8)
+        if existing is not None:
+            from .labels import EXISTING_TUMOR_LABEL
 
-        label[(np.asarray(existing) > 0) & (label == 0)] = EXISTING_TUMOR_LABEL
-    written.append(write_label(label, result_case.geometry, out_dir / TUMOR_LABELS_NAME))
-    written.append(write_preview(out_dir / PREVIEW_NAME, result_case, mask, original))
+            label[(np.asarray(existing) > 0) & (label == 0)] = EXISTING_TUMOR_LABEL
+        label_path = write_label(label, result_case.geometry, out_dir / TUMOR_LABELS_NAME)
+        preview_path = write_preview(out_dir / PREVIEW_NAME, result_case, mask, original)
+        written = [future.result() for future in phases] + [label_path, preview_path]
+        sums = [future.result() for future in checksums]
 
     extra = dict(extra or {})
     spacing = np.prod(result_case.geometry.spacing)
@@ -292,7 +304,7 @@ def write_synthesis_outputs(
         "method": method,
         "seed": int(seed),
         "steps": extra.pop("steps", None),
-        "inputs": [{"path": str(Path(p).resolve()), "sha256": sha256_of(p)} for p in input_paths],
+        "inputs": [{"path": str(Path(p).resolve()), "sha256": digest} for p, digest in zip(input_paths, sums)],
         "outputs": [p.name for p in written] + [PROVENANCE_NAME],
         "phase_names": list(result_case.phase_names),
         "grid": result_case.geometry.describe(),

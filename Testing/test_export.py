@@ -292,3 +292,49 @@ def test_progress_is_reported_within_a_case_and_a_foreign_output_is_refused_befo
     with pytest.raises(SynBTError, match="not empty and holds no SynBT export"):
         export.export_dataset(source, foreign, bad_bundle, log=lambda m: None)  # not "no model bundle": checked first
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_bfloat16_export_agrees_with_float32_and_is_recorded(source, tmp_path):
+    """`export --precision bfloat16` (the shipped bundle, on the CPU): same placements, and inside the
+    synthesized region bf16 moves the voxels far less than the synthesis itself changed them. The
+    precision is part of the export's settings (a rerun in float32 is refused); device and precision
+    are in each case's provenance."""
+    outs, phases = {}, {}
+    for precision in ("float32", "bfloat16"):
+        settings = export.ExportSettings(**{**SETTINGS, "num_cases": 1}, method="diffusion", steps=4,
+                                         precision=precision)
+        outs[precision] = tmp_path / precision
+        export.export_dataset(source, outs[precision], settings, log=lambda message: None, device="cpu")
+        provenance, files = case_content(outs[precision], "SynBT_000")
+        assert (provenance["device"], provenance["precision"]) == ("cpu", precision)
+        phases[precision] = np.stack([array for array, _ in files[:-1]])
+        label = files[-1][0]
+    recorded = json.loads((outs["bfloat16"] / export.SETTINGS_FILE).read_text())["settings"]
+    assert recorded["precision"] == "bfloat16"
+    assert "precision" not in json.loads((outs["float32"] / export.SETTINGS_FILE).read_text())["settings"]
+    assert np.array_equal(label, read_image(outs["float32"] / "labelsTr" / "SynBT_000.nii.gz")[0])
+
+    original = read_case(read_dataset(source)[0].phase_paths).phases
+    changed = np.any(phases["float32"] != original, axis=0)
+    assert changed.any() and np.all(np.isfinite(phases["bfloat16"]))
+    synthesis_change = np.abs(phases["float32"] - original)[:, changed].mean()
+    bf16_change = np.abs(phases["bfloat16"] - phases["float32"])[:, changed].mean()
+    assert bf16_change < 0.2 * synthesis_change
+
+    with pytest.raises(SynBTError, match="precision"):
+        export.export_dataset(source, outs["bfloat16"], export.ExportSettings(
+            **{**SETTINGS, "num_cases": 1}, method="diffusion", steps=4), log=lambda message: None, device="cpu")
+    with pytest.raises(SynBTError, match="precision"):
+        export.ExportSettings(**SETTINGS, precision="float16")
+
+
+def test_export_command_takes_device_and_precision(source, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["export", "--source", str(source), "--out", str(out), "--num-cases", "1", "--format", "monai",
+                 "--method", "handcrafted", "--device", "cpu", "--precision", "bfloat16"]) == 0
+    provenance = json.loads((out / "provenance" / "SynBT_000.json").read_text())
+    assert "device" not in provenance  # the handcrafted method runs no network: nothing to record
+    assert main(["export", "--source", str(source), "--out", str(tmp_path / "tpu"), "--num-cases", "1",
+                 "--format", "monai", "--method", "diffusion", "--steps", "2", "--device", "tpu"]) != 0
+    assert "device 'tpu'" in capsys.readouterr().err
+    assert not (tmp_path / "tpu" / "provenance").exists()

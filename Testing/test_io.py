@@ -395,3 +395,156 @@ def test_prepare_output_dir_refuses_to_overwrite_inputs_or_results(tmp_path):
     assert prepare_output_dir(fresh, overwrite=True) == fresh.resolve()
     with pytest.raises(SynBTError, match="exists and is not a folder"):
         prepare_output_dir(fresh / "result.txt", overwrite=True)
+
+
+# ---------------------------------------------------------------- one decode, faster gzip, the input's own format
+
+
+def _nibabel_file(path: Path, array_xyz: np.ndarray, affine: np.ndarray, slope=None, inter=None, big_endian=False):
+    import nibabel
+
+    header = nibabel.Nifti1Header(endianness=">" if big_endian else "<")
+    header.set_data_dtype(array_xyz.dtype)
+    image = nibabel.Nifti1Image(array_xyz, affine, header)
+    if slope is not None:
+        image.header.set_slope_inter(slope, inter)
+    nibabel.save(image, str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", ["int16.nii.gz", "flipped.nii", "bigendian.nii.gz", "scaled.nii.gz", "float64.nii"])
+def test_nifti_read_once_gives_what_itk_gives(tmp_path, name):
+    """Files written by another tool (nibabel): flipped and oblique affines, int16, big-endian, scaled
+    values (read through ITK), float64. read_image returns ITK's voxels and geometry exactly."""
+    import nibabel
+
+    rng = np.random.default_rng(3)
+    rotation = oblique_geometry().direction_matrix @ np.diag([-1.0, 1.0, 1.0])  # oblique, x flipped
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.7, 0.8, 2.5])
+    affine[:3, 3] = (90.5, -12.0, 31.0)
+    array = rng.integers(-300, 3000, size=(11, 9, 7)).astype(np.int16)
+    kind = name.split(".")[0]
+    if kind == "float64":
+        array = rng.normal(size=(11, 9, 7))
+    path = _nibabel_file(tmp_path / name, array, affine, *((0.5, 10.0) if kind == "scaled" else (None, None)),
+                         big_endian=kind == "bigendian")
+    assert nibabel.load(str(path)).get_data_dtype() == array.dtype.newbyteorder(">" if kind == "bigendian" else "<")
+    values, geometry = read_image(path)
+    expected = sitk.ReadImage(str(path))
+    np.testing.assert_array_equal(values, sitk.GetArrayFromImage(expected))
+    assert values.dtype == sitk.GetArrayViewFromImage(expected).dtype
+    assert values.flags.writeable
+    assert geometry == Geometry(expected.GetSize(), expected.GetSpacing(), expected.GetOrigin(), expected.GetDirection())
+
+
+@pytest.fixture(params=["zlib", "isal"])
+def codec(request, monkeypatch):
+    """Each gzip implementation io can use: the standard zlib, and ISA-L when `isal` is installed."""
+    from SynBTLib import io
+
+    if request.param == "isal":
+        pytest.importorskip("isal")
+    monkeypatch.setattr(io, "_CODEC", io._isal_codec() if request.param == "isal" else io._zlib_codec())
+    return request.param
+
+
+def test_nifti_in_several_gzip_members_reads_whole(tmp_path, codec):
+    """gzip tools that compress in blocks (pigz --independent, bgzip) write several gzip members;
+    a truncated or corrupted stream is refused."""
+    import gzip
+
+    geometry = oblique_geometry(size=(16, 12, 8))
+    array = np.random.default_rng(4).normal(size=geometry.shape).astype(np.float32)
+    plain = write_image(array, geometry, tmp_path / "plain.nii").read_bytes()
+    half = len(plain) // 2
+    (tmp_path / "members.nii.gz").write_bytes(gzip.compress(plain[:half]) + gzip.compress(plain[half:]))
+    values, read_geometry = read_image(tmp_path / "members.nii.gz")
+    np.testing.assert_array_equal(values, array)
+    assert_same_geometry(read_geometry, geometry)
+    whole = gzip.compress(plain)
+    (tmp_path / "cut.nii.gz").write_bytes(whole[:-100])
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF
+    (tmp_path / "flipped.nii.gz").write_bytes(bytes(flipped))
+    for name in ("cut.nii.gz", "flipped.nii.gz"):
+        with pytest.raises(SynBTError, match=rf"cannot read .*{name}"):
+            read_image(tmp_path / name)
+
+
+def test_nifti_nan_is_refused_though_itk_would_read_zeros(tmp_path):
+    geometry = oblique_geometry()
+    array = np.ones(geometry.shape, np.float32)
+    array[2, 3, 4] = np.nan
+    path = write_image(array, geometry, tmp_path / "nan.nii.gz")
+    with pytest.raises(SynBTError, match=r"nan.nii.gz has 1 NaN/Inf"):
+        read_image(path)
+    good = write_image(np.ones(geometry.shape, np.float32), geometry, tmp_path / "good.nii.gz")
+    with pytest.raises(SynBTError, match=r"phase nan .*1 NaN/Inf"):
+        read_case([good, path])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int16])
+def test_nii_gz_writer_holds_what_itk_compression_held(tmp_path, dtype, codec):
+    """The level-1 zlib writer against the previous writer (ITK's own compression): the decompressed
+    files are byte for byte the same NIfTI, so SimpleITK, nibabel and Slicer read the same values and
+    geometry; a single gzip member, readable by a plain gzip reader."""
+    import gzip
+
+    import nibabel
+
+    geometry = oblique_geometry(size=(40, 30, 12))
+    rng = np.random.default_rng(5)
+    array = (rng.normal(100, 20, size=geometry.shape) if dtype == np.float32
+             else rng.integers(0, 200, size=geometry.shape)).astype(dtype)
+    array[:, :5] = 0  # background, which the integer strategy compresses
+    new = write_image(array, geometry, tmp_path / "new.nii.gz")
+    previous = tmp_path / "previous.nii.gz"
+    sitk.WriteImage(to_sitk(array, geometry), str(previous), useCompression=True)
+
+    assert gzip.decompress(new.read_bytes()) == gzip.decompress(previous.read_bytes())
+    for path in (new, previous):
+        image = sitk.ReadImage(str(path))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), array)
+        assert_same_geometry(Geometry(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()),
+                             geometry)
+    np.testing.assert_array_equal(np.asarray(nibabel.load(str(new)).dataobj), np.asarray(nibabel.load(str(previous)).dataobj))
+    np.testing.assert_array_equal(nibabel.load(str(new)).affine, nibabel.load(str(previous)).affine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.nii.gz", "previous.nii.gz"]  # no temp files left
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_outputs_keep_the_input_file_type_and_integer_voxels(tmp_path, ext):
+    from SynBTLib.case import StoredFormat
+
+    geometry = oblique_geometry()
+    rng = np.random.default_rng(6)
+    arrays = [rng.integers(0, 1200, size=geometry.shape).astype(np.int16) for _ in range(3)]
+    paths = [write_image(a, geometry, tmp_path / "in" / f"phase_{k}{ext}") for k, a in enumerate(arrays)]
+    case = read_case(tmp_path / "in")
+    assert case.stored == StoredFormat(ext, "int16")
+    assert case.phases.dtype == np.float32
+
+    result = case.with_phases(case.phases + np.float32(0.3))  # what a synthesis gives: float32
+    result.phases[0, 1, 2, 3] = -40000.0  # beyond int16: clipped
+    written = write_case(result, tmp_path / "out", result.stored)
+    assert [p.name for p in written] == [f"phase_{k}{ext}" for k in range(3)]
+    back = [sitk.ReadImage(str(p)) for p in written]
+    assert all(image.GetPixelID() == sitk.sitkInt16 for image in back)
+    expected = np.stack(arrays).astype(np.float32)  # x + 0.3 rounds back to x
+    expected[0, 1, 2, 3] = np.iinfo(np.int16).min
+    np.testing.assert_array_equal(np.stack([sitk.GetArrayFromImage(b) for b in back]), expected)
+
+    floats = read_case([write_image(a.astype(np.float32) + 0.25, geometry, tmp_path / f"f{k}.nii") for k, a in
+                        enumerate(arrays[:2])])
+    assert floats.stored == StoredFormat(".nii", "float32")
+    assert read_case(paths, select=lambda names: [0, 2]).phase_names == ["phase_0", "phase_2"]
+
+
+def test_stored_format_refuses_what_it_cannot_write():
+    from SynBTLib.case import StoredFormat
+
+    with pytest.raises(SynBTError, match=r"\.dcm"):
+        StoredFormat(".dcm")
+    with pytest.raises(SynBTError, match="float64"):
+        StoredFormat(".nii", "float64")

@@ -68,6 +68,23 @@ def test_pre_and_post_names_and_scene_order_when_names_say_nothing(scene):
     assert panel.guess_phases([]) == []
 
 
+def test_more_phases_than_the_bundle_models_follow_its_phase_policy(scene):
+    """Five DCE volumes and a 3-phase bundle: the policy picks them as `synbt synthesize` does."""
+    from SynBTLib.phase_choice import BundlePhases
+
+    nodes = [volume(scene, f"case_000{k}") for k in (3, 0, 4, 1, 2)]
+    ordered = sorted(nodes, key=lambda node: node.GetName())
+    assert panel.guess_phases(nodes, bundle=BundlePhases(3, "pre,first,last")) == [ordered[k] for k in (0, 1, 4)]
+    assert panel.guess_phases(nodes, bundle=BundlePhases(3, "0,2,3")) == [ordered[k] for k in (0, 2, 3)]
+    assert panel.phase_guess_note(nodes, bundle=BundlePhases(3, "pre,first,last")) is None
+    # what synthesize would refuse (times needed, no policy): the first phases, and a note saying why
+    timed = BundlePhases(3, "pre,first,closest:300s")
+    assert panel.guess_phases(nodes, bundle=timed) == ordered[:3]
+    assert "closest:300s" in panel.phase_guess_note(nodes, bundle=timed)
+    assert panel.guess_phases(nodes, bundle=BundlePhases(3, None)) == ordered[:3]
+    assert panel.guess_phases(nodes, bundle=False) == ordered[:len(panel.PHASE_FIELDS)]  # no bundle: as many as fit
+
+
 # ---------------------------------------------------------------- readiness and requests
 
 def test_generate_needs_two_different_phases_and_a_tumor_region(scene):

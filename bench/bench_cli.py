@@ -6,8 +6,9 @@ calibration (or --bundle): `--mask` (a lobulated tumor placed in the phantom's b
 shapes.place_tumor) and `--auto`, for each diameter. The stages are timed by SynBTLib.stages
 hooks in the command and the pipeline: load (bundle), read, place (--auto placement or reading the
 mask), check, crop, encode, denoise (sampling and latent calibration), decode, correct (noise and
-image calibration), paste, write. Runs are interleaved by repeat so that ratios are side by side
-under the same load; the load average is recorded with each run.
+image calibration), paste, write, each in wall seconds and in CPU seconds of the process (all its
+threads; far steadier than wall time on a shared machine). Runs are interleaved by repeat so that
+ratios are side by side under the same load; the load average is recorded with each run.
 
     python bench/bench_cli.py --diameters 20 40 60 --modes mask auto --steps 30 --repeats 1
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import resource
@@ -28,11 +28,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("load", "read", "place", "check", "crop", "encode", "denoise", "decode", "correct", "paste", "write")
 COLUMNS = ("tree", "repeat", "mode", "diameter_mm", "steps", "status", "total_s", *[f"{s}_s" for s in STAGES],
-           "networks_share", "peak_rss_gb", "load_avg_1min", "tumor_voxels")
+           "networks_share", "cpu_s", *[f"{s}_cpu_s" for s in STAGES], "peak_rss_gb", "load_avg_1min", "tumor_voxels")
+
+
+def cpu_stages():
+    """Make SynBTLib.stages.stage also add each stage's process CPU time (all threads) to a second dict,
+    before the command's modules import it; returns that dict. Done here rather than in the library so
+    that a baseline tree is measured the same way. On a shared machine CPU seconds move far less with
+    the load than wall seconds."""
+    import collections
+    import contextlib
+
+    from SynBTLib import stages
+
+    cpu, timed = collections.defaultdict(float), stages.stage
+
+    @contextlib.contextmanager
+    def stage(name):
+        start = time.process_time()
+        try:
+            with timed(name):
+                yield
+        finally:
+            cpu[name] += time.process_time() - start
+
+    stages.stage = stage
+    return cpu
 
 
 def worker(spec: dict) -> dict:
-    """One `synbt synthesize` in this process; stage times, total and peak RSS."""
+    """One `synbt synthesize` in this process; stage times (wall and CPU), totals and peak RSS."""
+    cpu = cpu_stages()
     from SynBTLib.cli import main
     from SynBTLib.stages import recording
 
@@ -41,12 +67,13 @@ def worker(spec: dict) -> dict:
     argv += ["--mask", spec["mask"]] if spec["mode"] == "mask" else ["--auto", "--size-mm", str(spec["diameter_mm"])]
     argv += ["--bundle", spec["bundle"]] if spec.get("bundle") else []
     argv += ["--existing-tumors", "none"]
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     with recording() as times:
         rc = main(argv)
-    total = time.perf_counter() - start
+    total, total_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     provenance = json.loads((Path(spec["out"]) / "provenance.json").read_text()) if rc == 0 else {}
     return {"status": "ok" if rc == 0 else f"rc={rc}", "total_s": total, "stages": dict(times),
+            "cpu_s": total_cpu, "stages_cpu": dict(cpu),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "tumor_voxels": provenance.get("tumor", {}).get("voxels")}
 
@@ -123,6 +150,9 @@ def row_of(spec: dict, repeat: int, result: dict) -> dict:
            "peak_rss_gb": None if result.get("peak_rss_gb") is None else round(result["peak_rss_gb"], 2),
            "load_avg_1min": result.get("load_avg_1min"), "tumor_voxels": result.get("tumor_voxels")}
     row.update({f"{s}_s": round(stages[s], 2) if s in stages else None for s in STAGES})
+    stages_cpu = result.get("stages_cpu", {})
+    row["cpu_s"] = None if result.get("cpu_s") is None else round(result["cpu_s"], 2)
+    row.update({f"{s}_cpu_s": round(stages_cpu[s], 2) if s in stages_cpu else None for s in STAGES})
     return row
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..errors import SynBTError
 from ..synthesizers import DEFAULT_STEPS
-from ._shared import seed_help
+from ._shared import add_device_arguments, seed_help
 
 
 def register(subparsers) -> None:
@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id (DatasetXXX)")
     p.add_argument("--dataset-name", default="SynBT", help="data set name, also the case name prefix")
     p.add_argument("--merge", action="store_true", help="after all shards: check completeness and write the index")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -55,10 +56,10 @@ def run(args) -> int:
         num_cases=args.num_cases, format=args.format, method=args.method, tumors_per_case=args.tumors_per_case,
         size_mm=tuple(args.size_mm), seed=args.seed, bundle=args.bundle, steps=args.steps,
         dataset_id=args.dataset_id, dataset_name=args.dataset_name, kinetics=args.kinetics,
-        necrosis=None if args.necrosis is None else args.necrosis == "yes",
+        necrosis=None if args.necrosis is None else args.necrosis == "yes", precision=args.precision,
     )
     shard = export.parse_shard(args.shard)
-    made = export.export_dataset(args.source, args.out, settings, shard=shard)
+    made = export.export_dataset(args.source, args.out, settings, shard=shard, device=args.device)
     total = len(export.shard_indices(settings.num_cases, shard))
     print(f"exported {len(made)} new case(s), {total - len(made)} already done, into {args.out}")
     return 0

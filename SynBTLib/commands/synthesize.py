@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "synthesize",
         help="synthesize a tumor into DCE-MRI phases, inside a given mask or at an automatic place",
-        description="Writes phase_<k>.nii.gz, tumor_labels.nii.gz (1: the new tumor, 2: tumors the case already "
+        description="Writes phase_<k> (in the input phases' own file type and voxel type: .nii.gz, .nii, .nrrd or "
+        ".mha; DICOM gives .nii.gz), tumor_labels.nii.gz (1: the new tumor, 2: tumors the case already "
         "had), preview.png and provenance.json into --out. Input files are never modified.",
     )
     p.add_argument("--phases", nargs="+", required=True, metavar="P",
@@ -46,6 +47,10 @@ def register(subparsers) -> None:
                    help="label image of the tumors the case already has: --auto keeps 5 mm away from them and the "
                    "output label keeps them as value 2 (default: tumor_labels.nii.gz of a --phases case folder; "
                    "none: ignore them)")
+    p.add_argument("--clinical-times", metavar="CSV",
+                   help="acquisition times per case (a CSV table with patient_id and acquisition_times columns, as "
+                   "MAMA-MIA's clinical table), for a case with more phases than the bundle models whose phase policy "
+                   "picks phases by time (closest:<s>s); the case id is its folder's name or the phase files' <id>_000K")
     p.add_argument("--resample", action="store_true", help="resample phases and mask onto the first phase's grid")
     p.add_argument("--resample-mask", action="store_true", help="resample only the mask onto the case grid")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out folder")
@@ -177,6 +182,32 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
+def _phase_selector(args):
+    """(select, chosen) for read_case: the bundle's phase policy applied to the case's phases
+    (phase_choice.choose_phases); chosen[0] is the PhaseChoice once the case is read. (None, None)
+    for the handcrafted method, which takes any number of phases."""
+    from ..phase_choice import BundlePhases, case_id_of, choose_phases, read_times_table, times_for
+
+    if args.method != "diffusion":
+        if args.clinical_times:
+            raise SynBTError("--clinical-times applies to the diffusion method (a bundle's phase policy)")
+        return None, None
+    from ..bundle import default_bundle_path
+
+    bundle = BundlePhases.of_bundle(Path(args.bundle) if args.bundle else default_bundle_path())
+    case_id = case_id_of(args.phases[0] if len(args.phases) == 1 else args.phases)
+    times = None
+    if args.clinical_times:
+        times = times_for(read_times_table(args.clinical_times), case_id, args.clinical_times)
+    chosen = []
+
+    def select(names):
+        chosen.append(choose_phases(len(names), bundle, times, args.clinical_times, what=f"case {case_id}"))
+        return chosen[0].indices
+
+    return select, chosen
+
+
 def run(args) -> int:
     from ..io import read_case
     from ..synthesis_outputs import OutputFolder, write_synthesis_outputs
@@ -185,17 +216,23 @@ def run(args) -> int:
     keep_freed_memory()
     existing_path = _existing_tumors_path(args)
     inputs = list(args.phases) + ([args.mask] if args.mask else []) + ([existing_path] if existing_path else [])
+    inputs += [args.clinical_times] if args.clinical_times else []  # it can choose the phases: in provenance
     _check_inputs(inputs)
     check_output(args.out, args.overwrite, inputs)  # refused before any model is loaded
     with stage("load"):
         synthesizer, steps = make_synthesizer(args.method, args)
     # refused before anything is read or written
     necrosis = check_request(args.method, steps, args.kinetics, args.necrosis, args.bundle, synthesizer=synthesizer).necrosis
+    select, chosen = _phase_selector(args)
     progress = Progress(args.progress)
     try:
         progress(0, "reading the phases")
         with stage("read"):
-            case = read_case(args.phases[0] if len(args.phases) == 1 else args.phases, resample=args.resample)
+            case = read_case(args.phases[0] if len(args.phases) == 1 else args.phases, resample=args.resample,
+                             select=select)
+            phases_used = chosen[0] if chosen and chosen[0].is_subset else None
+            if phases_used is not None:  # said before the work starts; the outputs hold only these phases
+                print(f"synbt synthesize: using {phases_used.describe()}: {', '.join(case.phase_names)}", flush=True)
             existing = None
             if existing_path is not None:
                 from ..export import read_existing_tumors
@@ -214,6 +251,8 @@ def run(args) -> int:
         result = synthesizer(case, mask, seed=args.seed, steps=steps, progress=progress.within(10, 90), **extra)
         progress(90, "writing the outputs")
         details["steps"] = steps
+        if phases_used is not None:
+            details["phases_used"] = phases_used.record() | {"names": list(case.phase_names)}
         if args.method == "diffusion":
             from ..bundle import bundle_sha256, default_bundle_path
 
@@ -224,7 +263,7 @@ def run(args) -> int:
             details["synthesizer"] = synthesizer.describe(args.seed)
         with stage("write"):
             write_synthesis_outputs(out, result, mask, inputs, args.method, args.seed, details, original=case,
-                                    existing=existing)
+                                    existing=existing, stored=case.stored)
         progress(100, "done")
     finally:
         progress.close()
