@@ -135,9 +135,13 @@ class SynBTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.prePhase:
-            guessed = panel.guess_phases(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
-            for field, node in zip(panel.PHASE_FIELDS, guessed):
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            bundle = self._parameterNode.bundlePath or None  # its phase policy picks the phases
+            for field, node in zip(panel.PHASE_FIELDS, panel.guess_phases(volumes, bundle=bundle)):
                 setattr(self._parameterNode, field, node)
+            note = panel.phase_guess_note(volumes, bundle=bundle)
+            if note:
+                print(f"SynBT: {note}")
 
     def setParameterNode(self, parameterNode):
         if self._parameterNode and self._guiTag:
