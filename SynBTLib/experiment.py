@@ -69,9 +69,11 @@ class StudyPlan:
     size_mm: tuple[float, float] = (10.0, 50.0)
     gap_size_mm: tuple[float, float] = (10.0, 18.0)
     size_bins_mm: tuple[float, ...] = (15.0, 20.0, 30.0)
-    synthetic_cases: int = 16
-    synthetic_tumors_per_case: int = 2
-    synthetic_size_mm: tuple[float, float] = (10.0, 35.0)
+    # one tumor per synthetic case, up to 30 mm: a second one, or a 34 mm one, may not fit beside a source
+    # case's own two lesions in these breasts (export stops on a tumor that fits nowhere)
+    synthetic_cases: int = 32
+    synthetic_tumors_per_case: int = 1
+    synthetic_size_mm: tuple[float, float] = (10.0, 30.0)
     synthesis_steps: int | None = None
     synthesis_workers: int = 1
     ratio: float = 0.5
@@ -117,7 +119,7 @@ class StudyPlan:
                        steps_per_epoch=2, validate_every=4, batch_size=2, bootstrap=200, arms=ARMS, seeds=(0, 1))
         if name == "paper":
             return cls(preset="paper", phantom_preset="bundle", train_cases=20, val_cases=8, test_cases=80,
-                       synthetic_cases=40, synthesis_workers=6, channels=(32, 64, 128, 256, 320), num_res_units=2,
+                       synthetic_cases=80, synthesis_workers=6, channels=(32, 64, 128, 256, 320), num_res_units=2,
                        patch_size=(32, 96, 96), steps=6000, steps_per_epoch=250, validate_every=500, batch_size=8,
                        lr=1e-3, arms=ARMS, seeds=(0, 1, 2, 3, 4, 5, 6, 7))
         raise SynBTError(f"unknown study preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -268,3 +270,31 @@ def run_study(out: str | Path, plan: StudyPlan | None = None, bundle: str | None
         results.append(metrics)
     sizes = {f"{s}_{m}": synthetic_tumors(d) for (s, m), d in synthetic_dirs.items()}
     return write_results(out / "results", results, plan, notes, out / "cohort", sizes)
+
+
+def report_finished(out: str | Path, plan: StudyPlan | None = None, log: Callable[[str], None] = print) -> dict:
+    """Write results/ from the units finished so far (another process may still be running the study)."""
+    from .study_cohort import synthetic_tumors
+    from .study_report import write_results
+
+    out = Path(out)
+    if not (out / PLAN_FILE).is_file():
+        raise SynBTError(f"no study in {out} (no {PLAN_FILE})")
+    saved = StudyPlan.from_dict(json.loads((out / PLAN_FILE).read_text()))
+    plan = plan or saved
+    if saved.design() != plan.design():
+        raise SynBTError(f"{out} holds a study with other settings; report it with the same preset")
+    units = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
+    done = [u for u in units if (out / "runs" / u[0] / f"seed_{u[1]}" / METRICS_FILE).is_file()]
+    # a paired comparison needs whole seeds: keep the seeds every requested arm has finished
+    seeds = [s for s in plan.seeds if all((arm, s) in done for arm in plan.arms)]
+    if not seeds:
+        raise SynBTError(f"no seed of {out} has finished every arm of {', '.join(plan.arms)} yet")
+    results = [json.loads((out / "runs" / arm / f"seed_{s}" / METRICS_FILE).read_text())
+               for s in seeds for arm in plan.arms]
+    notes = [f"partial: seeds {', '.join(map(str, seeds))} of {', '.join(map(str, plan.seeds))} "
+             f"({len(done)} of {len(units)} units finished)"] if len(seeds) < len(plan.seeds) else []
+    for note in notes:
+        log(note)
+    sizes = {d.name: synthetic_tumors(d) for d in sorted((out / "synthetic").glob("*")) if d.is_dir()}
+    return write_results(out / "results", results, replace(plan, seeds=tuple(seeds)), notes, out / "cohort", sizes)

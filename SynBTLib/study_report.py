@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .study_stats import arm_mean, bin_labels, paired_difference, size_bin
+from .study_stats import (
+    MDD_FACTOR, arm_mean, bin_labels, paired_difference, paired_matrix, projected_se, size_bin, variance_components,
+)
 
 
 def lesion_rows(results: list[dict], edges_mm) -> list[dict]:
@@ -55,10 +57,18 @@ def summarize(results: list[dict], plan, notes=(), synthetic_sizes=None) -> dict
     }
     from .experiment import COMPARISONS
 
+    from .experiment import StudyPlan
+
+    paper = StudyPlan.preset_plan("paper")
     for a, b in COMPARISONS:
         if a in arms and b in arms and (overall := paired_difference(rows, a, b, **boot)):
-            summary["comparisons"].append({"a": a, "b": b, "difference": overall.to_dict(),
-                                           "by_bin": by_bin(paired_difference, a, b)})
+            components = variance_components(*paired_matrix(rows, a, b))
+            summary["comparisons"].append({
+                "a": a, "b": b, "difference": overall.to_dict(), "by_bin": by_bin(paired_difference, a, b),
+                "variance_components": components,
+                # what the same variances would give with the paper preset's seeds and test cases
+                "projected_mdd80_paper": MDD_FACTOR * projected_se(components, len(paper.seeds), paper.test_cases),
+            })
     return summary
 
 
@@ -110,7 +120,9 @@ def markdown(summary: dict) -> str:
         d = c["difference"]
         lines.append(f"| {c['a']} - {c['b']} | {_fmt(d, True)}{' *' if d['excludes_zero'] else ''} | {d['se']:.3f} | "
                      f"{d['mdd80']:.3f} | " + " | ".join(_fmt(c["by_bin"][b], True) for b in bins) + " |")
-    lines += ["", "\\* the interval excludes zero."]
+    lines += ["", "\\* the interval excludes zero. MDD: from the bootstrap SE of this run; the same variances "
+              "(seed, case, residual) with the paper preset's seeds and test cases would detect: "
+              + "; ".join(f"{c['a']} - {c['b']} {c['projected_mdd80_paper']:.3f}" for c in summary["comparisons"]) + "."]
     if summary["synthetic_sets"]:
         lines += ["", "Synthetic sets: " + "; ".join(
             f"{n}: {s['tumors']} tumors, {s['diameter_mm'].get('min', 0):.1f}-{s['diameter_mm'].get('max', 0):.1f} mm"

@@ -106,6 +106,18 @@ def paired_difference(rows: list[dict], arm_a: str, arm_b: str, lesions=None, ke
     return bootstrap_mean(diff[:, complete], [k[0] for k in shared], n_boot, seed)
 
 
+def paired_matrix(rows: list[dict], arm_a: str, arm_b: str, key: str = "dice") -> tuple[np.ndarray, list[str]]:
+    """The (shared seeds x shared lesions) matrix of Dice_A - Dice_B and each column's case."""
+    seeds_a, lesions_a, a = table(rows, arm_a, key)
+    seeds_b, lesions_b, b = table(rows, arm_b, key)
+    seeds = sorted(set(seeds_a) & set(seeds_b))
+    shared = sorted(set(lesions_a) & set(lesions_b))
+    diff = (a[np.ix_([seeds_a.index(s) for s in seeds], [lesions_a.index(k) for k in shared])]
+            - b[np.ix_([seeds_b.index(s) for s in seeds], [lesions_b.index(k) for k in shared])])
+    complete = ~np.isnan(diff).any(axis=0)
+    return diff[:, complete], [k[0] for k, c in zip(shared, complete) if c]
+
+
 def arm_mean(rows: list[dict], arm: str, lesions=None, key: str = "dice", n_boot: int = 2000,
              seed: int = 0) -> Interval | None:
     """Mean lesion-wise Dice of one arm (optionally over some lesions) with its bootstrap interval."""
@@ -135,3 +147,29 @@ def size_bin(diameter_mm: float, edges_mm) -> str:
 def bin_labels(edges_mm) -> list[str]:
     edges = [float(e) for e in edges_mm]
     return [f"<{edges[0]:g}", *(f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:])), f">={edges[-1]:g}"]
+
+
+def variance_components(values: np.ndarray, case_of_lesion) -> dict:
+    """Seed, case and residual variances of a (seeds x lesions) matrix (two-way ANOVA on case means,
+    negative estimates set to 0), to project the standard error to other numbers of seeds and cases."""
+    values = np.asarray(values, dtype=np.float64)
+    cases, index = np.unique(np.asarray(case_of_lesion).astype(str), return_inverse=True)
+    per_case = np.stack([values[:, index == j].mean(axis=1) for j in range(len(cases))], axis=1)  # S x J
+    n_seeds, n_cases = per_case.shape
+    grand = per_case.mean()
+    seed_means, case_means = per_case.mean(axis=1), per_case.mean(axis=0)
+    resid = per_case - seed_means[:, None] - case_means[None, :] + grand
+    dof = max(1, (n_seeds - 1) * (n_cases - 1))
+    ms_res = float((resid**2).sum() / dof) if n_seeds > 1 else 0.0
+    ms_seed = float(n_cases * seed_means.var(ddof=1)) if n_seeds > 1 else 0.0
+    ms_case = float(n_seeds * case_means.var(ddof=1)) if n_cases > 1 else 0.0
+    if n_seeds == 1:  # seed and residual variance cannot be told apart: all of it goes to the cases
+        return {"seed": 0.0, "case": ms_case, "residual": 0.0}
+    return {"seed": max(0.0, (ms_seed - ms_res) / n_cases), "case": max(0.0, (ms_case - ms_res) / n_seeds),
+            "residual": ms_res}
+
+
+def projected_se(components: dict, seeds: int, cases: int) -> float:
+    """Standard error of the grand mean with ``seeds`` training seeds and ``cases`` test cases."""
+    return float(np.sqrt(components["seed"] / seeds + components["case"] / cases
+                         + components["residual"] / (seeds * cases)))

@@ -8,9 +8,9 @@ import pytest
 
 from SynBTLib import cli
 from SynBTLib.errors import SynBTError
-from SynBTLib.experiment import ARMS, COMPARISONS, StudyPlan, plan_with_overrides, run_study
+from SynBTLib.experiment import ARMS, COMPARISONS, StudyPlan, plan_with_overrides, report_finished, run_study
 from SynBTLib.study_cohort import cohort_plan, lesion_dice, lesion_instances, synthetic_tumors
-from SynBTLib.study_stats import MDD_FACTOR, bootstrap_mean, paired_difference
+from SynBTLib.study_stats import MDD_FACTOR, bootstrap_mean, paired_difference, projected_se, variance_components
 
 
 def _csv(path):
@@ -93,6 +93,9 @@ def test_ci_study_resumes_from_finished_units(ci_study):
     assert len(metrics) == len(ARMS) * 2
     removed = out / "runs" / "offline" / "seed_1" / "metrics.json"
     removed.unlink()
+    partial = report_finished(out, plan, log=lambda m: None)  # what a still-running study has so far
+    assert partial["arms"]["offline"]["seeds"] == [0] and "partial: seeds 0 of 0, 1" in partial["notes"][0]
+    assert partial["arms"]["real"]["seeds"] == [0]
     again = run_study(out, plan, log=lambda m: None)
     assert removed.is_file()
     assert all(p.stat().st_mtime_ns == t for p, t in metrics.items() if p != removed)
@@ -128,6 +131,20 @@ def test_bootstrap_keeps_a_case_s_lesions_together_and_resamples_seeds():
     over_seeds = bootstrap_mean(seed_effect, np.arange(20), n_boot=4000, seed=0)
     assert over_seeds.se == pytest.approx(seed_effect[:, 0].std() / np.sqrt(60), rel=0.12)
     assert bootstrap_mean(seed_effect, np.arange(20), n_boot=500, seed=0, resample_seeds=False).se < 1e-12
+
+
+def test_variance_components_recover_known_ones_and_project_the_error():
+    rng = np.random.default_rng(11)
+    seeds, cases = 40, 300
+    values = (rng.normal(0, 0.05, (seeds, 1)) + rng.normal(0, 0.1, (1, cases)) + rng.normal(0, 0.2, (seeds, cases)))
+    parts = variance_components(values, np.arange(cases))
+    assert parts["seed"] == pytest.approx(0.05**2, rel=0.35)
+    assert parts["case"] == pytest.approx(0.1**2, rel=0.2)
+    assert parts["residual"] == pytest.approx(0.2**2, rel=0.05)
+    measured = bootstrap_mean(values, np.arange(cases), n_boot=3000, seed=2).se
+    assert projected_se(parts, seeds, cases) == pytest.approx(measured, rel=0.2)
+    assert projected_se(parts, seeds, 4 * cases) < projected_se(parts, seeds, cases)
+    assert projected_se(parts, 4 * seeds, cases) < projected_se(parts, seeds, cases)
 
 
 def test_paired_difference_pairs_by_seed_and_lesion():

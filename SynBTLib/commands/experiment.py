@@ -21,15 +21,20 @@ def register(subparsers) -> None:
     p.add_argument("--bundle", help="SynBT bundle of the offline / onthefly arms (default: SynBTLib/bundles/phantom)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--verbose", action="store_true", help="progress bars of every training run")
+    p.add_argument("--report", action="store_true",
+                   help="only write results/ from the seeds every arm has finished (a study may still be running)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..experiment import StudyPlan, plan_with_overrides, run_study
+    from ..experiment import StudyPlan, plan_with_overrides, report_finished, run_study
 
     plan = plan_with_overrides(StudyPlan.preset_plan(args.preset), seeds=tuple(args.seeds) if args.seeds else None,
                                arms=tuple(args.arms) if args.arms else None)
-    summary = run_study(args.out, plan, bundle=args.bundle, device=args.device, verbose=args.verbose)
+    if args.report:
+        summary = report_finished(args.out, plan)
+    else:
+        summary = run_study(args.out, plan, bundle=args.bundle, device=args.device, verbose=args.verbose)
     for arm, row in summary["arms"].items():
         d = row["lesion_dice"]
         print(f"{arm:>15}: lesion Dice {d['mean']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}] ({len(row['seeds'])} seeds)")
