@@ -269,7 +269,7 @@ def run_study(out: str | Path, plan: StudyPlan | None = None, bundle: str | None
             f"{' (done before)' if not fresh else f' in {spent[-1] / 60:.1f} min'}{eta}")
         results.append(metrics)
     sizes = {f"{s}_{m}": synthetic_tumors(d) for (s, m), d in synthetic_dirs.items()}
-    return write_results(out / "results", results, plan, notes, out / "cohort", sizes)
+    return write_results(out / "results", results, plan, COMPARISONS, _projection(), notes, sizes)
 
 
 def report_finished(out: str | Path, plan: StudyPlan | None = None, log: Callable[[str], None] = print) -> dict:
@@ -297,4 +297,11 @@ def report_finished(out: str | Path, plan: StudyPlan | None = None, log: Callabl
     for note in notes:
         log(note)
     sizes = {d.name: synthetic_tumors(d) for d in sorted((out / "synthetic").glob("*")) if d.is_dir()}
-    return write_results(out / "results", results, replace(plan, seeds=tuple(seeds)), notes, out / "cohort", sizes)
+    return write_results(out / "results", results, replace(plan, seeds=tuple(seeds)), COMPARISONS, _projection(), notes,
+                         sizes)
+
+
+def _projection() -> tuple[int, int]:
+    """(seeds, test cases) of the paper preset: the detectable differences are also projected to it."""
+    paper = StudyPlan.preset_plan("paper")
+    return len(paper.seeds), paper.test_cases

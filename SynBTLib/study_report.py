@@ -27,8 +27,9 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
     return path
 
 
-def summarize(results: list[dict], plan, notes=(), synthetic_sizes=None) -> dict:
-    """Per arm and per comparison: mean with 95 % interval, SE and detectable difference, overall and by bin."""
+def summarize(results: list[dict], plan, comparisons, projection, notes=(), synthetic_sizes=None) -> dict:
+    """Per arm and per comparison (pairs (a, b): a - b): mean with 95 % interval, SE and detectable difference,
+    overall and by bin; ``projection`` = (seeds, test cases) the detectable difference is also projected to."""
     rows = lesion_rows(results, plan.size_bins_mm)
     arms = list(dict.fromkeys(m["arm"] for m in results))
     bins = bin_labels(plan.size_bins_mm)
@@ -55,19 +56,15 @@ def summarize(results: list[dict], plan, notes=(), synthetic_sizes=None) -> dict
                  for a in arms},
         "comparisons": [],
     }
-    from .experiment import COMPARISONS
-
-    from .experiment import StudyPlan
-
-    paper = StudyPlan.preset_plan("paper")
-    for a, b in COMPARISONS:
+    summary["projection"] = {"seeds": projection[0], "test_cases": projection[1]}
+    for a, b in comparisons:
         if a in arms and b in arms and (overall := paired_difference(rows, a, b, **boot)):
             components = variance_components(*paired_matrix(rows, a, b))
             summary["comparisons"].append({
                 "a": a, "b": b, "difference": overall.to_dict(), "by_bin": by_bin(paired_difference, a, b),
                 "variance_components": components,
-                # what the same variances would give with the paper preset's seeds and test cases
-                "projected_mdd80_paper": MDD_FACTOR * projected_se(components, len(paper.seeds), paper.test_cases),
+                # what the same variances would give with the projection's seeds and test cases
+                "projected_mdd80": MDD_FACTOR * projected_se(components, *projection),
             })
     return summary
 
@@ -121,8 +118,9 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {c['a']} - {c['b']} | {_fmt(d, True)}{' *' if d['excludes_zero'] else ''} | {d['se']:.3f} | "
                      f"{d['mdd80']:.3f} | " + " | ".join(_fmt(c["by_bin"][b], True) for b in bins) + " |")
     lines += ["", "\\* the interval excludes zero. MDD: from the bootstrap SE of this run; the same variances "
-              "(seed, case, residual) with the paper preset's seeds and test cases would detect: "
-              + "; ".join(f"{c['a']} - {c['b']} {c['projected_mdd80_paper']:.3f}" for c in summary["comparisons"]) + "."]
+              f"(seed, case, residual) with {summary['projection']['seeds']} seeds and {summary['projection']['test_cases']} "
+              "test cases (the paper preset) would detect: "
+              + "; ".join(f"{c['a']} - {c['b']} {c['projected_mdd80']:.3f}" for c in summary["comparisons"]) + "."]
     if summary["synthetic_sets"]:
         lines += ["", "Synthetic sets: " + "; ".join(
             f"{n}: {s['tumors']} tumors, {s['diameter_mm'].get('min', 0):.1f}-{s['diameter_mm'].get('max', 0):.1f} mm"
@@ -172,7 +170,8 @@ def plot(path: Path, summary: dict) -> Path:
     return path
 
 
-def write_results(folder: Path, results: list[dict], plan, notes=(), cohort_dir=None, synthetic_sizes=None) -> dict:
+def write_results(folder: Path, results: list[dict], plan, comparisons, projection, notes=(),
+                  synthetic_sizes=None) -> dict:
     """Write per_lesion.csv, per_case.csv, summary.json, summary.md and results.png into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -180,7 +179,7 @@ def write_results(folder: Path, results: list[dict], plan, notes=(), cohort_dir=
                ["arm", "seed", "case", "lesion", "diameter_mm", "size_bin", "dice"])
     _write_csv(folder / "per_case.csv", [{"arm": m["arm"], "seed": m["seed"], **c} for m in results for c in m["cases"]],
                ["arm", "seed", "case", "dice", "fp_ml"])
-    summary = summarize(results, plan, notes, synthetic_sizes)
+    summary = summarize(results, plan, comparisons, projection, notes, synthetic_sizes)
     (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (folder / "summary.md").write_text(markdown(summary))
     plot(folder / "results.png", summary)

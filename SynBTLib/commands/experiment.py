@@ -10,7 +10,7 @@ def register(subparsers) -> None:
         "training set for the size-shift arms), the offline synthetic sets, trains one network per (arm, seed) "
         "with identical budgets and scores every test lesion. Writes results/ into --out: per_lesion.csv, "
         "per_case.csv, summary.json, summary.md and results.png (lesion-wise Dice per arm and paired "
-        "differences, with crossed bootstrap 95 %% intervals, overall and by size bin). Rerunning the same "
+        "differences, with crossed bootstrap 95 % intervals, overall and by size bin). Rerunning the same "
         "command resumes. Presets: ci (toy sizes, seconds), cpu (2-core CPU, about 2 hours), paper (a GPU).",
     )
     p.add_argument("--out", required=True, help="study folder (cohort, synthetic sets, runs, results)")
