@@ -31,6 +31,9 @@ def summarize(results: list[dict], plan, comparisons, projection, notes=(), synt
     """Per arm and per comparison (pairs (a, b): a - b): mean with 95 % interval, SE and detectable difference,
     overall and by bin; ``projection`` = (seeds, test cases) the detectable difference is also projected to."""
     rows = lesion_rows(results, plan.size_bins_mm)
+    # the whole case as one unit: its Dice counts false positives anywhere in the volume
+    case_rows = [{"arm": m["arm"], "seed": m["seed"], "case": c["case"], "lesion": "case", "dice": c["dice"],
+                  "fp_ml": c["fp_ml"]} for m in results for c in m["cases"]]
     arms = list(dict.fromkeys(m["arm"] for m in results))
     bins = bin_labels(plan.size_bins_mm)
     first = [r for r in rows if r["arm"] == arms[0] and r["seed"] == min(m["seed"] for m in results if m["arm"] == arms[0])]
@@ -51,8 +54,8 @@ def summarize(results: list[dict], plan, comparisons, projection, notes=(), synt
                          for a in arms},
         "arms": {a: {"seeds": sorted(m["seed"] for m in results if m["arm"] == a),
                      "lesion_dice": arm_mean(rows, a, **boot).to_dict(), "by_bin": by_bin(arm_mean, a),
-                     "case_dice": float(np.mean([c["dice"] for m in results if m["arm"] == a for c in m["cases"]])),
-                     "fp_ml": float(np.mean([c["fp_ml"] for m in results if m["arm"] == a for c in m["cases"]]))}
+                     "case_dice": arm_mean(case_rows, a, **boot).to_dict(),
+                     "fp_ml": arm_mean(case_rows, a, key="fp_ml", **boot).to_dict()}
                  for a in arms},
         "comparisons": [],
     }
@@ -62,6 +65,8 @@ def summarize(results: list[dict], plan, comparisons, projection, notes=(), synt
             components = variance_components(*paired_matrix(rows, a, b))
             summary["comparisons"].append({
                 "a": a, "b": b, "difference": overall.to_dict(), "by_bin": by_bin(paired_difference, a, b),
+                "case_dice_difference": paired_difference(case_rows, a, b, **boot).to_dict(),
+                "fp_ml_difference": paired_difference(case_rows, a, b, key="fp_ml", **boot).to_dict(),
                 "variance_components": components,
                 # what the same variances would give with the projection's seeds and test cases
                 "projected_mdd80": MDD_FACTOR * projected_se(components, *projection),
@@ -109,14 +114,15 @@ def markdown(summary: dict) -> str:
     ]
     for arm, s in summary["arms"].items():
         lines.append(f"| {arm} | {len(s['seeds'])} | {_fmt(s['lesion_dice'])} | "
-                     + " | ".join(_fmt(s["by_bin"][b]) for b in bins) + f" | {s['case_dice']:.3f} | {s['fp_ml']:.1f} |")
-    lines += ["", "## Paired differences (A - B, lesion Dice)", "",
-              "| A - B | difference [95 % CI] | SE | MDD | " + " | ".join(f"{b} mm" for b in bins) + " |",
-              "|---|---|---|---|" + "---|" * len(bins)]
+                     + " | ".join(_fmt(s["by_bin"][b]) for b in bins) + f" | {_fmt(s['case_dice'])} | {s['fp_ml']['mean']:.1f} [{s['fp_ml']['ci95'][0]:.1f}, {s['fp_ml']['ci95'][1]:.1f}] |")
+    lines += ["", "## Paired differences (A - B, lesion Dice; last column: case Dice)", "",
+              "| A - B | difference [95 % CI] | SE | MDD | " + " | ".join(f"{b} mm" for b in bins) + " | case Dice |",
+              "|---|---|---|---|" + "---|" * len(bins) + "---|"]
     for c in summary["comparisons"]:
         d = c["difference"]
         lines.append(f"| {c['a']} - {c['b']} | {_fmt(d, True)}{' *' if d['excludes_zero'] else ''} | {d['se']:.3f} | "
-                     f"{d['mdd80']:.3f} | " + " | ".join(_fmt(c["by_bin"][b], True) for b in bins) + " |")
+                     f"{d['mdd80']:.3f} | " + " | ".join(_fmt(c["by_bin"][b], True) for b in bins)
+                     + f" | {_fmt(c['case_dice_difference'], True)} |")
     lines += ["", "\\* the interval excludes zero. MDD: from the bootstrap SE of this run; the same variances "
               f"(seed, case, residual) with {summary['projection']['seeds']} seeds and {summary['projection']['test_cases']} "
               "test cases (the paper preset) would detect: "
