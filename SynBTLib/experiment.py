@@ -1,186 +1,213 @@
-"""Does synthetic data help segmentation? Three arms on a phantom cohort, several seeds each.
+"""Does synthetic data help segmentation? A phantom study with power (`synbt experiment --preset`).
 
-Arms (identical splits, steps, batch size and patch size; only the batch composition differs):
-``real`` (real patches only), ``handcrafted`` and ``diffusion`` (a fraction ``ratio`` of each batch
-from synthetic cases made from the real training cases by that synthesizer, see export.py).
-The real training set is small and holds small tumors; the held-out test set holds large ones,
-so synthetic tumors of a wider size range can matter. Results: Dice and HD95 (mm) on the test
-cases, mean and std over seeds (results.csv, results.md, results.png).
+Arms (identical network, budget and real batches; only where a batch's synthetic share comes from
+differs):
 
-Everything lands under one folder and a rerun resumes: done phantoms, done synthetic cases and
-arm/seed runs with a metrics.json are skipped; an interrupted training run continues from its
-checkpoint.
+- ``real``: the real training cases only;
+- ``handcrafted`` / ``offline``: + a fraction ``ratio`` of each batch from an offline synthetic
+  set made from the real training cases by the handcrafted baseline / by SynBT (the same number
+  of cases, tumor sizes, kinds and places in both: one export seed);
+- ``onthefly``: + the same fraction synthesized by SynBT in the loader (a fresh tumor each sample,
+  sizes from the same range);
+- ``gap_*``: the size-shift study, apart from the main comparison: the same arms trained on
+  ``train_small`` (real tumors of ``gap_size_mm`` only), tested on the same test lesions.
+
+Real training, validation and test cases are drawn alike (study_cohort.py). Each (arm, seed)
+unit trains one network and scores every test lesion (lesion-wise Dice); results/ gets the
+per-lesion and per-case tables, paired differences with crossed bootstrap 95 % intervals
+(study_stats.py), by size bin, as JSON, markdown and a figure (study_report.py). A rerun resumes:
+finished phantoms, synthetic cases and units are kept, a unit killed mid-training continues
+from its checkpoint.
 """
 from __future__ import annotations
 
-import csv
 import json
 import shutil
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from .errors import SynBTError
 
-ARMS = ("real", "handcrafted", "diffusion")
-PLAN_FILE = "experiment.json"
+PLAN_FILE = "study.json"
 METRICS_FILE = "metrics.json"
-SPLITS = ("train", "val", "test")
-DENSITIES = ("a", "b", "c", "d")
+# arm -> (real training split, synthetic source: None | (mode, method))
+ARM_SPECS = {
+    "real": ("train", None),
+    "handcrafted": ("train", ("offline", "handcrafted")),
+    "offline": ("train", ("offline", "diffusion")),
+    "onthefly": ("train", ("on-the-fly", "diffusion")),
+    "gap_real": ("train_small", None),
+    "gap_handcrafted": ("train_small", ("offline", "handcrafted")),
+    "gap_offline": ("train_small", ("offline", "diffusion")),
+}
+ARMS = tuple(ARM_SPECS)
+# (a, b): the paired differences a - b reported when both arms ran
+COMPARISONS = (
+    ("offline", "real"), ("offline", "handcrafted"), ("onthefly", "real"), ("onthefly", "handcrafted"),
+    ("onthefly", "offline"), ("handcrafted", "real"),
+    ("gap_offline", "gap_real"), ("gap_offline", "gap_handcrafted"), ("gap_handcrafted", "gap_real"),
+)
+PRESETS = ("ci", "cpu", "paper")
 
 
 @dataclass(frozen=True)
-class ExperimentPlan:
-    """Sizes of the experiment. shape is (x, y, z) voxels; patch_size is (z, y, x)."""
+class StudyPlan:
+    """Everything that defines the study's numbers. shape (x, y, z) or None for the phantom preset's
+    grid; patch_size (z, y, x); sizes are lesion diameters in mm."""
 
-    shape: tuple[int, int, int] = (96, 96, 32)
+    preset: str = "cpu"
+    phantom_preset: str = "small"
+    shape: tuple[int, int, int] | None = None
     phases: int = 3
-    cohort_seed: int = 2025
-    train_cases: int = 5
-    val_cases: int = 2
-    test_cases: int = 8
-    train_tumor_mm: tuple[float, float] = (8.0, 14.0)
-    val_tumor_mm: tuple[float, float] = (12.0, 30.0)
-    test_tumor_mm: tuple[float, float] = (22.0, 36.0)
-    synthetic_cases: int = 20
-    synthetic_size_mm: tuple[float, float] = (10.0, 36.0)
+    cohort_seed: int = 2026
+    train_cases: int = 8
+    val_cases: int = 4
+    test_cases: int = 60
+    lesions_per_case: int = 2
+    size_mm: tuple[float, float] = (10.0, 50.0)
+    gap_size_mm: tuple[float, float] = (10.0, 18.0)
+    size_bins_mm: tuple[float, ...] = (15.0, 20.0, 30.0)
+    # one tumor per synthetic case, up to 30 mm: a second one, or a 34 mm one, may not fit beside a source
+    # case's own two lesions in these breasts (export stops on a tumor that fits nowhere)
+    synthetic_cases: int = 32
+    synthetic_tumors_per_case: int = 1
+    synthetic_size_mm: tuple[float, float] = (10.0, 30.0)
     synthesis_steps: int | None = None
-    synthetic_kinetics: str | None = None  # export's --kinetics for the diffusion arm (None: drawn by the seed)
+    synthesis_workers: int = 1
     ratio: float = 0.5
+    network: str = "unet"
+    channels: tuple[int, ...] = (16, 32, 64)
+    num_res_units: int = 1
+    patch_size: tuple[int, int, int] = (16, 48, 48)
     steps: int = 600
     steps_per_epoch: int = 100
+    validate_every: int = 200
     batch_size: int = 4
     lr: float = 2e-3
-    patch_size: tuple[int, int, int] = (16, 48, 48)
-    channels: tuple[int, ...] = (16, 32, 64)
+    lesion_margin_mm: float = 10.0
+    bootstrap: int = 2000
+    # cpu: 25 units of ~4 min on 2 idle cores plus ~25 min of cohort and synthesis; onthefly (~15 s of CPU per
+    # SynBT tumor, 1,200 per unit) and gap_handcrafted are left to --arms
+    arms: tuple[str, ...] = ("real", "handcrafted", "offline", "gap_real", "gap_offline")
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
 
     def __post_init__(self):
         for f in fields(self):  # JSON round trips give lists: keep tuples so plans compare equal
             value = getattr(self, f.name)
             if isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
-        if min(self.train_cases, self.val_cases, self.test_cases, self.synthetic_cases, self.steps) < 1:
-            raise SynBTError("every split, the synthetic set and the training steps need at least one item")
+        if min(self.train_cases, self.val_cases, self.test_cases, self.lesions_per_case, self.synthetic_cases,
+               self.synthetic_tumors_per_case, self.steps, self.bootstrap) < 1:
+            raise SynBTError("every split, lesion count, synthetic set, training steps and bootstrap need at least one")
         if not 0.0 < self.ratio < 1.0:
             raise SynBTError(f"the synthetic ratio must be in (0, 1), got {self.ratio}")
+        if unknown := [a for a in self.arms if a not in ARM_SPECS]:
+            raise SynBTError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+        if not self.seeds:
+            raise SynBTError("give at least one seed")
 
     @classmethod
-    def default(cls, full: bool = False) -> "ExperimentPlan":
-        """The CPU default (~96x96x32 phantoms, tiny UNet), or a bigger GPU setting with ``full``."""
-        if not full:
+    def preset_plan(cls, name: str) -> "StudyPlan":
+        """``ci``: every code path at toy sizes (tests); ``cpu``: 2-core CPU, ~2 h; ``paper``: a GPU campaign.
+
+        cpu: 120 test lesions (60 cases x 2) on the 128x128x48 phantom grid, 8 real training cases, 5 seeds,
+        a 3-level UNet for 600 steps (what 2 cores allow). paper: 160 test lesions on the bundle's
+        192x192x64 grid, 20 training cases, 8 seeds, a 5-level UNet (32-320 channels) for 6,000 steps."""
+        if name == "cpu":
             return cls()
-        return cls(shape=(128, 128, 48), train_cases=6, val_cases=4, test_cases=20, synthetic_cases=60, steps=4000,
-                   steps_per_epoch=250, batch_size=8, lr=1e-3, patch_size=(32, 64, 64), channels=(16, 32, 64, 128))
-
-    @classmethod
-    def micro(cls) -> "ExperimentPlan":
-        """A few-second plan for tests."""
-        return cls(shape=(64, 64, 24), train_cases=2, val_cases=1, test_cases=2, synthetic_cases=2,
-                   train_tumor_mm=(10.0, 14.0), val_tumor_mm=(14.0, 18.0), test_tumor_mm=(20.0, 24.0),
-                   synthetic_size_mm=(12.0, 20.0), steps=4, steps_per_epoch=2, batch_size=2, patch_size=(8, 16, 16),
-                   channels=(8, 16, 32))
+        if name == "ci":
+            return cls(preset="ci", shape=(64, 64, 24), train_cases=2, val_cases=1, test_cases=3, lesions_per_case=2,
+                       size_mm=(12.0, 30.0), gap_size_mm=(12.0, 16.0), size_bins_mm=(15.0, 20.0),
+                       synthetic_cases=2, synthetic_tumors_per_case=1, synthetic_size_mm=(12.0, 24.0),
+                       synthesis_steps=2, synthesis_workers=0, channels=(8, 16, 32), patch_size=(8, 16, 16), steps=4,
+                       steps_per_epoch=2, validate_every=4, batch_size=2, bootstrap=200, arms=ARMS, seeds=(0, 1))
+        if name == "paper":
+            return cls(preset="paper", phantom_preset="bundle", train_cases=20, val_cases=8, test_cases=80,
+                       synthetic_cases=80, synthesis_workers=6, channels=(32, 64, 128, 256, 320), num_res_units=2,
+                       patch_size=(32, 96, 96), steps=6000, steps_per_epoch=250, validate_every=500, batch_size=8,
+                       lr=1e-3, arms=ARMS, seeds=(0, 1, 2, 3, 4, 5, 6, 7))
+        raise SynBTError(f"unknown study preset {name!r}; choose one of {', '.join(PRESETS)}")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ExperimentPlan":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+    def from_dict(cls, data: dict) -> "StudyPlan":
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise SynBTError(f"unknown experiment setting(s) {', '.join(sorted(unknown))}")
+            raise SynBTError(f"unknown study setting(s) {', '.join(sorted(unknown))}")
         return cls(**data)
 
-    def training_config(self, seed: int, synthetic_dir: Path | None) -> dict:
-        """The train-seg config of one arm/seed run (synthetic offline when synthetic_dir is given)."""
+    def design(self) -> dict:
+        """The plan without what only selects units to run (arms, seeds): a rerun may add those."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("arms", "seeds")}
+
+    def training_config(self, seed: int, synthetic: dict | None) -> dict:
+        """The train-seg config of one unit; ``synthetic`` is its synthetic section (None: real only)."""
         return {
-            "model": {"name": "unet", "channels": list(self.channels), "num_res_units": 1, "subtraction": True},
+            "model": {"name": self.network, "channels": list(self.channels), "num_res_units": self.num_res_units,
+                      "subtraction": True},
             "training": {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "seed": seed,
                          "checkpoint_every": self.steps_per_epoch, "warmup_steps": min(20, self.steps // 10)},
             "data": {"patch_size": list(self.patch_size), "steps_per_epoch": self.steps_per_epoch},
-            "synthetic": ({"mode": "offline", "dir": str(synthetic_dir), "ratio": self.ratio} if synthetic_dir
-                          else {"mode": "none"}),
+            "validation": {"every": min(self.validate_every, self.steps)},
+            "synthetic": synthetic or {"mode": "none"},
         }
 
 
-# ------------------------------------------------------------------------------------ cohort
+def plan_with_overrides(plan: StudyPlan, **overrides) -> StudyPlan:
+    """``plan`` with the given settings replaced (None values are ignored)."""
+    return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def cohort_plan(plan: ExperimentPlan) -> dict[str, list[dict]]:
-    """Per split, the phantom seed, density and tumor diameter of every case (fixed by cohort_seed)."""
-    rng = np.random.default_rng(plan.cohort_seed)
-    sizes = {"train": plan.train_tumor_mm, "val": plan.val_tumor_mm, "test": plan.test_tumor_mm}
-    counts = {"train": plan.train_cases, "val": plan.val_cases, "test": plan.test_cases}
-    cohort = {}
-    for split in SPLITS:
-        cohort[split] = [
-            {"case_id": f"{split}_{k:03d}", "seed": int(rng.integers(2**31)), "density": DENSITIES[k % len(DENSITIES)],
-             "tumor_mm": round(float(rng.uniform(*sizes[split])), 2)}
-            for k in range(counts[split])
-        ]
-    return cohort
+def _check_plan(out: Path, plan: StudyPlan) -> None:
+    path = out / PLAN_FILE
+    if path.is_file():
+        saved = StudyPlan.from_dict(json.loads(path.read_text()))
+        if saved.design() != plan.design():
+            differing = sorted(k for k, v in plan.design().items() if saved.design().get(k) != v)
+            raise SynBTError(f"{out} holds a study with other settings (differing: {', '.join(differing)}); "
+                             "use the same settings or another --out")
+    elif out.is_dir() and any(out.iterdir()):
+        raise SynBTError(f"output folder {out} is not empty and holds no {PLAN_FILE}; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
 
 
-def make_cohort(plan: ExperimentPlan, root: Path, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Write the phantom cases of every split (done cases, those with case.json, are kept)."""
-    from tqdm.auto import tqdm
+def runnable_arms(plan: StudyPlan, bundle: str | None, log: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """The plan's arms that can run, and notes on those skipped (SynBT arms need a model bundle)."""
+    from .bundle import default_bundle_path
 
-    from .phantom import make_phantom, write_phantom
-
-    cohort = cohort_plan(plan)
-    items = [(split, item) for split in SPLITS for item in cohort[split]]
-    todo = [(s, i) for s, i in items if not (root / s / i["case_id"] / "case.json").is_file()]
-    for split, item in tqdm(todo, desc="phantom cohort", unit="case", disable=not todo):
-        phantom = make_phantom(seed=item["seed"], shape=plan.shape, phases=plan.phases, tumors=1,
-                               density=item["density"], tumor_diameters_mm=item["tumor_mm"])
-        write_phantom(phantom, root / split / item["case_id"], overwrite=True, montage=False)
-    return {split: root / split for split in SPLITS}
-
-
-def make_synthetic(plan: ExperimentPlan, method: str, train_dir: Path, out: Path, bundle: str | None) -> Path:
-    """The synthetic training cases of one arm (nnU-Net layout), made from the real training cases."""
-    from .export import ExportSettings, export_dataset
-
-    settings = ExportSettings(
-        num_cases=plan.synthetic_cases, format="nnunet", method=method, size_mm=plan.synthetic_size_mm,
-        seed=plan.cohort_seed, bundle=bundle if method == "diffusion" else None,
-        steps=plan.synthesis_steps if method == "diffusion" else None,
-        kinetics=plan.synthetic_kinetics if method == "diffusion" else None,
-    )
-    export_dataset(train_dir, out, settings, log=lambda message: None)
-    return out
+    path = Path(bundle) if bundle else default_bundle_path()
+    has_bundle = (path / "config.json").is_file()
+    runnable, notes = [], []
+    for arm in dict.fromkeys(plan.arms):
+        source = ARM_SPECS[arm][1]
+        if source and source[1] == "diffusion" and not has_bundle:
+            notes.append(f"arm {arm} skipped: no SynBT model bundle at {path}; train one or pass --bundle DIR")
+            log(notes[-1])
+            continue
+        runnable.append(arm)
+    return runnable, notes
 
 
-# ------------------------------------------------------------------------------- evaluation
+def _synthetic_section(plan: StudyPlan, arm: str, synthetic_dirs: dict, bundle: str | None) -> dict | None:
+    split, source = ARM_SPECS[arm]
+    if source is None:
+        return None
+    mode, method = source
+    if mode == "offline":
+        return {"mode": "offline", "dir": str(synthetic_dirs[(split, method)]), "ratio": plan.ratio}
+    return {"mode": "on-the-fly", "method": method, "bundle": bundle, "steps": plan.synthesis_steps,
+            "ratio": plan.ratio, "size_mm": list(plan.synthetic_size_mm), "workers": plan.synthesis_workers}
 
 
-def evaluate_model(model_dir: Path, test_dir: Path, device: str = "cpu") -> list[dict]:
-    """Dice and HD95 (mm) of the model on every test case. An empty prediction's HD95 is the
-    diagonal of the field of view (so that means stay finite)."""
-    from .io import read_case, read_dataset, read_mask
-    from .metrics import dice, hd95
-    from .training.segmentation import load_model
-
-    model = load_model(model_dir, device)
-    rows = []
-    for ref in read_dataset(test_dir):
-        case = read_case(list(ref.phase_paths))
-        truth = read_mask(ref.label_path, case.geometry)
-        prediction = model.predict(case)
-        diagonal = float(np.linalg.norm(np.asarray(case.geometry.size) * np.asarray(case.geometry.spacing)))
-        rows.append({
-            "case": ref.case_id, "dice": dice(prediction, truth),
-            "hd95_mm": min(hd95(prediction, truth, case.geometry), diagonal),
-            "predicted_voxels": int(prediction.sum()), "tumor_voxels": int(truth.sum()),
-        })
-    return rows
-
-
-def run_arm(plan: ExperimentPlan, arm: str, seed: int, dirs: dict, synthetic_dir: Path | None, run_dir: Path,
-            device: str | None = None, verbose: bool = True) -> dict:
-    """Train one arm with one seed (resuming a partial run) and evaluate it; cached in metrics.json."""
+def run_unit(plan: StudyPlan, arm: str, seed: int, dirs: dict, synthetic: dict | None, run_dir: Path,
+             device: str | None = None, verbose: bool = False) -> dict:
+    """Train one (arm, seed) unit (resuming a partial run) and score the test lesions; cached in metrics.json."""
+    from .study_cohort import evaluate_model
     from .training.common import CHECKPOINT_FILE
     from .training.segmentation import train_segmentation
 
@@ -190,158 +217,97 @@ def run_arm(plan: ExperimentPlan, arm: str, seed: int, dirs: dict, synthetic_dir
     resume = (run_dir / CHECKPOINT_FILE).is_file()
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)  # killed before its first checkpoint: start it again
-    result = train_segmentation(dirs["train"], run_dir, plan.training_config(seed, synthetic_dir), val=dirs["val"],
-                                resume=resume, device=device, verbose=verbose)
-    cases = evaluate_model(result.model_dir, dirs["test"], device or "cpu")
-    metrics = {
-        "arm": arm, "seed": seed, "best_val_dice": result.best_dice, "best_step": result.best_step,
-        "dice": float(np.mean([c["dice"] for c in cases])), "hd95_mm": float(np.mean([c["hd95_mm"] for c in cases])),
-        "cases": cases,
-    }
+    started = time.monotonic()
+    result = train_segmentation(dirs[ARM_SPECS[arm][0]], run_dir, plan.training_config(seed, synthetic),
+                                val=dirs["val"], resume=resume, device=device, verbose=verbose)
+    lesions, cases = evaluate_model(result.model_dir, dirs["test"], plan.lesion_margin_mm, device or "cpu")
+    metrics = {"arm": arm, "seed": seed, "best_val_dice": result.best_dice, "best_step": result.best_step,
+               "seconds": round(time.monotonic() - started, 1), "lesions": lesions, "cases": cases}
     tmp = metrics_path.with_name(METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=1))
     tmp.replace(metrics_path)
     return metrics
 
 
-# ---------------------------------------------------------------------------------- summary
+def run_study(out: str | Path, plan: StudyPlan | None = None, bundle: str | None = None, device: str | None = None,
+              verbose: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the study in ``out``; returns the summary (also written under out/results)."""
+    from tqdm.auto import tqdm
 
+    from .study_cohort import make_cohort, make_synthetic, synthetic_tumors
+    from .study_report import write_results
 
-def summarize(results: list[dict]) -> list[dict]:
-    """Per arm: number of seeds, mean and std (over seeds) of the test Dice and HD95."""
-    rows = []
-    for arm in ARMS:
-        mine = [r for r in results if r["arm"] == arm]
-        if not mine:
-            continue
-        dices, hds = np.array([r["dice"] for r in mine]), np.array([r["hd95_mm"] for r in mine])
-        rows.append({
-            "arm": arm, "seeds": len(mine), "dice_mean": float(dices.mean()), "dice_std": float(dices.std()),
-            "hd95_mean_mm": float(hds.mean()), "hd95_std_mm": float(hds.std()),
-        })
-    return rows
-
-
-def write_results(out: Path, results: list[dict], plan: ExperimentPlan, notes: list[str]) -> list[Path]:
-    """results.csv and per_seed.csv, results.md (table + notes) and results.png (bar plots)."""
-    summary = summarize(results)
-    columns = ["arm", "seeds", "dice_mean", "dice_std", "hd95_mean_mm", "hd95_std_mm"]
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()} for row in summary)
-    with open(out / "per_seed.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["arm", "seed", "dice", "hd95_mm", "best_val_dice", "best_step"],
-                                extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(results)
-    lines = [
-        "# Segmentation with synthetic tumors: phantom experiment", "",
-        f"{plan.train_cases} real training cases (tumors {plan.train_tumor_mm[0]:g}-{plan.train_tumor_mm[1]:g} mm), "
-        f"{plan.test_cases} test cases (tumors {plan.test_tumor_mm[0]:g}-{plan.test_tumor_mm[1]:g} mm), grid "
-        f"{'x'.join(map(str, plan.shape))}; {plan.steps} steps of {plan.batch_size} patches per run; synthetic arms: "
-        f"{plan.synthetic_cases} synthetic cases, {plan.ratio:.0%} of each batch.", "",
-        "| arm | seeds | Dice (mean ± std) | HD95 mm (mean ± std) |", "|---|---|---|---|",
-        *(f"| {r['arm']} | {r['seeds']} | {r['dice_mean']:.3f} ± {r['dice_std']:.3f} | "
-          f"{r['hd95_mean_mm']:.1f} ± {r['hd95_std_mm']:.1f} |" for r in summary),
-        "", *(f"- {note}" for note in notes),
-    ]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    return [out / "results.csv", out / "per_seed.csv", out / "results.md", plot_results(out / "results.png", results)]
-
-
-def plot_results(path: Path, results: list[dict]) -> Path:
-    """Two panels (Dice, HD95): mean ± std per arm as bars, each seed as a dot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summarize(results)
-    arms = [r["arm"] for r in summary]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
-    for ax, key, label in ((axes[0], "dice", "test Dice"), (axes[1], "hd95_mm", "test HD95 (mm)")):
-        means = [np.mean([r[key] for r in results if r["arm"] == a]) for a in arms]
-        stds = [np.std([r[key] for r in results if r["arm"] == a]) for a in arms]
-        ax.bar(arms, means, yerr=stds, capsize=4, color=["#8c8c8c", "#4c72b0", "#dd8452"][: len(arms)])
-        for k, arm in enumerate(arms):
-            values = [r[key] for r in results if r["arm"] == arm]
-            ax.scatter([k] * len(values), values, color="black", s=12, zorder=3)
-        ax.set_ylabel(label)
-    axes[0].set_ylim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-# ------------------------------------------------------------------------------------- main
-
-
-def _check_plan(out: Path, plan: ExperimentPlan) -> None:
-    path = out / PLAN_FILE
-    if path.is_file():
-        saved = ExperimentPlan.from_dict(json.loads(path.read_text()))
-        if saved != plan:
-            differing = [f.name for f in fields(plan) if getattr(saved, f.name) != getattr(plan, f.name)]
-            raise SynBTError(f"{out} holds an experiment with other settings (differing: {', '.join(differing)}); "
-                             "use the same settings or another --out")
-    elif out.is_dir() and any(out.iterdir()):
-        raise SynBTError(f"output folder {out} is not empty and holds no {PLAN_FILE}; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
-
-
-def available_arms(arms, bundle: str | None, log: Callable[[str], None]) -> tuple[list[str], list[str]]:
-    """The arms that can run, and notes on those skipped (the diffusion arm needs a model bundle)."""
-    from .bundle import default_bundle_path
-
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown:
-        raise SynBTError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
-    runnable, notes = [], []
-    for arm in dict.fromkeys(arms):
-        if arm == "diffusion":
-            path = Path(bundle) if bundle else default_bundle_path()
-            if not (path / "config.json").is_file():
-                note = f"SynBT (diffusion) arm skipped: no model bundle at {path}; train one or pass --bundle DIR"
-                log(note)
-                notes.append(note)
-                continue
-        runnable.append(arm)
-    return runnable, notes
-
-
-def run_experiment(
-    out: str | Path, plan: ExperimentPlan | None = None, seeds=(0, 1, 2), arms=ARMS, bundle: str | None = None,
-    device: str | None = None, verbose: bool = True, log: Callable[[str], None] = print,
-) -> list[dict]:
-    """Run (or resume) the experiment in ``out``; returns the summary rows (also written to results.*)."""
-    plan = plan or ExperimentPlan.default()
+    plan = plan or StudyPlan.preset_plan("cpu")
     out = Path(out)
-    seeds = [int(s) for s in dict.fromkeys(seeds)]
-    if not seeds:
-        raise SynBTError("give at least one seed")
-    runnable, notes = available_arms(arms, bundle, log)
+    runnable, notes = runnable_arms(plan, bundle, log)
     if not runnable:
         raise SynBTError("no arm left to run")
     _check_plan(out, plan)
-    dirs = make_cohort(plan, out / "cohort", log)
-    results = []
-    for arm in runnable:
-        synthetic_dir = None
-        if arm != "real":
-            log(f"synthetic cases for the {arm} arm")
-            synthetic_dir = make_synthetic(plan, arm, dirs["train"], out / "synthetic" / arm, bundle)
-        for seed in seeds:
-            log(f"arm {arm}, seed {seed}")
-            metrics = run_arm(plan, arm, seed, dirs, synthetic_dir, out / "runs" / arm / f"seed_{seed}", device, verbose)
-            log(f"arm {arm}, seed {seed}: test Dice {metrics['dice']:.3f}, HD95 {metrics['hd95_mm']:.1f} mm")
-            results.append(metrics)
-    write_results(out, results, plan, notes)
-    return summarize(results)
+    splits = sorted({ARM_SPECS[a][0] for a in runnable} | {"val", "test"})
+    log(f"phantom cohort: {', '.join(splits)}")
+    dirs = make_cohort(plan, out / "cohort", splits, log)
+    synthetic_dirs = {}
+    for split, source in dict.fromkeys(ARM_SPECS[a] for a in runnable):
+        if source and source[0] == "offline":
+            log(f"offline synthetic set: {source[1]} from {split}")
+            synthetic_dirs[(split, source[1])] = make_synthetic(plan, source[1], dirs[split],
+                                                                out / "synthetic" / f"{split}_{source[1]}", bundle)
+    for split in {"train", "train_small"}:  # the sets made from one source must hold the same tumors
+        sets = {m: synthetic_tumors(d) for (s, m), d in synthetic_dirs.items() if s == split}
+        if len(sets) > 1 and len({json.dumps(v) for v in sets.values()}) > 1:
+            raise SynBTError(f"the offline synthetic sets made from {split} differ in tumor sizes or places")
+
+    units = [(arm, seed) for seed in plan.seeds for arm in runnable]  # seed-major: a stopped run leaves whole seeds
+    results, spent = [], []
+    bar = tqdm(units, desc="study units", unit="run", disable=not verbose)
+    for k, (arm, seed) in enumerate(bar, start=1):
+        run_dir = out / "runs" / arm / f"seed_{seed}"
+        fresh = not (run_dir / METRICS_FILE).is_file()
+        started = time.monotonic()
+        synthetic = _synthetic_section(plan, arm, synthetic_dirs, bundle)
+        metrics = run_unit(plan, arm, seed, dirs, synthetic, run_dir, device, verbose)
+        if fresh:
+            spent.append(time.monotonic() - started)
+        left = [u for u in units[k:] if not (out / "runs" / u[0] / f"seed_{u[1]}" / METRICS_FILE).is_file()]
+        eta = f", about {len(left) * sum(spent) / len(spent) / 60:.0f} min left" if spent and left else ""
+        mean = sum(r["dice"] for r in metrics["lesions"]) / max(1, len(metrics["lesions"]))
+        log(f"unit {k}/{len(units)} {arm} seed {seed}: lesion Dice {mean:.3f}"
+            f"{' (done before)' if not fresh else f' in {spent[-1] / 60:.1f} min'}{eta}")
+        results.append(metrics)
+    sizes = {f"{s}_{m}": synthetic_tumors(d) for (s, m), d in synthetic_dirs.items()}
+    return write_results(out / "results", results, plan, COMPARISONS, _projection(), notes, sizes)
 
 
-def plan_with_overrides(plan: ExperimentPlan, **overrides) -> ExperimentPlan:
-    """``plan`` with the given settings replaced (None values are ignored)."""
-    return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+def report_finished(out: str | Path, plan: StudyPlan | None = None, log: Callable[[str], None] = print) -> dict:
+    """Write results/ from the units finished so far (another process may still be running the study)."""
+    from .study_cohort import synthetic_tumors
+    from .study_report import write_results
+
+    out = Path(out)
+    if not (out / PLAN_FILE).is_file():
+        raise SynBTError(f"no study in {out} (no {PLAN_FILE})")
+    saved = StudyPlan.from_dict(json.loads((out / PLAN_FILE).read_text()))
+    plan = plan or saved
+    if saved.design() != plan.design():
+        raise SynBTError(f"{out} holds a study with other settings; report it with the same preset")
+    units = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
+    done = [u for u in units if (out / "runs" / u[0] / f"seed_{u[1]}" / METRICS_FILE).is_file()]
+    # a paired comparison needs whole seeds: keep the seeds every requested arm has finished
+    seeds = [s for s in plan.seeds if all((arm, s) in done for arm in plan.arms)]
+    if not seeds:
+        raise SynBTError(f"no seed of {out} has finished every arm of {', '.join(plan.arms)} yet")
+    results = [json.loads((out / "runs" / arm / f"seed_{s}" / METRICS_FILE).read_text())
+               for s in seeds for arm in plan.arms]
+    notes = [f"partial: seeds {', '.join(map(str, seeds))} of {', '.join(map(str, plan.seeds))} "
+             f"({len(done)} of {len(units)} units finished)"] if len(seeds) < len(plan.seeds) else []
+    for note in notes:
+        log(note)
+    sizes = {d.name: synthetic_tumors(d) for d in sorted((out / "synthetic").glob("*")) if d.is_dir()}
+    return write_results(out / "results", results, replace(plan, seeds=tuple(seeds)), COMPARISONS, _projection(), notes,
+                         sizes)
+
+
+def _projection() -> tuple[int, int]:
+    """(seeds, test cases) of the paper preset: the detectable differences are also projected to it."""
+    paper = StudyPlan.preset_plan("paper")
+    return len(paper.seeds), paper.test_cases
