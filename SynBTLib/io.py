@@ -392,7 +392,7 @@ def read_case(paths: PathLike | Sequence[PathLike], resample: bool = False,
             array = resample_to(array, geometry, ref_geometry)
         phases[k] = array  # cast to float32 in place: no second copy of the case
         del array
-        check_finite(phases[k], f"phase {source.name}{where}")
+        check_finite(phases[k], f"phase {source.name} ({source.path})")  # the file, to fix or mask
     return Case(phases=phases, geometry=ref_geometry, phase_names=list(names),
                 stored=_stored_format(sources, dtypes))
 
