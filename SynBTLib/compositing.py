@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from .boxes import Box, box_overlap
+from .preprocess import _otsu_threshold
 
 
 def resize(volume: torch.Tensor, shape, mode: str = "trilinear") -> torch.Tensor:
@@ -52,8 +54,6 @@ def air_noise_sigma(phases: np.ndarray, max_samples: int = 1_000_000) -> np.ndar
     partial-volume voxels at the skin and ghosts (which only add bright voxels) from mattering. Zeros where there is no air (under 5 % of the
     voxels, or a dark class brighter than a fifth of the body: dim tissue, not noise) or where the
     scanner zeroed it: nothing to measure, so nothing is added."""
-    from .preprocess import _otsu_threshold
-
     flat = phases.reshape(phases.shape[0], -1)
     stride = max(1, flat.shape[1] // max_samples)
     sample = np.asarray(flat[:, ::stride], np.float64)
@@ -99,8 +99,6 @@ def shared_post_phases(image: np.ndarray, mask: np.ndarray, core: np.ndarray | N
     sigma_k n_k``, n_k seeded white noise. Each phase keeps its mean and spread; how much the phases
     agree then follows from the measured noise ``sigma`` (per phase, the image's units), not from a
     fitted target. The pre-contrast phase and voxels outside ``mask`` are unchanged (a copy)."""
-    from scipy import ndimage
-
     out = np.array(image, copy=True)
     if image.shape[0] < 3:
         return out

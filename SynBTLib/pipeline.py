@@ -369,8 +369,7 @@ class SynthesisPipeline:
         mask = validated_mask(case, mask, expected_phases=self.autoencoder.config.in_channels)
         region = self.crop(case, mask, None, fit_normalization(case))
         decoded = self.decode(self.encode(region.image), region)
-        if self.noise_grain_vox > 0:
-            return self.paste(case, region, self.add_detail_noise(smooth_phases(decoded, self.noise_grain_vox), region, seed))
+        decoded = smooth_phases(decoded, self.noise_grain_vox)  # unchanged when noise_grain_vox is 0
         return self.paste(case, region, self.add_detail_noise(decoded, region, seed))
 
     # -- the stages, in the order __call__ runs them
