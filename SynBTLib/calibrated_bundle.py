@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .bundle import CARD_FILE, RESERVED_KEYS, load_bundle, save_bundle
+from .bundle_meta import phase_policy_of
 from .calibration import (
     IMAGE_CONFIG_KEY,
     SHAPE_LEVELS,
@@ -49,7 +50,8 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
     scheduler_config = SchedulerConfig.from_dict(base.config.get("scheduler") or {})
     pipeline = SynthesisPipeline.from_bundle(bundle, calibration=None, image_calibration=None)
     steps = check_inference_steps(pipeline.scheduler, DEFAULT_STEPS if steps is None else steps)
-    samples = tumor_samples(data, max_tumors)
+    policy = phase_policy_of(base.config)
+    samples = tumor_samples(data, max_tumors, policy=policy)
     try:
         first = next(samples)
     except StopIteration:
@@ -59,7 +61,7 @@ def calibrate_bundle(bundle, data, out, seed: int = 0, steps: int | None = None,
     if image:
         pipeline.calibration = fit.calibration
         offset = (lambda done: progress(fit.tumors + done)) if progress is not None else None
-        image_fit = fit_image_calibration(pipeline, tumor_samples(data, max_tumors), seed=seed, steps=steps,
+        image_fit = fit_image_calibration(pipeline, tumor_samples(data, max_tumors, policy=policy), seed=seed, steps=steps,
                                           progress=offset, moments_only=moments_only,
                                           texture=texture, notch=notch)
     meta = {k: v for k, v in base.config.items()

@@ -65,6 +65,7 @@ came out plateau).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -922,14 +923,20 @@ def _geometric_spread(stds, which) -> np.ndarray:
     return np.exp(np.mean(np.log(np.asarray(stds)[which]), axis=0))
 
 
-def tumor_samples(data, max_tumors: int | None = None, min_voxels: int = 27):
+def tumor_samples(data, max_tumors: int | None = None, min_voxels: int = 27, policy=None):
     """(case_id, Case, one-tumor mask) for every connected tumor (26-connected, at least ``min_voxels``)
     of every labelled case in ``data`` (any layout SynBTLib.io reads), at most ``max_tumors``, case by
-    case (one case in memory at a time). Cases without a tumor label are skipped."""
+    case (one case in memory at a time). Cases without a tumor label are skipped; ``policy``
+    (datasets.PhasePolicy spec, the bundle's) picks each case's phases, and a case it cannot be applied
+    to is skipped with one line on stderr."""
+    from .datasets import apply_policy
     from .io import read_case, read_dataset, read_mask
 
+    refs, skipped = apply_policy(read_dataset(data), policy)
+    for case_id, why in skipped:
+        print(f"calibration: skipping case {case_id}: {why}", file=sys.stderr)
     count = 0
-    for ref in read_dataset(data):
+    for ref in refs:
         if ref.label_path is None:
             continue
         case = read_case(list(ref.phase_paths))

@@ -685,3 +685,20 @@ def test_the_fitted_image_calibration_maps_whole_syntheses_onto_the_real_tumors(
     with pytest.raises(SynBTError, match="image calibration has 2 phases"):
         SynthesisPipeline(pipeline.autoencoder, pipeline.denoiser, pipeline.scheduler, pipeline.latent_scale,
                           image_calibration=ImageCalibration((0.0, 0.0), (1.0, 1.0)), **MARGINS)
+
+
+def test_tumor_samples_give_each_case_the_phases_the_bundles_policy_picks(tmp_path, capsys):
+    from SynBTLib.calibration import tumor_samples
+    from SynBTLib.phantom import make_phantom, write_phantom
+
+    five = make_phantom(seed=3, shape=(48, 48, 16), phases=5, tumors=1, tumor_diameters_mm=[40.0])
+    write_phantom(five, tmp_path / "data" / "case_five")
+    two = make_phantom(seed=4, shape=(48, 48, 16), phases=2, tumors=1, tumor_diameters_mm=[40.0])
+    write_phantom(two, tmp_path / "data" / "case_two")
+
+    samples = list(tumor_samples(tmp_path / "data", policy="pre,first,last"))
+    assert samples and {name.split()[0] for name, _, _ in samples} == {"case_five"}  # two phases cannot give three
+    for _, case, mask in samples:
+        assert case.phases.shape[0] == 3
+        np.testing.assert_allclose(case.phases, five.case.phases[[0, 1, 4]], atol=1e-4)  # pre, first post, last
+    assert "case_two" in capsys.readouterr().err  # the skipped case is named

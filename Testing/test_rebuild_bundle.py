@@ -35,6 +35,8 @@ def test_tiny_rebuild_makes_a_versioned_bundle_that_loads_and_synthesizes(tmp_pa
     commands = release["commands"]
     assert [c.split()[1] for c in commands] == ["phantom-cohort"] * 3 + ["train-autoencoder"] + ["train-diffusion"] * 2 \
         + ["calibrate"]
+    assert all("--preset" in c for c in commands[:3])  # Phantom 2 cohorts
+    assert loaded.config["phase_policy"] == rebuild_bundle.PHASE_POLICY  # recorded for synthesize / export / Slicer
     assert "config.json" in (bundle / SUMS_FILE).read_text() and "1.1-test" in (bundle / "MODEL_CARD.md").read_text()
 
     check = tmp_path / "work" / "check"  # the tool's own check: synthesize made a tumor in a held-out case

@@ -34,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "SynBTLib" / "bundles" / "phantom"
 
-# (name, phantom-cohort arguments); the shipped bundle's cohorts (its model card)
+# (name, phantom-cohort arguments); the shipped bundle's cohorts (its model card): Phantom 2 on the
+# "bundle" grid (192x192x64, 1.77 x 1.77 x 2.34 mm; 3-6 phases, fat-sat or not, 1.5 / 3 T)
 COHORTS = {
     "cohort": ["--n", "24", "--seed", "100", "--shape", "192", "192", "64"],
     "cohort3": ["--n", "40", "--seed", "2000", "--max-tumors", "4", "--shape", "192", "192", "64"],
@@ -42,12 +43,16 @@ COHORTS = {
 }
 TRAIN_CASES, TEST_CASES = 20, 4
 CALIBRATE = ["--max-tumors", "128", "--notch", "0.2"]
+# The phases the networks model, picked from each Phantom-2 case's 3-6: pre-contrast, the first
+# post-contrast (the initial rise) and the last (the delayed phase, 5.5-8 min, where a curve type shows)
+PHASE_POLICY = "pre,first,last"
+PRESETS = {"phantom2": "bundle", "legacy": None}  # --phantom: phantom-cohort --preset (None: the legacy phantom)
 
 # fine enough (3.5 x 3.5 x 4.7 mm) that the 30 and 38 mm tumors of cases 1 and 2 show a necrotic core
 TINY_COHORTS = {
     "cohort": ["--n", "4", "--seed", "100", "--max-tumors", "3", "--shape", "96", "96", "32"],
     "cohort3": ["--n", "1", "--seed", "2000", "--max-tumors", "3", "--shape", "96", "96", "32"],
-    "cal": ["--n", "1", "--seed", "8000", "--max-tumors", "2", "--shape", "96", "96", "32"],
+    "cal": ["--n", "2", "--seed", "8000", "--max-tumors", "2", "--shape", "96", "96", "32"],
 }
 TINY_TRAIN_CASES, TINY_TEST_CASES = 3, 1
 TINY_CALIBRATE = ["--max-tumors", "2", "--steps", "2", "--latent-only"]
@@ -80,9 +85,12 @@ def link_cases(target: Path, sources: list[Path]) -> None:
             link.symlink_to(source.resolve(), target_is_directory=True)
 
 
-def write_config(name: str, work: Path, tiny: bool, **changes) -> Path:
-    """configs/<name>.json as this rebuild uses it (tiny overrides merged per section, finetune paths in WORK)."""
+def write_config(name: str, work: Path, tiny: bool, policy: str | None = None, **changes) -> Path:
+    """configs/<name>.json as this rebuild uses it (tiny overrides merged per section, finetune paths in WORK,
+    ``policy`` as data.phase_policy)."""
     config = json.loads((REPO / "configs" / f"{name}.json").read_text())
+    if policy is not None:
+        config["data"] = {**config.get("data", {}), "phase_policy": policy}
     if tiny:
         kind = "autoencoder" if "autoencoder" in name else "diffusion"
         for key, value in TINY[kind].items():
@@ -133,8 +141,8 @@ def release_card(card: str, release: dict) -> str:
 
 
 def rebuild(work: Path, version: str, change: str, tiny: bool = False, previous: Path | None = SHIPPED,
-            log=print) -> Path:
-    """Run every step in ``work``; returns the finished bundle folder WORK/bundle."""
+            log=print, phantom: str = "phantom2") -> Path:
+    """Run every step in ``work`` on ``phantom`` cohorts ("phantom2" or "legacy"); returns WORK/bundle."""
     from SynBTLib.bundle import load_bundle, write_checksums
 
     work = work.resolve()
@@ -145,7 +153,13 @@ def rebuild(work: Path, version: str, change: str, tiny: bool = False, previous:
         commands.append(" ".join(["synbt", *args]))
         synbt(args, work, log)
 
+    if phantom not in PRESETS:
+        raise SystemExit(f"rebuild_bundle: unknown phantom {phantom!r}; choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[phantom]
+    policy = PHASE_POLICY if preset is not None else None
     cohorts = TINY_COHORTS if tiny else COHORTS
+    if preset is not None:
+        cohorts = {name: ["--preset", "small" if tiny else preset, *args] for name, args in cohorts.items()}
     for name, args in cohorts.items():
         if (work / name / "cohort.json").is_file():
             log(f"(done: {name})")
@@ -158,17 +172,17 @@ def rebuild(work: Path, version: str, change: str, tiny: bool = False, previous:
     link_cases(work / "test", cases[n_train:n_train + n_test])
     link_cases(work / "diff", cases[:n_train] + sorted(p for p in (work / "cohort3").iterdir() if p.is_dir()))
 
-    ae_config = write_config("phantom_autoencoder_linear", work, tiny)
+    ae_config = write_config("phantom_autoencoder_linear", work, tiny, policy)
     args = ["--data", "train", "--config", str(ae_config.relative_to(work))]
     commands.append(" ".join(["synbt", "train-autoencoder", *args, "--out", "runs/ae"]))
     autoencoder = train("train-autoencoder", work / "runs" / "ae", args, work, log)
 
     cache = ["--latent-cache", "latent_cache"]
-    diff_config = write_config("phantom_diffusion_linear", work, tiny)
+    diff_config = write_config("phantom_diffusion_linear", work, tiny, policy)
     args = ["--data", "diff", "--autoencoder", "runs/ae/bundle", "--config", str(diff_config.relative_to(work)), *cache]
     commands.append(" ".join(["synbt", "train-diffusion", *args, "--out", "runs/diffusion"]))
     train("train-diffusion", work / "runs" / "diffusion", args, work, log)
-    necrosis_config = write_config("phantom_diffusion_necrosis", work, tiny,
+    necrosis_config = write_config("phantom_diffusion_necrosis", work, tiny, policy,
                                    finetune={"bundle": "runs/diffusion/bundle"})
     args = ["--data", "diff", "--autoencoder", "runs/ae/bundle", "--config", str(necrosis_config.relative_to(work)),
             *cache]
@@ -213,11 +227,13 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="small cohorts, few steps (a test of the recipe)")
     parser.add_argument("--previous", type=Path, default=SHIPPED,
                         help="bundle whose changelog this one continues (default: the shipped one)")
+    parser.add_argument("--phantom", choices=sorted(PRESETS), default="phantom2",
+                        help="cohorts of Phantom 2 (default; the phases picked by %s) or of the legacy phantom" % PHASE_POLICY)
     parser.add_argument("--install", action="store_true", help="copy the result over SynBTLib/bundles/phantom")
     args = parser.parse_args(argv)
     if args.install and args.tiny:
         parser.error("--install with --tiny would ship a test bundle")
-    bundle = rebuild(args.work, args.version, args.change, args.tiny, args.previous)
+    bundle = rebuild(args.work, args.version, args.change, args.tiny, args.previous, phantom=args.phantom)
     if args.install:
         shutil.rmtree(SHIPPED)
         shutil.copytree(bundle, SHIPPED)
