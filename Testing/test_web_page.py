@@ -110,3 +110,11 @@ def test_a_run_that_fails_leaves_the_page_usable_and_the_scene_unchanged(page, m
 
     _generate(page)  # and Generate works again
     assert page.state.error == "" and page.result is not first and len(_nodes(page)) > len(after_first)
+
+
+def test_a_token_beginning_with_a_dash_reaches_trame(page):
+    from SynBTLib.web.app import trame_argv
+
+    token = "-2zS6CmWJA2oGIrQj3q2mMWwCCdqgxFG"  # token_urlsafe gives one in 64 starts (a server once refused to start)
+    options, _ = page.server.cli.parse_known_args(trame_argv("127.0.0.1", 8080, token))
+    assert options.authKey == token and options.port == 8080

@@ -563,6 +563,12 @@ def _segments(segmentation_node):
     return [(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i)) for i in range(segmentation.GetNumberOfSegments())]
 
 
+def trame_argv(host: str, port: int, token: str | None) -> list[str]:
+    """trame's command line for serve(). The token is joined to its option: a random token may begin with
+    "-" (token_urlsafe), which argparse would otherwise take for an option and refuse to start."""
+    return ["--server", "--host", host, "--port", str(port), "--timeout", "0", *([f"--authKey={token}"] if token else [])]
+
+
 def serve(data: str | Path | None = None, study: str | Path | None = None, host: str = "127.0.0.1", port: int = 8080,
           token: str | None = None) -> None:
     """Start the page (blocking): the SynBT panel over --data, or the reader study over --study."""
@@ -578,10 +584,7 @@ def serve(data: str | Path | None = None, study: str | Path | None = None, host:
     else:
         SynBTWeb(server, data)
     # trame reads its options from sys.argv: give it ours only (the token travels as wslink's authKey).
-    argv = [sys.argv[0], "--server", "--host", host, "--port", str(port), "--timeout", "0"]
-    if token:
-        argv += ["--authKey", token]
-    sys.argv = argv
+    sys.argv = [sys.argv[0], *trame_argv(host, port, token)]
     query = f"?secret={token}" if token else ""
     print(f"synbt web: open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/{query}", flush=True)
     server.start(host=host, port=port, open_browser=False, show_connection_info=False, timeout=0)
