@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -92,13 +94,14 @@ def tumor_view(case_dir: Path) -> np.ndarray:
 
 
 def create_study(real: str | Path, synthetic: str | Path, n: int, out: str | Path, seed: int = 0) -> Path:
-    """Build a blinded study of n views (half real, half synthetic) in a new folder `out`."""
-    from PIL import Image
+    """Build a blinded study of n views (half real, half synthetic) in a new folder `out` (or an empty one).
 
+    The study is built in a hidden sibling folder and renamed to `out` once complete: a failure on the way
+    (an unreadable case, a label off its grid, Ctrl+C) leaves nothing behind, and `out` never holds half a study."""
     if n < 2 or n % 2:
         raise SynBTError(f"--n must be an even number of at least 2 (half real, half synthetic), got {n}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SynBTError(f"{out} exists and is not empty; a study is never overwritten")
     pools = {"real": study_cases(real), "synthetic": study_cases(synthetic)}
     for kind, folder in (("real", real), ("synthetic", synthetic)):
@@ -112,19 +115,62 @@ def create_study(real: str | Path, synthetic: str | Path, n: int, out: str | Pat
     if len(counts["real"] | counts["synthetic"]) > 1:  # the view's width and labels would tell them apart
         raise SynBTError(f"real and synthetic cases must have the same number of phases to be blinded; "
                          f"real {sorted(counts['real'])}, synthetic {sorted(counts['synthetic'])}")
+    created = _missing_ancestors(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    work.mkdir()
+    try:
+        _write_study(work, chosen, rng)
+        _publish(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        for folder in created:  # the parents made for it, innermost first, while still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    return out
+
+
+def _write_study(folder: Path, chosen: list, rng: np.random.Generator) -> None:
+    from PIL import Image
+
     order = rng.permutation(len(chosen))
-    (out / IMAGES).mkdir(parents=True, exist_ok=True)
+    (folder / IMAGES).mkdir()
     items, key = [], {}
     for index in order:
-        kind, folder = chosen[index]
+        kind, case = chosen[index]
         item_id = rng.bytes(6).hex()
-        Image.fromarray(tumor_view(folder)).save(out / IMAGES / f"{item_id}.png")  # PIL writes no text chunks
+        Image.fromarray(tumor_view(case)).save(folder / IMAGES / f"{item_id}.png")  # PIL writes no text chunks
         items.append(item_id)
-        key[item_id] = {"truth": kind, "source": str(Path(folder).resolve())}
-    (out / KEY_FILE).write_text(json.dumps(key, indent=1))
-    (out / STUDY_FILE).write_text(json.dumps({"items": items, "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
-    Answers(out).close()  # creates the database
-    return out
+        key[item_id] = {"truth": kind, "source": str(Path(case).resolve())}
+    (folder / KEY_FILE).write_text(json.dumps(key, indent=1))
+    (folder / STUDY_FILE).write_text(json.dumps({"items": items, "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
+    Answers(folder).close()  # creates the database
+
+
+def _missing_ancestors(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, innermost first."""
+    missing = []
+    for parent in path.absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def _publish(work: Path, out: Path) -> None:
+    """Rename the finished study to `out`; an (empty) `out` is replaced, one that got content meanwhile is not."""
+    if out.is_dir():
+        try:
+            out.rmdir()  # only ever an empty folder: rmdir refuses anything else
+        except OSError:
+            raise SynBTError(f"{out} got content while the study was built; a study is never overwritten") from None
+    try:
+        work.rename(out)  # POSIX: fails rather than replace a folder with content
+    except OSError as exc:
+        raise SynBTError(f"cannot move the finished study to {out}: {exc}") from None
 
 
 # ---------------------------------------------------------------- answering
@@ -137,20 +183,31 @@ def load_items(study: str | Path) -> list[str]:
 
 
 def reader_order(items: list[str], reader: str) -> list[str]:
-    """Each reader sees the items in an own order (fixed for that reader, so a resume continues it)."""
+    """Each reader sees the items in an own order (fixed for that reader, so a resume continues it).
+    Give the reader's first-given spelling (Answers.canonical), so every spelling of a name gets one order."""
     seed = int.from_bytes(hashlib.sha256(reader.encode()).digest()[:8], "little")
     return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
 
 
 def check_reader(name: str) -> str:
+    """The name as given, without surrounding spaces; refused unless 1-64 letters, digits, spaces, '.', '_', '-'."""
     name = (name or "").strip()
     if not name or len(name) > 64 or not all(ch.isalnum() or ch in " ._-" for ch in name):
         raise SynBTError("a reader name is 1-64 letters, digits, spaces, '.', '_' or '-'")
     return name
 
 
+def reader_identity(name: str) -> str:
+    """Who a name stands for: case and spacing ignored ("Anna", "anna ", "ANNA" are one reader)."""
+    return " ".join(name.split()).casefold()
+
+
 class Answers:
-    """The study's answers in SQLite: one row per (reader, item), written as soon as it is given."""
+    """The study's answers in SQLite: one row per (reader, item), written as soon as it is given.
+
+    A reader is a name up to case and spacing (reader_identity): rows are stored under the spelling a
+    reader first answered with, and read back by identity, so a database written before names were
+    matched this way (the same table; "Anna" and "anna" as two names) reads as one reader, first answers kept."""
 
     def __init__(self, study: str | Path):
         self.items = set(load_items(study)) if (Path(study) / STUDY_FILE).is_file() else None
@@ -161,23 +218,36 @@ class Answers:
             " confidence INTEGER NOT NULL, answered_at REAL NOT NULL, PRIMARY KEY (reader, item))"
         )
 
+    def canonical(self, reader: str) -> str:
+        """The spelling this reader first answered with (the checked name itself for a new reader)."""
+        name = check_reader(reader)
+        identity = reader_identity(name)
+        for stored, in self.db.execute("SELECT reader FROM answers GROUP BY reader ORDER BY MIN(answered_at), reader"):
+            if reader_identity(stored) == identity:
+                return stored
+        return name
+
     def record(self, reader: str, item: str, answer: str, confidence: int) -> None:
-        reader = check_reader(reader)
+        reader = self.canonical(reader)
         if self.items is not None and item not in self.items:
             raise SynBTError(f"no item '{item}' in this study")
         if answer not in ANSWERS:
             raise SynBTError(f"an answer is one of {ANSWERS}, got '{answer}'")
         if int(confidence) not in CONFIDENCE:
             raise SynBTError(f"confidence is 1-5, got {confidence}")
-        # the first answer given is kept (a double click or a second tab does not change it)
+        if item in self.answered(reader):
+            return  # the first answer given is kept (a double click, a second tab, another spelling)
         self.db.execute("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?)",
                         (reader, item, answer, int(confidence), time.time()))
 
     def answered(self, reader: str) -> set[str]:
-        return {row[0] for row in self.db.execute("SELECT item FROM answers WHERE reader = ?", (reader,))}
+        identity = reader_identity(check_reader(reader))
+        return {item for stored, item in self.db.execute("SELECT reader, item FROM answers")
+                if reader_identity(stored) == identity}
 
     def rows(self) -> list[tuple[str, str, str, int]]:
-        return list(self.db.execute("SELECT reader, item, answer, confidence FROM answers ORDER BY reader, answered_at"))
+        """Every stored answer, (reader as stored, item, answer, confidence), in the order given."""
+        return list(self.db.execute("SELECT reader, item, answer, confidence FROM answers ORDER BY answered_at, rowid"))
 
     def close(self) -> None:
         self.db.close()
@@ -185,7 +255,8 @@ class Answers:
 
 def next_item(study: str | Path, reader: str, answers: Answers) -> tuple[str | None, int, int]:
     """(the reader's next unanswered item or None, how many they answered, how many there are)."""
-    items = reader_order(load_items(study), check_reader(reader))
+    reader = answers.canonical(reader)
+    items = reader_order(load_items(study), reader)
     done = answers.answered(reader)
     remaining = [item for item in items if item not in done]
     return (remaining[0] if remaining else None), len(items) - len(remaining), len(items)
@@ -245,10 +316,14 @@ def report(study: str | Path, plot: bool = True) -> dict:
         rows = answers.rows()
     finally:
         answers.close()
-    readers: dict[str, list] = {}
+    names: dict[str, str] = {}  # reader identity -> first-given spelling
+    firsts: dict[str, dict] = {}  # reader identity -> item -> first answer (older databases may hold more)
     for reader, item, answer, confidence in rows:
+        identity = reader_identity(reader)
+        names.setdefault(identity, reader)
         if item in key:
-            readers.setdefault(reader, []).append((key[item]["truth"], answer, confidence))
+            firsts.setdefault(identity, {}).setdefault(item, (key[item]["truth"], answer, confidence))
+    readers = {names[identity]: list(given.values()) for identity, given in firsts.items()}
     results, curves = [], {}
     for reader, given in sorted(readers.items()):
         labels = np.array([truth == "synthetic" for truth, _, _ in given], float)

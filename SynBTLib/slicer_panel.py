@@ -90,6 +90,49 @@ PATH_PARAMETERS = {
 }
 
 
+def parameter_value(name: str, value):
+    """`value` for parameter `name` converted to its kind and checked against its choices and range in
+    PARAMETERS (the Slicer panel's widgets keep values inside these; a web page's fields do not). A
+    SynBTError names the parameter and what it allows. Volume and segmentation values pass unchanged."""
+    spec = PARAMETERS[name]
+    if spec.kind in ("volume", "segmentation"):
+        return value
+    if spec.kind == "bool":
+        return bool(value)
+    if spec.kind == "str":
+        value = "" if value is None else str(value)
+        if spec.choices and value not in spec.choices:
+            raise SynBTError(f"{name} must be one of {', '.join(spec.choices)}; got '{value}'")
+        return value
+    allowed = f"{spec.range[0]} and {spec.range[1]}" if spec.range else None
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+        if isinstance(value, bool) or (spec.kind == "int" and not number.is_integer()):
+            raise ValueError
+        number = int(number) if spec.kind == "int" else number
+    except (TypeError, ValueError, OverflowError):
+        kind = "a whole number" if spec.kind == "int" else "a number"
+        raise SynBTError(f"{name} must be {kind}{f' between {allowed}' if allowed else ''}; got '{value}'") from None
+    if spec.range and not spec.range[0] <= number <= spec.range[1]:  # NaN fails this too
+        raise SynBTError(f"{name} must be between {allowed}; got {value}")
+    return number
+
+
+def check_parameters(parameters, names) -> dict:
+    """The named parameters' values, each checked by parameter_value (the first bad one raises)."""
+    return {name: parameter_value(name, getattr(parameters, name)) for name in names}
+
+
+def synthesis_parameters(parameters) -> tuple[str, ...]:
+    """The parameters a Generate uses (the diffusion-only ones for diffusion, the size for an automatic tumor)."""
+    names = ["method", "seed", "outputSuffix"]
+    if parameter_value("method", parameters.method) == "diffusion":
+        names += ["bundlePath", "steps", "kinetics", "necrosis"]
+    if parameters.useAutoTumor:
+        names.append("autoSizeMm")
+    return tuple(names)
+
+
 def initial_values(method: str | None = None) -> dict:
     """Defaults for a fresh parameter node: the method is diffusion when the shipped bundle and torch are there."""
     method = method or default_method()
@@ -245,28 +288,36 @@ def _drawn_or(value: str) -> str | None:
 
 
 def synthesis_request(parameters) -> SynthesisRequest:
-    """The Generate request from the panel's parameters (diffusion-only options dropped for handcrafted)."""
-    p = parameters
-    diffusion = p.method == "diffusion"
+    """The Generate request from the panel's parameters (diffusion-only options dropped for handcrafted);
+    every value it uses is checked against PARAMETERS first (SynBTError naming the parameter)."""
+    v = check_parameters(parameters, synthesis_parameters(parameters))
+    diffusion = v["method"] == "diffusion"
     return SynthesisRequest(
-        method=p.method,
-        seed=int(p.seed),
-        steps=int(p.steps) if diffusion else None,
-        bundle=(p.bundlePath or None) if diffusion else None,
-        auto_size_mm=float(p.autoSizeMm) if p.useAutoTumor else None,
-        kinetics=_drawn_or(p.kinetics) if diffusion else None,
-        necrosis=_drawn_or(p.necrosis) if diffusion else None,
+        method=v["method"],
+        seed=v["seed"],
+        steps=v["steps"] if diffusion else None,
+        bundle=(v["bundlePath"] or None) if diffusion else None,
+        auto_size_mm=v.get("autoSizeMm"),
+        kinetics=_drawn_or(v["kinetics"]) if diffusion else None,
+        necrosis=_drawn_or(v["necrosis"]) if diffusion else None,
     )
 
 
+EXPORT_PARAMETERS = ("exportSource", "exportOutput", "exportNumCases", "exportFormat", "exportMethod",
+                     "exportSizeMinMm", "exportSizeMaxMm", "exportSeed")
+
+
 def export_request(parameters) -> ExportRequest:
-    p = parameters
-    diffusion = p.exportMethod == "diffusion"
+    """The export request; its values are checked against PARAMETERS first, as synthesis_request's."""
+    p = check_parameters(parameters, EXPORT_PARAMETERS)
+    diffusion = p["exportMethod"] == "diffusion"
+    if diffusion:
+        p.update(check_parameters(parameters, ("bundlePath", "steps", "exportNecrosis")))
     return ExportRequest(
-        source=p.exportSource, out=p.exportOutput, num_cases=int(p.exportNumCases), format=p.exportFormat,
-        method=p.exportMethod, size_mm=(float(p.exportSizeMinMm), float(p.exportSizeMaxMm)), seed=int(p.exportSeed),
-        bundle=(p.bundlePath or None) if diffusion else None, steps=int(p.steps) if diffusion else None,
-        necrosis=_drawn_or(p.exportNecrosis) if diffusion else None,
+        source=p["exportSource"], out=p["exportOutput"], num_cases=p["exportNumCases"], format=p["exportFormat"],
+        method=p["exportMethod"], size_mm=(p["exportSizeMinMm"], p["exportSizeMaxMm"]), seed=p["exportSeed"],
+        bundle=(p["bundlePath"] or None) if diffusion else None, steps=p["steps"] if diffusion else None,
+        necrosis=_drawn_or(p["exportNecrosis"]) if diffusion else None,
     )
 
 

@@ -135,3 +135,102 @@ def test_real_and_synthetic_with_different_phase_counts_cannot_be_blinded(pools,
     with pytest.raises(SynBTError, match="phases") as error:
         rs.create_study(pools / "real", mixed, 4, tmp_path / "study")
     assert "real [3]" in str(error.value) and "synthetic [4]" in str(error.value)
+
+
+def _copy_pool(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.mark.parametrize("damage", ["label off the grid", "truncated phase"])
+def test_a_create_that_fails_half_way_leaves_nothing(pools, tmp_path, damage):
+    from SynBTLib.io import read_image, write_label
+
+    synthetic = _copy_pool(pools / "synthetic", tmp_path / "synthetic")
+    bad = sorted(synthetic.iterdir())[-1]
+    if damage == "label off the grid":  # readable, but not on the grid of its phases
+        from SynBTLib.case import Geometry
+
+        labels, g = read_image(bad / rs.LABEL_FILE)
+        coarse = Geometry((g.size[0] // 2, g.size[1] // 2, g.size[2]), (2 * g.spacing[0], 2 * g.spacing[1], g.spacing[2]),
+                          g.origin, g.direction)
+        write_label(labels[:, ::2, ::2], coarse, bad / rs.LABEL_FILE)
+    else:  # the phase file ends early, as after a full disk
+        phase = sorted(bad.glob("*.nii*"))[1]
+        phase.write_bytes(phase.read_bytes()[: phase.stat().st_size // 2])
+    parent = tmp_path / "studies"
+    parent.mkdir()
+    (parent / "empty").mkdir()  # an empty folder is a fine target, and stays as it was on a failure
+    for out in (parent / "s", parent / "empty", tmp_path / "new" / "deeper" / "s"):
+        with pytest.raises(SynBTError) as error:  # n = 6 takes every case, the damaged one too
+            rs.create_study(pools / "real", synthetic, 6, out, seed=2)
+        assert bad.name in str(error.value)
+        assert sorted(p.name for p in parent.iterdir()) == ["empty"] and not any((parent / "empty").iterdir())
+        assert not (tmp_path / "new").exists()
+    assert main(["reader-study", "create", "--real", str(pools / "real"), "--synthetic", str(synthetic),
+                 "--n", "6", "--out", str(parent / "s")]) == 2
+    assert sorted(p.name for p in parent.iterdir()) == ["empty"]
+    # the same create without the damaged case succeeds, into the empty folder too
+    import shutil
+
+    shutil.rmtree(bad)
+    _copy_pool(pools / "synthetic" / bad.name, bad)
+    assert rs.create_study(pools / "real", synthetic, 6, parent / "empty", seed=2) == parent / "empty"
+    assert len(rs.load_items(parent / "empty")) == 6 and sorted(p.name for p in parent.iterdir()) == ["empty"]
+
+
+def test_reader_names_ignore_case_and_spacing(study):
+    items = rs.load_items(study)
+    answers = rs.Answers(study)
+    try:
+        first, _, _ = rs.next_item(study, "Anna Berg", answers)
+        answers.record("Anna Berg", first, "real", 4)
+        assert answers.canonical("  anna   BERG ") == "Anna Berg"
+        nxt, done, _ = rs.next_item(study, "anna berg ", answers)  # resumes as the same reader, in her order
+        assert done == 1 and nxt == rs.reader_order(items, "Anna Berg")[1]
+        answers.record("ANNA BERG", first, "synthetic", 1)  # her item again, another spelling: ignored
+        answers.record("ANNA BERG", nxt, "synthetic", 2)  # stored under the first-given spelling
+        mine = [r for r in answers.rows() if rs.reader_identity(r[0]) == "anna berg"]
+        assert mine == [("Anna Berg", first, "real", 4), ("Anna Berg", nxt, "synthetic", 2)]
+    finally:
+        answers.close()
+    by = {r["reader"]: r for r in rs.report(study, plot=False)["readers"]}
+    assert by["Anna Berg"]["answered"] == 2 and not any(r.casefold() == "anna berg" and r != "Anna Berg" for r in by)
+
+
+def test_a_database_from_before_names_were_matched_reports_correctly(pools, tmp_path):
+    """A database written by the earlier code (same table; names compared exactly, so "Anna" and "anna"
+    were two readers and could both answer one item): one reader, her first answer per item kept."""
+    import sqlite3
+
+    out = rs.create_study(pools / "real", pools / "synthetic", 4, tmp_path / "old", seed=3)
+    key = json.loads((out / rs.KEY_FILE).read_text())
+    items = rs.load_items(out)
+    (out / rs.ANSWERS_FILE).unlink()
+    db = sqlite3.connect(out / rs.ANSWERS_FILE)
+    db.execute("CREATE TABLE IF NOT EXISTS answers (reader TEXT NOT NULL, item TEXT NOT NULL, answer TEXT NOT NULL,"
+               " confidence INTEGER NOT NULL, answered_at REAL NOT NULL, PRIMARY KEY (reader, item))")
+    truth = {item: key[item]["truth"] for item in items}
+    wrong = {"real": "synthetic", "synthetic": "real"}
+    db.executemany("INSERT INTO answers VALUES (?, ?, ?, ?, ?)", [
+        ("Anna", items[0], truth[items[0]], 5, 100.0),
+        ("anna", items[0], wrong[truth[items[0]]], 5, 101.0),  # the same item again under another spelling
+        ("anna", items[1], truth[items[1]], 3, 102.0),
+        ("Dr Old", items[0], wrong[truth[items[0]]], 2, 103.0),
+    ])
+    db.commit()
+    db.close()
+    by = {r["reader"]: r for r in rs.report(out, plot=False)["readers"]}
+    assert set(by) == {"Anna", "Dr Old"}
+    assert by["Anna"]["answered"] == 2 and by["Anna"]["correct"] == 2 and by["Dr Old"]["correct"] == 0
+    answers = rs.Answers(out)
+    try:
+        nxt, done, _ = rs.next_item(out, "ANNA", answers)
+        assert done == 2 and nxt in items[2:] and rs.reader_order(items, "Anna").index(nxt) >= 0
+        assert rs.next_item(out, "Dr Old", answers)[0] == [i for i in rs.reader_order(items, "Dr Old") if i != items[0]][0]
+    finally:
+        answers.close()
+    columns = [row[1] for row in sqlite3.connect(out / rs.ANSWERS_FILE).execute("PRAGMA table_info(answers)")]
+    assert columns == ["reader", "item", "answer", "confidence", "answered_at"]  # the table is left as it was

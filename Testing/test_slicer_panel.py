@@ -120,6 +120,34 @@ def test_requests_drop_diffusion_options_for_the_handcrafted_method():
     assert train.synthetic_dir is None and train.config is None
 
 
+def test_parameter_values_are_converted_and_checked_against_their_spec():
+    assert panel.parameter_value("seed", "7") == 7 and panel.parameter_value("seed", 7.0) == 7
+    assert panel.parameter_value("autoSizeMm", " 22.5 ") == 22.5 and panel.parameter_value("method", "diffusion") == "diffusion"
+    for name, bad, allowed in (("seed", -1, "2147483647"), ("seed", 2**31, "2147483647"), ("seed", "7.5", "2147483647"),
+                               ("seed", True, "2147483647"), ("steps", 0, "1000"), ("autoSizeMm", float("nan"), "60.0"),
+                               ("autoSizeMm", "inf", "60.0"), ("autoSizeMm", None, "60.0"), ("trainRatio", 1.5, "1.0"),
+                               ("kinetics", "fast", "washout"), ("exportFormat", "dicom", "nnunet")):
+        with pytest.raises(SynBTError) as error:
+            panel.parameter_value(name, bad)
+        assert name in str(error.value) and allowed in str(error.value), (name, bad)
+
+
+def test_requests_check_the_values_they_use():
+    with pytest.raises(SynBTError, match="seed"):
+        panel.synthesis_request(defaults(method="handcrafted", seed=-3))
+    with pytest.raises(SynBTError, match="steps"):
+        panel.synthesis_request(defaults(method="diffusion", steps=0))
+    with pytest.raises(SynBTError, match="autoSizeMm"):
+        panel.synthesis_request(defaults(method="handcrafted", useAutoTumor=True, autoSizeMm=200.0))
+    # values a request does not use are not its business: steps of a handcrafted run, the size of a drawn tumor
+    request = panel.synthesis_request(defaults(method="handcrafted", steps=0, autoSizeMm=200.0))
+    assert request.steps is None and request.auto_size_mm is None
+    with pytest.raises(SynBTError, match="exportNumCases"):
+        panel.export_request(defaults(exportSource="s", exportOutput="o", exportNumCases=0))
+    with pytest.raises(SynBTError, match="exportSizeMaxMm"):
+        panel.export_request(defaults(exportSource="s", exportOutput="o", exportSizeMaxMm=500.0))
+
+
 def test_every_default_is_one_of_its_choices_and_inside_its_range():
     for name, spec in panel.PARAMETERS.items():
         if spec.choices:

@@ -15,12 +15,15 @@ from ..errors import SynBTError
 from .files import list_cases, resolve_inside
 
 POLL_S = 0.25
+SUBTRACTION_OF = "SynBT.SubtractionOf"  # on a subtraction node: "<pre id>|<post 1 id>" it was made from
 TOOLS = ("none", "place", "paint", "draw", "erase")
 
 
 class StateParameters:
     """The panel's parameters (slicer_panel.PARAMETERS) read from the page's state ("p_<name>"), with
-    node ids turned into the scene's nodes: what slicer_panel's functions take, as in the Slicer panel."""
+    node ids turned into the scene's nodes: what slicer_panel's functions take, as in the Slicer panel.
+    A page's fields hold anything (text, out of range): a value is converted and checked as it is read
+    (slicer_panel.parameter_value), so a bad one is a SynBTError naming the parameter and its range."""
 
     def __init__(self, state, scene):
         self._state, self._scene = state, scene
@@ -32,10 +35,7 @@ class StateParameters:
         value = self._state[f"p_{name}"]
         if spec.kind in ("volume", "segmentation"):
             return self._scene.GetNodeByID(value) if value else None
-        try:
-            return {"bool": bool, "int": int, "float": float}.get(spec.kind, lambda v: "" if v is None else str(v))(value)
-        except (TypeError, ValueError):
-            raise SynBTError(f"{name}: '{value}' is not a valid {spec.kind}") from None
+        return panel.parameter_value(name, value)
 
 
 def _png_data_url(png: bytes) -> str:
@@ -109,12 +109,15 @@ class SynBTWeb:
                  necrosis_choices=list(panel.NECROSIS_CHOICES), export_formats=list(panel.EXPORT_FORMATS))
 
     def _refresh(self, **_):
-        """Derived state from slicer_panel: what is missing before Generate, which widgets are enabled."""
+        """Derived state from slicer_panel: what is missing before Generate (an input, or a value outside
+        its range in PARAMETERS), which widgets are enabled."""
         s = self.state
         s.p_useAutoTumor = s.tumor_mode == "auto"
         try:
             s.missing = panel.missing_input(self.parameters) or ""
             s.enabled = panel.enabled_widgets(self.parameters, bool(self.run), bool(self.export_job), False)
+            if not s.missing:
+                panel.check_parameters(self.parameters, panel.synthesis_parameters(self.parameters))
         except SynBTError as exc:
             s.missing = str(exc)
         segmentation = self.parameters.segmentationNode
@@ -159,7 +162,8 @@ class SynBTWeb:
             for node in list(self.scene.GetNodesByClass(cls)):
                 self.scene.RemoveNode(node)
         self.result = None
-        self.state.update(has_result=False, curve="", saved="", error="", p_segmentationNode=None, p_segmentId="")
+        self.state.update(has_result=False, curve="", saved="", error="", p_segmentationNode=None, p_segmentId="",
+                          running=False)
 
     def _after_load(self, nodes, message: str) -> None:
         guessed = panel.guess_phases(nodes)
@@ -242,8 +246,8 @@ class SynBTWeb:
         if len(phases) < 2:
             return self._error("Load a case and choose its phases first.")
         try:
-            node, segment_id = panel.add_placed_tumor(self.scene, phases, ras, self.parameters.autoSizeMm,
-                                                      self.parameters.seed)
+            size = self.parameters.autoSizeMm
+            node, segment_id = panel.add_placed_tumor(self.scene, phases, ras, size, self.parameters.seed)
         except SynBTError as exc:
             return self._error(str(exc))
         for old in list(self.scene.GetNodesByClass("vtkMRMLSegmentationNode")):
@@ -252,7 +256,7 @@ class SynBTWeb:
         self._list_segmentations()
         with self.state:
             self.state.update(tumor_mode="segment", p_segmentationNode=node.GetID(), p_segmentId=segment_id,
-                              error="", status=f"Placed a {self.parameters.autoSizeMm:g} mm tumor at "
+                              error="", status=f"Placed a {size:g} mm tumor at "
                               f"R {ras[0]:.0f}, A {ras[1]:.0f}, S {ras[2]:.0f}.")
             self._refresh()
         self._show(panel.phase_nodes(self.parameters)[1])
@@ -260,54 +264,98 @@ class SynBTWeb:
     # ------------------------------------------------------------ generate
 
     def generate(self) -> None:
-        missing = panel.missing_input(self.parameters)
-        if missing:
-            return self._error(missing)
+        """Start a run from the page's values, each checked against slicer_panel.PARAMETERS (a bad one is
+        a one-line error naming it, and nothing starts)."""
+        if self.run is not None:
+            return self._error("A synthesis is already running.")
         try:
+            missing = panel.missing_input(self.parameters)
+            if missing:
+                return self._error(missing)
             request = panel.synthesis_request(self.parameters)
             if request.bundle:
                 request.bundle = str(resolve_inside(self.data, request.bundle))
             phases = panel.phase_nodes(self.parameters)
             self.run = panel.SynthesisRun(self.scene, phases, self.parameters.segmentationNode,
                                           self.parameters.segmentId, request, suffix=self.parameters.outputSuffix)
-        except SynBTError as exc:
+        except (SynBTError, OSError) as exc:
             return self._error(str(exc))
         self.phases = phases
         self.state.update(running=True, progress=0, progress_message="starting", error="", status="Generating...",
                           tool="none")
         self._refresh()
-        asyncio.ensure_future(self._poll_run())
+        self.poll_task = asyncio.ensure_future(self._poll_run(self.run))
 
-    async def _poll_run(self) -> None:
-        run = self.run
-        while run is self.run and run is not None:
-            status = run.poll()
-            with self.state:
-                self.state.progress, self.state.progress_message = status.percent, status.message
-            if status.finished:
-                break
-            await asyncio.sleep(POLL_S)
-        if run is not self.run:  # cancelled
-            return
-        self.run = None
-        with self.state:
-            self.state.running = False
-            try:
-                self.result = run.finish()
-            except SynBTError as exc:
-                self._error(str(exc))
-                self._refresh()
+    async def _poll_run(self, run: panel.SynthesisRun) -> None:
+        """Follow the worker until it ends, then add its result. Any failure on the way (the worker, its
+        outputs, reading them back, the display) ends the run with the error on the page, the controls
+        enabled again and the scene as it was before Generate."""
+        result, previous = None, self.result
+        try:
+            while run is self.run:
+                status = run.poll()
+                with self.state:
+                    self.state.progress, self.state.progress_message = status.percent, status.message
+                if status.finished:
+                    break
+                await asyncio.sleep(POLL_S)
+            if run is not self.run:  # cancelled
                 return
-            mask = mrml.mask_from_segment(self.result.segmentation_node, self.result.segment_id,
-                                          mrml.geometry_from_volume_node(self.result.volume_nodes[0]))
-            self.state.curve = _png_data_url(curve_png(panel.kinetic_curves(self.result.volume_nodes, mask)))
+            result = run.finish()
+            self._show_result(result)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the page must leave "Generating..."
+            if run is not self.run:
+                return  # cancelled meanwhile: cancel() has already reset the page
+            self._fail_run(run, result, previous, exc)
+        finally:
+            if run is self.run:
+                self.run = None
+                with self.state:
+                    self.state.running = False
+                    self._refresh()
+
+    def _show_result(self, result: mrml.SynthesisResult) -> None:
+        mask = mrml.mask_from_segment(result.segmentation_node, result.segment_id,
+                                      mrml.geometry_from_volume_node(result.volume_nodes[0]))
+        curve = _png_data_url(curve_png(panel.kinetic_curves(result.volume_nodes, mask)))
+        with self.state:
+            self.result = result
+            self.state.curve = curve
             self.state.phase_items = [{"title": n.GetName(), "value": k} for k, n in enumerate(self.phases)] + [
                 {"title": "subtraction (post 1 - pre)", "value": -1}]
             self._outline_only()
-            self.state.update(has_result=True, show_after=True, shown_phase=1, progress=100,
-                              status=panel.result_summary(self.result))
+            self.state.update(has_result=True, show_after=True, shown_phase=1, progress=100, error="",
+                              status=panel.result_summary(result))
             self._show_current()
+
+    def _fail_run(self, run, result, previous, exc: Exception) -> None:
+        """A failed run: the worker stopped, whatever it added removed (the previous result, if any, shown
+        again), the error on the page in one line."""
+        try:
+            run.cancel()  # kills a worker still running and removes its temporary folder
+        except Exception:  # noqa: BLE001 - the error shown is the first one
+            pass
+        if result is not None:
+            made = {node.GetID() for node in result.volume_nodes}
+            for node in list(self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")):
+                if set((node.GetAttribute(SUBTRACTION_OF) or "").split("|")) & made:
+                    self.scene.RemoveNode(node)
+            for node in [*result.volume_nodes, result.segmentation_node]:
+                if node is not None and self.scene.IsNodePresent(node):
+                    self.scene.RemoveNode(node)
+        message = str(exc) if isinstance(exc, SynBTError) else f"{type(exc).__name__}: {exc}"
+        lines = [line for line in message.splitlines() if line.strip()]
+        self.run, self.result = None, previous
+        with self.state:
+            self.state.update(running=False, progress=0, has_result=previous is not None)
+            self._error(f"Generate failed: {lines[0] if lines else type(exc).__name__}")
             self._refresh()
+        if previous is not None:
+            try:
+                self._outline_only()
+                self._show_current()
+            except Exception:  # noqa: BLE001 - the error shown is the first one
+                pass
 
     def _outline_only(self) -> None:
         """After Generate the tumor is the thing to look at: segmentations are drawn as outlines only."""
@@ -331,11 +379,12 @@ class SynBTWeb:
         nodes = self.result.volume_nodes if self.state.show_after else self.phases
         k = int(self.state.shown_phase)
         if k < 0:
-            key = "SynBT.Subtraction.After" if self.state.show_after else "SynBT.Subtraction.Before"
-            node = next((n for n in self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode") if n.GetAttribute(key)), None)
+            key = f"{nodes[0].GetID()}|{nodes[1].GetID()}"  # post 1 - pre of these very volumes
+            node = next((n for n in self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+                         if n.GetAttribute(SUBTRACTION_OF) == key), None)
             if node is None:
                 node = panel.add_subtraction_node(self.scene, nodes)
-                node.SetAttribute(key, "1")
+                node.SetAttribute(SUBTRACTION_OF, key)
                 # window 0 .. high percentile of the enhancement: the auto window centres on zero (grey background)
                 values = mrml.array_from_volume_node(node)
                 high = float(np.percentile(values[values > 0], 99.5)) if (values > 0).any() else 1.0
@@ -514,6 +563,12 @@ def _segments(segmentation_node):
     return [(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i)) for i in range(segmentation.GetNumberOfSegments())]
 
 
+def trame_argv(host: str, port: int, token: str | None) -> list[str]:
+    """trame's command line for serve(). The token is joined to its option: a random token may begin with
+    "-" (token_urlsafe), which argparse would otherwise take for an option and refuse to start."""
+    return ["--server", "--host", host, "--port", str(port), "--timeout", "0", *([f"--authKey={token}"] if token else [])]
+
+
 def serve(data: str | Path | None = None, study: str | Path | None = None, host: str = "127.0.0.1", port: int = 8080,
           token: str | None = None) -> None:
     """Start the page (blocking): the SynBT panel over --data, or the reader study over --study."""
@@ -529,10 +584,7 @@ def serve(data: str | Path | None = None, study: str | Path | None = None, host:
     else:
         SynBTWeb(server, data)
     # trame reads its options from sys.argv: give it ours only (the token travels as wslink's authKey).
-    argv = [sys.argv[0], "--server", "--host", host, "--port", str(port), "--timeout", "0"]
-    if token:
-        argv += ["--authKey", token]
-    sys.argv = argv
+    sys.argv = [sys.argv[0], *trame_argv(host, port, token)]
     query = f"?secret={token}" if token else ""
     print(f"synbt web: open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/{query}", flush=True)
     server.start(host=host, port=port, open_browser=False, show_connection_info=False, timeout=0)

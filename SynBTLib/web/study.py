@@ -28,9 +28,10 @@ class StudyPage:
     def next_view(self, reader: str) -> dict:
         """The reader's next view (or finished), for this tab only; errors come back as {'error': ...}."""
         try:
-            reader = rs.check_reader(reader)
+            rs.check_reader(reader)
             answers = rs.Answers(self.study)  # one connection per call: other readers write at the same time
             try:
+                reader = answers.canonical(reader)  # "anna " resumes as the "Anna" who started
                 item, done, total = rs.next_item(self.study, reader, answers)
             finally:
                 answers.close()
