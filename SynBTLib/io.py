@@ -98,7 +98,7 @@ def _read_sitk(path: Path) -> sitk.Image:
     except RuntimeError as exc:
         raise SynBTError(f"cannot read {path} (unreadable or truncated file): {_reason(exc)}") from exc
     if _is_nifti(path):
-        _check_nifti(path)
+        _check_nifti(path, image)
     return image
 
 
@@ -216,7 +216,10 @@ def _check_slice_positions(folder: Path, files: Sequence[str], tolerance: float 
             )
 
 
-def _check_nifti(path: Path) -> None:
+NIFTI1_HEADER_BYTES = 348  # the smallest NIfTI header: the voxels of a complete file start after it
+
+
+def _check_nifti(path: Path, image: sitk.Image | None = None) -> None:
     """Refuse what ITK's NIfTI reader hides: a truncated file (missing voxels become zeros) and
     NaN/Inf voxels (niftilib turns non-finite floats into 0, so no check on the array sees them)."""
     import gzip
@@ -225,10 +228,13 @@ def _check_nifti(path: Path) -> None:
 
     try:
         nifti = nibabel.load(str(path))
-    except Exception:  # not readable by nibabel: SimpleITK has read it, so trust SimpleITK
-        return
-    header = nifti.header
-    expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        header = nifti.header
+        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    except Exception:  # nibabel cannot parse it; ITK can read a cut header and gives zeros for the rest
+        if image is None:
+            return
+        header, expected = None, NIFTI1_HEADER_BYTES + image.GetNumberOfPixels() * image.GetSizeOfPixelComponent() \
+            * image.GetNumberOfComponentsPerPixel()
     if path.name.lower().endswith(".gz"):
         actual = 0
         try:
@@ -241,6 +247,8 @@ def _check_nifti(path: Path) -> None:
         actual = path.stat().st_size
     if actual < expected:
         raise SynBTError(f"cannot read {path} (truncated file: the voxel data ends early)")
+    if header is None:
+        return
     if np.issubdtype(header.get_data_dtype(), np.floating):
         check_finite(nifti.dataobj.get_unscaled(), str(path))  # raw values, no float64 copy
 

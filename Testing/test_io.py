@@ -257,14 +257,16 @@ def test_bad_inputs_get_one_clear_line(tmp_path):
         read_case([good, tmp_path / "4d.nii"])
 
 
+@pytest.mark.parametrize("keep", ["half", "first 200 bytes", "first 400 bytes"])
 @pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha", ".nii"])
-def test_truncated_file_is_refused_naming_the_file(tmp_path, ext):
+def test_truncated_file_is_refused_naming_the_file(tmp_path, ext, keep):
     geometry = oblique_geometry(size=(32, 32, 8))
     good = write_image(np.ones(geometry.shape, np.float32), geometry, tmp_path / f"good{ext}")
     noise = np.random.default_rng(1).normal(size=geometry.shape).astype(np.float32)
     full = write_image(noise, geometry, tmp_path / f"full{ext}").read_bytes()
     truncated = tmp_path / f"truncated{ext}"
-    truncated.write_bytes(full[: len(full) // 2])
+    # a cut inside or just after a gzipped header: nibabel cannot parse it, ITK read zeros for the rest
+    truncated.write_bytes(full[: len(full) // 2 if keep == "half" else int(keep.split()[1])])
     with pytest.raises(SynBTError, match=rf"cannot read .*truncated{ext}"):
         read_case([good, truncated])
 
