@@ -118,3 +118,20 @@ def test_a_token_beginning_with_a_dash_reaches_trame(page):
     token = "-2zS6CmWJA2oGIrQj3q2mMWwCCdqgxFG"  # token_urlsafe gives one in 64 starts (a server once refused to start)
     options, _ = page.server.cli.parse_known_args(trame_argv("127.0.0.1", 8080, token))
     assert options.authKey == token and options.port == 8080
+
+
+def test_an_export_whose_progress_fails_ends_with_its_error_and_its_worker_stopped(page, tmp_path):
+    import sys
+
+    from SynBTLib.slicer_worker import CommandJob
+
+    def unreadable(out):  # the progress measure is what the page polls: it fails while the command runs
+        raise OSError(f"cannot list {out}")
+
+    job = CommandJob("export", [sys.executable, "-c", "import time; time.sleep(120)"], tmp_path / "out", unreadable)
+    page.export_job = job
+    page.state.update(export_running=True, export_progress=0, export_message="starting")
+    asyncio.run(page._poll_export())
+    assert not page.state.export_running and page.export_job is None
+    assert page.state.export_message.startswith("Export failed") and "cannot list" in page.state.export_message
+    assert not job.running and job.returncode is not None  # the worker was stopped, not left behind

@@ -432,19 +432,27 @@ class SynBTWeb:
         asyncio.ensure_future(self._poll_export())
 
     async def _poll_export(self) -> None:
+        """Follow the export until it ends; a failure of the polling itself ends it with its error on the
+        page (the job is stopped) instead of leaving "export running"."""
         job = self.export_job
-        while job is not None and job.running:
-            progress = job.progress()
-            with self.state:
-                self.state.export_progress, self.state.export_message = progress.percent, progress.message
-            await asyncio.sleep(1.0)
-        self.export_job = None
-        with self.state:
+        try:
+            while job is not None and job.running:
+                progress = job.progress()
+                with self.state:
+                    self.state.export_progress, self.state.export_message = progress.percent, progress.message
+                await asyncio.sleep(1.0)
             code = job.returncode if job else None
             log = job.read_log() if job else []
+            message = "done" if code == 0 else (log[-1] if log else f"stopped ({code})")
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the page must leave "export running"
+            if job is not None:
+                await asyncio.to_thread(job.stop)  # interrupt, then kill after the grace time; never left running
+            code, message = None, f"Export failed: {exc}"
+        self.export_job = None
+        with self.state:
             self.state.export_running = False
             self.state.export_progress = 100 if code == 0 else self.state.export_progress
-            self.state.export_message = "done" if code == 0 else (log[-1] if log else f"stopped ({code})")
+            self.state.export_message = message
 
     def stop_export(self) -> None:
         if self.export_job is not None:
