@@ -1,7 +1,7 @@
 """Before/after table: far FP (mL per test case) and lesion Dice, arms real vs real+synthetic, same seeds,
 crossed bootstrap (study_stats); real and 'before' units are taken at the seeds with an 'after' unit, and each
 paired difference uses the seeds both of its arms have."""
-import json, sys
+import json
 from pathlib import Path
 from SynBTLib.study_stats import arm_mean, paired_difference
 

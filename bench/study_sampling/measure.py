@@ -1,6 +1,6 @@
 """Far-FP / lesion Dice of the cpu preset's synthetic arms with the new sampling (synthetic patches drawn
 like real ones), on the existing cpu cohort and synthetic sets (read only); units cached (resumable)."""
-import json, sys, time
+import sys, time
 from pathlib import Path
 from SynBTLib.experiment import StudyPlan, run_unit
 
