@@ -77,6 +77,10 @@ class StudyPlan:
     synthesis_steps: int | None = None
     synthesis_workers: int = 1
     ratio: float = 0.5
+    # share of synthetic patches centred on a tumor; None: as the real patches (data.pos_fraction), the rest
+    # background patches of the synthetic cases. 1.0 is the sampling of study folders made before this
+    # setting existed (every synthetic patch on a tumor), which from_dict gives to their study.json.
+    synthetic_pos_fraction: float | None = None
     network: str = "unet"
     channels: tuple[int, ...] = (16, 32, 64)
     num_res_units: int = 1
@@ -103,6 +107,8 @@ class StudyPlan:
             raise SynBTError("every split, lesion count, synthetic set, training steps and bootstrap need at least one")
         if not 0.0 < self.ratio < 1.0:
             raise SynBTError(f"the synthetic ratio must be in (0, 1), got {self.ratio}")
+        if self.synthetic_pos_fraction is not None and not 0.0 <= self.synthetic_pos_fraction <= 1.0:
+            raise SynBTError(f"synthetic_pos_fraction must be in [0, 1] or null, got {self.synthetic_pos_fraction}")
         if unknown := [a for a in self.arms if a not in ARM_SPECS]:
             raise SynBTError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
         if not self.seeds:
@@ -138,7 +144,9 @@ class StudyPlan:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise SynBTError(f"unknown study setting(s) {', '.join(sorted(unknown))}")
-        return cls(**data)
+        # a study.json from before synthetic_pos_fraction existed was run with every synthetic patch on a tumor:
+        # it keeps that sampling, so resuming or reporting it never mixes two samplings
+        return cls(**{"synthetic_pos_fraction": 1.0, **data})
 
     def design(self) -> dict:
         """The plan without what only selects units to run (arms, seeds): a rerun may add those."""
@@ -162,10 +170,30 @@ def plan_with_overrides(plan: StudyPlan, **overrides) -> StudyPlan:
     return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
 
 
+OLD_SAMPLING_NOTE = ("this study folder predates synthetic_pos_fraction: its synthetic patches stay centred on a "
+                     "tumor (1.0) so its units are not mixed with another sampling; a new --out samples them as "
+                     "the real patches")
+
+
+def _keep_folder_sampling(out: Path, plan: StudyPlan, notes: list[str], log: Callable[[str], None]) -> StudyPlan:
+    """``plan`` with the synthetic sampling of an existing study folder made before it was a setting."""
+    path = out / PLAN_FILE
+    if plan.synthetic_pos_fraction is None and path.is_file() and \
+            "synthetic_pos_fraction" not in json.loads(path.read_text()):
+        notes.append(OLD_SAMPLING_NOTE)
+        log(notes[-1])
+        return replace(plan, synthetic_pos_fraction=1.0)
+    return plan
+
+
 def _check_plan(out: Path, plan: StudyPlan) -> None:
     path = out / PLAN_FILE
+    record = plan.to_dict()
     if path.is_file():
-        saved = StudyPlan.from_dict(json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
+        if "synthetic_pos_fraction" not in raw:  # a folder from before the setting stays one (read as 1.0)
+            record.pop("synthetic_pos_fraction")
+        saved = StudyPlan.from_dict(raw)
         if saved.design() != plan.design():
             differing = sorted(k for k, v in plan.design().items() if saved.design().get(k) != v)
             raise SynBTError(f"{out} holds a study with other settings (differing: {', '.join(differing)}); "
@@ -173,7 +201,7 @@ def _check_plan(out: Path, plan: StudyPlan) -> None:
     elif out.is_dir() and any(out.iterdir()):
         raise SynBTError(f"output folder {out} is not empty and holds no {PLAN_FILE}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
+    path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def runnable_arms(plan: StudyPlan, bundle: str | None, log: Callable[[str], None]) -> tuple[list[str], list[str]]:
@@ -199,9 +227,11 @@ def _synthetic_section(plan: StudyPlan, arm: str, synthetic_dirs: dict, bundle: 
         return None
     mode, method = source
     if mode == "offline":
-        return {"mode": "offline", "dir": str(synthetic_dirs[(split, method)]), "ratio": plan.ratio}
+        return {"mode": "offline", "dir": str(synthetic_dirs[(split, method)]), "ratio": plan.ratio,
+                "pos_fraction": plan.synthetic_pos_fraction}
     return {"mode": "on-the-fly", "method": method, "bundle": bundle, "steps": plan.synthesis_steps,
-            "ratio": plan.ratio, "size_mm": list(plan.synthetic_size_mm), "workers": plan.synthesis_workers}
+            "ratio": plan.ratio, "pos_fraction": plan.synthetic_pos_fraction, "size_mm": list(plan.synthetic_size_mm),
+            "workers": plan.synthesis_workers}
 
 
 def run_unit(plan: StudyPlan, arm: str, seed: int, dirs: dict, synthetic: dict | None, run_dir: Path,
@@ -240,6 +270,7 @@ def run_study(out: str | Path, plan: StudyPlan | None = None, bundle: str | None
     plan = plan or StudyPlan.preset_plan("cpu")
     out = Path(out)
     runnable, notes = runnable_arms(plan, bundle, log)
+    plan = _keep_folder_sampling(out, plan, notes, log)
     if not runnable:
         raise SynBTError("no arm left to run")
     _check_plan(out, plan)
@@ -287,7 +318,8 @@ def report_finished(out: str | Path, plan: StudyPlan | None = None, log: Callabl
     if not (out / PLAN_FILE).is_file():
         raise SynBTError(f"no study in {out} (no {PLAN_FILE})")
     saved = StudyPlan.from_dict(json.loads((out / PLAN_FILE).read_text()))
-    plan = plan or saved
+    old = []
+    plan = _keep_folder_sampling(out, plan, old, log) if plan else saved
     if saved.design() != plan.design():
         raise SynBTError(f"{out} holds a study with other settings; report it with the same preset")
     units = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
@@ -302,6 +334,7 @@ def report_finished(out: str | Path, plan: StudyPlan | None = None, log: Callabl
              f"({len(done)} of {len(units)} units finished)"] if len(seeds) < len(plan.seeds) else []
     for note in notes:
         log(note)
+    notes += old
     sizes = {d.name: synthetic_tumors(d) for d in sorted((out / "synthetic").glob("*")) if d.is_dir()}
     return write_results(out / "results", results, replace(plan, seeds=tuple(seeds)), COMPARISONS, _projection(), notes,
                          sizes)

@@ -88,6 +88,14 @@ def _fmt(i: dict | None, signed: bool = False) -> str:
     return f"{i['mean']:{sign}.3f} [{i['ci95'][0]:{sign}.3f}, {i['ci95'][1]:{sign}.3f}]"
 
 
+def _fmt_ml(i: dict | None, signed: bool = False) -> str:
+    if not i:
+        return "-"
+    sign = "+" if signed else ""
+    star = " *" if signed and i["excludes_zero"] else ""
+    return f"{i['mean']:{sign}.2f} [{i['ci95'][0]:{sign}.2f}, {i['ci95'][1]:{sign}.2f}]{star}"
+
+
 def markdown(summary: dict) -> str:
     plan, test = summary["plan"], summary["test"]
     bins = list(test["lesions_by_bin"])
@@ -114,15 +122,16 @@ def markdown(summary: dict) -> str:
     ]
     for arm, s in summary["arms"].items():
         lines.append(f"| {arm} | {len(s['seeds'])} | {_fmt(s['lesion_dice'])} | "
-                     + " | ".join(_fmt(s["by_bin"][b]) for b in bins) + f" | {_fmt(s['case_dice'])} | {s['fp_ml']['mean']:.1f} [{s['fp_ml']['ci95'][0]:.1f}, {s['fp_ml']['ci95'][1]:.1f}] |")
-    lines += ["", "## Paired differences (A - B, lesion Dice; last column: case Dice)", "",
-              "| A - B | difference [95 % CI] | SE | MDD | " + " | ".join(f"{b} mm" for b in bins) + " | case Dice |",
-              "|---|---|---|---|" + "---|" * len(bins) + "---|"]
+                     + " | ".join(_fmt(s["by_bin"][b]) for b in bins) + f" | {_fmt(s['case_dice'])} | {_fmt_ml(s['fp_ml'])} |")
+    lines += ["", "## Paired differences (A - B, lesion Dice; last columns: case Dice, FP far from lesions in mL)", "",
+              "| A - B | difference [95 % CI] | SE | MDD | " + " | ".join(f"{b} mm" for b in bins)
+              + " | case Dice | FP far (mL) |",
+              "|---|---|---|---|" + "---|" * len(bins) + "---|---|"]
     for c in summary["comparisons"]:
         d = c["difference"]
         lines.append(f"| {c['a']} - {c['b']} | {_fmt(d, True)}{' *' if d['excludes_zero'] else ''} | {d['se']:.3f} | "
                      f"{d['mdd80']:.3f} | " + " | ".join(_fmt(c["by_bin"][b], True) for b in bins)
-                     + f" | {_fmt(c['case_dice_difference'], True)} |")
+                     + f" | {_fmt(c['case_dice_difference'], True)} | {_fmt_ml(c.get('fp_ml_difference'), True)} |")
     lines += ["", "\\* the interval excludes zero. MDD: from the bootstrap SE of this run; the same variances "
               f"(seed, case, residual) with {summary['projection']['seeds']} seeds and {summary['projection']['test_cases']} "
               "test cases (the paper preset) would detect: "

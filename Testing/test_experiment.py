@@ -57,6 +57,8 @@ def test_ci_study_offline_sets_match_and_arms_train_as_designed(ci_study):
     assert configs["onthefly"]["synthetic"]["mode"] == "on-the-fly"
     assert configs["offline"]["synthetic"]["dir"].endswith("train_diffusion")
     assert configs["gap_offline"]["synthetic"]["dir"].endswith("train_small_diffusion")
+    # synthetic patches are drawn as the real ones (a share on background), in every synthetic arm alike
+    assert {configs[a]["synthetic"]["pos_fraction"] for a in ARMS if a not in ("real", "gap_real")} == {None}
     assert {c["model"]["channels"] == configs["real"]["model"]["channels"] for c in configs.values()} == {True}
     model = json.loads((out / "runs" / "gap_real" / "seed_0" / "model" / "config.json").read_text())
     assert model["data_dir"].endswith("train_small")
@@ -105,6 +107,42 @@ def test_ci_study_resumes_from_finished_units(ci_study):
     assert list(subset["arms"]) == ["real", "handcrafted"]
     with pytest.raises(SynBTError, match="differing: steps"):
         run_study(out, plan_with_overrides(plan, steps=5), log=lambda m: None)
+
+
+def test_ci_study_reports_far_false_positives_per_arm_and_paired(ci_study):
+    out = ci_study[0]
+    summary = json.loads((out / "results" / "summary.json").read_text())  # results/ as last written
+    fp = {(r["arm"], r["seed"], r["case"]): float(r["fp_ml"]) for r in _csv(out / "results" / "per_case.csv")}
+    for arm, row in summary["arms"].items():
+        assert row["fp_ml"]["mean"] == pytest.approx(np.mean([v for k, v in fp.items() if k[0] == arm]), rel=1e-6)
+    assert summary["comparisons"]
+    lines = (out / "results" / "summary.md").read_text().splitlines()
+    for c in summary["comparisons"]:
+        diffs = [fp[(c["a"], s, case)] - fp[(c["b"], s, case)] for (arm, s, case) in fp if arm == c["a"]]
+        d = c["fp_ml_difference"]
+        assert d["mean"] == pytest.approx(np.mean(diffs), rel=1e-6, abs=1e-6)
+        assert d["ci95"][0] - 1e-9 <= d["mean"] <= d["ci95"][1] + 1e-9
+        row = next(line for line in lines if line.startswith(f"| {c['a']} - {c['b']} |"))
+        assert row.rstrip(" |*").endswith(f"{d['ci95'][1]:+.2f}]")  # the paired far-FP interval: the last column
+
+
+def test_a_study_folder_from_before_keeps_its_synthetic_sampling(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    plan = plan_with_overrides(StudyPlan.preset_plan("ci"), arms=("real", "handcrafted"), seeds=(0,))
+    saved = plan.to_dict()
+    del saved["synthetic_pos_fraction"]  # a study.json written before the setting existed
+    (out / "study.json").write_text(json.dumps(saved))
+    assert StudyPlan.from_dict(saved).synthetic_pos_fraction == 1.0
+    for _ in range(2):  # started, then resumed: the folder never becomes a mix of two samplings
+        summary = run_study(out, plan, log=lambda m: None)
+        assert any("predates synthetic_pos_fraction" in n for n in summary["notes"])
+        assert "synthetic_pos_fraction" not in json.loads((out / "study.json").read_text())
+    config = json.loads((out / "runs" / "handcrafted" / "seed_0" / "config.json").read_text())
+    assert config["synthetic"]["pos_fraction"] == 1.0  # its units keep every synthetic patch on a tumor
+    assert any("predates" in n for n in report_finished(out, plan, log=lambda m: None)["notes"])
+    with pytest.raises(SynBTError, match="synthetic_pos_fraction"):
+        StudyPlan(synthetic_pos_fraction=1.5)
 
 
 def test_bootstrap_interval_matches_the_analytic_one():

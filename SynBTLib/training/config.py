@@ -459,7 +459,9 @@ class SegmentationData(Section):
 class SyntheticTumors(Section):
     """Synthetic tumors mixed into the batches: none, an offline folder (dir), or synthesized on the fly by
     ``method`` ("handcrafted" or "diffusion" with ``bundle`` and ``steps`` sampling steps); ratio: their share
-    of a batch; size_mm, kinds, context_mm, shape_pool and workers shape the on-the-fly tumors."""
+    of a batch; pos_fraction: the share of synthetic samples centred on a tumor, the rest are background patches
+    of the synthetic cases' body (None: data.pos_fraction, as the real patches); size_mm, kinds, context_mm,
+    shape_pool and workers shape the on-the-fly tumors."""
 
     mode: str = "none"
     dir: str | None = None
@@ -467,6 +469,7 @@ class SyntheticTumors(Section):
     bundle: str | None = None
     steps: int | None = None
     ratio: float = 0.5
+    pos_fraction: float | None = None
     size_mm: tuple[float, float] = (10.0, 40.0)
     kinds: list[str] | None = None
     context_mm: float = 16.0
@@ -484,6 +487,8 @@ class SyntheticTumors(Section):
         if self.steps is not None:
             whole("synthetic.steps (--synthesis-steps)", self.steps, 1)
         self.ratio = number("synthetic.ratio (--ratio)", self.ratio, minimum=0, maximum=1)
+        if self.pos_fraction is not None:
+            self.pos_fraction = number("synthetic.pos_fraction", self.pos_fraction, minimum=0, maximum=1)
         if not isinstance(self.size_mm, (list, tuple)) or len(self.size_mm) != 2:
             _fail("synthetic.size_mm", "two diameters [smallest, largest] in mm", self.size_mm)
         low, high = (number("synthetic.size_mm", v, above=0) for v in self.size_mm)

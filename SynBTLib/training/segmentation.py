@@ -212,6 +212,68 @@ def synthetic_count(seed: int, step: int, rank: int, batch_size: int, ratio: flo
     return low + int(step_rng(seed, step, rank, stream=3).random() < expected - low)
 
 
+def synthetic_positives(seed: int, step: int, rank: int, count: int, pos_fraction: float) -> int:
+    """How many of this step's ``count`` synthetic samples are centred on a synthetic tumor (each with
+    probability ``pos_fraction``, seeded); the others are background patches."""
+    return int((step_rng(seed, step, rank, stream=4).random(count) < pos_fraction).sum())
+
+
+def synthetic_source(config: SegmentationTrainingConfig, cases, rank: int = 0, loud: bool = False):
+    """A callable (step, count, start) -> (images, labels) of a step's synthetic samples, or None without synthesis.
+
+    Synthetic samples are drawn as the real ones are: a share ``synthetic.pos_fraction`` (default
+    data.pos_fraction) centred on a tumor, the rest on random body voxels, so that adding synthetic
+    cases does not shrink the share of tumor-free patches a batch holds. Offline: from the synthetic
+    cases (tumor and body); on the fly: tumors synthesized into the real cases, and background
+    patches of those same real cases (what a synthetic case looks like away from its new tumor).
+    """
+    syn, data, settings = config.synthetic, config.data, config.training
+    patch, flip_x = data.patch_size, data.flip_x
+    pos_fraction = data.pos_fraction if syn.pos_fraction is None else syn.pos_fraction
+    if syn.mode == "none" or syn.ratio == 0:
+        return None
+    if syn.mode == "offline":
+        synthetic_cases = load_segmentation_cases(syn.dir, "synthetic", progress=loud)
+        if synthetic_cases[0].image.shape[0] != cases[0].image.shape[0]:
+            raise SynBTError(
+                f"synthetic cases in {syn.dir} have {synthetic_cases[0].image.shape[0]} phases, the real ones "
+                f"{cases[0].image.shape[0]}"
+            )
+        sampler = TumorPatchSampler(synthetic_cases, patch, settings.seed, rank, pos_fraction, flip_x)
+        if not sampler.with_tumor:
+            raise SynBTError(f"the synthetic cases in {syn.dir} have no tumor voxels")
+        return lambda step, count, start: sampler.sample(step, count, stream=2)
+    from ..synthesizers import make_synthesizer
+    from .onthefly import OnTheFlyTumors, synthetic_loader
+
+    synth, method, steps = make_synthesizer(syn.method, syn.bundle, syn.steps)
+    dataset = OnTheFlyTumors(
+        cases, synth, seed=settings.seed, patch_size=patch, size_mm=list(syn.size_mm), rank=rank,
+        synthesis_steps=steps, context_mm=syn.context_mm, flip_x=flip_x, kinds=syn.kinds, shape_pool=syn.shape_pool,
+    )
+    background = TumorPatchSampler(cases, patch, settings.seed, rank, 0.0, flip_x)
+    state = {}
+
+    def positives(step: int) -> int:
+        count = synthetic_count(settings.seed, step, rank, settings.batch_size, syn.ratio)
+        return synthetic_positives(settings.seed, step, rank, count, pos_fraction)
+
+    def draw(step: int, count: int, start: int):
+        if "iterator" not in state:  # built lazily, from the first step this process runs (resume-aware)
+            keys = [(s, slot) for s in range(start, settings.steps) for slot in range(positives(s))]
+            state["iterator"] = iter(synthetic_loader(dataset, keys, syn.workers))
+        tumors = min(count, positives(step))
+        items = [next(state["iterator"]) for _ in range(tumors)]
+        images, labels = stack_batch([i[0] for i in items], [i[1] for i in items], cases[0].image.shape[0])
+        if tumors == count:
+            return images, labels
+        rest = background.sample(step, count - tumors, stream=2)
+        return (rest if not tumors else
+                (np.concatenate([images, rest[0]]), np.concatenate([labels, rest[1]])))
+
+    return draw
+
+
 # -------------------------------------------------------------------------------- the model
 
 
@@ -379,47 +441,10 @@ class SegmentationTraining(TrainingRun):
         self.best = dict(zip(("dice", "step"), _best_from_log(self.out / LOG_FILE) if self.is_main else (None, None)))
         self.real = TumorPatchSampler(self.cases, config.data.patch_size, settings.seed, self.dist.rank,
                                       config.data.pos_fraction, config.data.flip_x)
-        self.synthetic = self._synthetic_source()
+        self.synthetic = synthetic_source(config, self.cases, self.dist.rank, self.loud)
         self.ratio = config.synthetic.ratio if self.synthetic is not None else 0.0
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.evaluator = SegmentationModel(self.network, self.model_config)
-
-    def _synthetic_source(self):
-        """A callable (step, count, start) -> (images, labels) of synthetic samples, or None without synthesis."""
-        syn, settings, cases = self.config.synthetic, self.settings, self.cases
-        patch, flip_x, rank = self.config.data.patch_size, self.config.data.flip_x, self.dist.rank
-        if syn.mode == "none" or syn.ratio == 0:
-            return None
-        if syn.mode == "offline":
-            synthetic_cases = load_segmentation_cases(syn.dir, "synthetic", progress=self.loud)
-            if synthetic_cases[0].image.shape[0] != cases[0].image.shape[0]:
-                raise SynBTError(
-                    f"synthetic cases in {syn.dir} have {synthetic_cases[0].image.shape[0]} phases, the real ones "
-                    f"{cases[0].image.shape[0]}"
-                )
-            sampler = TumorPatchSampler(synthetic_cases, patch, settings.seed, rank, flip_x=flip_x)
-            if not sampler.with_tumor:
-                raise SynBTError(f"the synthetic cases in {syn.dir} have no tumor voxels")
-            return lambda step, count, start: sampler.sample(step, count, stream=2, positive_only=True)
-        from ..synthesizers import make_synthesizer
-        from .onthefly import OnTheFlyTumors, synthetic_loader
-
-        synth, method, steps = make_synthesizer(syn.method, syn.bundle, syn.steps)
-        dataset = OnTheFlyTumors(
-            cases, synth, seed=settings.seed, patch_size=patch, size_mm=list(syn.size_mm), rank=rank,
-            synthesis_steps=steps, context_mm=syn.context_mm, flip_x=flip_x, kinds=syn.kinds, shape_pool=syn.shape_pool,
-        )
-        state = {}
-
-        def draw(step: int, count: int, start: int):
-            if "iterator" not in state:  # built lazily, from the first step this process runs (resume-aware)
-                keys = [(s, slot) for s in range(start, settings.steps)
-                        for slot in range(synthetic_count(settings.seed, s, rank, settings.batch_size, syn.ratio))]
-                state["iterator"] = iter(synthetic_loader(dataset, keys, syn.workers))
-            items = [next(state["iterator"]) for _ in range(count)]
-            return stack_batch([i[0] for i in items], [i[1] for i in items], cases[0].image.shape[0])
-
-        return draw
 
     def train_step(self, index: int) -> dict[str, float]:
         settings, dist, network, synthetic = self.settings, self.dist, self.network, self.synthetic
