@@ -287,7 +287,7 @@ def montage(examples: list[dict], sources: list[str], path: Path, title: str | N
                 axis.set_ylabel(f"{example['seed']} {example.get('label', '')}\n{source}", fontsize=7)
     if title:
         figure.suptitle(title, fontsize=8)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - (0.3 if title else 0) / figure.get_figheight()))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -448,9 +448,8 @@ def main(argv=None) -> int:
     report(results, coherence)
     write_csv(results, result_columns(results), args.out / "suite_auc.csv")
     write_csv(coherence, ["source", *COHERENCE], args.out / "suite_coherence.csv")
-    title = None if phases is None else \
-        f"phantom 2 ({args.preset}); phases pre, first, last ... as phase policy {phases.policy} picks: columns " \
-        f"post1 / post2 = the 2nd / 3rd phase picked"
+    title = None if phases is None else f"phantom 2 ({args.preset}), phase policy {phases.policy}: " \
+        "post1 / post2 = the 2nd / 3rd phase it picks"
     figure = montage(examples, [REAL, AE, *variants], args.out / "montage.png", title)
     real_rows = [r for r in rows if r["source"] == REAL]
     manifest = {"command": "python bench/realism_suite.py " + " ".join(argv if argv is not None else sys.argv[1:]),
