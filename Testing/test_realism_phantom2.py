@@ -72,9 +72,29 @@ def test_the_suite_runs_on_phantom_2_with_a_tiny_bundle(tmp_path):
     assert manifest["preset"] == "small" and manifest["phase_policy"] == "pre,first,last"
     assert manifest["seeds"][0] == json.loads((REPO / "bench" / "realism_seeds.json").read_text())["phantom2"]["dev"]["cases"]["first"]
     assert sum(manifest["lesion_types"].values()) == 5
+    assert len(manifest["real_rows_sha256"]) == 64
     sources = {row["source"]: row for row in manifest["results"]}
     assert set(sources) == {"oracle", "autoencoder", "all"}
     assert all(0.0 <= row["auc_boosting"] <= 1.0 for row in sources.values())
     assert (tmp_path / "out" / "montage.png").stat().st_size > 0
     other = subprocess.run([*command, "--phase-policy", "pre,first"], capture_output=True, text=True, timeout=120)
     assert other.returncode != 0 and "picks 2 phases" in other.stderr
+
+
+def test_the_real_rows_digest_sees_the_real_tumors_only(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("realism_suite_bench", REPO / "bench" / "realism_suite.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    header = ",".join(bench.META_COLUMNS + ["fo_pre_mean"])
+
+    def digest(real_value, synthetic_value):
+        path = tmp_path / "suite_features.csv"
+        meta = "0,6100000,{},812,irregular,False,washout,mass,5,True,1.5"
+        path.write_text("\n".join([header, meta.format("real") + f",{real_value}",
+                                    meta.format("all") + f",{synthetic_value}"]) + "\n")
+        return bench.real_rows_digest(path)
+
+    assert digest(1.25, 3.0) == digest(1.25, 4.0)  # another bundle's synthesis: the same real tumors
+    assert digest(1.25, 3.0) != digest(1.26, 3.0)  # another real tumor

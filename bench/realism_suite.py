@@ -324,6 +324,19 @@ def judge_crop(case, mask, reference_mask) -> np.ndarray:
     return np.ascontiguousarray(padded[(slice(None), *window)])  # a copy: a view would keep the padded volume alive
 
 
+def real_rows_digest(features_csv: Path) -> str:
+    """sha256 of the real tumors' rows of a suite_features.csv: equal in two runs when they judged the
+    same real tumors (same seeds, phantom and phase choice), whatever the bundle."""
+    import csv
+
+    digest = hashlib.sha256()
+    with open(features_csv, newline="") as handle:
+        for row in csv.reader(handle):
+            if row[META_COLUMNS.index("source")] == REAL:
+                digest.update(",".join(row).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def bundle_sha(bundle: Path) -> str:
     from SynBTLib.bundle import load_bundle
 
@@ -459,6 +472,7 @@ def main(argv=None) -> int:
                 "phase_counts": {str(k): sum(r["phases"] == k for r in real_rows)
                                  for k in sorted({r["phases"] for r in real_rows})},
                 "fat_suppressed": sum(bool(r["fat_suppressed"]) for r in real_rows),
+                "real_rows_sha256": real_rows_digest(args.out / "suite_features.csv"),
                 "set": args.set, "seeds": [seeds[0], seeds[-1]], "oracle_seeds": [oracle_seeds[0], oracle_seeds[-1]],
                 "variants": {k: sorted(v) for k, v in variants.items()}, "features": len(names),
                 "seconds": round(elapsed), "results": results, "coherence": coherence}
