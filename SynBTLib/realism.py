@@ -7,14 +7,18 @@ cross-validated with stratified (optionally grouped) folds, and scored by the ar
 curve from the Mann-Whitney U statistic: 0.5 means real and synthetic tumors are
 indistinguishable to it, 1.0 means perfectly told apart.
 
-``phantom_study_case`` builds the fair pair used by bench/realism.py: a phantom with one real
-tumor, and the tumor-free phantom with the same anatomy parameters into whose identical mask a
-synthesizer paints, so shape and size are identical and only the appearance differs.
+``phantom_study_case`` builds the fair pair used by bench/realism.py and bench/realism_suite.py: a
+phantom with one real tumor, and its tumor-free twin into whose identical mask a synthesizer
+paints, so shape and size are identical and only the appearance differs. With a phantom-2
+``preset`` the twin is the same phantom with the lesion drawn but not placed (same anatomy,
+texture, fat suppression, ghosts, motion and noise draws); ``choose_study_phases`` then keeps the
+phases a bundle models, by its phase policy, as `synbt synthesize` does.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage, optimize, special, stats
@@ -213,9 +217,9 @@ class StudyCase:
     """A real tumor and the tumor-free twin phantom to synthesize into the same mask.
 
     real: the phantom with one tumor; mask: its tumor label (uint8 (Z, Y, X)); background: the
-    phantom of the same seed and anatomy parameters without a tumor (its fine fibroglandular
-    pattern differs); real_reference / background_reference: fibroglandular tissue of each, away
-    from the mask, for realism_features.
+    tumor-free twin (legacy phantom: same seed and anatomy parameters, its fine fibroglandular
+    pattern and noise differ; phantom 2: the same phantom without the lesion); real_reference /
+    background_reference: fibroglandular tissue of each, away from the mask, for realism_features.
     """
 
     seed: int
@@ -232,16 +236,49 @@ def _reference_tissue(tissue_labels: np.ndarray, mask: np.ndarray, spacing_zyx) 
     return (tissue_labels == L.FIBROGLANDULAR) & ~near
 
 
-def phantom_study_case(seed: int, shape=(192, 192, 64), **params) -> StudyCase:
-    """The real/background phantom pair of one seed (make_phantom with tumors=1 and tumors=0)."""
+@contextmanager
+def _lesions_not_placed() -> Iterator[None]:
+    """Phantom 2 with its lesions drawn (so every later random draw is the same) but not placed.
+
+    make_phantom(tumors=0) is no twin of make_phantom(tumors=1) in phantom 2: the lesion draws come
+    before the anatomy's, so the texture, ghosts, motion and noise would all be drawn afresh. The
+    lesions' own rendering uses their own seeds, so leaving them out changes nothing else.
+    """
+    from . import phantom
+
+    place = getattr(phantom, "_place_lesions_v2", None)
+    if place is None:
+        raise SynBTError("SynBTLib.phantom no longer has _place_lesions_v2: the realism twin cannot leave the lesion out")
+    phantom._place_lesions_v2 = lambda geometry, anatomy, specs: []
+    try:
+        yield
+    finally:
+        phantom._place_lesions_v2 = place
+
+
+def phantom_study_case(seed: int, shape=None, preset: str | None = None, **params) -> StudyCase:
+    """The real/background phantom pair of one seed (one tumor / its tumor-free twin).
+
+    preset None: the legacy phantom on ``shape`` (default 192 x 192 x 64), twin = make_phantom with
+    tumors=0 and the real case's point spread. A phantom-2 preset ("small", "bundle", "clinical"):
+    the preset's grid unless ``shape`` is given, twin = the same phantom with the lesion left out.
+    """
     from .phantom import make_phantom
 
-    real = make_phantom(seed=seed, shape=shape, tumors=1, **params)
-    # the same scanner: the drawn point-spread (resolution) of the real case, not a fresh draw
-    background = make_phantom(seed=seed, shape=shape, tumors=0,
-                              **{**params, "resolution": real.meta["parameters"]["resolution"]})
+    if preset in (None, "legacy"):
+        shape = (192, 192, 64) if shape is None else shape
+        real = make_phantom(seed=seed, shape=shape, tumors=1, **params)
+        # the same scanner: the drawn point-spread (resolution) of the real case, not a fresh draw
+        background = make_phantom(seed=seed, shape=shape, tumors=0,
+                                  **{**params, "resolution": real.meta["parameters"]["resolution"]})
+    else:
+        real = make_phantom(seed=seed, shape=shape, tumors=1, preset=preset, **params)
+        with _lesions_not_placed():
+            background = make_phantom(seed=seed, shape=shape, tumors=1, preset=preset, **params)
     mask = real.tumor_labels.astype(np.uint8)
     spacing_zyx = real.case.geometry.spacing[::-1]
+    tumor = {k: v for k, v in real.meta["tumors"][0].items() if k != "signal"}
+    tumor.setdefault("lesion_type", "mass")  # the legacy phantom draws masses only
     return StudyCase(
         seed=int(seed),
         real=real.case,
@@ -250,7 +287,30 @@ def phantom_study_case(seed: int, shape=(192, 192, 64), **params) -> StudyCase:
         real_reference=_reference_tissue(real.tissue_labels, mask, spacing_zyx),
         background_reference=_reference_tissue(background.tissue_labels, mask, spacing_zyx),
         meta={
-            "tumor": {k: v for k, v in real.meta["tumors"][0].items() if k != "signal"},
+            "tumor": tumor,
             "mask_in_background_breast": float(np.isin(background.tissue_labels[mask > 0], L.BREAST_TISSUE).mean()),
+            "preset": preset or "legacy",
+            "phase_times_s": list(real.meta["phase_times_s"]),
+            "fat_suppressed": bool(real.meta["parameters"].get("fat_suppressed", True)),
+            "field_strength_t": real.meta["parameters"].get("field_strength_t", 1.5),
         },
     )
+
+
+def choose_study_phases(study: StudyCase, bundle) -> StudyCase:
+    """``study`` with only the phases a bundle models (a phase_choice.BundlePhases), picked from both
+    cases alike by phase_choice.choose_phases on the phantom's acquisition times; the choice is in
+    meta["phases"]. A SynBTError says why the bundle cannot take this case."""
+    from .phase_choice import choose_phases
+
+    times = study.meta["phase_times_s"]
+    choice = choose_phases(study.real.num_phases, bundle, times, "the phantom's protocol", what=f"phantom {study.seed}")
+    picked = list(choice.indices)
+    names = [study.real.phase_names[k] for k in picked]
+
+    def keep(case: Case) -> Case:
+        return Case(phases=np.ascontiguousarray(case.phases[picked]), geometry=case.geometry, phase_names=names)
+
+    record = choice.record(study.real.phase_names) | {"times_s": [round(float(times[k]), 1) for k in picked]}
+    return replace(study, real=keep(study.real), background=keep(study.background),
+                   meta={**study.meta, "phases": record})

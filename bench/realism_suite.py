@@ -1,6 +1,7 @@
 """Independent realism suite: real vs synthetic phantom tumors on features no calibration was fitted to.
 
     python bench/realism_suite.py --set dev [--variants all,none] [--n 40] [--bundle B] [--cache DIR]
+    python bench/realism_suite.py --preset bundle --phase-policy pre,first,last --set heldout --variants all ...
 
 For every case of a seed set (bench/realism_seeds.json: 'dev' to look at, 'heldout' once at the end)
 the real tumor is the phantom's own; each variant of the bundle's pipeline synthesizes into the same
@@ -18,6 +19,11 @@ A variant is 'all' (the bundle as shipped) or 'none' (no calibration, no noise r
 by stages added (+) or removed (-): noise, latent, texture, moments, shape, curves, e.g.
 'none+noise+latent' or 'all-texture'. The diffusion sample does not depend on them, so it is computed
 once per case and reused (and kept in --cache with the phantoms, keyed by its inputs).
+With --preset (a phantom-2 grid: small, bundle, clinical) the cases are phantom 2 (3-6 phases, fat-sat
+or not, 1.5 / 3 T, masses and non-mass enhancement) from the 'phantom2' seed block; the twin is the same
+phantom without the lesion, and both keep the phases the bundle models by its phase policy
+(phase_choice.choose_phases, as `synbt synthesize` does; --phase-policy for a bundle that records none).
+AUCs are then also given per lesion type (mass / nme), from the same out-of-fold scores.
 Writes suite_auc.csv, suite_features.csv, suite_coherence.csv, montage.png and manifest.json to --out.
 """
 from __future__ import annotations
@@ -40,13 +46,22 @@ from bench.common import REPO, RESULTS_DIR, print_table, write_csv  # noqa: E402
 SEEDS_FILE = Path(__file__).resolve().parent / "realism_seeds.json"
 STAGES = ("noise", "grain", "sharedpost", "latent", "coherence", "white", "texture", "shared", "moments", "shape", "curves")
 REAL, ORACLE, AE = "real", "oracle", "autoencoder"
-META_COLUMNS = ["case", "seed", "source", "voxels", "kind", "necrotic", "kinetics"]
+META_COLUMNS = ["case", "seed", "source", "voxels", "kind", "necrotic", "kinetics", "lesion_type", "phases",
+                "fat_suppressed", "field_t"]
+LESION_TYPES = ("mass", "nme")
+MIN_SUBGROUP_CASES = 8  # an AUC per lesion type only with at least this many cases of it
 # what the diagnosis reads first: the tumor's kinetic coherence and the issue's lag-1 subtraction figure
 COHERENCE = ("xc_post1_post2", "xc_hp_post1_post2", "late_spread", "kin_uniformity", "ac_sub1_x1", "ac_late_x1")
 
 
-def seed_list(name: str, n: int | None) -> tuple[list[int], list[int], list[int]]:
+def seed_block(preset: str | None) -> dict:
+    """The seed sets of realism_seeds.json: the legacy ones, or the 'phantom2' block for a preset."""
     spec = json.loads(SEEDS_FILE.read_text())
+    return spec if preset in (None, "legacy") else spec["phantom2"]
+
+
+def seed_list(name: str, n: int | None, preset: str | None = None) -> tuple[list[int], list[int], list[int]]:
+    spec = seed_block(preset)
     if name not in spec or name == "fit" and "oracle" not in spec[name]:
         raise SystemExit(f"seed set {name!r} not in {SEEDS_FILE}")
     cases, oracle = spec[name]["cases"], spec[name]["oracle"]
@@ -156,17 +171,23 @@ def memoize_sampling(cache: Path | None) -> None:
     pipeline_module.inpaint_latent = cached
 
 
-def study_case(seed: int, shape, cache: Path | None):
-    """phantom_study_case of ``seed``, kept in ``cache`` (the arrays and reference masks)."""
+def study_case(seed: int, shape, cache: Path | None, preset: str | None = None, phases=None):
+    """phantom_study_case of ``seed`` (a phantom-2 ``preset``: on its own grid), with the phases a
+    phase_choice.BundlePhases ``phases`` models, kept in ``cache`` (the arrays and reference masks)."""
     import pickle  # our own cache files only
 
-    from SynBTLib.realism import phantom_study_case
+    from SynBTLib.realism import choose_study_phases, phantom_study_case
 
-    path = None if cache is None else cache / "phantoms" / f"{seed}_{'x'.join(map(str, shape))}.pkl"
+    legacy = preset in (None, "legacy")
+    name = f"{seed}_{'x'.join(map(str, shape))}" if legacy else \
+        f"{seed}_{preset}_{phases.count}_{(phases.policy or 'all').replace(',', '-').replace(':', '')}"
+    path = None if cache is None else cache / "phantoms" / f"{name}.pkl"
     if path is not None and path.exists():
         with open(path, "rb") as handle:
             return pickle.load(handle)
-    study = phantom_study_case(seed, shape=tuple(shape))
+    study = phantom_study_case(seed, shape=tuple(shape)) if legacy else phantom_study_case(seed, preset=preset)
+    if phases is not None:
+        study = choose_study_phases(study, phases)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as handle:
@@ -174,19 +195,57 @@ def study_case(seed: int, shape, cache: Path | None):
     return study
 
 
-def fit_coherence(shape, cache: Path | None, out: Path) -> Path:
+def fit_coherence(shape, cache: Path | None, out: Path, preset: str | None = None, phases=None) -> Path:
     """The CoherenceMap of the real tumors of the 'fit' seeds (the only seeds anything is fitted on)."""
     from SynBTLib.calibration import coherence_targets
     from SynBTLib.necrosis import necrotic_core
 
-    spec = json.loads(SEEDS_FILE.read_text())["fit"]["cases"]
+    spec = seed_block(preset)["fit"]["cases"]
     seeds = range(spec["first"], spec["first"] + spec["count"])
-    studies = (study_case(seed, shape, cache) for seed in seeds)
+    studies = (study_case(seed, shape, cache, preset, phases) for seed in seeds)
     fitted = coherence_targets((s.real.phases, s.mask, necrotic_core(s.real.phases, s.mask)) for s in studies)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"seeds": [seeds[0], seeds[-1]], "coherence": fitted.to_config()}, indent=2))
     print(f"coherence of the real tumors of fit seeds {seeds[0]}..{seeds[-1]}: {fitted}; wrote {out}")
     return out
+
+
+def bundle_phases(bundle: Path, policy: str | None):
+    """The phases ``bundle`` models (phase_choice.BundlePhases), its policy or ``policy`` where it records
+    none; a policy that contradicts the bundle's own is refused."""
+    from SynBTLib.datasets import phase_policy
+    from SynBTLib.phase_choice import BundlePhases
+
+    phases = BundlePhases.of_bundle(bundle)
+    if policy is None:
+        if phases.policy is None:
+            raise SystemExit(f"the bundle {bundle} records no phase policy and phantom-2 cases have 3-6 phases: "
+                             f"pass --phase-policy (the {phases.count} phases it models, e.g. pre,first,last)")
+        return phases
+    given = phase_policy(policy)
+    if given.count != phases.count:
+        raise SystemExit(f"--phase-policy {policy} picks {given.count} phases but the bundle {bundle} models {phases.count}")
+    if phases.policy is not None and phase_policy(phases.policy).tokens != given.tokens:
+        raise SystemExit(f"--phase-policy {policy} contradicts the bundle's own phase policy {phases.policy}")
+    return BundlePhases(phases.count, phases.policy or given.spec)
+
+
+def case_meta(study) -> dict:
+    """The columns that describe a case (not features): its seed, lesion and protocol."""
+    tumor = study.meta["tumor"]
+    return {"seed": study.seed, "voxels": int(study.mask.sum()), "kind": tumor["kind"], "necrotic": tumor["necrotic"],
+            "kinetics": tumor["kinetics"], "lesion_type": tumor.get("lesion_type", "mass"),
+            "phases": len(study.meta.get("phase_times_s", [0, 0, 0])), "fat_suppressed": study.meta.get("fat_suppressed", True),
+            "field_t": study.meta.get("field_strength_t", 1.5)}
+
+
+def wanted_example(examples: list[dict], lesion_type: str, count: int) -> bool:
+    """Whether a case goes into the montage: the first ``count`` cases, but the last place is kept for
+    the first non-mass lesion (when there is one)."""
+    if len(examples) >= count:
+        return False
+    has_other = any(not e["label"].startswith("mass") for e in examples)
+    return lesion_type != "mass" or has_other or len(examples) < count - 1
 
 
 def features_of(case, mask, reference_mask) -> dict:
@@ -196,9 +255,10 @@ def features_of(case, mask, reference_mask) -> dict:
     return tumor_features(case.phases, mask, reference_intensity(case, reference_mask))
 
 
-def montage(examples: list[dict], sources: list[str], path: Path) -> Path:
+def montage(examples: list[dict], sources: list[str], path: Path, title: str | None = None) -> Path:
     """Per example (rows) and source: axial crop of every phase, post1 - pre and post2 - post1
-    (diverging, symmetric window from the real tumor), through the tumor's largest slice."""
+    (diverging, symmetric window from the real tumor), through the tumor's largest slice. An
+    example's "label" (e.g. its lesion type and phases) goes beside its seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,8 +284,10 @@ def montage(examples: list[dict], sources: list[str], path: Path) -> Path:
             if r == 0:
                 axis.set_title(name, fontsize=8)
             if c == 0:
-                axis.set_ylabel(f"{example['seed']}\n{source}", fontsize=7)
-    figure.tight_layout()
+                axis.set_ylabel(f"{example['seed']} {example.get('label', '')}\n{source}", fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 1 - (0.3 if title else 0) / figure.get_figheight()))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -260,6 +322,19 @@ def judge_crop(case, mask, reference_mask) -> np.ndarray:
     padded = np.pad(stack, pad, mode="edge")
     window = tuple(slice(c, c + CROP) for c in centre)  # centre + half in padded coordinates, minus half
     return np.ascontiguousarray(padded[(slice(None), *window)])  # a copy: a view would keep the padded volume alive
+
+
+def real_rows_digest(features_csv: Path) -> str:
+    """sha256 of the real tumors' rows of a suite_features.csv: equal in two runs when they judged the
+    same real tumors (same seeds, phantom and phase choice), whatever the bundle."""
+    import csv
+
+    digest = hashlib.sha256()
+    with open(features_csv, newline="") as handle:
+        for row in csv.reader(handle):
+            if row[META_COLUMNS.index("source")] == REAL:
+                digest.update(",".join(row).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def bundle_sha(bundle: Path) -> str:
@@ -301,23 +376,29 @@ def main(argv=None) -> int:
                         help="coherence map for variants with +coherence where the bundle has none")
     parser.add_argument("--from-features", type=Path, default=None,
                         help="judge the rows of an earlier run's suite_features.csv instead of synthesizing")
+    parser.add_argument("--preset", default=None, choices=("legacy", "small", "bundle", "clinical"),
+                        help="phantom-2 grid preset: cases from the 'phantom2' seed block (default: the legacy phantom)")
+    parser.add_argument("--phase-policy", default=None,
+                        help="phases the bundle models (datasets.PhasePolicy, e.g. pre,first,last) when it records "
+                             "none; a bundle that records one must record this one")
     args = parser.parse_args(argv)
     if args.from_features is not None:
         return judge_only(args)
+    from SynBTLib.bundle import default_bundle_path
+
+    bundle = args.bundle or default_bundle_path()
+    phases = bundle_phases(bundle, args.phase_policy) if args.preset not in (None, "legacy") else None
     if args.fit_coherence:
-        fit_coherence(json.loads(SEEDS_FILE.read_text())["shape"], args.cache, args.out / "coherence_fit.json")
+        fit_coherence(seed_block(args.preset)["shape"], args.cache, args.out / "coherence_fit.json", args.preset, phases)
         return 0
 
     import torch
     from tqdm import tqdm
 
-    from SynBTLib.bundle import default_bundle_path
     from SynBTLib.pipeline import SynthesisPipeline
-    from SynBTLib.realism_suite import cross_validated_auc
 
     torch.set_num_threads(args.threads)
-    bundle = args.bundle or default_bundle_path()
-    seeds, oracle_seeds, shape = seed_list(args.set, args.n)
+    seeds, oracle_seeds, shape = seed_list(args.set, args.n, args.preset)
     memoize_sampling(args.cache)
     pipeline = SynthesisPipeline.from_bundle(bundle)
     shipped = shipped_stages(pipeline)
@@ -334,12 +415,11 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     rows, examples, crops = [], [], []
     for index, (seed, oracle_seed) in enumerate(tqdm(list(zip(seeds, oracle_seeds)), desc="suite", unit="case")):
-        study = study_case(seed, shape, args.cache)
-        other = study_case(oracle_seed, shape, args.cache)
-        meta = {"case": index, "seed": seed, "voxels": int(study.mask.sum()), "kind": study.meta["tumor"]["kind"],
-                "necrotic": study.meta["tumor"]["necrotic"], "kinetics": study.meta["tumor"]["kinetics"]}
+        study = study_case(seed, shape, args.cache, args.preset, phases)
+        other = study_case(oracle_seed, shape, args.cache, args.preset, phases)
+        meta = {"case": index, **case_meta(study)}
         rows.append({**meta, "source": REAL, **features_of(study.real, study.mask, study.real_reference)})
-        rows.append({**meta, "source": ORACLE, "seed": oracle_seed,
+        rows.append({"case": index, **case_meta(other), "source": ORACLE,
                      **features_of(other.real, other.mask, other.real_reference)})
         if args.save_crops:
             crops.append((index, REAL, judge_crop(study.real, study.mask, study.real_reference)))
@@ -349,8 +429,9 @@ def main(argv=None) -> int:
         rows.append({**meta, "source": AE, **features_of(recon, study.mask, study.real_reference)})
         if args.save_crops:
             crops.append((index, AE, judge_crop(recon, study.mask, study.real_reference)))
-        example = {"seed": seed, REAL: crops_of(study.real, study.mask), AE: crops_of(recon, study.mask)} \
-            if index < args.examples else None
+        example = {"seed": seed, "label": f"{meta['lesion_type']} {meta['phases']}ph",
+                   REAL: crops_of(study.real, study.mask), AE: crops_of(recon, study.mask)} \
+            if wanted_example(examples, meta["lesion_type"], args.examples) else None
         for name, stages in variants.items():
             configure(pipeline, base, stages, coherence, grain)
             if name.startswith("recon:"):
@@ -378,11 +459,20 @@ def main(argv=None) -> int:
     print(f"{len(seeds)} cases of set {args.set} ({seeds[0]}..{seeds[-1]}), bundle {bundle}, {elapsed:.0f} s, "
           f"{len(names)} features")
     report(results, coherence)
-    write_csv(results, list(results[0]), args.out / "suite_auc.csv")
+    write_csv(results, result_columns(results), args.out / "suite_auc.csv")
     write_csv(coherence, ["source", *COHERENCE], args.out / "suite_coherence.csv")
-    figure = montage(examples, [REAL, AE, *variants], args.out / "montage.png")
+    title = None if phases is None else f"phantom 2 ({args.preset}), phase policy {phases.policy}: " \
+        "post1 / post2 = the 2nd / 3rd phase it picks"
+    figure = montage(examples, [REAL, AE, *variants], args.out / "montage.png", title)
+    real_rows = [r for r in rows if r["source"] == REAL]
     manifest = {"command": "python bench/realism_suite.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "git_commit": git_commit(), "bundle": str(bundle), "bundle_sha256": bundle_sha(bundle),
+                "preset": args.preset or "legacy", "phase_policy": None if phases is None else phases.policy,
+                "lesion_types": {t: sum(r["lesion_type"] == t for r in real_rows) for t in LESION_TYPES},
+                "phase_counts": {str(k): sum(r["phases"] == k for r in real_rows)
+                                 for k in sorted({r["phases"] for r in real_rows})},
+                "fat_suppressed": sum(bool(r["fat_suppressed"]) for r in real_rows),
+                "real_rows_sha256": real_rows_digest(args.out / "suite_features.csv"),
                 "set": args.set, "seeds": [seeds[0], seeds[-1]], "oracle_seeds": [oracle_seeds[0], oracle_seeds[-1]],
                 "variants": {k: sorted(v) for k, v in variants.items()}, "features": len(names),
                 "seconds": round(elapsed), "results": results, "coherence": coherence}
@@ -393,7 +483,7 @@ def main(argv=None) -> int:
 
 def judge(rows: list[dict], names: list[str], variants: list[str], args) -> tuple[list[dict], list[dict]]:
     """AUC rows (real vs each control and variant) and the coherence means of every source."""
-    from SynBTLib.realism_suite import cross_validated_auc
+    from SynBTLib.realism_suite import auc_score, bootstrap_interval, cross_validated_auc
 
     kinds = [k.strip() for k in args.classifiers.split(",") if k.strip()]
     results = []
@@ -402,19 +492,37 @@ def judge(rows: list[dict], names: list[str], variants: list[str], args) -> tupl
         x = np.array([[r[k] for k in names] for r in subset], np.float64)
         y = np.array([r["source"] == source for r in subset], int)
         groups = np.array([r["case"] for r in subset])
+        types = np.array([r.get("lesion_type") or "mass" for r in subset])
         entry = {"source": source, "tumors_per_class": int(y.sum())}
+        split = {}
         for kind in kinds:
             result = cross_validated_auc(x, y, groups, kind=kind, repeats=args.repeats)
             entry[f"auc_{kind}"] = round(result.auc, 3)
             entry[f"ci_{kind}"] = f"{result.low:.3f}-{result.high:.3f}"
+            # per lesion type: the same out-of-fold scores (one judge for all), where there are enough cases
+            for lesion in LESION_TYPES:
+                chosen = types == lesion
+                if np.unique(groups[chosen & (y == 1)]).size < MIN_SUBGROUP_CASES or \
+                        np.unique(groups[chosen & (y == 0)]).size < MIN_SUBGROUP_CASES:
+                    continue
+                low, high = bootstrap_interval(result.scores[chosen], y[chosen], groups[chosen])
+                split[f"auc_{kind}_{lesion}"] = round(auc_score(result.scores[chosen], y[chosen]), 3)
+                split[f"ci_{kind}_{lesion}"] = f"{low:.3f}-{high:.3f}"
+                split[f"n_{lesion}"] = int((chosen & (y == 1)).sum())
         no_cross = [i for i, k in enumerate(names) if not k.startswith(("xc_", "late_", "kin_"))]
         result = cross_validated_auc(x[:, no_cross], y, groups, kind=kinds[0], repeats=args.repeats)
         entry[f"auc_{kinds[0]}_no_cross_phase"] = round(result.auc, 3)
-        results.append(entry)
+        results.append({**entry, **split})
     coherence = []
     for source in [REAL, ORACLE, AE, *variants]:
         values = {k: np.array([r[k] for r in rows if r["source"] == source], np.float64) for k in COHERENCE}
         coherence.append({"source": source, **{k: round(float(np.nanmean(v)), 3) for k, v in values.items()}})
+        present = sorted({r.get("lesion_type") or "mass" for r in rows})
+        for lesion in present if len(present) > 1 else ():  # one lesion type: the line above says it all
+            mine = [r for r in rows if r["source"] == source and (r.get("lesion_type") or "mass") == lesion]
+            if mine:
+                coherence.append({"source": f"{source} ({lesion})", **{
+                    k: round(float(np.nanmean(np.array([r[k] for r in mine], np.float64))), 3) for k in COHERENCE}})
     return results, coherence
 
 
@@ -422,7 +530,17 @@ def report(results: list[dict], coherence: list[dict]) -> None:
     print("\nCoherence inside the tumor (means over tumors)")
     print_table(coherence, ["source", *COHERENCE])
     print("\nReal vs each source, cross-validated by case (5 folds x repeats), AUC [95 % bootstrap interval]")
-    print_table(results, list(results[0]))
+    columns = result_columns(results)
+    main = [c for c in columns if not c.endswith(tuple(f"_{t}" for t in LESION_TYPES))]
+    print_table(results, main)
+    if len(main) < len(columns):
+        print(f"\nThe same out-of-fold scores per lesion type (n_*: tumors per class; at least {MIN_SUBGROUP_CASES} cases)")
+        print_table(results, ["source", *[c for c in columns if c not in main]])
+
+
+def result_columns(results: list[dict]) -> list[str]:
+    """Every column of the AUC rows, in first-seen order (the per-lesion-type ones only where counts allowed)."""
+    return list(dict.fromkeys(k for row in results for k in row))
 
 
 def judge_only(args) -> int:
@@ -434,13 +552,14 @@ def judge_only(args) -> int:
     names = [k for k in rows[0] if k not in META_COLUMNS]
     for row in rows:
         row.update({k: float(row[k]) if row[k] not in ("", "None") else np.nan for k in names})
+        row["lesion_type"] = row.get("lesion_type") or "mass"  # files from before phantom 2: masses only
         row["case"] = int(row["case"])
     variants = [s for s in dict.fromkeys(r["source"] for r in rows) if s not in (REAL, ORACLE, AE)]
     results, coherence = judge(rows, names, variants, args)
     print(f"{len({r['case'] for r in rows})} cases from {args.from_features}, {len(names)} features")
     report(results, coherence)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(results, list(results[0]), args.out / "suite_auc.csv")
+    write_csv(results, result_columns(results), args.out / "suite_auc.csv")
     write_csv(coherence, ["source", *COHERENCE], args.out / "suite_coherence.csv")
     return 0
 
