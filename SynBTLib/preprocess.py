@@ -87,17 +87,33 @@ def denormalize(x: np.ndarray, norm: Normalization) -> np.ndarray:
     return (x * (norm.high - norm.low) + norm.low).astype(np.float32)
 
 
+_COUNT_CHUNK = 1 << 22  # labels counted per chunk: bincount's int64 copy of a whole volume's labels is large
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(mask)
     if count == 0:
         return mask
-    sizes = np.bincount(labels.ravel())
+    flat, sizes = labels.ravel(), np.zeros(count + 1, dtype=np.int64)
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        sizes += np.bincount(flat[start:start + _COUNT_CHUNK], minlength=count + 1)
     sizes[0] = 0
     return labels == int(sizes.argmax())
 
 
+_IN_SLICE = np.zeros((3, 3, 3), dtype=bool)
+_IN_SLICE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within an axial slice, as binary_fill_holes
+
+
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    return np.stack([ndimage.binary_fill_holes(axial) for axial in mask])
+    """ndimage.binary_fill_holes of each axial slice, all slices labelled at once: background
+    connected within its slice to the slice's edge stays background, the rest is filled."""
+    background, count = ndimage.label(~mask, structure=_IN_SLICE)
+    at_edge = np.zeros(count + 1, dtype=bool)
+    for side in (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1]):
+        at_edge[side] = True
+    at_edge[0] = False  # label 0: the mask itself
+    return ~at_edge[background]
 
 
 def _otsu_threshold(values: np.ndarray) -> float:
