@@ -108,7 +108,7 @@ _IN_SLICE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within an 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """ndimage.binary_fill_holes of each axial slice, all slices labelled at once: background
     connected within its slice to the slice's edge stays background, the rest is filled."""
-    background, count = ndimage.label(~mask, structure=_IN_SLICE)
+    background, count = ndimage.label(~np.asarray(mask, dtype=bool), structure=_IN_SLICE)
     at_edge = np.zeros(count + 1, dtype=bool)
     for side in (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1]):
         at_edge[side] = True
