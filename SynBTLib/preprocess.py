@@ -242,15 +242,13 @@ BODY_CHECK_MM = 2.0  # block size (mm) a large case's body is judged on by check
 
 def sampled_body_mask(case: Case, block_mm: float = BODY_CHECK_MM) -> tuple[np.ndarray, tuple[int, int, int]]:
     """(body, factors): body_mask of the case sampled at the centre voxel of each block of about
-    block_mm (factors voxels along (z, y, x), shapes.coarse_factors); body[k] stands for the case's
+    block_mm (factors whole voxels along (z, y, x)); body[k] stands for the case's
     voxels factors*k ... factors*(k+1)-1 (voxels of a last, incomplete block without a centre: the
     block before it). Factors (1, 1, 1), e.g. for block_mm 0, give body_mask itself.
 
     A body is tens of centimetres across: its boundary moves by at most half a block, and the cost
     (the labelling and hole filling of the whole volume) falls with the number of blocks."""
-    from .shapes import coarse_factors
-
-    factors = coarse_factors(case.geometry.spacing[::-1], block_mm)
+    factors = tuple(max(1, int(block_mm // s)) for s in case.geometry.spacing[::-1])  # as shapes.coarse_factors
     if factors == (1, 1, 1):
         return body_mask(case), factors
     fz, fy, fx = factors
