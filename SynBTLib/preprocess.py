@@ -87,17 +87,33 @@ def denormalize(x: np.ndarray, norm: Normalization) -> np.ndarray:
     return (x * (norm.high - norm.low) + norm.low).astype(np.float32)
 
 
+_COUNT_CHUNK = 1 << 22  # labels counted per chunk: bincount's int64 copy of a whole volume's labels is large
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(mask)
     if count == 0:
         return mask
-    sizes = np.bincount(labels.ravel())
+    flat, sizes = labels.ravel(), np.zeros(count + 1, dtype=np.int64)
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        sizes += np.bincount(flat[start:start + _COUNT_CHUNK], minlength=count + 1)
     sizes[0] = 0
     return labels == int(sizes.argmax())
 
 
+_IN_SLICE = np.zeros((3, 3, 3), dtype=bool)
+_IN_SLICE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within an axial slice, as binary_fill_holes
+
+
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    return np.stack([ndimage.binary_fill_holes(axial) for axial in mask])
+    """ndimage.binary_fill_holes of each axial slice, all slices labelled at once: background
+    connected within its slice to the slice's edge stays background, the rest is filled."""
+    background, count = ndimage.label(~np.asarray(mask, dtype=bool), structure=_IN_SLICE)
+    at_edge = np.zeros(count + 1, dtype=bool)
+    for side in (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1]):
+        at_edge[side] = True
+    at_edge[0] = False  # label 0: the mask itself
+    return ~at_edge[background]
 
 
 def _otsu_threshold(values: np.ndarray) -> float:
@@ -115,7 +131,10 @@ def body_mask(case: Case) -> np.ndarray:
     The maximum over phases makes both fat (bright before contrast without fat saturation) and
     enhancing tissue count as body; dark structures inside (lung) are recovered by the filling.
     """
-    signal = case.phases.max(axis=0)
+    return _body_of_signal(case.phases.max(axis=0))
+
+
+def _body_of_signal(signal: np.ndarray) -> np.ndarray:
     stride = max(1, signal.size // _MAX_SAMPLES)
     if float(signal.max()) <= float(signal.min()):
         raise SynBTError("the image is constant; there is no body to find")
@@ -218,21 +237,46 @@ def breast_tissue_mask(
     return BreastMasks(body=body, breast=breast, fibroglandular=fibroglandular, fat=breast & ~fibroglandular)
 
 
-def check_mask_in_body(case: Case, mask: np.ndarray, what: str = "the tumor mask", max_outside: float = 0.5) -> None:
+BODY_CHECK_MM = 2.0  # block size (mm) a large case's body is judged on by check_mask_in_body
+
+
+def sampled_body_mask(case: Case, block_mm: float = BODY_CHECK_MM) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """(body, factors): body_mask of the case sampled at the centre voxel of each block of about
+    block_mm (factors whole voxels along (z, y, x)); body[k] stands for the case's
+    voxels factors*k ... factors*(k+1)-1 (voxels of a last, incomplete block without a centre: the
+    block before it). Factors (1, 1, 1), e.g. for block_mm 0, give body_mask itself.
+
+    A body is tens of centimetres across: its boundary moves by at most half a block, and the cost
+    (the labelling and hole filling of the whole volume) falls with the number of blocks."""
+    factors = tuple(max(1, int(block_mm // s)) for s in case.geometry.spacing[::-1])  # as shapes.coarse_factors
+    if factors == (1, 1, 1):
+        return body_mask(case), factors
+    fz, fy, fx = factors
+    return _body_of_signal(case.phases[:, fz // 2::fz, fy // 2::fy, fx // 2::fx].max(axis=0)), factors
+
+
+def check_mask_in_body(case: Case, mask: np.ndarray, what: str = "the tumor mask", max_outside: float = 0.5,
+                       block_mm: float | None = None) -> None:
     """Refuse a tumor mask that lies mostly in air (outside the body found by preprocess.body_mask).
 
     Such a tumor would be painted into the background. Only body vs air is judged: the breast
     tissue heuristics are not reliable enough on every scan to refuse a user's own mask on them.
-    A constant image (no body to find) is left to the synthesizer.
+    A constant image (no body to find) is left to the synthesizer. The body is found on blocks of
+    block_mm (sampled_body_mask; default: BODY_CHECK_MM for a case over 8.4 M voxels, whose full
+    resolution mask cost seconds, else the full resolution).
     """
     voxels = np.asarray(mask) > 0
-    if not voxels.any():
+    index = np.nonzero(voxels)
+    if not len(index[0]):
         return
+    if block_mm is None:
+        block_mm = BODY_CHECK_MM if np.prod(case.shape) > _SUBSAMPLE_ABOVE_VOXELS else 0.0
     try:
-        body = body_mask(case)
+        body, factors = sampled_body_mask(case, block_mm)
     except SynBTError:
         return
-    outside = float(np.count_nonzero(voxels & ~body)) / float(np.count_nonzero(voxels))
+    inside = body[tuple(np.minimum(i // f, n - 1) for i, f, n in zip(index, factors, body.shape))]
+    outside = 1.0 - float(np.count_nonzero(inside)) / float(inside.size)
     if outside > max_outside:
         raise SynBTError(
             f"{what} lies {100 * outside:.0f}% outside the body (in the air around it); "

@@ -1,6 +1,7 @@
 """Normalization, body mask and breast-tissue masks, scored against the phantom's ground truth."""
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from SynBTLib import labels
 from SynBTLib.case import Case, Geometry
@@ -105,3 +106,54 @@ def test_normalization_of_a_large_volume_matches_the_full_measurement():
         pre._SUBSAMPLE_ABOVE_VOXELS = limit
     span = full.high - full.low
     assert abs(sub.low - full.low) < 0.02 * span and abs(sub.high - full.high) < 0.02 * span
+
+
+@pytest.mark.parametrize("block_mm", [4.0, 6.0])
+def test_the_sampled_body_mask_matches_the_full_one_and_judges_masks_alike(block_mm):
+    """check_mask_in_body judges a large case on blocks (sampled_body_mask): the body mapped back to the
+    case grid overlaps the full-resolution one (Dice > 0.98), and masks inside, in the air and across
+    the skin get the same decision either way."""
+    from SynBTLib.preprocess import check_mask_in_body, sampled_body_mask
+
+    case = make_phantom(seed=5, shape=(192, 192, 64)).case  # 1.8 x 1.8 x 2.3 mm
+    full = body_mask(case)
+    body, factors = sampled_body_mask(case, block_mm)
+    assert factors != (1, 1, 1) and body.size < full.size / 3
+    index = np.ix_(*[np.minimum(np.arange(n) // f, m - 1) for n, f, m in zip(case.shape, factors, body.shape)])
+    assert dice(body[index], full) > 0.98
+
+    depth = ndimage.distance_transform_edt(full) - ndimage.distance_transform_edt(~full)  # voxels, < 0 in air
+    z = np.arange(case.shape[0])[:, None, None]
+    verdicts = {}
+    for name, band in {"inside": depth > 8, "in air": depth < -8, "mostly in": (depth > -2) & (depth <= 6),
+                       "mostly out": (depth > -6) & (depth <= 2)}.items():
+        mask = (band & (abs(z - case.shape[0] // 2) <= 2)).astype(np.uint8)
+        outside = np.count_nonzero(mask.astype(bool) & ~full) / np.count_nonzero(mask)
+        for block in (0.0, block_mm):
+            try:
+                check_mask_in_body(case, mask, block_mm=block)
+                verdicts[name, block] = "accepted"
+            except SynBTError:
+                verdicts[name, block] = "refused"
+        assert verdicts[name, 0.0] == ("refused" if outside > 0.5 else "accepted"), (name, outside)
+        assert verdicts[name, block_mm] == verdicts[name, 0.0], name
+    assert {v for (name, _), v in verdicts.items() if name in ("inside", "mostly in")} == {"accepted"}
+    assert {v for (name, _), v in verdicts.items() if name in ("in air", "mostly out")} == {"refused"}
+
+
+
+def test_slice_hole_filling_and_largest_component_match_scipy_per_slice():
+    """The whole-volume forms of the two steps every body and breast mask goes through give exactly
+    what scipy gives slice by slice / by a plain count (random masks, with holes, of odd shapes)."""
+    from SynBTLib.preprocess import _fill_holes_per_slice, _largest_component
+
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        mask = rng.random(tuple(rng.integers(1, 24, 3))) < rng.uniform(0.3, 0.8)
+        mask = ndimage.binary_closing(mask) if trial % 2 else mask
+        expected = np.stack([ndimage.binary_fill_holes(axial) for axial in mask])
+        assert np.array_equal(_fill_holes_per_slice(mask), expected)
+        labels_, count = ndimage.label(mask)
+        if count:
+            sizes = np.bincount(labels_.ravel())[1:]
+            assert np.array_equal(_largest_component(mask), labels_ == 1 + int(sizes.argmax()))

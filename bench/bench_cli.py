@@ -7,7 +7,8 @@ shapes.place_tumor) and `--auto`, for each diameter. The stages are timed by Syn
 hooks in the command and the pipeline: load (bundle), read, place (--auto placement or reading the
 mask), check, crop, encode, denoise (sampling and latent calibration), decode, correct (noise and
 image calibration), paste, write, each in wall seconds and in CPU seconds of the process (all its
-threads; far steadier than wall time on a shared machine). Runs are interleaved by repeat so that
+threads; far steadier than wall time on a shared machine), with the minor page faults per stage
+and the process's kernel CPU time. Runs are interleaved by repeat so that
 ratios are side by side under the same load; the load average is recorded with each run.
 
     python bench/bench_cli.py --diameters 20 40 60 --modes mask auto --steps 30 --repeats 1
@@ -28,37 +29,40 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("load", "read", "place", "check", "crop", "encode", "denoise", "decode", "correct", "paste", "write")
 COLUMNS = ("tree", "repeat", "mode", "diameter_mm", "steps", "status", "total_s", *[f"{s}_s" for s in STAGES],
-           "networks_share", "cpu_s", *[f"{s}_cpu_s" for s in STAGES], "peak_rss_gb", "load_avg_1min", "tumor_voxels")
+           "networks_share", "cpu_s", *[f"{s}_cpu_s" for s in STAGES], "sys_cpu_s", "minflt",
+           *[f"{s}_minflt" for s in STAGES], "peak_rss_gb", "load_avg_1min", "tumor_voxels")
 
 
 def cpu_stages():
-    """Make SynBTLib.stages.stage also add each stage's process CPU time (all threads) to a second dict,
-    before the command's modules import it; returns that dict. Done here rather than in the library so
-    that a baseline tree is measured the same way. On a shared machine CPU seconds move far less with
-    the load than wall seconds."""
+    """Make SynBTLib.stages.stage also add each stage's process CPU time (all threads) and minor page
+    faults to two more dicts, before the command's modules import it; returns them. Done here rather
+    than in the library so that a baseline tree is measured the same way. On a shared machine CPU
+    seconds move far less with the load than wall seconds; minor faults count memory the process
+    touches afresh (the kernel's share of the CPU time)."""
     import collections
     import contextlib
 
     from SynBTLib import stages
 
-    cpu, timed = collections.defaultdict(float), stages.stage
+    cpu, faults, timed = collections.defaultdict(float), collections.defaultdict(int), stages.stage
 
     @contextlib.contextmanager
     def stage(name):
-        start = time.process_time()
+        start, start_faults = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         try:
             with timed(name):
                 yield
         finally:
             cpu[name] += time.process_time() - start
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start_faults
 
     stages.stage = stage
-    return cpu
+    return cpu, faults
 
 
 def worker(spec: dict) -> dict:
     """One `synbt synthesize` in this process; stage times (wall and CPU), totals and peak RSS."""
-    cpu = cpu_stages()
+    cpu, faults = cpu_stages()
     from SynBTLib.cli import main
     from SynBTLib.stages import recording
 
@@ -67,13 +71,14 @@ def worker(spec: dict) -> dict:
     argv += ["--mask", spec["mask"]] if spec["mode"] == "mask" else ["--auto", "--size-mm", str(spec["diameter_mm"])]
     argv += ["--bundle", spec["bundle"]] if spec.get("bundle") else []
     argv += ["--existing-tumors", "none"]
-    start, start_cpu = time.perf_counter(), time.process_time()
+    start, start_cpu, before = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
     with recording() as times:
         rc = main(argv)
-    total, total_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    total, total_cpu, after = time.perf_counter() - start, time.process_time() - start_cpu, resource.getrusage(resource.RUSAGE_SELF)
     provenance = json.loads((Path(spec["out"]) / "provenance.json").read_text()) if rc == 0 else {}
     return {"status": "ok" if rc == 0 else f"rc={rc}", "total_s": total, "stages": dict(times),
-            "cpu_s": total_cpu, "stages_cpu": dict(cpu),
+            "cpu_s": total_cpu, "stages_cpu": dict(cpu), "sys_cpu_s": after.ru_stime - before.ru_stime,
+            "minflt": after.ru_minflt - before.ru_minflt, "stages_minflt": dict(faults),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "tumor_voxels": provenance.get("tumor", {}).get("voxels")}
 
@@ -153,6 +158,10 @@ def row_of(spec: dict, repeat: int, result: dict) -> dict:
     stages_cpu = result.get("stages_cpu", {})
     row["cpu_s"] = None if result.get("cpu_s") is None else round(result["cpu_s"], 2)
     row.update({f"{s}_cpu_s": round(stages_cpu[s], 2) if s in stages_cpu else None for s in STAGES})
+    row["sys_cpu_s"] = None if result.get("sys_cpu_s") is None else round(result["sys_cpu_s"], 2)
+    row["minflt"] = result.get("minflt")
+    stages_minflt = result.get("stages_minflt", {})
+    row.update({f"{s}_minflt": stages_minflt.get(s) for s in STAGES})
     return row
 
 
