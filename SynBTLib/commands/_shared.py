@@ -61,3 +61,27 @@ def add_device_arguments(parser) -> None:
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16: the networks run under bf16 autocast (faster on a GPU; results differ "
                         "slightly from float32, the default)")
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the system (this process only).
+
+    Every denoising step allocates the networks' activations afresh; blocks over glibc's mmap
+    threshold (32 MB at most) are mapped and unmapped each time, and every page is faulted in again
+    (4.0 M minor faults in a 5-step 40 mm run, 16-45 % of the CPU time in the kernel). Served from the
+    heap and not trimmed, the same pages are reused: a 40 mm run took 39.5 s instead of 60.6 s
+    (issue 31, the same settings given through MALLOC_MMAP_MAX_/MALLOC_TRIM_THRESHOLD_), for
+    about 0.45 GB more peak memory. False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..synthesizers import DEFAULT_STEPS
-from ._shared import add_device_arguments, seed_help
+from ._shared import add_device_arguments, keep_freed_memory, seed_help
 
 
 def register(subparsers) -> None:
@@ -28,6 +28,7 @@ def run(args) -> int:
     from ._shared import check_output
 
     check_output(args.out, args.overwrite)  # before the model loads
+    keep_freed_memory()  # the pipeline runs in this process: reuse its freed activations
     bars = []  # the synthesis bar appears with the first step, not as an idle "0step" line before the log
 
     def progress(done, total, message=""):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..errors import SynBTError
 from ..synthesizers import DEFAULT_STEPS
-from ._shared import add_device_arguments, seed_help
+from ._shared import add_device_arguments, keep_freed_memory, seed_help
 
 
 def register(subparsers) -> None:
@@ -43,6 +43,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from .. import export
+
+    keep_freed_memory()  # the pipeline runs in this process: reuse its freed activations (commands/_shared.py)
 
     if args.merge:
         if args.shard:

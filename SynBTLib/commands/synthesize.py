@@ -8,7 +8,7 @@ from ..errors import SynBTError
 from ..labels import EXISTING_TUMOR_LABEL
 from ..stages import stage
 from ..synthesizers import DEFAULT_STEPS, METHODS, check_request
-from ._shared import add_device_arguments, check_output, seed_help
+from ._shared import add_device_arguments, check_output, keep_freed_memory, seed_help
 
 
 def register(subparsers) -> None:
@@ -156,30 +156,6 @@ def _tumor_mask(args, case, existing=None):
     placement = place_in_breast(case, args.size_mm, seed=args.seed, center_mm=args.center, existing=existing)
     details = {"size_mm": args.size_mm, "center_mm": [float(v) for v in placement.center_mm], "kind": "lobulated"}
     return placement.mask, {"auto_placement": details}
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the system (this process only).
-
-    Every denoising step allocates the networks' activations afresh; blocks over glibc's mmap
-    threshold (32 MB at most) are mapped and unmapped each time, and every page is faulted in again
-    (4.0 M minor faults in a 5-step 40 mm run, 16-45 % of the CPU time in the kernel). Served from the
-    heap and not trimmed, the same pages are reused: a 40 mm run took 39.5 s instead of 60.6 s
-    (issue 31, the same settings given through MALLOC_MMAP_MAX_/MALLOC_TRIM_THRESHOLD_), for
-    about 0.45 GB more peak memory. False where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
 def _phase_selector(args):
