@@ -515,7 +515,7 @@ def _acquire(phases: np.ndarray, geometry: Geometry, p: dict, reference: float, 
 
 
 def make_phantom(seed: int = 0, shape=None, spacing=None, phases: int | None = None, tumors: int = 0, preset=None,
-                 **params) -> Phantom:
+                 place_lesions: bool = True, **params) -> Phantom:
     """A synthetic breast DCE-MRI case with ground truth, fully determined by its arguments.
 
     preset: None (or "legacy") is the original phantom (uniform density / BPE / curve-type
@@ -531,13 +531,18 @@ def make_phantom(seed: int = 0, shape=None, spacing=None, phases: int | None = N
     of each axis' k-space band the scanner samples, 0.7-0.9 by default; 1 = none). Phantom 2
     also takes menopause ("pre"/"post"), field_strength_t (1.5/3), lesion_types ("mass"/"nme"),
     phase_times_s, ghosting (ghost amplitude) and motion_mm.
+    place_lesions=False (phantom 2): the lesions are drawn but left out, so the case is the tumor-free
+    twin of the one with them: every later random draw (texture, ghosts, motion, noise) is the same,
+    where tumors=0 would draw them afresh.
     """
     if int(seed) != seed or seed < 0:
         raise SynBTError(f"seed must be a non-negative integer, got {seed}")
     if int(tumors) != tumors or tumors < 0 or tumors > 10:
         raise SynBTError(f"tumors must be an integer in 0..10, got {tumors}")
     if preset not in (None, "legacy"):
-        return _make_phantom_v2(int(seed), shape, spacing, phases, int(tumors), preset, params)
+        return _make_phantom_v2(int(seed), shape, spacing, phases, int(tumors), preset, params, place_lesions)
+    if not place_lesions:
+        raise SynBTError("place_lesions=False needs a phantom-2 preset; the legacy phantom's twin is tumors=0")
     geometry = phantom_geometry(DEFAULT_SHAPE if shape is None else shape, spacing)
     times = kin.phase_times(3 if phases is None else int(phases), float(params.get("phase_interval_s") or 90.0))
     rng = np.random.default_rng(int(seed))
@@ -608,7 +613,7 @@ def _draw_parameters_v2(rng: np.random.Generator, tumors: int, params: dict, pha
     return p, times
 
 
-def _make_phantom_v2(seed, shape, spacing, phases, tumors, preset, params) -> Phantom:
+def _make_phantom_v2(seed, shape, spacing, phases, tumors, preset, params, place_lesions=True) -> Phantom:
     from . import phantom_acquisition as acq
     from . import phantom_anatomy as anat
     from . import phantom_kinetics as pk
@@ -623,7 +628,8 @@ def _make_phantom_v2(seed, shape, spacing, phases, tumors, preset, params) -> Ph
     material, labels, depth2d, fat_end = _build_torso(axes, p)
     box, fraction, nipples = anat.build_breasts(axes, p, rng, material, labels, depth2d, fat_end)
     anatomy = _Anatomy(material=material, labels=labels, breast_box=box, fgt_fraction=fraction, nipples=nipples)
-    placed = _place_lesions_v2(geometry, anatomy, p["tumors"])
+    # the lesions' own rendering draws from their own seeds: leaving them out changes no other draw
+    placed = _place_lesions_v2(geometry, anatomy, p["tumors"]) if place_lesions else []
     tumor_labels = _label_tumors(anatomy, placed, geometry)
     signal = pk.render(geometry, anatomy, p, placed, times, rng)
     acq.uneven_fat_suppression(signal, anatomy, geometry, p, pk.material_table(p, times)[FAT] * SIGNAL_SCALE, rng)

@@ -16,8 +16,7 @@ phases a bundle models, by its phase policy, as `synbt synthesize` does.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -236,26 +235,6 @@ def _reference_tissue(tissue_labels: np.ndarray, mask: np.ndarray, spacing_zyx) 
     return (tissue_labels == L.FIBROGLANDULAR) & ~near
 
 
-@contextmanager
-def _lesions_not_placed() -> Iterator[None]:
-    """Phantom 2 with its lesions drawn (so every later random draw is the same) but not placed.
-
-    make_phantom(tumors=0) is no twin of make_phantom(tumors=1) in phantom 2: the lesion draws come
-    before the anatomy's, so the texture, ghosts, motion and noise would all be drawn afresh. The
-    lesions' own rendering uses their own seeds, so leaving them out changes nothing else.
-    """
-    from . import phantom
-
-    place = getattr(phantom, "_place_lesions_v2", None)
-    if place is None:
-        raise SynBTError("SynBTLib.phantom no longer has _place_lesions_v2: the realism twin cannot leave the lesion out")
-    phantom._place_lesions_v2 = lambda geometry, anatomy, specs: []
-    try:
-        yield
-    finally:
-        phantom._place_lesions_v2 = place
-
-
 def phantom_study_case(seed: int, shape=None, preset: str | None = None, **params) -> StudyCase:
     """The real/background phantom pair of one seed (one tumor / its tumor-free twin).
 
@@ -273,8 +252,7 @@ def phantom_study_case(seed: int, shape=None, preset: str | None = None, **param
                                   **{**params, "resolution": real.meta["parameters"]["resolution"]})
     else:
         real = make_phantom(seed=seed, shape=shape, tumors=1, preset=preset, **params)
-        with _lesions_not_placed():
-            background = make_phantom(seed=seed, shape=shape, tumors=1, preset=preset, **params)
+        background = make_phantom(seed=seed, shape=shape, tumors=1, preset=preset, place_lesions=False, **params)
     mask = real.tumor_labels.astype(np.uint8)
     spacing_zyx = real.case.geometry.spacing[::-1]
     tumor = {k: v for k, v in real.meta["tumors"][0].items() if k != "signal"}

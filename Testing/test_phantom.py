@@ -314,3 +314,19 @@ def test_cli_phantom_and_cohort_take_a_preset(tmp_path):
     index = json.loads((cohort / "cohort.json").read_text())
     assert index["preset"] == "small" and index["shape"] == [48, 48, 16]
     assert all(json.loads((cohort / c["path"] / "case.json").read_text())["preset"] == "small" for c in index["cases"])
+
+
+def test_place_lesions_false_gives_the_same_phantom_without_its_lesion():
+    from scipy import ndimage
+
+    shape = (64, 64, 24)
+    real = make_phantom(seed=21, shape=shape, tumors=1, preset="small", motion_mm=0.0, resolution=1.0)
+    twin = make_phantom(seed=21, shape=shape, tumors=1, preset="small", motion_mm=0.0, resolution=1.0,
+                        place_lesions=False)
+    assert real.tumor_labels.any() and not twin.tumor_labels.any()
+    far = ~ndimage.binary_dilation(real.tumor_labels > 0, iterations=3)
+    np.testing.assert_allclose(twin.case.phases[:, far], real.case.phases[:, far], atol=1e-3)  # every other draw kept
+    other = make_phantom(seed=21, shape=shape, tumors=0, preset="small", motion_mm=0.0, resolution=1.0)
+    assert np.abs(other.case.phases[:, far] - real.case.phases[:, far]).mean() > 1e-2  # tumors=0 is another phantom
+    with pytest.raises(SynBTError, match="phantom-2 preset"):
+        make_phantom(seed=21, shape=shape, tumors=1, place_lesions=False)
