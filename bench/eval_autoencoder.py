@@ -128,18 +128,28 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="held-out data set folder (cases never trained on)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for eval_autoencoder.csv (default bench/results)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--phase-policy", default=None, metavar="SPEC",
+                        help="the phases to give the autoencoder (datasets.PhasePolicy, e.g. pre,first,last; "
+                        "default: the bundle's own, else every phase)")
     args = parser.parse_args(argv)
 
     import torch
     from tqdm import tqdm
 
-    from SynBTLib.datasets import read_dataset
+    from SynBTLib.datasets import apply_policy, read_dataset
     from SynBTLib.errors import SynBTError
 
     torch.set_num_threads(args.threads)
     try:
         autoencoder, description = load_autoencoder(args.bundle, args.checkpoint)
-        refs = read_dataset(args.data)
+        policy = args.phase_policy
+        if policy is None and args.bundle is not None:
+            from SynBTLib.phase_choice import BundlePhases
+
+            policy = BundlePhases.of_bundle(args.bundle).policy
+        refs, skipped = apply_policy(read_dataset(args.data), policy)
+        for case_id, why in skipped:
+            print(f"skipping case {case_id}: {why}", file=sys.stderr)
         rows = []
         for ref in tqdm(refs, desc="autoencoder", unit="case"):
             rows += evaluate_case(autoencoder, ref)
