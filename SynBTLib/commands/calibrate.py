@@ -36,17 +36,17 @@ def register(subparsers) -> None:
 MIN_TUMOR_VOXELS = 27  # calibration.tumor_samples' min_voxels: smaller tumors are not measured
 
 
-def survey(data, max_tumors: int, min_voxels: int = MIN_TUMOR_VOXELS) -> tuple[list[str], list[str]]:
+def survey(data, max_tumors: int, min_voxels: int = MIN_TUMOR_VOXELS, policy=None) -> tuple[list[str], list[str]]:
     """(measured, too small): the tumors of ``data`` calibration will use, in its order (at most
     ``max_tumors``), and those it skips for having fewer than ``min_voxels`` voxels. Reads only the labels."""
     import numpy as np
     from scipy import ndimage
 
-    from ..datasets import read_dataset
+    from ..datasets import apply_policy, read_dataset
     from ..io import read_image
 
     used, small = [], []
-    for ref in read_dataset(data):
+    for ref in apply_policy(read_dataset(data), policy)[0]:  # the cases calibration.tumor_samples will take
         if ref.label_path is None:
             continue
         components, n = ndimage.label(read_image(ref.label_path)[0] != 0, structure=np.ones((3, 3, 3)))
@@ -67,7 +67,13 @@ def run(args) -> int:
     from ..calibration import MIN_CURVE_TUMORS, MIN_SHAPE_TUMORS
     from ..errors import SynBTError
 
-    used, small = survey(args.data, max(args.max_tumors, 0))
+    from ..phase_choice import BundlePhases
+
+    try:
+        policy = BundlePhases.of_bundle(args.bundle).policy
+    except SynBTError:  # a missing or broken bundle is reported by calibrate_bundle, after the data's checks
+        policy = None
+    used, small = survey(args.data, max(args.max_tumors, 0), policy=policy)
     skipped = f"; skipped, under {MIN_TUMOR_VOXELS} voxels: {', '.join(small)}" if small else ""
     if not used and not small:
         raise SynBTError(f"no labelled tumor found in {args.data} (cases without a tumor label are skipped)")
