@@ -166,3 +166,38 @@ def _without_section(card: str, heading: str) -> str:
         return card
     end = card.find("\n## ", start + len(heading) + 2)
     return card[:start] + (card[end:] if end >= 0 else "")
+
+
+# the image calibration's optional maps, by the realism suite's stage names (bench/realism_suite.py)
+IMAGE_STAGE_KEYS = {"texture": ("texture",), "shape": ("shape", "necrotic_shape"), "curves": ("curves",),
+                    "coherence": ("coherence",)}
+
+
+def drop_image_stages(bundle, stages, reason: str) -> list[str]:
+    """Leave the image calibration's ``stages`` (texture, shape, curves, coherence) out of the bundle
+    folder ``bundle``, in place: its config loses their maps, its card says which and ``reason``, its
+    SHA256SUMS is rewritten. For a bundle a tool is building (tools/rebuild_bundle.py), never a user's.
+    Returns the config keys removed."""
+    import json
+
+    from .bundle import write_checksums
+
+    unknown = [s for s in stages if s not in IMAGE_STAGE_KEYS]
+    if unknown:
+        raise SynBTError(f"unknown calibration stage(s) {', '.join(unknown)}; choose from {', '.join(IMAGE_STAGE_KEYS)}")
+    path = Path(bundle)
+    config = json.loads((path / "config.json").read_text())
+    image = config.get(IMAGE_CONFIG_KEY)
+    if not isinstance(image, dict):
+        raise SynBTError(f"bundle {bundle} has no image calibration to leave stages out of")
+    removed = [key for stage in stages for key in IMAGE_STAGE_KEYS[stage] if image.pop(key, None) is not None]
+    if not removed:
+        return removed
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    card = (path / CARD_FILE).read_text().rstrip("\n")
+    card += (f"\n\nLeft out of the image calibration after fitting: {', '.join(removed)} ({reason}); "
+             "the tables above still show what was fitted.\n")
+    (path / CARD_FILE).write_text(card)
+    write_checksums(path)
+    load_bundle(path)  # the edited config still loads, checksums verified
+    return removed

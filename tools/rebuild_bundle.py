@@ -141,8 +141,9 @@ def release_card(card: str, release: dict) -> str:
 
 
 def rebuild(work: Path, version: str, change: str, tiny: bool = False, previous: Path | None = SHIPPED,
-            log=print, phantom: str = "phantom2") -> Path:
-    """Run every step in ``work`` on ``phantom`` cohorts ("phantom2" or "legacy"); returns WORK/bundle."""
+            log=print, phantom: str = "phantom2", drop_stages: tuple = (), drop_reason: str = "") -> Path:
+    """Run every step in ``work`` on ``phantom`` cohorts ("phantom2" or "legacy"); returns WORK/bundle.
+    ``drop_stages``: image-calibration maps to leave out of the bundle (calibrated_bundle.drop_image_stages)."""
     from SynBTLib.bundle import load_bundle, write_checksums
 
     work = work.resolve()
@@ -210,6 +211,11 @@ def rebuild(work: Path, version: str, change: str, tiny: bool = False, previous:
     (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (bundle / "MODEL_CARD.md").write_text(release_card((bundle / "MODEL_CARD.md").read_text(), config["release"]))
     write_checksums(bundle)
+    if drop_stages:
+        from SynBTLib.calibrated_bundle import drop_image_stages
+
+        removed = drop_image_stages(bundle, drop_stages, drop_reason or "chosen with the realism suite's dev seeds")
+        log(f"left out of the image calibration: {', '.join(removed) or 'nothing (none was fitted)'}")
 
     load_bundle(bundle)  # verifies the checksums and builds the networks
     test_case = sorted((work / "test").iterdir())[0]
@@ -229,11 +235,17 @@ def main(argv=None) -> int:
                         help="bundle whose changelog this one continues (default: the shipped one)")
     parser.add_argument("--phantom", choices=sorted(PRESETS), default="phantom2",
                         help="cohorts of Phantom 2 (default; the phases picked by %s) or of the legacy phantom" % PHASE_POLICY)
+    parser.add_argument("--drop-stages", default="",
+                        help="comma-separated image-calibration maps to leave out (texture, shape, curves, coherence):"
+                             " those that did not improve bench/realism_suite.py on its dev seeds")
+    parser.add_argument("--drop-reason", default="", help="why, for the model card (e.g. the suite's result folder)")
     parser.add_argument("--install", action="store_true", help="copy the result over SynBTLib/bundles/phantom")
     args = parser.parse_args(argv)
     if args.install and args.tiny:
         parser.error("--install with --tiny would ship a test bundle")
-    bundle = rebuild(args.work, args.version, args.change, args.tiny, args.previous, phantom=args.phantom)
+    drop = tuple(s.strip() for s in args.drop_stages.split(",") if s.strip())
+    bundle = rebuild(args.work, args.version, args.change, args.tiny, args.previous, phantom=args.phantom,
+                     drop_stages=drop, drop_reason=args.drop_reason)
     if args.install:
         shutil.rmtree(SHIPPED)
         shutil.copytree(bundle, SHIPPED)

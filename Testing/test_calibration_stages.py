@@ -1,0 +1,42 @@
+"""calibrated_bundle.drop_image_stages: the image-calibration maps the realism suite did not keep."""
+import json
+import shutil
+
+import pytest
+
+from SynBTLib.bundle import default_bundle_path, load_bundle
+from SynBTLib.calibrated_bundle import drop_image_stages
+from SynBTLib.errors import SynBTError
+from SynBTLib.pipeline import SynthesisPipeline
+
+
+@pytest.fixture
+def bundle_copy(tmp_path):
+    path = tmp_path / "bundle"
+    shutil.copytree(default_bundle_path(), path)
+    return path
+
+
+def test_dropped_maps_leave_the_pipeline_and_the_bundle_still_verifies(bundle_copy):
+    before = SynthesisPipeline.from_bundle(bundle_copy).image_calibration
+    assert before.curves and before.coherence is not None  # the shipped bundle has both
+
+    removed = drop_image_stages(bundle_copy, ["curves"], "test reason")
+
+    assert removed == ["curves"]
+    after = SynthesisPipeline.from_bundle(bundle_copy).image_calibration  # load_bundle verifies SHA256SUMS
+    assert after.curves == {} and after.coherence is not None
+    assert after.factor == before.factor and after.shift == before.shift  # moments untouched
+    assert "test reason" in (bundle_copy / "MODEL_CARD.md").read_text()
+    assert drop_image_stages(bundle_copy, ["curves"], "again") == []  # nothing left to drop: no change
+
+
+def test_unknown_stage_and_bundle_without_image_calibration_are_refused(bundle_copy):
+    with pytest.raises(SynBTError, match="unknown calibration stage"):
+        drop_image_stages(bundle_copy, ["moments"], "x")
+    config = json.loads((bundle_copy / "config.json").read_text())
+    config.pop("image_calibration")
+    (bundle_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SynBTError, match="no image calibration"):
+        drop_image_stages(bundle_copy, ["texture"], "x")
+    load_bundle(default_bundle_path())  # the shipped bundle was never touched
