@@ -151,13 +151,15 @@ def mask_file(settings: ExportSettings, name: str) -> str:
     return f"cases/{name}/{SYNTHETIC_MASK_FILE}"
 
 
-def synthetic_mask_beside(label_path) -> Path:
+def synthetic_mask_beside(label_path) -> Path | None:
     """Where an export puts the synthetic-tumor mask of the case whose label is ``label_path`` (it may not exist:
-    a real case, or an export made before the masks were written)."""
+    a real case, or an export made before the masks were written); None for a label no export writes."""
+    from .datasets import TUMOR_LABEL_FILE
+
     label_path = Path(label_path)
     if label_path.parent.name == "labelsTr":
         return label_path.parent.parent / SYNTHETIC_MASK_DIR / label_path.name
-    return label_path.parent / SYNTHETIC_MASK_FILE
+    return label_path.parent / SYNTHETIC_MASK_FILE if label_path.name == TUMOR_LABEL_FILE else None
 
 
 def provenance_path(out: Path, name: str) -> Path:

@@ -2,13 +2,13 @@
 
 ``synbt prepare`` writes, per case, ``cases/<id>/image.npy`` (C, Z, Y, X; float16 or float32, in the
 units of preprocess.normalize), ``tumor.npy`` (uint8, where a label exists), ``centers.npy`` (body
-voxels, patch-center candidates), ``tumor_voxels.npy``, ``synthetic_voxels.npy`` (a `synbt export` case
-with a synthetic-tumor mask: that mask's voxels, the synthetic share's positive centres) and ``case.json`` (grid, normalization, phase
-names, which files and acquisition times). A case folder is written under a temporary name and renamed
-into place, so a present folder is a finished case (the done marker) and an interrupted run resumes
-where it stopped. Cases that cannot be used are recorded in ``skipped/<id>.json`` with the reason.
-Training opens the arrays with ``np.load(mmap_mode="r")``: patches are read from the page cache, not
-decoded from gzip NIfTI at every epoch.
+voxels, patch-center candidates), ``tumor_voxels.npy``, ``synthetic_voxels.npy`` (only a `synbt export`
+case with a synthetic-tumor mask: that mask's voxels, the synthetic share's positive centres) and
+``case.json`` (grid, normalization, phase names, which files and acquisition times). A case folder is
+written under a temporary name and renamed into place, so a present folder is a finished case (the done
+marker) and an interrupted run resumes where it stopped. Cases that cannot be used are recorded in
+``skipped/<id>.json`` with the reason. Training opens the arrays with ``np.load(mmap_mode="r")``:
+patches are read from the page cache, not decoded from gzip NIfTI at every epoch.
 """
 from __future__ import annotations
 
@@ -92,15 +92,14 @@ def read_label(path, geometry) -> np.ndarray:
 def build_case(ref: CaseRef, spacing=None, dtype: str = "float32") -> tuple[dict, dict]:
     """The arrays and the case.json of one case (read, resampled to ``spacing``, normalized)."""
     from .case import Case
+    from .export import synthetic_mask_beside
     from .io import read_case, resample_to
     from .preprocess import body_mask, fit_normalization, normalize
-
-    from .export import synthetic_mask_beside
 
     case = read_case(list(ref.phase_paths))
     tumor = read_label(ref.label_path, case.geometry) if ref.label_path is not None else None
     mask_file = synthetic_mask_beside(ref.label_path) if ref.label_path is not None else None
-    synthetic = read_label(mask_file, case.geometry) if mask_file is not None and mask_file.is_file() else None
+    synthetic = read_label(mask_file, case.geometry) if mask_file and mask_file.is_file() else None
     if spacing is not None:
         grid = _working_grid(case.geometry, spacing)
         if not grid.matches(case.geometry):

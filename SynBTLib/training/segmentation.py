@@ -154,7 +154,8 @@ def load_segmentation_cases(root: str | Path, what: str = "training", progress: 
                 case = read_case(list(ref.phase_paths))
                 tumor = _read_tumor(ref.label_path, case.geometry, read_mask)
                 centres = tumor
-                if synthetic and (mask := synthetic_mask_beside(ref.label_path)).is_file():
+                mask = synthetic_mask_beside(ref.label_path) if synthetic else None
+                if mask and mask.is_file():
                     centres = _read_tumor(mask, case.geometry, read_mask) & tumor
                 norm = fit_normalization(case)
             except (SynBTError, OSError, RuntimeError, ValueError) as exc:
