@@ -5,6 +5,12 @@ its breast tissue (away from any tumor it already has) and synthesized one after
 random choices derive from (seed, j, tumor index), so a case is the same whichever shard or
 rerun makes it.
 
+Besides its label (the source's lesions and the new tumors), a case gets a 0/1 mask of only the
+tumors synthesized into it: cases/<name>/synthetic_tumors.nii.gz (monai), synthetic_masksTr/<name>.nii.gz
+(nnunet; outside imagesTr/labelsTr, which nnU-Net reads). Training centres the synthetic share's
+positive patches on it (training/segmentation.py). An export begun before these masks existed is
+completed without them, so one export folder is either all with masks or all without.
+
 Every case is written atomically: its files go to a temporary folder inside the output, are
 moved into place, and its provenance file is moved in LAST. A case is done exactly when its
 provenance file exists; a rerun of the same command skips done cases, removes what a killed
@@ -35,6 +41,8 @@ FORMATS = ("nnunet", "monai")
 PRECISIONS = ("float32", "bfloat16")  # as pipeline.PRECISIONS (not imported: the handcrafted export needs no torch)
 SETTINGS_FILE = "export.json"
 PROVENANCE_DIR = "provenance"
+SYNTHETIC_MASK_FILE = "synthetic_tumors.nii.gz"  # beside tumor_labels.nii.gz in a case folder
+SYNTHETIC_MASK_DIR = "synthetic_masksTr"  # nnU-Net layout: beside labelsTr
 PLACEMENT_TRIES = 3  # draws of (size, kind, place) before a tumor is declared not to fit
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
@@ -136,6 +144,24 @@ def case_files(settings: ExportSettings, name: str, num_phases: int) -> tuple[li
     return [f"cases/{name}/phase_{k}.nii.gz" for k in range(num_phases)], f"cases/{name}/tumor_labels.nii.gz"
 
 
+def mask_file(settings: ExportSettings, name: str) -> str:
+    """Relative path of a case's synthetic-tumor mask (only the tumors synthesized into it)."""
+    if settings.format == "nnunet":
+        return f"{SYNTHETIC_MASK_DIR}/{name}.nii.gz"
+    return f"cases/{name}/{SYNTHETIC_MASK_FILE}"
+
+
+def synthetic_mask_beside(label_path) -> Path | None:
+    """Where an export puts the synthetic-tumor mask of the case whose label is ``label_path`` (it may not exist:
+    a real case, or an export made before the masks were written); None for a label no export writes."""
+    from .datasets import TUMOR_LABEL_FILE
+
+    label_path = Path(label_path)
+    if label_path.parent.name == "labelsTr":
+        return label_path.parent.parent / SYNTHETIC_MASK_DIR / label_path.name
+    return label_path.parent / SYNTHETIC_MASK_FILE if label_path.name == TUMOR_LABEL_FILE else None
+
+
 def provenance_path(out: Path, name: str) -> Path:
     return out / PROVENANCE_DIR / f"{name}.json"
 
@@ -164,12 +190,13 @@ def _write_json(data: dict, path: Path) -> Path:
 
 @dataclass
 class SyntheticCase:
-    """One synthetic case ready to write: phases, 0/1 label and provenance."""
+    """One synthetic case ready to write: phases, 0/1 label, 0/1 mask of its synthesized tumors, provenance."""
 
     name: str
     case: Case
     label: np.ndarray
     provenance: dict = field(default_factory=dict)
+    synthetic: np.ndarray | None = None  # the label minus the source's own lesions
 
 
 def read_existing_tumors(label_path, case: Case, what: str) -> np.ndarray:
@@ -236,6 +263,7 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
     breast = np.asarray(breast_tissue_mask(case).breast, dtype=bool)
     allowed = away_from_tumors(breast, existing, spacing_zyx)
     label = existing.copy()
+    synthetic = np.zeros_like(existing)
     tumors = []
     for t in range(settings.tumors_per_case):
         rng = np.random.default_rng([settings.seed, index, t])
@@ -250,6 +278,7 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
 
         case = synth(case, placement.mask, seed=synthesis_seed, steps=steps, progress=steps_done, **options)
         label[placement.mask > 0] = 1
+        synthetic[placement.mask > 0] = 1
         allowed = away_from_tumors(allowed, placement.mask, spacing_zyx)
         tumor = {
             "index": t, "diameter_mm": diameter, "kind": kind, "center_mm": list(placement.center_mm),
@@ -266,7 +295,7 @@ def make_synthetic_case(ref, index: int, settings: ExportSettings, synth, steps=
         "source_label": str(ref.label_path) if ref.label_path else None,
         "source_tumor_voxels": int(existing.sum()), "tumors": tumors,
     }
-    return SyntheticCase(name=name, case=case, label=label, provenance=provenance)
+    return SyntheticCase(name=name, case=case, label=label, provenance=provenance, synthetic=synthetic)
 
 
 # ---------------------------------------------------------------------------- writing a case
@@ -299,12 +328,14 @@ def discard_partial(out: Path, name: str, files: list[str]) -> None:
 
 
 def write_synthetic_case(
-    out: Path, item: SyntheticCase, settings: ExportSettings, provenance: dict, budget: _FileBudget | None = None
+    out: Path, item: SyntheticCase, settings: ExportSettings, provenance: dict, budget: _FileBudget | None = None,
+    with_mask: bool = True,
 ) -> list[str]:
     """Write one case atomically: files into out/.tmp-<case>-<pid>, moved into place, provenance last.
 
     On an exception the files already moved are removed again, so the case is either complete
-    (provenance present) or absent. Returns the case's relative file paths.
+    (provenance present) or absent. ``with_mask``: write the synthetic-tumor mask too. Returns the
+    case's relative file paths.
     """
     from .io import write_image, write_label
 
@@ -319,8 +350,12 @@ def write_synthetic_case(
             budget.tick()
         write_label(item.label, item.case.geometry, temp / label)
         budget.tick()
+        extra = [mask_file(settings, item.name)] if with_mask else []
+        for rel in extra:
+            write_label(item.synthetic, item.case.geometry, temp / rel)
+            budget.tick()
         _write_json(provenance, temp / PROVENANCE_DIR / f"{item.name}.json")
-        for rel in images + [label]:
+        for rel in images + [label] + extra:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp / rel, out / rel)
             moved.append(out / rel)
@@ -333,7 +368,7 @@ def write_synthetic_case(
         raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    return images + [label]
+    return images + [label] + extra
 
 
 # ------------------------------------------------------------------------- the data set index
@@ -384,7 +419,8 @@ def write_index(out: Path, record: dict) -> Path:
     training = []
     for name in names:
         images, label = case_files(settings, name, num_phases)
-        training.append({"image": images, "label": label, "case": name})
+        masks = {"synthetic_tumors": mask_file(settings, name)} if record.get("synthetic_masks") else {}
+        training.append({"image": images, "label": label, "case": name, **masks})
     return _write_json({"training": training, "synbt": record}, out / "datalist.json")
 
 
@@ -555,6 +591,10 @@ def export_dataset(
     }
     if policy is not None:  # only then: exports of cases with the bundle's own phase count resume as before
         record["phase_policy"] = policy
+    previous = _read_settings(out) if out.is_dir() else None
+    with_masks = previous is None or bool(previous.get("synthetic_masks"))
+    if with_masks:  # an export begun without masks is completed without them (one folder, one kind of case)
+        record["synthetic_masks"] = True
     out = _check_output(out, source, record)
 
     budget = _FileBudget(fail_after_files, fail_hard)
@@ -564,7 +604,8 @@ def export_dataset(
     for index in bar:
         name = settings.case_name(index)
         images, label = case_files(settings, name, num_phases)
-        discard_partial(out, name, images + [label])
+        files = images + [label] + ([mask_file(settings, name)] if with_masks else [])
+        discard_partial(out, name, files)
         if is_done(out, name):
             continue
         within = lambda message, name=name: bar.set_postfix_str(f"{name}: {message}")  # noqa: E731
@@ -572,9 +613,11 @@ def export_dataset(
         provenance = {
             **item.provenance, "seed": settings.seed, "method": method, "steps": steps,
             "bundle": bundle_path, "bundle_sha256": bundle_sha, "format": settings.format,
-            "files": images + [label], "synbt_version": __version__, **options,
+            "files": files, "synbt_version": __version__, **options,
         }
-        write_synthetic_case(out, item, settings, provenance, budget)
+        if with_masks:
+            provenance["synthetic_tumors"] = mask_file(settings, name)
+        write_synthetic_case(out, item, settings, provenance, budget, with_mask=with_masks)
         made.append(name)
     if shard is None:
         finalize(out, log)

@@ -2,12 +2,13 @@
 
 ``synbt prepare`` writes, per case, ``cases/<id>/image.npy`` (C, Z, Y, X; float16 or float32, in the
 units of preprocess.normalize), ``tumor.npy`` (uint8, where a label exists), ``centers.npy`` (body
-voxels, patch-center candidates), ``tumor_voxels.npy`` and ``case.json`` (grid, normalization, phase
-names, which files and acquisition times). A case folder is written under a temporary name and renamed
-into place, so a present folder is a finished case (the done marker) and an interrupted run resumes
-where it stopped. Cases that cannot be used are recorded in ``skipped/<id>.json`` with the reason.
-Training opens the arrays with ``np.load(mmap_mode="r")``: patches are read from the page cache, not
-decoded from gzip NIfTI at every epoch.
+voxels, patch-center candidates), ``tumor_voxels.npy``, ``synthetic_voxels.npy`` (only a `synbt export`
+case with a synthetic-tumor mask: that mask's voxels, the synthetic share's positive centres) and
+``case.json`` (grid, normalization, phase names, which files and acquisition times). A case folder is
+written under a temporary name and renamed into place, so a present folder is a finished case (the done
+marker) and an interrupted run resumes where it stopped. Cases that cannot be used are recorded in
+``skipped/<id>.json`` with the reason. Training opens the arrays with ``np.load(mmap_mode="r")``:
+patches are read from the page cache, not decoded from gzip NIfTI at every epoch.
 """
 from __future__ import annotations
 
@@ -91,17 +92,22 @@ def read_label(path, geometry) -> np.ndarray:
 def build_case(ref: CaseRef, spacing=None, dtype: str = "float32") -> tuple[dict, dict]:
     """The arrays and the case.json of one case (read, resampled to ``spacing``, normalized)."""
     from .case import Case
+    from .export import synthetic_mask_beside
     from .io import read_case, resample_to
     from .preprocess import body_mask, fit_normalization, normalize
 
     case = read_case(list(ref.phase_paths))
     tumor = read_label(ref.label_path, case.geometry) if ref.label_path is not None else None
+    mask_file = synthetic_mask_beside(ref.label_path) if ref.label_path is not None else None
+    synthetic = read_label(mask_file, case.geometry) if mask_file and mask_file.is_file() else None
     if spacing is not None:
         grid = _working_grid(case.geometry, spacing)
         if not grid.matches(case.geometry):
             native = case.geometry
             case = Case(resample_to(case.phases, native, grid), grid, list(case.phase_names))
             tumor = None if tumor is None else resample_to(tumor, native, grid, nearest=True).astype(np.uint8)
+            if synthetic is not None:
+                synthetic = resample_to(synthetic, native, grid, nearest=True).astype(np.uint8)
     norm = fit_normalization(case)
     body = np.argwhere(body_mask(case))
     centers = body[:: max(1, len(body) // MAX_CENTERS)] if len(body) else np.zeros((1, 3), np.int64)
@@ -109,6 +115,8 @@ def build_case(ref: CaseRef, spacing=None, dtype: str = "float32") -> tuple[dict
     if tumor is not None:
         arrays["tumor"] = tumor
         arrays["tumor_voxels"] = np.argwhere(tumor > 0)
+        if synthetic is not None:
+            arrays["synthetic_voxels"] = np.argwhere((synthetic > 0) & (tumor > 0))
     geometry = case.geometry
     meta = {
         "case_id": ref.case_id, "phase_names": list(case.phase_names),
@@ -116,6 +124,7 @@ def build_case(ref: CaseRef, spacing=None, dtype: str = "float32") -> tuple[dict
         "phase_indices": None if ref.phase_indices is None else list(ref.phase_indices),
         "acquisition_times": None if ref.acquisition_times is None else list(ref.acquisition_times),
         "label_file": None if ref.label_path is None else str(ref.label_path),
+        "synthetic_mask_file": None if synthetic is None else str(mask_file),
         "has_tumor": bool(tumor is not None and tumor.any()),
         "geometry": {"size": list(geometry.size), "spacing": list(geometry.spacing), "origin": list(geometry.origin),
                      "direction": list(geometry.direction)},

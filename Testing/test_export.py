@@ -18,7 +18,7 @@ from test_pipeline import pipeline  # noqa: F401  (a fixture: the tiny pipeline)
 
 SETTINGS = dict(num_cases=3, tumors_per_case=1, size_mm=(10.0, 16.0), seed=7)
 NUM_PHASES = 3
-FILE_OPS_PER_CASE = 2 * (NUM_PHASES + 1)  # every image and the label: written to the temp folder, then moved
+FILE_OPS_PER_CASE = 2 * (NUM_PHASES + 2)  # every image, the label and the synthetic-tumor mask: written, then moved
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +99,10 @@ def test_interrupted_case_leaves_nothing_and_rerun_completes_identically(source,
     settings = export.ExportSettings(**SETTINGS)
     # case 0 completes; case 1 fails after its files are written and two of them are moved into place
     with pytest.raises(export.InjectedFault):
-        export.export_dataset(source, out, settings, log=print, fail_after_files=FILE_OPS_PER_CASE + NUM_PHASES + 3)
+        export.export_dataset(source, out, settings, log=print, fail_after_files=FILE_OPS_PER_CASE + NUM_PHASES + 4)
     assert export.is_done(out, "SynBT_000") and not export.is_done(out, "SynBT_001")
     assert visible_files(out) == sorted(
-        ["export.json", "provenance/SynBT_000.json", "labelsTr/SynBT_000.nii.gz"]
+        ["export.json", "provenance/SynBT_000.json", "labelsTr/SynBT_000.nii.gz", "synthetic_masksTr/SynBT_000.nii.gz"]
         + [f"imagesTr/SynBT_000_000{k}.nii.gz" for k in range(NUM_PHASES)]
     )
     assert export.export_dataset(source, out, settings, log=print) == ["SynBT_001", "SynBT_002"]
@@ -116,7 +116,7 @@ def test_killed_process_leftovers_are_cleaned_by_the_rerun(source, reference, tm
     script = (
         "import sys; from SynBTLib import export; "
         f"export.export_dataset(sys.argv[1], sys.argv[2], export.ExportSettings(**{SETTINGS!r}), "
-        f"fail_after_files={NUM_PHASES + 1 + 2}, fail_hard=True)"
+        f"fail_after_files={NUM_PHASES + 2 + 2}, fail_hard=True)"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     child = subprocess.run([sys.executable, "-c", script, str(source), str(out)], env=env, capture_output=True)
@@ -307,8 +307,8 @@ def test_bfloat16_export_agrees_with_float32_and_is_recorded(source, tmp_path):
         export.export_dataset(source, outs[precision], settings, log=lambda message: None, device="cpu")
         provenance, files = case_content(outs[precision], "SynBT_000")
         assert (provenance["device"], provenance["precision"]) == ("cpu", precision)
-        phases[precision] = np.stack([array for array, _ in files[:-1]])
-        label = files[-1][0]
+        phases[precision] = np.stack([array for array, _ in files[:NUM_PHASES]])
+        label = files[NUM_PHASES][0]  # then the label, then the synthetic-tumor mask
     recorded = json.loads((outs["bfloat16"] / export.SETTINGS_FILE).read_text())["settings"]
     assert recorded["precision"] == "bfloat16"
     assert "precision" not in json.loads((outs["float32"] / export.SETTINGS_FILE).read_text())["settings"]

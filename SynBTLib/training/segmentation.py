@@ -22,6 +22,7 @@ import torch
 
 from ..case import Case, Geometry
 from ..errors import SynBTError
+from ..store import log
 from .common import LOG_FILE, TrainingRun, adamw, step_rng
 from .config import SegmentationNetwork, SegmentationTrainingConfig
 from .data import crop
@@ -94,6 +95,11 @@ class SegmentationCase:
     tumor_voxels: np.ndarray  # (M, 3) candidates for positive patches (may be empty)
 
 
+SYNTHETIC_FALLBACK = ("{missing} of {total} synthetic cases in {root} have no synthetic-tumor mask (exported before "
+                      "SynBT wrote them): their positive patches are centred on any label voxel, the source case's "
+                      "real lesions included")
+
+
 def _subsample(points: np.ndarray) -> np.ndarray:
     return points[:: max(1, len(points) // MAX_CENTERS)]
 
@@ -101,16 +107,23 @@ def _subsample(points: np.ndarray) -> np.ndarray:
 def load_segmentation_cases(root: str | Path, what: str = "training", progress: bool = True,
                             policy=None) -> list[SegmentationCase]:
     """Every case of a data set folder (or a `synbt prepare` store, memory-mapped) that has a tumor label,
-    normalized; ``policy`` picks the phases. Unusable cases are skipped with one line each and counted."""
+    normalized; ``policy`` picks the phases. Unusable cases are skipped with one line each and counted.
+
+    ``what="synthetic"`` (an offline `synbt export` set): the positive-patch centres (``tumor_voxels``) are the
+    voxels of the case's synthetic-tumor mask (export.synthetic_mask_beside), not of the source's real
+    lesions, while ``tumor`` (what the patches' labels are cut from) stays the whole label. A case without
+    that mask keeps every label voxel as a centre, and one line says how many such cases there are."""
     from tqdm.auto import tqdm
 
     from ..datasets import apply_policy
+    from ..export import synthetic_mask_beside
     from ..io import read_case, read_dataset, read_mask
     from ..preprocess import Normalization, body_mask, fit_normalization, normalize
     from ..store import is_store, open_store
     from .data import report_skipped
 
     cases, skipped = [], []
+    synthetic, unmasked = what == "synthetic", 0
     if is_store(root):
         _, stored = open_store(root, policy)
         total = len(stored)
@@ -119,13 +132,16 @@ def load_segmentation_cases(root: str | Path, what: str = "training", progress: 
                 skipped.append((entry.case_id, "no tumor label"))
                 continue
             tumor = entry.array("tumor")
+            centres = entry.array("synthetic_voxels") if synthetic else None
+            unmasked += int(synthetic and centres is None)
+            centres = entry.array("tumor_voxels") if centres is None else centres
             # validation segments whole cases: a float32 copy in memory; training crops the memory map
             image = entry.array("image") if what == "training" else np.asarray(entry.array("image"), np.float32)
             cases.append(SegmentationCase(
                 case_id=entry.case_id, image=image, tumor=tumor, geometry=entry.geometry,
                 norm=Normalization.from_dict(entry.meta["normalization"]), phase_names=list(entry.meta["phase_names"]),
                 body_voxels=np.asarray(entry.array("centers")),
-                tumor_voxels=_subsample(np.asarray(entry.array("tumor_voxels"))),
+                tumor_voxels=_subsample(np.asarray(centres)),
             ))
     else:
         every = read_dataset(root)
@@ -137,6 +153,10 @@ def load_segmentation_cases(root: str | Path, what: str = "training", progress: 
             try:
                 case = read_case(list(ref.phase_paths))
                 tumor = _read_tumor(ref.label_path, case.geometry, read_mask)
+                centres = tumor
+                mask = synthetic_mask_beside(ref.label_path) if synthetic else None
+                if mask and mask.is_file():
+                    centres = _read_tumor(mask, case.geometry, read_mask) & tumor
                 norm = fit_normalization(case)
             except (SynBTError, OSError, RuntimeError, ValueError) as exc:
                 skipped.append((ref.case_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
@@ -144,9 +164,12 @@ def load_segmentation_cases(root: str | Path, what: str = "training", progress: 
             cases.append(SegmentationCase(
                 case_id=ref.case_id, image=normalize(case.phases, norm), tumor=tumor, geometry=case.geometry,
                 norm=norm, phase_names=list(case.phase_names),
-                body_voxels=_subsample(np.argwhere(body_mask(case))), tumor_voxels=_subsample(np.argwhere(tumor > 0)),
+                body_voxels=_subsample(np.argwhere(body_mask(case))), tumor_voxels=_subsample(np.argwhere(centres > 0)),
             ))
+            unmasked += int(synthetic and centres is tumor)
     report_skipped(skipped, total, root)
+    if unmasked:
+        log(SYNTHETIC_FALLBACK.format(missing=unmasked, total=len(cases), root=root))
     if not cases:
         raise SynBTError(f"no usable {what} cases with a tumor label (tumor_labels.nii.gz / labelsTr) in {root}")
     phases = {c.image.shape[0] for c in cases}

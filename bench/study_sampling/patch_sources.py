@@ -1,14 +1,17 @@
 """Where synthetic-stream patch centres fall in the cpu handcrafted synthetic set: background, a source
 (real) lesion, or the new synthetic tumor; old (positive_only) vs new (pos_fraction 0.67) sampling.
-Replays TumorPatchSampler.sample's draws (same rng calls) to know each patch's case and centre."""
+Replays TumorPatchSampler.sample's draws (same rng calls) to know each patch's case and centre.
+Usage: patch_sources.py [SET] (default: the cpu study's handcrafted set); a set exported with synthetic-tumor
+masks has its positive centres on them (load_segmentation_cases(..., "synthetic")), one without falls back."""
 import json
+import sys
 from pathlib import Path
 import numpy as np
 from SynBTLib.io import read_mask
 from SynBTLib.training.common import step_rng
 from SynBTLib.training.segmentation import load_segmentation_cases
 
-SET = Path("/tmp/study_cpu/synthetic/train_handcrafted")
+SET = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/study_cpu/synthetic/train_handcrafted")
 cases = load_segmentation_cases(SET, "synthetic", progress=False)
 new = {}
 for c in cases:
@@ -17,7 +20,8 @@ for c in cases:
 with_tumor = [c for c in cases if len(c.tumor_voxels)]
 half = np.array([16, 48, 48]) // 2
 for name, only in (("old (positive_only)", True), ("new (pos_fraction 0.67)", False)):
-    tally = dict(background=0, source_lesion=0, synthetic_tumor=0, patch_holds_synthetic=0, patch_tumor_free=0)
+    tally = dict(background=0, source_lesion=0, synthetic_tumor=0, patch_holds_synthetic=0, patch_holds_source=0,
+                 patch_tumor_free=0)
     n = 0
     for step in range(500):
         rng = step_rng(0, step, 0, 2)
@@ -40,5 +44,6 @@ for name, only in (("old (positive_only)", True), ("new (pos_fraction 0.67)", Fa
             else:
                 tally["background"] += 1
             tally["patch_holds_synthetic"] += bool(new[case.case_id][box].any())
+            tally["patch_holds_source"] += bool((case.tumor[box] & ~new[case.case_id][box]).any())
             tally["patch_tumor_free"] += not case.tumor[box].any()
     print(name, {k: round(v / n, 3) for k, v in tally.items()}, "patches:", n)
