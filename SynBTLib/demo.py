@@ -102,6 +102,21 @@ def synthesis_montage(
     return path
 
 
+HANDCRAFTED_PHASES = "pre,first,last"  # the handcrafted method takes any phases: show the shipped bundle's
+
+
+def _modelled_phases(method: str):
+    """The phases the demo's synthesizer models (phase_choice.BundlePhases): the default bundle's for
+    the diffusion method, pre / first / last post-contrast for the handcrafted one."""
+    from .phase_choice import BundlePhases
+
+    if method == "handcrafted":
+        return BundlePhases(3, HANDCRAFTED_PHASES)
+    from .bundle import default_bundle_path
+
+    return BundlePhases.of_bundle(default_bundle_path())
+
+
 def run_demo(
     out: str | Path,
     seed: int = 0,
@@ -123,7 +138,9 @@ def run_demo(
     """
     log = log or (lambda message: None)
     from .io import prepare_output_dir, write_case, write_label
+    from .case import Case
     from .phantom import make_phantom, write_phantom
+    from .phase_choice import choose_phases
     from .preprocess import breast_tissue_mask
     from .shapes import place_tumor
     from .synthesizers import make_synthesizer
@@ -137,10 +154,16 @@ def run_demo(
         options = {"device": resolve_device(device), "precision": precision}
     synthesizer, used_method, used_steps = make_synthesizer(method, steps=steps, **options)
     out = prepare_output_dir(out, overwrite=overwrite)
-    log(f"making a {shape[0]}x{shape[1]}x{shape[2]} phantom DCE-MRI case (seed {seed})")
-    phantom = make_phantom(seed=seed, shape=shape, phases=3, tumors=0)
+    modelled = _modelled_phases(used_method)
+    log(f"making a {shape[0]}x{shape[1]}x{shape[2]} phantom DCE-MRI case (Phantom 2, seed {seed})")
+    phases = None if modelled.policy else modelled.count  # a bundle without a policy: its own phase count
+    phantom = make_phantom(seed=seed, shape=shape, phases=phases, tumors=0, preset="bundle")
     write_phantom(phantom, out / "phantom", overwrite=True)
     case = phantom.case
+    choice = choose_phases(case.num_phases, modelled, what="the phantom")
+    if choice.is_subset:
+        log(f"using {choice.describe(case.phase_names)}")
+        case = Case(case.phases[list(choice.indices)], case.geometry, [case.phase_names[k] for k in choice.indices])
 
     log(f"placing a {size_mm:g} mm tumor in the breast tissue")
     breast = breast_tissue_mask(case)
