@@ -15,9 +15,11 @@ from test_pipeline import MARGINS, pipeline  # noqa: F401  (pipeline is a fixtur
 AE_2X = {"channels": [8, 8]}  # compression 2: a latent cell has 8 voxels
 
 
-def test_the_shipped_bundle_is_migrated_from_version_1():
+def test_a_version_1_config_is_migrated():
     config = json.loads((default_bundle_path() / "config.json").read_text())
-    assert "settings_version" not in config  # written before the settings had a version
+    assert config["settings_version"] == SETTINGS_VERSION  # 2.0 was written with versioned settings
+    # bundles 1.x were written before the settings had a version, without margin and guidance
+    config = {k: v for k, v in config.items() if k not in ("settings_version", "context_margin_mm", "guidance_scale")}
     settings = SynthesisSettings.from_config(config)
     assert settings.spacing == tuple(config["spacing"])
     assert settings.mask_dilation_cells == config["mask_dilation_cells"]

@@ -19,16 +19,16 @@ def bundle_copy(tmp_path):
 
 def test_dropped_maps_leave_the_pipeline_and_the_bundle_still_verifies(bundle_copy):
     before = SynthesisPipeline.from_bundle(bundle_copy).image_calibration
-    assert before.curves and before.coherence is not None  # the shipped bundle has both
+    assert before.coherence is not None  # the shipped bundle's coherence map
 
-    removed = drop_image_stages(bundle_copy, ["curves"], "test reason")
+    removed = drop_image_stages(bundle_copy, ["coherence", "texture"], "test reason")
 
-    assert removed == ["curves"]
+    assert removed == ["coherence"]  # the shipped bundle has no texture map to remove
     after = SynthesisPipeline.from_bundle(bundle_copy).image_calibration  # load_bundle verifies SHA256SUMS
-    assert after.curves == {} and after.coherence is not None
+    assert after.coherence is None
     assert after.factor == before.factor and after.shift == before.shift  # moments untouched
     assert "test reason" in (bundle_copy / "MODEL_CARD.md").read_text()
-    assert drop_image_stages(bundle_copy, ["curves"], "again") == []  # nothing left to drop: no change
+    assert drop_image_stages(bundle_copy, ["coherence"], "again") == []  # nothing left to drop: no change
 
 
 def test_unknown_stage_and_bundle_without_image_calibration_are_refused(bundle_copy):

@@ -198,8 +198,9 @@ def test_bundles_record_their_phase_policy_and_old_bundles_mean_every_phase(coho
     from SynBTLib.training.autoencoder import train_autoencoder
     from SynBTLib.training.diffusion import train_diffusion
 
-    shipped = sorted((REPO / "SynBTLib" / "bundles").glob("*/config.json"))
-    assert shipped and all(phase_policy_of(json.loads(p.read_text())) is None for p in shipped)
+    shipped = json.loads((REPO / "SynBTLib" / "bundles" / "phantom" / "config.json").read_text())
+    assert phase_policy_of(shipped) == "pre,first,last"  # 2.0, trained on Phantom 2's 3-6-phase cases
+    assert phase_policy_of({k: v for k, v in shipped.items() if k != "phase_policy"}) is None  # trained before policies
     with pytest.raises(SynBTError, match="phase_policy"):
         phase_policy_of({"phase_policy": [0, 1]})
     ae_config = {"autoencoder": {"channels": [8, 16, 16], "latent_channels": 4},

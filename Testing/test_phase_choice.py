@@ -20,11 +20,14 @@ from SynBTLib.phase_choice import BundlePhases, case_id_of, choose_phases, read_
 TIMES = (0.0, 60.0, 120.0, 180.0, 240.0)
 
 
-def policy_bundle(folder: Path, policy: str) -> Path:
-    """The shipped 3-phase bundle, its config recording `policy` (as training records it)."""
+def policy_bundle(folder: Path, policy: str | None) -> Path:
+    """The shipped 3-phase bundle, its config recording `policy` (as training records it; None: none, as
+    bundles trained before policies existed)."""
     bundle = shutil.copytree(default_bundle_path(), folder)
     config = json.loads((bundle / "config.json").read_text())
     config["phase_policy"] = policy
+    if policy is None:
+        config.pop("phase_policy")
     (bundle / "config.json").write_text(json.dumps(config, indent=1))
     write_checksums(bundle)
     return bundle
@@ -106,7 +109,8 @@ def test_synthesize_times_from_a_table_and_clear_refusals(five_phases, tmp_path,
 
     refusals = [
         ([*common, "--bundle", str(timed), "--out", str(tmp_path / "b")], "closest:200s"),  # no times
-        ([*common, "--bundle", str(default_bundle_path()), "--out", str(tmp_path / "c")], "no phase policy"),
+        ([*common, "--bundle", str(policy_bundle(tmp_path / "nopolicy", None)), "--out", str(tmp_path / "c")],
+         "no phase policy"),
     ]
     other = tmp_path / "other.csv"
     other.write_text("patient_id,acquisition_times\nP999,\"[0, 60, 120, 180, 240]\"\n")
