@@ -173,3 +173,18 @@ def test_a_white_coherence_residual_is_seeded_noise_around_the_shared_pattern():
     assert CoherenceMap.from_config(white.to_config()) == white
     with pytest.raises(SynBTError, match="residual"):
         CoherenceMap(0.9, residual="pink")
+
+
+def test_curve_as_asked_is_the_share_of_tumors_made_with_the_type_asked():
+    from bench.realism_suite import as_asked
+
+    def row(kinetics, pre, post1, post2):
+        return {"kinetics": kinetics, "fo_pre_mean": pre, "fo_post1_mean": post1, "fo_post2_mean": post2}
+
+    rows = [row("washout", 1.0, 3.0, 2.5),      # -17 %: washout, as asked
+            row("persistent", 1.0, 3.0, 3.1),   # +3 %: plateau, not as asked
+            row("plateau", 1.0, 3.0, 2.9),      # -3 %: plateau, as asked
+            row("persistent", 1.0, 2.0, 2.5),   # +25 %: persistent, as asked
+            row(None, 1.0, 3.0, 1.0)]           # no type asked: not counted
+    assert as_asked(rows) == 0.75
+    assert np.isnan(as_asked([row(None, 1.0, 2.0, 2.0)]))

@@ -52,6 +52,7 @@ LESION_TYPES = ("mass", "nme")
 MIN_SUBGROUP_CASES = 8  # an AUC per lesion type only with at least this many cases of it
 # what the diagnosis reads first: the tumor's kinetic coherence and the issue's lag-1 subtraction figure
 COHERENCE = ("xc_post1_post2", "xc_hp_post1_post2", "late_spread", "kin_uniformity", "ac_sub1_x1", "ac_late_x1")
+AS_ASKED = "curve_as_asked"  # kinetic control: the curve type made is the one asked (see as_asked)
 
 
 def seed_block(preset: str | None) -> dict:
@@ -366,6 +367,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="folder keeping phantoms and diffusion samples")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "realism_suite")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale of the syntheses (default: the bundle's own)")
     parser.add_argument("--save-crops", action="store_true",
                         help="also write judge_crops.npz (tumor-centred crops of every source, for bench/realism_cnn.py)")
     parser.add_argument("--grain", type=float, default=None,
@@ -401,6 +404,8 @@ def main(argv=None) -> int:
     seeds, oracle_seeds, shape = seed_list(args.set, args.n, args.preset)
     memoize_sampling(args.cache)
     pipeline = SynthesisPipeline.from_bundle(bundle)
+    if args.guidance is not None:
+        pipeline.guidance_scale = float(args.guidance)  # part of the diffusion cache's key (an option)
     shipped = shipped_stages(pipeline)
     # 'recon:<variant>': the autoencoder control with that variant's corrections (a control, not a synthesis)
     variants = {name.strip(): parse_variant(name.strip().removeprefix("recon:"), shipped)
@@ -460,7 +465,7 @@ def main(argv=None) -> int:
           f"{len(names)} features")
     report(results, coherence)
     write_csv(results, result_columns(results), args.out / "suite_auc.csv")
-    write_csv(coherence, ["source", *COHERENCE], args.out / "suite_coherence.csv")
+    write_csv(coherence, ["source", *COHERENCE, AS_ASKED], args.out / "suite_coherence.csv")
     title = None if phases is None else f"phantom 2 ({args.preset}), phase policy {phases.policy}: " \
         "post1 / post2 = the 2nd / 3rd phase it picks"
     figure = montage(examples, [REAL, AE, *variants], args.out / "montage.png", title)
@@ -475,6 +480,7 @@ def main(argv=None) -> int:
                 "real_rows_sha256": real_rows_digest(args.out / "suite_features.csv"),
                 "set": args.set, "seeds": [seeds[0], seeds[-1]], "oracle_seeds": [oracle_seeds[0], oracle_seeds[-1]],
                 "variants": {k: sorted(v) for k, v in variants.items()}, "features": len(names),
+                "guidance_scale": pipeline.guidance_scale,
                 "seconds": round(elapsed), "results": results, "coherence": coherence}
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     print(f"wrote {args.out}/suite_*.csv, {figure} and manifest.json")
@@ -516,19 +522,32 @@ def judge(rows: list[dict], names: list[str], variants: list[str], args) -> tupl
     coherence = []
     for source in [REAL, ORACLE, AE, *variants]:
         values = {k: np.array([r[k] for r in rows if r["source"] == source], np.float64) for k in COHERENCE}
-        coherence.append({"source": source, **{k: round(float(np.nanmean(v)), 3) for k, v in values.items()}})
+        coherence.append({"source": source, **{k: round(float(np.nanmean(v)), 3) for k, v in values.items()},
+                          AS_ASKED: as_asked([r for r in rows if r["source"] == source])})
         present = sorted({r.get("lesion_type") or "mass" for r in rows})
         for lesion in present if len(present) > 1 else ():  # one lesion type: the line above says it all
             mine = [r for r in rows if r["source"] == source and (r.get("lesion_type") or "mass") == lesion]
             if mine:
                 coherence.append({"source": f"{source} ({lesion})", **{
-                    k: round(float(np.nanmean(np.array([r[k] for r in mine], np.float64))), 3) for k in COHERENCE}})
+                    k: round(float(np.nanmean(np.array([r[k] for r in mine], np.float64))), 3) for k in COHERENCE},
+                    AS_ASKED: as_asked(mine)})
     return results, coherence
+
+
+def as_asked(rows: list[dict]) -> float:
+    """Share of tumors whose curve type (kinetics.classify_curve of the tumor's mean normalized signal in
+    pre, post1, post2) is the one asked: the real tumor's own type, which each synthesis is given."""
+    from SynBTLib.kinetics import classify_curve
+
+    known = [r for r in rows if r.get("kinetics") in ("persistent", "plateau", "washout")]
+    hits = [classify_curve([float(r[f"fo_{p}_mean"]) for p in ("pre", "post1", "post2")]) == r["kinetics"]
+            for r in known]
+    return round(float(np.mean(hits)), 3) if hits else float("nan")
 
 
 def report(results: list[dict], coherence: list[dict]) -> None:
     print("\nCoherence inside the tumor (means over tumors)")
-    print_table(coherence, ["source", *COHERENCE])
+    print_table(coherence, ["source", *COHERENCE, AS_ASKED])
     print("\nReal vs each source, cross-validated by case (5 folds x repeats), AUC [95 % bootstrap interval]")
     columns = result_columns(results)
     main = [c for c in columns if not c.endswith(tuple(f"_{t}" for t in LESION_TYPES))]
@@ -560,7 +579,7 @@ def judge_only(args) -> int:
     report(results, coherence)
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(results, result_columns(results), args.out / "suite_auc.csv")
-    write_csv(coherence, ["source", *COHERENCE], args.out / "suite_coherence.csv")
+    write_csv(coherence, ["source", *COHERENCE, AS_ASKED], args.out / "suite_coherence.csv")
     return 0
 
 
