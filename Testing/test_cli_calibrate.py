@@ -40,3 +40,14 @@ def test_too_few_tumors_left_is_refused_naming_the_skipped_ones_before_the_bundl
     err = capsys.readouterr().err
     assert "found 1" in err and "case_0 tumor 1 (8 voxels)" in err and "no_bundle" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_many_small_fragments_are_counted_on_one_short_line():
+    from SynBTLib.commands.calibrate import SKIPPED_NAMED, _skipped_text
+
+    few = [f"case_{k} tumor 1 (3 voxels)" for k in range(SKIPPED_NAMED)]
+    assert all(name in _skipped_text(few) for name in few)  # a few: every one named
+    many = [f"case_{k // 10} tumor {k % 10 + 1} (2 voxels)" for k in range(40)]  # 40 fragments in 4 cases
+    text = _skipped_text(many)
+    assert "40 parts" in text and "4 cases" in text and many[0] in text and many[-1] not in text
+    assert len(text) < 200 and _skipped_text([]) == ""

@@ -60,6 +60,20 @@ def survey(data, max_tumors: int, min_voxels: int = MIN_TUMOR_VOXELS, policy=Non
     return used, small
 
 
+SKIPPED_NAMED = 5  # beyond this many small fragments (Phantom 2's spicule tips), a count and the first few
+
+
+def _skipped_text(small: list[str]) -> str:
+    """'; skipped, under N voxels: ...' naming every fragment, or counting them when there are many."""
+    if not small:
+        return ""
+    if len(small) <= SKIPPED_NAMED:
+        return f"; skipped, under {MIN_TUMOR_VOXELS} voxels: {', '.join(small)}"
+    cases = len({name.split(' tumor ')[0] for name in small})
+    return (f"; skipped {len(small)} parts under {MIN_TUMOR_VOXELS} voxels in {cases} cases "
+            f"(first: {', '.join(small[:3])}, ...)")
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -74,7 +88,7 @@ def run(args) -> int:
     except SynBTError:  # a missing or broken bundle is reported by calibrate_bundle, after the data's checks
         policy = None
     used, small = survey(args.data, max(args.max_tumors, 0), policy=policy)
-    skipped = f"; skipped, under {MIN_TUMOR_VOXELS} voxels: {', '.join(small)}" if small else ""
+    skipped = _skipped_text(small)
     if not used and not small:
         raise SynBTError(f"no labelled tumor found in {args.data} (cases without a tumor label are skipped)")
     if len(used) < 2 <= args.max_tumors:  # (a --max-tumors under 2 is refused by calibrate_bundle)
