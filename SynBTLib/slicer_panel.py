@@ -39,6 +39,11 @@ class Parameter:
     default: object = None
     choices: tuple | None = None
     range: tuple | None = None
+    label: str = ""  # what the panel and the web page call it, for error messages
+
+    def title(self, name: str) -> str:
+        """How an error names the parameter: its label with the scripting name, or the name alone."""
+        return f"{self.label} ({name})" if self.label else name
 
 
 PARAMETERS: dict[str, Parameter] = {
@@ -46,32 +51,32 @@ PARAMETERS: dict[str, Parameter] = {
     "segmentationNode": Parameter("segmentation"),
     "segmentId": Parameter("str", ""),
     "useAutoTumor": Parameter("bool", False),
-    "autoSizeMm": Parameter("float", 15.0, range=(3.0, 60.0)),
-    "method": Parameter("str", "handcrafted", choices=METHODS),
+    "autoSizeMm": Parameter("float", 15.0, range=(3.0, 60.0), label="Tumor diameter (mm)"),
+    "method": Parameter("str", "handcrafted", choices=METHODS, label="Method"),
     "bundlePath": Parameter("str", ""),
-    "seed": Parameter("int", 0, range=SEED_RANGE),
-    "steps": Parameter("int", DEFAULT_STEPS, range=(1, 1000)),
-    "kinetics": Parameter("str", DRAWN, choices=KINETICS_CHOICES),
-    "necrosis": Parameter("str", DRAWN, choices=NECROSIS_CHOICES),
+    "seed": Parameter("int", 0, range=SEED_RANGE, label="Seed"),
+    "steps": Parameter("int", DEFAULT_STEPS, range=(1, 1000), label="Sampling steps"),
+    "kinetics": Parameter("str", DRAWN, choices=KINETICS_CHOICES, label="Curve type"),
+    "necrosis": Parameter("str", DRAWN, choices=NECROSIS_CHOICES, label="Necrotic core"),
     "outputSuffix": Parameter("str", mrml.OUTPUT_SUFFIX),
     "exportSource": Parameter("str", ""),
     "exportOutput": Parameter("str", ""),
-    "exportNumCases": Parameter("int", 10, range=(1, 100000)),
-    "exportFormat": Parameter("str", "nnunet", choices=EXPORT_FORMATS),
-    "exportMethod": Parameter("str", "handcrafted", choices=METHODS),
-    "exportSizeMinMm": Parameter("float", 10.0, range=(5.0, 80.0)),
-    "exportSizeMaxMm": Parameter("float", 30.0, range=(5.0, 80.0)),
-    "exportSeed": Parameter("int", 0, range=SEED_RANGE),
-    "exportNecrosis": Parameter("str", DRAWN, choices=NECROSIS_CHOICES),
+    "exportNumCases": Parameter("int", 10, range=(1, 100000), label="Number of cases"),
+    "exportFormat": Parameter("str", "nnunet", choices=EXPORT_FORMATS, label="Export format"),
+    "exportMethod": Parameter("str", "handcrafted", choices=METHODS, label="Export method"),
+    "exportSizeMinMm": Parameter("float", 10.0, range=(5.0, 80.0), label="Smallest tumor (mm)"),
+    "exportSizeMaxMm": Parameter("float", 30.0, range=(5.0, 80.0), label="Largest tumor (mm)"),
+    "exportSeed": Parameter("int", 0, range=SEED_RANGE, label="Export seed"),
+    "exportNecrosis": Parameter("str", DRAWN, choices=NECROSIS_CHOICES, label="Export necrotic core"),
     "trainData": Parameter("str", ""),
     "trainOutput": Parameter("str", ""),
     "trainConfig": Parameter("str", ""),
-    "trainSynthetic": Parameter("str", "none", choices=SYNTHETIC_MODES),
+    "trainSynthetic": Parameter("str", "none", choices=SYNTHETIC_MODES, label="Synthetic tumors"),
     "trainSyntheticDir": Parameter("str", ""),
-    "trainMethod": Parameter("str", "handcrafted", choices=METHODS),
-    "trainRatio": Parameter("float", 0.5, range=(0.0, 1.0)),
-    "trainEpochs": Parameter("int", 20, range=(1, 100000)),
-    "trainSeed": Parameter("int", 0, range=SEED_RANGE),
+    "trainMethod": Parameter("str", "handcrafted", choices=METHODS, label="Training synthesis method"),
+    "trainRatio": Parameter("float", 0.5, range=(0.0, 1.0), label="Synthetic ratio"),
+    "trainEpochs": Parameter("int", 20, range=(1, 100000), label="Epochs"),
+    "trainSeed": Parameter("int", 0, range=SEED_RANGE, label="Training seed"),
     "trainResume": Parameter("bool", False),
     "segmentModel": Parameter("str", ""),
 }
@@ -102,7 +107,7 @@ def parameter_value(name: str, value):
     if spec.kind == "str":
         value = "" if value is None else str(value)
         if spec.choices and value not in spec.choices:
-            raise SynBTError(f"{name} must be one of {', '.join(spec.choices)}; got '{value}'")
+            raise SynBTError(f"{spec.title(name)} must be one of {', '.join(spec.choices)}; got '{value}'")
         return value
     allowed = f"{spec.range[0]} and {spec.range[1]}" if spec.range else None
     try:
@@ -112,9 +117,9 @@ def parameter_value(name: str, value):
         number = int(number) if spec.kind == "int" else number
     except (TypeError, ValueError, OverflowError):
         kind = "a whole number" if spec.kind == "int" else "a number"
-        raise SynBTError(f"{name} must be {kind}{f' between {allowed}' if allowed else ''}; got '{value}'") from None
+        raise SynBTError(f"{spec.title(name)} must be {kind}{f' between {allowed}' if allowed else ''}; got '{value}'") from None
     if spec.range and not spec.range[0] <= number <= spec.range[1]:  # NaN fails this too
-        raise SynBTError(f"{name} must be between {allowed}; got {value}")
+        raise SynBTError(f"{spec.title(name)} must be between {allowed}; got {value}")
     return number
 
 

@@ -130,6 +130,9 @@ def test_parameter_values_are_converted_and_checked_against_their_spec():
         with pytest.raises(SynBTError) as error:
             panel.parameter_value(name, bad)
         assert name in str(error.value) and allowed in str(error.value), (name, bad)
+        assert str(error.value).startswith(panel.PARAMETERS[name].label)  # what the page and the panel show
+    with pytest.raises(SynBTError, match=r"^Tumor diameter \(mm\) \(autoSizeMm\) must be between 3.0 and 60.0"):
+        panel.parameter_value("autoSizeMm", 100)
 
 
 def test_requests_check_the_values_they_use():
