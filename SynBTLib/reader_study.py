@@ -12,8 +12,10 @@ and a ROC plot.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import sqlite3
@@ -117,7 +119,8 @@ def create_study(real: str | Path, synthetic: str | Path, n: int, out: str | Pat
                          f"real {sorted(counts['real'])}, synthetic {sorted(counts['synthetic'])}")
     created = _missing_ancestors(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    _remove_abandoned_builds(out)
+    work = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     work.mkdir()
     try:
         _write_study(work, chosen, rng)
@@ -148,6 +151,22 @@ def _write_study(folder: Path, chosen: list, rng: np.random.Generator) -> None:
     (folder / KEY_FILE).write_text(json.dumps(key, indent=1))
     (folder / STUDY_FILE).write_text(json.dumps({"items": items, "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
     Answers(folder).close()  # creates the database
+
+
+def _remove_abandoned_builds(out: Path) -> None:
+    """Delete the hidden build folders of `out` left by a create that was killed (SIGKILL, power loss):
+    those whose process is gone. A build of a create still running is left alone."""
+    for folder in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
+        pid = folder.name.rsplit(".partial-", 1)[1].split("-")[0]
+        if not pid.isdigit():  # built before the folder carried its process id: nobody can own it any more
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
 
 
 def _missing_ancestors(path: Path) -> list[Path]:

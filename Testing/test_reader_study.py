@@ -234,3 +234,29 @@ def test_a_database_from_before_names_were_matched_reports_correctly(pools, tmp_
         answers.close()
     columns = [row[1] for row in sqlite3.connect(out / rs.ANSWERS_FILE).execute("PRAGMA table_info(answers)")]
     assert columns == ["reader", "item", "answer", "confidence", "answered_at"]  # the table is left as it was
+
+
+def test_a_killed_creates_hidden_build_is_removed_by_the_next_create(pools, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    parent = tmp_path / "studies"
+    parent.mkdir()
+    # a real create killed with SIGKILL while it builds: its hidden folder stays behind
+    code = ("import sys, time; from SynBTLib import reader_study as rs\n"
+            "def slow(*a, **k):\n    print('building', flush=True); time.sleep(60)\n"
+            "rs._write_study = slow\n"
+            f"rs.create_study({str(pools / 'real')!r}, {str(pools / 'synthetic')!r}, 4, {str(parent / 's')!r})\n")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "building"
+    left = list(parent.glob(".s.partial-*"))
+    assert len(left) == 1 and str(process.pid) in left[0].name
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    live = parent / f".s.partial-{os.getpid()}-feedbeef"  # a create of a process still running: kept
+    live.mkdir()
+
+    assert rs.create_study(pools / "real", pools / "synthetic", 4, parent / "s", seed=1) == parent / "s"
+    assert sorted(p.name for p in parent.iterdir()) == sorted([live.name, "s"])
