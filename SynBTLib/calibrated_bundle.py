@@ -177,7 +177,7 @@ def drop_image_stages(bundle, stages, reason: str) -> list[str]:
     """Leave the image calibration's ``stages`` (texture, shape, curves, coherence) out of the bundle
     folder ``bundle``, in place: its config loses their maps, its card says which and ``reason``, its
     SHA256SUMS is rewritten. For a bundle a tool is building (tools/rebuild_bundle.py), never a user's.
-    Returns the config keys removed."""
+    Returns the config keys removed (none for a bundle without an image calibration)."""
     import json
 
     from .bundle import write_checksums
@@ -188,8 +188,8 @@ def drop_image_stages(bundle, stages, reason: str) -> list[str]:
     path = Path(bundle)
     config = json.loads((path / "config.json").read_text())
     image = config.get(IMAGE_CONFIG_KEY)
-    if not isinstance(image, dict):
-        raise SynBTError(f"bundle {bundle} has no image calibration to leave stages out of")
+    if not isinstance(image, dict):  # (calibrate --latent-only): nothing to leave out
+        return []
     removed = [key for stage in stages for key in IMAGE_STAGE_KEYS[stage] if image.pop(key, None) is not None]
     if not removed:
         return removed

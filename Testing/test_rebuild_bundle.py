@@ -15,6 +15,12 @@ rebuild_bundle = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(rebuild_bundle)
 
 
+def test_an_unknown_stage_to_drop_stops_the_rebuild_before_it_starts(tmp_path):
+    with pytest.raises(SystemExit, match="moments"):
+        rebuild_bundle.rebuild(tmp_path / "work", "9.9", "x", tiny=True, drop_stages=("texture", "moments"))
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.slow  # about 3 minutes on 2 CPU cores: cohorts, three trainings, calibration, a synthesis
 def test_tiny_rebuild_makes_a_versioned_bundle_that_loads_and_synthesizes(tmp_path):
     previous = tmp_path / "previous"
@@ -23,7 +29,7 @@ def test_tiny_rebuild_makes_a_versioned_bundle_that_loads_and_synthesizes(tmp_pa
     (previous / "config.json").write_text(json.dumps({"release": {"version": "1.0", "changelog": [earlier]}}))
     messages = []
     bundle = rebuild_bundle.rebuild(tmp_path / "work", "1.1-test", "tiny rebuild", tiny=True, previous=previous,
-                                    log=messages.append)
+                                    log=messages.append, drop_stages=("texture", "shape"), drop_reason="test")
 
     loaded = load_bundle(bundle)  # checksums verified
     assert loaded.denoiser is not None and loaded.calibration is not None
@@ -38,6 +44,9 @@ def test_tiny_rebuild_makes_a_versioned_bundle_that_loads_and_synthesizes(tmp_pa
     assert all("--preset" in c for c in commands[:3])  # Phantom 2 cohorts
     assert loaded.config["phase_policy"] == rebuild_bundle.PHASE_POLICY  # recorded for synthesize / export / Slicer
     assert "config.json" in (bundle / SUMS_FILE).read_text() and "1.1-test" in (bundle / "MODEL_CARD.md").read_text()
+    # the tiny recipe calibrates --latent-only: --drop-stages finds nothing to leave out, and says so
+    assert "image_calibration" not in loaded.config
+    assert "left out of the image calibration: nothing (none was fitted)" in messages
 
     check = tmp_path / "work" / "check"  # the tool's own check: synthesize made a tumor in a held-out case
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(check / "tumor_labels.nii.gz")))

@@ -145,7 +145,10 @@ def rebuild(work: Path, version: str, change: str, tiny: bool = False, previous:
     """Run every step in ``work`` on ``phantom`` cohorts ("phantom2" or "legacy"); returns WORK/bundle.
     ``drop_stages``: image-calibration maps to leave out of the bundle (calibrated_bundle.drop_image_stages)."""
     from SynBTLib.bundle import load_bundle, write_checksums
+    from SynBTLib.calibrated_bundle import IMAGE_STAGE_KEYS
 
+    if unknown := [stage for stage in drop_stages if stage not in IMAGE_STAGE_KEYS]:  # before hours of training
+        raise SystemExit(f"rebuild_bundle: unknown --drop-stages {', '.join(unknown)}; choose from {', '.join(IMAGE_STAGE_KEYS)}")
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     commands: list[str] = []
