@@ -153,20 +153,43 @@ def _write_study(folder: Path, chosen: list, rng: np.random.Generator) -> None:
     Answers(folder).close()  # creates the database
 
 
+ABANDONED_AFTER_S = 24 * 3600  # a build folder without a process id (older SynBT) this old is abandoned
+
+
 def _remove_abandoned_builds(out: Path) -> None:
     """Delete the hidden build folders of `out` left by a create that was killed (SIGKILL, power loss):
-    those whose process is gone. A build of a create still running is left alone."""
+    those whose process is gone (folders of an older SynBT, without a process id: a day old). A build of a
+    create still running is left alone, and so is any folder whose owner cannot be told."""
     for folder in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
-        pid = folder.name.rsplit(".partial-", 1)[1].split("-")[0]
-        if not pid.isdigit():  # built before the folder carried its process id: nobody can own it any more
+        parts = folder.name.rsplit(".partial-", 1)[1].split("-")
+        if len(parts) == 2 and parts[0].isdigit():
+            abandoned = not _process_alive(int(parts[0]))
+        else:
+            abandoned = time.time() - folder.stat().st_mtime > ABANDONED_AFTER_S
+        if abandoned:
             shutil.rmtree(folder, ignore_errors=True)
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except PermissionError:  # another user's live process
-            pass
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (True when that cannot be told)."""
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there
+        import ctypes
+
+        kernel = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = kernel.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() != 87  # ERROR_INVALID_PARAMETER: no such process
+        code = ctypes.c_ulong()
+        kernel.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process
+        return True
+    return True
 
 
 def _missing_ancestors(path: Path) -> list[Path]:

@@ -43,7 +43,7 @@ class Parameter:
 
     def title(self, name: str) -> str:
         """How an error names the parameter: its label with the scripting name, or the name alone."""
-        return f"{self.label} ({name})" if self.label else name
+        return f"{self.label} [{name}]" if self.label else name
 
 
 PARAMETERS: dict[str, Parameter] = {
@@ -56,7 +56,7 @@ PARAMETERS: dict[str, Parameter] = {
     "bundlePath": Parameter("str", ""),
     "seed": Parameter("int", 0, range=SEED_RANGE, label="Seed"),
     "steps": Parameter("int", DEFAULT_STEPS, range=(1, 1000), label="Sampling steps"),
-    "kinetics": Parameter("str", DRAWN, choices=KINETICS_CHOICES, label="Curve type"),
+    "kinetics": Parameter("str", DRAWN, choices=KINETICS_CHOICES, label="Kinetic curve"),
     "necrosis": Parameter("str", DRAWN, choices=NECROSIS_CHOICES, label="Necrotic core"),
     "outputSuffix": Parameter("str", mrml.OUTPUT_SUFFIX),
     "exportSource": Parameter("str", ""),

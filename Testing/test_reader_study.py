@@ -260,3 +260,17 @@ def test_a_killed_creates_hidden_build_is_removed_by_the_next_create(pools, tmp_
 
     assert rs.create_study(pools / "real", pools / "synthetic", 4, parent / "s", seed=1) == parent / "s"
     assert sorted(p.name for p in parent.iterdir()) == sorted([live.name, "s"])
+
+
+def test_build_folders_without_a_process_id_are_removed_only_when_old(pools, tmp_path):
+    import os
+
+    parent = tmp_path / "studies"
+    parent.mkdir()
+    old, recent = parent / ".s.partial-0a1b2c3d", parent / ".s.partial-9f8e7d6c"  # an older SynBT's names
+    old.mkdir()
+    recent.mkdir()
+    day_ago = os.stat(old).st_mtime - rs.ABANDONED_AFTER_S - 60
+    os.utime(old, (day_ago, day_ago))
+    rs.create_study(pools / "real", pools / "synthetic", 4, parent / "s", seed=1)
+    assert sorted(p.name for p in parent.iterdir()) == sorted([recent.name, "s"])  # may still be building

@@ -179,7 +179,7 @@ def test_curve_as_asked_is_the_share_of_tumors_made_with_the_type_asked():
     from bench.realism_suite import as_asked
 
     def row(kinetics, pre, post1, post2):
-        return {"kinetics": kinetics, "fo_pre_mean": pre, "fo_post1_mean": post1, "fo_post2_mean": post2}
+        return {"asked_kinetics": kinetics, "fo_pre_mean": pre, "fo_post1_mean": post1, "fo_post2_mean": post2}
 
     rows = [row("washout", 1.0, 3.0, 2.5),      # -17 %: washout, as asked
             row("persistent", 1.0, 3.0, 3.1),   # +3 %: plateau, not as asked

@@ -131,7 +131,7 @@ def test_parameter_values_are_converted_and_checked_against_their_spec():
             panel.parameter_value(name, bad)
         assert name in str(error.value) and allowed in str(error.value), (name, bad)
         assert str(error.value).startswith(panel.PARAMETERS[name].label)  # what the page and the panel show
-    with pytest.raises(SynBTError, match=r"^Tumor diameter \(mm\) \(autoSizeMm\) must be between 3.0 and 60.0"):
+    with pytest.raises(SynBTError, match=r"^Tumor diameter.*autoSizeMm.*60"):
         panel.parameter_value("autoSizeMm", 100)
 
 

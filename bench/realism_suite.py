@@ -47,7 +47,8 @@ SEEDS_FILE = Path(__file__).resolve().parent / "realism_seeds.json"
 STAGES = ("noise", "grain", "sharedpost", "latent", "coherence", "white", "texture", "shared", "moments", "shape", "curves")
 REAL, ORACLE, AE = "real", "oracle", "autoencoder"
 META_COLUMNS = ["case", "seed", "source", "voxels", "kind", "necrotic", "kinetics", "lesion_type", "phases",
-                "fat_suppressed", "field_t"]
+                "fat_suppressed", "field_t", "asked_kinetics"]
+ASKED = "asked_kinetics"  # the curve type a row's tumor was meant to have: its own, or the one the synthesis drew
 LESION_TYPES = ("mass", "nme")
 MIN_SUBGROUP_CASES = 8  # an AUC per lesion type only with at least this many cases of it
 # what the diagnosis reads first: the tumor's kinetic coherence and the issue's lag-1 subtraction figure
@@ -237,7 +238,7 @@ def case_meta(study) -> dict:
     return {"seed": study.seed, "voxels": int(study.mask.sum()), "kind": tumor["kind"], "necrotic": tumor["necrotic"],
             "kinetics": tumor["kinetics"], "lesion_type": tumor.get("lesion_type", "mass"),
             "phases": len(study.meta.get("phase_times_s", [0, 0, 0])), "fat_suppressed": study.meta.get("fat_suppressed", True),
-            "field_t": study.meta.get("field_strength_t", 1.5)}
+            "field_t": study.meta.get("field_strength_t", 1.5), ASKED: tumor["kinetics"]}
 
 
 def wanted_example(examples: list[dict], lesion_type: str, count: int) -> bool:
@@ -332,9 +333,13 @@ def real_rows_digest(features_csv: Path) -> str:
 
     digest = hashlib.sha256()
     with open(features_csv, newline="") as handle:
-        for row in csv.reader(handle):
-            if row[META_COLUMNS.index("source")] == REAL:
-                digest.update(",".join(row).encode() + b"\n")
+        reader = csv.reader(handle)
+        header = next(reader)
+        keep = [i for i, name in enumerate(header) if name != ASKED]  # a column added later: digests stay comparable
+        source = header.index("source")
+        for row in reader:
+            if row[source] == REAL:
+                digest.update(",".join(row[i] for i in keep).encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -405,6 +410,8 @@ def main(argv=None) -> int:
     memoize_sampling(args.cache)
     pipeline = SynthesisPipeline.from_bundle(bundle)
     if args.guidance is not None:
+        if not args.guidance >= 1.0 or not np.isfinite(args.guidance):
+            raise SystemExit(f"--guidance must be 1 or more (1 = none), got {args.guidance}")
         pipeline.guidance_scale = float(args.guidance)  # part of the diffusion cache's key (an option)
     shipped = shipped_stages(pipeline)
     # 'recon:<variant>': the autoencoder control with that variant's corrections (a control, not a synthesis)
@@ -445,7 +452,8 @@ def main(argv=None) -> int:
             else:
                 synthetic = pipeline(study.background, study.mask, seed=seed, steps=args.steps)
                 reference = study.background_reference
-            rows.append({**meta, "source": name, **features_of(synthetic, study.mask, reference)})
+            asked = {} if name.startswith("recon:") else {ASKED: pipeline.choose_kinetics(None, seed)}  # drawn
+            rows.append({**meta, "source": name, **asked, **features_of(synthetic, study.mask, reference)})
             if args.save_crops:
                 crops.append((index, name, judge_crop(synthetic, study.mask, reference)))
             if example is not None:
@@ -536,11 +544,12 @@ def judge(rows: list[dict], names: list[str], variants: list[str], args) -> tupl
 
 def as_asked(rows: list[dict]) -> float:
     """Share of tumors whose curve type (kinetics.classify_curve of the tumor's mean normalized signal in
-    pre, post1, post2) is the one asked: the real tumor's own type, which each synthesis is given."""
+    pre, post1, post2) is the one it was meant to have (ASKED): a phantom tumor's own, a synthesis's the
+    one its pipeline drew by the seed (SynthesisPipeline.choose_kinetics) and gave the denoiser."""
     from SynBTLib.kinetics import classify_curve
 
-    known = [r for r in rows if r.get("kinetics") in ("persistent", "plateau", "washout")]
-    hits = [classify_curve([float(r[f"fo_{p}_mean"]) for p in ("pre", "post1", "post2")]) == r["kinetics"]
+    known = [r for r in rows if r.get(ASKED) in ("persistent", "plateau", "washout")]
+    hits = [classify_curve([float(r[f"fo_{p}_mean"]) for p in ("pre", "post1", "post2")]) == r[ASKED]
             for r in known]
     return round(float(np.mean(hits)), 3) if hits else float("nan")
 
@@ -574,6 +583,16 @@ def judge_only(args) -> int:
         row["lesion_type"] = row.get("lesion_type") or "mass"  # files from before phantom 2: masses only
         row["case"] = int(row["case"])
     variants = [s for s in dict.fromkeys(r["source"] for r in rows) if s not in (REAL, ORACLE, AE)]
+    if any(not r.get(ASKED) for r in rows):  # a file from before the column: the types --bundle draws
+        from SynBTLib.bundle import default_bundle_path
+        from SynBTLib.pipeline import SynthesisPipeline
+
+        bundle = args.bundle or default_bundle_path()
+        pipeline = SynthesisPipeline.from_bundle(bundle)
+        for r in rows:
+            synthesized = r["source"] in variants and not r["source"].startswith("recon:")
+            r[ASKED] = pipeline.choose_kinetics(None, int(r["seed"])) if synthesized else r["kinetics"]
+        print(f"curve types the syntheses were given: drawn by their seeds as bundle {bundle} draws them")
     results, coherence = judge(rows, names, variants, args)
     print(f"{len({r['case'] for r in rows})} cases from {args.from_features}, {len(names)} features")
     report(results, coherence)

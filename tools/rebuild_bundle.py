@@ -210,6 +210,8 @@ def rebuild(work: Path, version: str, change: str, tiny: bool = False, previous:
     if previous is not None and (previous / "config.json").is_file():
         prior = json.loads((previous / "config.json").read_text()).get("release")
     config = json.loads((bundle / "config.json").read_text())
+    if drop_stages:  # the recipe's last step: replaying the commands must give the same bundle
+        commands.append(f"python tools/rebuild_bundle.py ... --drop-stages {','.join(drop_stages)}")
     config["release"] = release_entry(version, change, commands, prior)
     (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (bundle / "MODEL_CARD.md").write_text(release_card((bundle / "MODEL_CARD.md").read_text(), config["release"]))

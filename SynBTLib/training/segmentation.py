@@ -95,8 +95,9 @@ class SegmentationCase:
     tumor_voxels: np.ndarray  # (M, 3) candidates for positive patches (may be empty)
 
 
-SYNTHETIC_FALLBACK = ("{missing} of {total} synthetic cases in {root} have no synthetic-tumor mask (exported before "
-                      "SynBT wrote them): their positive patches are centred on any label voxel, the source case's "
+SYNTHETIC_FALLBACK = ("{missing} of {total} synthetic cases in {root} have no synthetic-tumor mask (exported, or "
+                      "prepared with `synbt prepare`, before SynBT wrote them; export again, or prepare the set into "
+                      "a new store): their positive patches are centred on any label voxel, the source case's "
                       "real lesions included")
 
 

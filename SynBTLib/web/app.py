@@ -511,7 +511,7 @@ class SynBTWeb:
                                 v.VTextField(label="Steps", v_model=("p_steps",), type="number", density="compact",
                                              hide_details=True, disabled=(f"!{s}.stepsSpinBox",), id="steps")
                             with html.Div(classes="d-flex ga-2"):
-                                v.VSelect(label="Curve type", v_model=("p_kinetics",), items=("kinetics_choices",),
+                                v.VSelect(label="Kinetic curve", v_model=("p_kinetics",), items=("kinetics_choices",),
                                           density="compact", hide_details=True, disabled=(f"!{s}.kineticsComboBox",))
                                 v.VSelect(label="Necrotic core", v_model=("p_necrosis",), items=("necrosis_choices",),
                                           density="compact", hide_details=True, disabled=(f"!{s}.necrosisComboBox",))
