@@ -136,8 +136,8 @@ def load_segmentation_cases(root: str | Path, what: str = "training", progress: 
             centres = entry.array("synthetic_voxels") if synthetic else None
             unmasked += int(synthetic and centres is None)
             centres = entry.array("tumor_voxels") if centres is None else centres
-            # validation segments whole cases: a float32 copy in memory; training crops the memory map
-            image = entry.array("image") if what == "training" else np.asarray(entry.array("image"), np.float32)
+            # validation segments whole cases: a float32 copy in memory; training and synthetic sets crop the memory map
+            image = entry.array("image") if what in ("training", "synthetic") else np.asarray(entry.array("image"), np.float32)
             cases.append(SegmentationCase(
                 case_id=entry.case_id, image=image, tumor=tumor, geometry=entry.geometry,
                 norm=Normalization.from_dict(entry.meta["normalization"]), phase_names=list(entry.meta["phase_names"]),
