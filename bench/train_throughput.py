@@ -28,6 +28,7 @@ import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -238,6 +239,14 @@ def print_table(rows: list[dict], shape, spacing, preset) -> None:
               + (f"  {r['note']}" if "note" in r else ""))
 
 
+def _sample_load(samples: list, stop, every_s: float = 30.0) -> None:
+    """The 1-minute load average every ``every_s`` seconds until ``stop`` is set (other work on the cores)."""
+    while True:
+        samples.append(round(os.getloadavg()[0], 2))
+        if stop.wait(every_s):
+            return
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
@@ -259,21 +268,25 @@ def main(argv=None) -> int:
         shape, preset, phase_counts = (128, 128, 48), "small", (3, 4, 5, 6)
     spacing = tuple(args.spacing) if args.spacing else RECIPE_SPACING if args.clinical else None
     cases = args.cases or (3 if args.clinical else 4)
-    load_before = os.getloadavg()
+    load_before, samples, stop = os.getloadavg(), [], threading.Event()
+    sampler = threading.Thread(target=_sample_load, args=(samples, stop), daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         rows = run(out, cases, shape, max(2, args.steps), args.workers, args.quick, preset, spacing, phase_counts)
+    stop.set()
     print_table(rows, shape, spacing, preset)
     load_after = os.getloadavg()
     print(f"load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
-          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {time.perf_counter() - t0:.0f} s in all")
+          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}, 1-min during "
+          f"{min(samples):.2f}-{max(samples):.2f}; {time.perf_counter() - t0:.0f} s in all")
     if args.json:
         args.json.write_text(json.dumps({
             "shape": list(shape), "preset": preset or "legacy", "spacing": None if spacing is None else list(spacing),
             "cases": cases, "phase_counts": list(phase_counts[:cases]), "policy": POLICY, "steps": max(2, args.steps),
             "threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count(),
-            "load_before": list(load_before), "load_after": list(load_after),
+            "load_before": list(load_before), "load_after": list(load_after), "load_1min_during": samples,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, indent=1) + "\n")
     return 0
 
