@@ -227,11 +227,16 @@ def test_throughput_bench_runs_every_stage_and_projects_to_mama_mia(tmp_path):
                             capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {row["stage"]: row for row in json.loads((tmp_path / "rows.json").read_text())["rows"]}
-    assert rows.keys() == {"prepare", "autoencoder", "diffusion", "segmentation"}
-    assert rows["prepare"]["cases"] == 2
+    assert rows.keys() == {"write cohort", "prepare", "autoencoder", "diffusion", "segmentation"}
+    assert rows["prepare"]["cases"] == 2 and rows["prepare"]["store_gb_per_case"] > 0
     for name in ("autoencoder", "diffusion", "segmentation"):
         row = rows[name]
         assert row["s_per_step"] > 0 and row["samples_per_s"] == pytest.approx(row["batch"] / row["s_per_step"])
-        assert row["projected_h"] >= row["configured_steps"] * row["s_per_step"] / 3600
+        assert row["projected_h"] == pytest.approx(
+            (row["configured_steps"] * row["s_per_step"] + row["per_case_s"] * 1506) / 3600)
         assert row["peak_rss_mb"] > 0
+    # diffusion's per-case work (reading + encoding every case) is timed apart from its steps
+    diffusion = rows["diffusion"]
+    assert diffusion["encode_per_case_s"] > 0 and diffusion["latent_gb_1506"] > 0
+    assert diffusion["per_case_s"] == pytest.approx(diffusion["load_per_case_s"] + diffusion["encode_per_case_s"])
     assert "projections for 1506 cases" in result.stdout
