@@ -184,25 +184,6 @@ def _phase_selector(args):
     return select, chosen
 
 
-def _read_while_loading(args, read_case, selector=None):
-    """(select, chosen, future of the case): the phases are read in a thread while the model loads
-    (importing torch and MONAI is mostly one core's work). None when the phase choice fails before the
-    model is loaded (a missing bundle, say): the load then reports it as it always did."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if selector is None:
-        try:
-            selector = _phase_selector(args)
-        except SynBTError:
-            return None
-    select, chosen = selector
-    path = args.phases[0] if len(args.phases) == 1 else args.phases
-    pool = ThreadPoolExecutor(1, thread_name_prefix="synbt-read")
-    future = pool.submit(read_case, path, resample=args.resample, select=select)
-    pool.shutdown(wait=False)
-    return select, chosen, future
-
-
 def run(args) -> int:
     from ..io import read_case
     from ..synthesis_outputs import OutputFolder, write_synthesis_outputs
@@ -214,20 +195,17 @@ def run(args) -> int:
     inputs += [args.clinical_times] if args.clinical_times else []  # it can choose the phases: in provenance
     _check_inputs(inputs)
     check_output(args.out, args.overwrite, inputs)  # refused before any model is loaded
-    reading = _read_while_loading(args, read_case)
     with stage("load"):
         synthesizer, steps = make_synthesizer(args.method, args)
-    # refused before anything is written
+    # refused before anything is read or written
     necrosis = check_request(args.method, steps, args.kinetics, args.necrosis, args.bundle, synthesizer=synthesizer).necrosis
-    if reading is None:  # the phase choice could not be made before the model was loaded: it says why now
-        select, chosen = _phase_selector(args)
-        reading = _read_while_loading(args, read_case, (select, chosen))
-    select, chosen, future = reading
+    select, chosen = _phase_selector(args)
     progress = Progress(args.progress)
     try:
         progress(0, "reading the phases")
         with stage("read"):
-            case = future.result()
+            case = read_case(args.phases[0] if len(args.phases) == 1 else args.phases, resample=args.resample,
+                             select=select)
             phases_used = chosen[0] if chosen and chosen[0].is_subset else None
             if phases_used is not None:  # said before the work starts; the outputs hold only these phases
                 print(f"synbt synthesize: using {phases_used.describe()}: {', '.join(case.phase_names)}", flush=True)
