@@ -89,12 +89,18 @@ def test_the_real_rows_digest_sees_the_real_tumors_only(tmp_path):
     spec.loader.exec_module(bench)
     header = ",".join(bench.META_COLUMNS + ["fo_pre_mean"])
 
-    def digest(real_value, synthetic_value):
+    def digest(real_value, synthetic_value, asked="washout"):
         path = tmp_path / "suite_features.csv"
-        meta = "0,6100000,{},812,irregular,False,washout,mass,5,True,1.5"
-        path.write_text("\n".join([header, meta.format("real") + f",{real_value}",
-                                    meta.format("all") + f",{synthetic_value}"]) + "\n")
+        meta = "0,6100000,{},812,irregular,False,washout,mass,5,True,1.5,{}"
+        path.write_text("\n".join([header, meta.format("real", "washout") + f",{real_value}",
+                                    meta.format("all", asked) + f",{synthetic_value}"]) + "\n")
         return bench.real_rows_digest(path)
 
     assert digest(1.25, 3.0) == digest(1.25, 4.0)  # another bundle's synthesis: the same real tumors
+    assert digest(1.25, 3.0) == digest(1.25, 3.0, asked="plateau")  # the type a synthesis drew
     assert digest(1.25, 3.0) != digest(1.26, 3.0)  # another real tumor
+    # files written before the asked_kinetics column digest as they did then (the held-out figures compare)
+    old = tmp_path / "old.csv"
+    old_meta = "0,6100000,real,812,irregular,False,washout,mass,5,True,1.5,1.25"
+    old.write_text(",".join([c for c in bench.META_COLUMNS if c != bench.ASKED] + ["fo_pre_mean"]) + "\n" + old_meta + "\n")
+    assert bench.real_rows_digest(old) == digest(1.25, 3.0)
