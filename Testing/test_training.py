@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.multiprocessing as mp
+from scipy import ndimage
 
 from SynBTLib import cli
 from SynBTLib.bundle import load_bundle
@@ -350,10 +351,12 @@ def test_diffusion_mask_dilation_grows_the_trained_region_and_is_recorded(datase
 
     ae = load_bundle(autoencoder_run.bundle).autoencoder
     cases = load_cases(dataset, need_tumors=True, progress=False)[:1]
-    plain, grown = (encode_cases(cases, ae, 1.0, [8, 8, 8], flip_x=False, progress=False, mask_dilation_cells=d)[0]
-                    for d in (0, 1))
+    plain, grown = (encode_cases(cases, ae, 1.0, [8, 8, 8], flip_x=False, progress=False, mask_dilation_cells=d,
+                                 whole_volume=True)[0].windows[0] for d in (0, 1))
     assert grown.mask.sum() > plain.mask.sum() and (grown.mask >= plain.mask).all()
     assert np.array_equal(grown.latent, plain.latent) and not np.array_equal(grown.context, plain.context)
+    plain, grown = (encode_cases(cases, ae, 1.0, [8, 8, 8], flip_x=False, progress=False, mask_dilation_cells=d)[0]
+                    for d in (0, 1))
     assert np.array_equal(grown.tumor_centers, plain.tumor_centers)  # ROIs still centred on the tumors
 
     config = {**DIFFUSION_CONFIG, "training": {**DIFFUSION_CONFIG["training"], "steps": 1}, "mask_dilation_cells": 1}
@@ -378,7 +381,7 @@ def test_diffusion_mask_encoding_voxels_trains_on_the_outline_and_is_recorded(da
     c = ae.config.compression
     cases = load_cases(dataset, need_tumors=True, progress=False)[:1]
     cells, voxels = (encode_cases(cases, ae, 1.0, [8, 8, 8], flip_x=False, progress=False, mask_dilation_cells=1,
-                                  mask_encoding=e)[0] for e in ("cells", "voxels"))
+                                  mask_encoding=e, whole_volume=True)[0].windows[0] for e in ("cells", "voxels"))
     assert cells.mask.shape[0] == 1 and voxels.mask.shape[0] == 1 + c**3 and voxels.mask.dtype == np.uint8
     assert np.array_equal(voxels.mask[:1], cells.mask)
     assert voxels.mask[1:].sum() == (cases[0].tumor > 0).sum()  # every tumor voxel, once
@@ -397,6 +400,60 @@ def test_diffusion_mask_encoding_voxels_trains_on_the_outline_and_is_recorded(da
                         {**config, "mask_encoding": "cells", "finetune": {"bundle": str(run.bundle)}}, verbose=False)
 
 
+def test_diffusion_encodes_only_the_windows_its_rois_reach_and_samples_the_same_rois(autoencoder_run):
+    """Windows around the tumors hold what the whole-volume encoding holds there, and the sampler
+    draws the same ROIs from them: at the border, for tumors sharing a window, x-flipped."""
+    from SynBTLib.training.data import TrainingCase, TumorRoiSampler, encode_cases
+
+    ae = load_bundle(autoencoder_run.bundle).autoencoder
+    assert ae.config.compression == 4
+    rng = np.random.default_rng(0)
+    shape = (24, 64, 96)
+    image = ndimage.gaussian_filter(rng.normal(size=(3, *shape)), (0, 1, 1, 1)).astype(np.float32)
+    tumor = np.zeros(shape, np.uint8)
+    tumor[10:14, 8:12, 6:10] = 1  # at the y / x start: its ROIs are clamped to the grid
+    tumor[10:14, 40:44, 40:44] = 1  # two tumors whose ROIs overlap: one window
+    tumor[12:16, 44:48, 50:54] = 1
+    tumor[4:8, 30:34, 84:88] = 1  # at the far x end
+    case = TrainingCase("c", image, tumor, (1.0, 1.0, 2.0), ["a", "b", "c"], np.zeros((0, 3), int))
+    kwargs = dict(flip_x=True, progress=False, jitter=0.5)
+    windows = encode_cases([case], ae, 1.0, [16, 16, 16], **kwargs)
+    whole = encode_cases([case], ae, 1.0, [16, 16, 16], whole_volume=True, **kwargs)
+    for part, full in zip(windows, whole):
+        assert len(part.windows) == 3 and part.grid == full.grid == (6, 16, 24)
+        assert np.array_equal(part.tumor_centers, full.tumor_centers)
+        assert part.nbytes < 0.6 * full.nbytes
+        for window in part.windows:
+            box = (slice(None),) + tuple(slice(o, o + n) for o, n in zip(window.origin, window.latent.shape[1:]))
+            np.testing.assert_allclose(window.latent, full.windows[0].latent[box], atol=1e-5)
+            np.testing.assert_allclose(window.context, full.windows[0].context[box], atol=1e-5)
+            assert np.array_equal(window.mask, full.windows[0].mask[box])
+    a, b = (TumorRoiSampler(c, [4, 4, 4], seed=1, jitter=0.5) for c in (windows, whole))
+    for step in range(40):
+        for x, y in zip(a.sample(step, 3), b.sample(step, 3)):
+            np.testing.assert_allclose(x, y, atol=1e-5)
+    wider = TumorRoiSampler(windows, [4, 4, 4], seed=1, jitter=1.0)  # ROIs the windows were not encoded for
+    with pytest.raises(SynBTError, match="outside its encoded window"):
+        for step in range(40):
+            wider.sample(step, 3)
+
+
+def test_padded_region_reads_what_padding_and_flipping_the_whole_image_gives(tmp_path):
+    from SynBTLib.training.data import pad_to_multiple, padded_region
+
+    image = np.random.default_rng(1).normal(size=(3, 5, 7, 9)).astype(np.float16)
+    np.save(tmp_path / "image.npy", image)
+    mapped = np.load(tmp_path / "image.npy", mmap_mode="r")  # as a prepared store holds it
+    whole = pad_to_multiple(image.astype(np.float32), 4, [8, 8, 8], "edge")
+    assert whole.shape == (3, 8, 8, 12)
+    for flip in (False, True):
+        view = whole[..., ::-1] if flip else whole
+        for region in [(slice(0, 8), slice(0, 8), slice(0, 12)), (slice(4, 8), slice(2, 6), slice(8, 12)),
+                       (slice(1, 3), slice(0, 8), slice(0, 4))]:
+            got = padded_region(mapped, whole.shape[1:], region, flip)
+            assert got.dtype == np.float32 and np.array_equal(got, view[(slice(None), *region)])
+
+
 def test_latent_cache_reuses_encodings_only_for_the_same_encoder_and_voxels(dataset, autoencoder_run, tmp_path):
     from SynBTLib.training.data import encode_cases
 
@@ -411,13 +468,13 @@ def test_latent_cache_reuses_encodings_only_for_the_same_encoder_and_voxels(data
 
     ae.encode_volume = counting_encode
     try:
-        kwargs = dict(flip_x=False, progress=False, cache_dir=tmp_path / "cache")
-        plain = encode_cases(cases, ae, 1.0, [8, 8, 8], flip_x=False, progress=False)
+        kwargs = dict(flip_x=False, progress=False, cache_dir=tmp_path / "cache", whole_volume=True)
+        plain = encode_cases(cases, ae, 1.0, [8, 8, 8], flip_x=False, progress=False, whole_volume=True)
         assert len(calls) == 4  # latent + context of two cases
         first = encode_cases(cases, ae, 1.0, [8, 8, 8], **kwargs)
         again = encode_cases(cases, ae, 1.0, [8, 8, 8], **kwargs)
         assert len(calls) == 8 and len(list((tmp_path / "cache").glob("*.safetensors"))) == 4  # nothing re-encoded
-        for a, b, c in zip(plain, first, again):
+        for a, b, c in ((x.windows[0], y.windows[0], z.windows[0]) for x, y, z in zip(plain, first, again)):
             assert np.array_equal(a.latent, b.latent) and np.array_equal(a.latent, c.latent)
             assert np.array_equal(a.context, c.context) and np.array_equal(a.mask, c.mask)
         encode_cases(cases, ae, 1.0, [8, 8, 8], mask_dilation_cells=1, **kwargs)

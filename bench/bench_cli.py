@@ -83,13 +83,16 @@ def worker(spec: dict) -> dict:
             "tumor_voxels": provenance.get("tumor", {}).get("voxels")}
 
 
-def make_case(folder: Path, shape, seed: int, diameters) -> tuple[Path, dict]:
+def make_case(folder: Path, shape, seed: int, diameters, suffix: str = ".nii.gz") -> tuple[Path, dict]:
     """(case folder, {diameter: mask path}) for the phantom of `shape` (x, y, z); reused when present.
 
     Each mask is placed in the phantom's breast tissue, or where it does not fit (60 mm in the
-    default phantom, whose breasts hold about 43 mm) anywhere in the body below the skin."""
-    case_dir, masks = folder / "case", {d: folder / f"mask_{d:g}mm.nii.gz" for d in diameters}
-    if not (case_dir / "phase_0.nii.gz").exists() or not all(p.exists() for p in masks.values()):
+    default phantom, whose breasts hold about 43 mm) anywhere in the body below the skin. ``suffix``
+    ".nii": uncompressed float32 phases and masks, as the Slicer module and the web page hand them to
+    their `synbt synthesize` worker (slicer_worker.WORKER_FORMAT); the outputs keep that format."""
+    name = "case" if suffix == ".nii.gz" else "case_nii"
+    case_dir, masks = folder / name, {d: folder / f"mask_{d:g}mm{suffix}" for d in diameters}
+    if not (case_dir / f"phase_0{suffix}").exists() or not all(p.exists() for p in masks.values()):
         import numpy as np
 
         from SynBTLib.io import write_case, write_label
@@ -98,8 +101,10 @@ def make_case(folder: Path, shape, seed: int, diameters) -> tuple[Path, dict]:
         from SynBTLib.phantom import make_phantom
         from SynBTLib.shapes import place_tumor
 
+        from SynBTLib.slicer_worker import WORKER_FORMAT
+
         phantom = make_phantom(seed, shape=tuple(shape))
-        write_case(phantom.case, case_dir)
+        write_case(phantom.case, case_dir, None if suffix == ".nii.gz" else WORKER_FORMAT)
         breast = np.isin(phantom.tissue_labels, BREAST_TISSUE)
         body = ~np.isin(phantom.tissue_labels, (AIR, SKIN))
         for diameter, path in masks.items():
@@ -175,6 +180,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bundle", help="model bundle (default: the shipped one)")
+    parser.add_argument("--format", choices=("nii.gz", "nii"), default="nii.gz",
+                        help="files of the case, mask and outputs (nii: what the Slicer module and web page's worker reads "
+                             "and writes)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "synbt_bench_cli"),
                         help="folder for the phantom case and masks (reused)")
@@ -190,10 +198,10 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache) / "x".join(map(str, args.shape))
-    case_dir, masks = make_case(cache, args.shape, args.seed, args.diameters)
+    case_dir, masks = make_case(cache, args.shape, args.seed, args.diameters, "." + args.format)
     manifest = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "git_commit": git_commit(),
                 "bundle": args.bundle or "shipped", "bundle_sha256": bundle_sha256(args.bundle),
-                "shape_xyz": list(args.shape), "cpu_count": os.cpu_count(),
+                "shape_xyz": list(args.shape), "format": args.format, "cpu_count": os.cpu_count(),
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_avg_start": os.getloadavg(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     trees = [("this", str(ROOT))] + ([("baseline", str(Path(args.baseline).resolve()))] if args.baseline else [])

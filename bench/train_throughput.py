@@ -195,7 +195,7 @@ def _train_stage(name: str, out: Path, quick: bool, steps: int, cases: int) -> d
         row["encode_per_case_s"] = timed["encode"] / cases
         row["per_case_s"] = row["load_per_case_s"] + row["encode_per_case_s"]
         row["setup_s"] -= timed["load"] + timed["encode"]  # what is left: nets, latent scale, first batch
-        latent_bytes = sum(item.latent.nbytes + item.context.nbytes + item.mask.nbytes for item in encoded)
+        latent_bytes = sum(item.nbytes for item in encoded)
         row["latent_gb_1506"] = latent_bytes / cases * MAMA_MIA_CASES / 1e9
         row["note"] = f"latents for 1,506 cases held in memory: {row['latent_gb_1506']:.1f} GB"
     row["projected_h"] = (configured * per_step + row["per_case_s"] * MAMA_MIA_CASES) / 3600

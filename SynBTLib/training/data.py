@@ -204,15 +204,29 @@ class PatchSampler:
 
 
 @dataclass
-class LatentCase:
-    """A case encoded once for diffusion training (per flip variant): latents (L, z, y, x), already
-    multiplied by the latent scale, and the mask condition (M, z, y, x) uint8."""
+class LatentWindow:
+    """Part of a case's latent grid, encoded: every cell an ROI sampled around its tumors can reach.
 
-    case_id: str
+    ``origin`` is the window's first cell (z, y, x) in the case's latent grid; ``latent`` and
+    ``context`` are (L, z, y, x) float32 (already multiplied by the latent scale), ``mask`` the
+    mask condition (M, z, y, x) uint8."""
+
+    origin: tuple[int, int, int]
     latent: np.ndarray
     context: np.ndarray
     mask: np.ndarray
+
+
+@dataclass
+class LatentCase:
+    """A case encoded once for diffusion training (per flip variant): the windows of its latent grid
+    that ROIs around its tumors can reach (the whole grid with ``encode_cases(whole_volume=True)``)."""
+
+    case_id: str
+    grid: tuple[int, int, int]  # the whole latent grid (z, y, x) the windows lie in
+    windows: list[LatentWindow]
     tumor_centers: np.ndarray  # (N, 3) latent-grid centers of the tumor components
+    tumor_window: np.ndarray  # (N,) index of the window that holds every ROI around each center
     tumor_kinetics: np.ndarray | None = None  # (N,) KINETIC_CLASSES index of each component (0: unknown)
     # (equivalent diameter mm, necrotic core's volume fraction or 0) of each voxel-level tumor
     # component, measured with necrosis conditioning (on the unflipped variant only)
@@ -220,6 +234,48 @@ class LatentCase:
     # curve type of each whole tumor (26-connected, >= MIN_TUMOR_VOXELS) on the unflipped variant: what
     # the pipeline's draw follows (the labels above are per latent component, fragments and flips included)
     whole_tumor_types: list[str] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.latent.nbytes + w.context.nbytes + w.mask.nbytes for w in self.windows)
+
+
+def roi_starts(center: int, roi: int, jitter_cells: int, dim: int) -> tuple[int, int]:
+    """(lowest, highest) start along one axis of an ROI of ``roi`` cells centred on ``center`` shifted
+    by at most ``jitter_cells``, kept inside a grid of ``dim`` cells (as TumorRoiSampler places it)."""
+    def place(shift: int) -> int:
+        return min(max(int(center) + shift - roi // 2, 0), max(dim - roi, 0))
+    return place(-jitter_cells), place(jitter_cells)
+
+
+def roi_windows(centers: np.ndarray, grid: Sequence[int], roi: Sequence[int], jitter: float
+                ) -> tuple[list[tuple[slice, slice, slice]], np.ndarray]:
+    """The boxes (latent cells) that hold every ROI the sampler can place around ``centers`` (N, 3),
+    overlapping boxes merged; and the index of each center's box."""
+    boxes = []
+    for center in centers:
+        box = []
+        for c, n, dim in zip(center, roi, grid):
+            low, high = roi_starts(c, n, int(n * jitter), dim)
+            box.append([low, min(high + n, max(dim, n))])
+        boxes.append(box)
+    owner = list(range(len(boxes)))
+    merged = True
+    while merged:  # merge until no two boxes overlap (few tumors per case: quadratic is fine)
+        merged = False
+        groups = sorted(set(owner))
+        for i, a in enumerate(groups):
+            for b in groups[i + 1:]:
+                if all(boxes[a][k][0] < boxes[b][k][1] and boxes[b][k][0] < boxes[a][k][1] for k in range(3)):
+                    boxes[a] = [[min(boxes[a][k][0], boxes[b][k][0]), max(boxes[a][k][1], boxes[b][k][1])] for k in range(3)]
+                    owner = [a if o == b else o for o in owner]
+                    merged = True
+                    break
+            if merged:
+                break
+    groups = sorted(set(owner))
+    index = np.asarray([groups.index(o) for o in owner], dtype=np.int64)
+    return [tuple(slice(lo, hi) for lo, hi in boxes[g]) for g in groups], index
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int, minimum: Sequence[int], mode: str) -> np.ndarray:
@@ -229,6 +285,31 @@ def pad_to_multiple(array: np.ndarray, multiple: int, minimum: Sequence[int], mo
         target = max(-(-dim // multiple) * multiple, int(low))
         pad.append((0, target - dim))
     return np.pad(array, pad, mode=mode) if any(after for _, after in pad) else array
+
+
+def padded_region(image, padded: Sequence[int], region: Sequence[slice], flip: bool = False) -> np.ndarray:
+    """float32 (C, z, y, x) ``region`` of ``image`` (C, Z, Y, X; a memory map is fine) edge-padded at the
+    far end to ``padded`` (pad_to_multiple) and, with ``flip``, then flipped along x; only the region is read."""
+    index = []
+    for axis, (sl, n, size) in enumerate(zip(region, image.shape[-3:], padded)):
+        positions = np.arange(sl.start, sl.stop)
+        if flip and axis == 2:
+            positions = size - 1 - positions
+        index.append(np.minimum(positions, n - 1))
+    low = [int(i.min()) for i in index]
+    slab = np.asarray(image[(slice(None),) + tuple(slice(lo, int(i.max()) + 1) for lo, i in zip(low, index))],
+                      dtype=np.float32)  # the only read: a box of the image
+    if all((np.diff(i) == 1).all() for i in index):  # inside the image, not flipped: the box itself
+        return np.ascontiguousarray(slab)
+    return np.ascontiguousarray(slab[np.ix_(np.arange(slab.shape[0]), *(i - lo for i, lo in zip(index, low)))])
+
+
+def _cells_box(tumor_cells: np.ndarray, tumor: np.ndarray, compression: int) -> tuple[slice, slice, slice]:
+    """The latent cells around every tumor voxel, with one cell more on each side (clipped)."""
+    found = ndimage.find_objects((tumor_cells > 0).astype(np.uint8))
+    if not found:
+        return tuple(slice(0, n) for n in tumor_cells.shape)
+    return tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(found[0], tumor_cells.shape))
 
 
 def encode_cases(
@@ -244,60 +325,99 @@ def encode_cases(
     cache_dir: str | Path | None = None,
     kinetics: bool = False,
     necrosis: bool = False,
+    jitter: float = 0.25,
+    whole_volume: bool = False,
 ) -> list[LatentCase]:
-    """Encode every case and its tumor-erased copy once (and their x-flipped versions), for ROI sampling.
+    """Encode, once, every case and its tumor-erased copy (and their x-flipped versions) where ROIs
+    around its tumors can reach, for ROI sampling.
 
+    The denoiser trains only on ROIs of ``roi_size`` voxels centred on a tumor and shifted by at most
+    ``jitter`` of their size (TumorRoiSampler), so only those windows of the latent grid are encoded
+    (``roi_windows``; ``whole_volume``: the whole grid). The autoencoder is local, so a window read
+    with the encoder's halo is what encoding the whole volume gives there, up to float rounding.
     The latent mask and the erased region are the tumor grown by ``mask_dilation_cells`` latent
     cells (conditioning.generation_region), as the pipeline does for a bundle trained so; with
     ``mask_encoding="voxels"`` the mask condition also holds the tumor's voxel outline
-    (conditioning.denoiser_condition). Masks are kept as uint8. With ``cache_dir`` every latent is
+    (conditioning.denoiser_condition). Masks are kept as uint8. With ``cache_dir`` every window's latent is
     looked up in / added to a latent_cache.LatentCache there (keyed by the encoder and the voxels).
     With ``kinetics`` every tumor component gets its curve type (tumor_curve_classes); with
     ``necrosis`` the mask condition ends with each tumor's necrotic core as measured on its image
     (necrosis.necrotic_core), and every tumor's size and core fraction are kept."""
 
     compression = 2 ** (len(autoencoder.config.channels) - 1)
+    halo = autoencoder.encoder_halo
     cache = None
     if cache_dir is not None:
         cache = LatentCache(cache_dir, autoencoder, latent_scale)
+    latent_roi = [int(v) // compression for v in roi_size]
 
     def encode(image_t):
         def run():
             return (autoencoder.encode_volume(image_t) * latent_scale)[0].float().cpu().numpy()
         return run() if cache is None else cache.latent(image_t[0].cpu().numpy(), run)
 
+    def encode_window(image, padded, flip, erased, cells):
+        """Latents of the image and of its erased copy over ``cells``, read with the encoder's halo."""
+        grid = [n // compression for n in padded]
+        read = tuple(slice(max(c.start - halo, 0), min(c.stop + halo, g)) for c, g in zip(cells, grid))
+        voxels = tuple(slice(r.start * compression, r.stop * compression) for r in read)
+        core = (slice(None),) + tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(cells, read))
+        sub = torch.from_numpy(padded_region(image, padded, voxels, flip)).to(device)[None]
+        sub_erased = erase_mask(sub, torch.from_numpy(np.ascontiguousarray(erased[voxels])).to(device)[None, None])
+        return encode(sub)[core], encode(sub_erased)[core]
+
     variants = [(c, flip) for c in cases for flip in ((False, True) if flip_x else (False,))]
     encoded = []
     with torch.no_grad():
         for case, flip in tqdm(variants, desc="encoding cases", disable=not progress):
-            # float32 in memory: a store may hold float16 (memory-mapped)
-            image = pad_to_multiple(np.asarray(case.image, np.float32), compression, roi_size, "edge")
+            # the image is only read where it is needed (windows, the tumors' box): a store's memory map
+            # (float16 possibly) is never copied whole; ``padded`` is the grid padding gives it
             tumor = pad_to_multiple(np.array(case.tumor), compression, roi_size, "constant")
+            padded = tumor.shape
             if flip:
-                image, tumor = image[..., ::-1], tumor[..., ::-1]
-            image_t = torch.from_numpy(np.ascontiguousarray(image)).to(device)[None]
+                tumor = tumor[..., ::-1]
             tumor_t = torch.from_numpy(np.ascontiguousarray(tumor)).to(device)[None, None]
-            tumors = whole_tumors(tumor) if (necrosis or kinetics) and not flip else []
-            core = necrotic_core(image, tumor) if necrosis else None
-            core_t = None if core is None else torch.from_numpy(core.astype(np.uint8)).to(device)[None, None]
-            generated, erased = denoiser_condition(tumor_t, compression, mask_dilation_cells, mask_encoding, core_t)
-            erased_t = erase_mask(image_t, erased[0])
-            latent, context = encode(image_t), encode(erased_t)
-            latent_mask = generated[0].cpu().numpy()
             tumor_cells = _latent_mask(tumor, compression)  # ROIs are centred on tumors, not on their rims
             components, count = ndimage.label(tumor_cells)
             centers = np.asarray(ndimage.center_of_mass(tumor_cells, components, range(1, count + 1)))
-            curve_types = tumor_curve_classes(case, image, tumor, components, count, compression) if kinetics else None
+            centers = np.round(centers).astype(int).reshape(-1, 3)
+            core_t = tumors = curve_types = None
+            if necrosis or kinetics:
+                # what is measured on the image, on the tumors' box (whole latent cells, one voxel of margin)
+                cells = _cells_box(tumor_cells, tumor, compression)
+                box = tuple(slice(c.start * compression, min(c.stop * compression, n)) for c, n in zip(cells, padded))
+                image_box, tumor_box = padded_region(case.image, padded, box, flip), tumor[box]
+                tumors = whole_tumors(tumor_box) if not flip else []
+                core_box = necrotic_core(image_box, tumor_box) if necrosis else None
+                if necrosis:
+                    core = np.zeros(tumor.shape, dtype=np.uint8)
+                    core[box] = core_box
+                    core_t = torch.from_numpy(core).to(device)[None, None]
+                if kinetics:
+                    curve_types = tumor_curve_classes(case, image_box, tumor_box, components[cells], count, compression)
+            generated, erased = denoiser_condition(tumor_t, compression, mask_dilation_cells, mask_encoding, core_t)
+            erased = (erased[0, 0] > 0).cpu().numpy()
+            latent_mask = generated[0].cpu().numpy().astype(np.uint8)
+            grid = tuple(int(n) for n in latent_mask.shape[1:])
+            if whole_volume or not len(centers):
+                boxes, owner = [tuple(slice(0, n) for n in grid)], np.zeros(len(centers), dtype=np.int64)
+            else:
+                boxes, owner = roi_windows(centers, grid, latent_roi, jitter)
+            windows = []
+            for cells in boxes:
+                latent, context = encode_window(case.image, padded, flip, erased, cells)
+                windows.append(LatentWindow(tuple(c.start for c in cells), latent, context,
+                                            np.ascontiguousarray(latent_mask[(slice(None),) + cells])))
             encoded.append(
                 LatentCase(
                     case_id=case.case_id + (" (flipped)" if flip else ""),
-                    latent=latent,
-                    context=context,
-                    mask=latent_mask.astype(np.uint8),
-                    tumor_centers=np.round(centers).astype(int).reshape(-1, 3),
+                    grid=grid,
+                    windows=windows,
+                    tumor_centers=centers,
+                    tumor_window=owner,
                     tumor_kinetics=curve_types,
-                    tumor_necrosis=_necrosis_records(tumors, core, case.spacing) if necrosis and not flip else None,
-                    whole_tumor_types=whole_tumor_types(case, image, tumors) if kinetics and not flip else None,
+                    tumor_necrosis=_necrosis_records(tumors, core_box, case.spacing) if necrosis and not flip else None,
+                    whole_tumor_types=whole_tumor_types(case, image_box, tumors) if kinetics and not flip else None,
                 )
             )
     if cache is not None and progress:
@@ -376,11 +496,17 @@ class TumorRoiSampler:
             kinetics.append(0 if case.tumor_kinetics is None else int(case.tumor_kinetics[which]))
             shift = [rng.integers(-int(n * self.jitter), int(n * self.jitter) + 1) for n in self.roi]
             start = []
-            for c, s, n, dim in zip(center, shift, self.roi, case.latent.shape[1:]):
+            for c, s, n, dim in zip(center, shift, self.roi, case.grid):
                 start.append(min(max(int(c) + int(s) - n // 2, 0), max(dim - n, 0)))
-            latents.append(crop(case.latent, start, self.roi))
-            contexts.append(crop(case.context, start, self.roi))
-            masks.append(crop(case.mask, start, self.roi, mode="constant"))
+            window = case.windows[int(case.tumor_window[which])]
+            local = [s - o for s, o in zip(start, window.origin)]
+            if any(v < 0 or v + n > dim for v, n, dim in zip(local, self.roi, window.latent.shape[1:])):
+                # only with windows encoded for a smaller ROI or jitter than this sampler's
+                raise SynBTError(f"the ROI at latent cell {start} of {case.case_id} lies outside its encoded "
+                                 f"window (origin {window.origin}, size {window.latent.shape[1:]})")
+            latents.append(crop(window.latent, local, self.roi))
+            contexts.append(crop(window.context, local, self.roi))
+            masks.append(crop(window.mask, local, self.roi, mode="constant"))
         return (
             np.ascontiguousarray(np.stack(latents), dtype=np.float32),
             np.ascontiguousarray(np.stack(contexts), dtype=np.float32),

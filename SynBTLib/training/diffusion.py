@@ -228,7 +228,7 @@ class DiffusionTraining(TrainingRun):
         self.encoded = encoded = encode_cases(
             cases, ae, scale, roi, flip_x=config.data.flip_x, device=self.dist.device, progress=self.loud,
             mask_dilation_cells=config.mask_dilation_cells, mask_encoding=config.mask_encoding,
-            cache_dir=self.latent_cache, kinetics=kinetic, necrosis=necrosis,
+            cache_dir=self.latent_cache, kinetics=kinetic, necrosis=necrosis, jitter=config.data.jitter,
         )
         if necrosis and not any(f > 0 for c in encoded for _, f in (c.tumor_necrosis or [])):
             raise SynBTError(f"no training tumor in {data} has a necrotic (non-enhancing) core; train without "
@@ -240,10 +240,11 @@ class DiffusionTraining(TrainingRun):
             # mean 0 / std 1 per channel over the training latents (see nets/latent_norm.py); a
             # continued denoiser keeps the statistics it was trained with
             self.channels = (self.source.channels if self.source is not None
-                             else ChannelStandardizer.fit([item.latent for item in encoded], rotation=self.rotation))
-            for item in encoded:
-                item.latent = self.channels.standardize(item.latent, channel_axis=0)
-                item.context = self.channels.standardize(item.context, channel_axis=0)
+                             else ChannelStandardizer.fit([w.latent for item in encoded for w in item.windows],
+                                                          rotation=self.rotation))
+            for window in (w for item in encoded for w in item.windows):
+                window.latent = self.channels.standardize(window.latent, channel_axis=0)
+                window.context = self.channels.standardize(window.context, channel_axis=0)
         latent_roi = [v // ae.config.compression for v in roi]
         self.sampler = TumorRoiSampler(encoded, latent_roi, settings.seed, self.dist.rank, config.data.jitter)
 
