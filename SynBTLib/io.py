@@ -625,7 +625,9 @@ def write_label(mask_zyx: np.ndarray, geometry: Geometry, path: PathLike) -> Pat
     mask = np.asarray(mask_zyx)
     if mask.dtype == bool:
         mask = mask.astype(np.uint8)
-    if mask.size and (mask.min() < 0 or mask.max() > 255 or not np.array_equal(mask, np.round(mask))):
+    if mask.size and mask.dtype != np.uint8 and (
+            mask.min() < 0 or mask.max() > 255
+            or (np.issubdtype(mask.dtype, np.inexact) and not np.array_equal(mask, np.round(mask)))):
         raise SynBTError(f"label map for {path} must hold integers in 0..255")
     return _atomic_write(to_sitk(mask.astype(np.uint8), geometry), Path(path))
 

@@ -176,17 +176,21 @@ def _torch_threads() -> int | None:
 
 
 def mask_centre_index(mask: np.ndarray) -> tuple[int, int, int]:
-    """(z, y, x) voxel nearest to the mask's centre of mass."""
-    return tuple(int(round(v)) for v in ndimage.center_of_mass(mask > 0))
+    """(z, y, x) voxel nearest to the mask's centre of mass (measured on the mask's box: the whole
+    512x512x160 grid took about 1 s per call)."""
+    box = ndimage.find_objects((np.asarray(mask) > 0).view(np.uint8))[0]
+    centre = ndimage.center_of_mass(np.asarray(mask)[box] > 0)
+    return tuple(int(round(v + s.start)) for v, s in zip(centre, box))
 
 
 def _view_box(mask: np.ndarray, spacing_xyz, min_mm: float = 60.0) -> tuple[slice, slice]:
     """(y, x) slices of a square-ish window around the mask: 3x its extent, at least min_mm wide."""
-    _, ys, xs = np.nonzero(mask)
+    extent = ndimage.find_objects((np.asarray(mask) > 0).view(np.uint8))[0][1:]
     box = []
-    for values, step, size in ((ys, spacing_xyz[1], mask.shape[1]), (xs, spacing_xyz[0], mask.shape[2])):
-        centre = (int(values.min()) + int(values.max())) // 2
-        half = int(np.ceil(max(min_mm / step, 3 * (values.max() - values.min() + 1)) / 2))
+    for found, step, size in ((extent[0], spacing_xyz[1], mask.shape[1]), (extent[1], spacing_xyz[0], mask.shape[2])):
+        low, high = found.start, found.stop - 1
+        centre = (low + high) // 2
+        half = int(np.ceil(max(min_mm / step, 3 * (high - low + 1)) / 2))
         box.append(slice(max(centre - half, 0), min(centre + half + 1, size)))
     return tuple(box)
 
