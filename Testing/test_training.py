@@ -114,6 +114,28 @@ def test_autoencoder_resume_is_bitwise_identical_and_log_has_one_row_per_step(da
     assert float(rows[-1]["l1"]) < float(rows[0]["l1"])  # it learns
 
 
+@pytest.mark.slow  # torch.compile builds C++ kernels on the CPU: about a minute
+def test_compiled_training_matches_the_plain_run_and_resumes_without_compiling(dataset, autoencoder_run, tmp_path):
+    config = {**AE_CONFIG, "training": {**AE_CONFIG["training"], "compile": True}}
+    from torch._dynamo.utils import counters
+
+    out = tmp_path / "compiled"
+    counters.clear()
+    with pytest.raises(Stop):  # 3 compiled steps, checkpoint at step 2
+        train_autoencoder(dataset, out, config, verbose=False, progress=stop_after(3))
+    assert counters["stats"]["unique_graphs"] > 0  # the forward did go through torch.compile
+    train_autoencoder(dataset, out, AE_CONFIG, resume=True, verbose=False)  # the rest without compiling
+    reference = weights_of(autoencoder_run.out / CHECKPOINT_FILE)["autoencoder"]
+    final = weights_of(out / CHECKPOINT_FILE)["autoencoder"]
+    assert set(final) == set(reference)  # plain parameter names: the checkpoint loads into an uncompiled network
+    for key in reference:  # the same training up to the compiled kernels' float rounding
+        torch.testing.assert_close(final[key], reference[key], rtol=1e-3, atol=1e-4)
+    assert json.loads((out / "config.json").read_text())["training"]["compile"] is False
+    with pytest.raises(SynBTError, match="training.compile"):
+        train_autoencoder(dataset, tmp_path / "bad", {**AE_CONFIG, "training": {**AE_CONFIG["training"],
+                                                                                "compile": "yes"}}, verbose=False)
+
+
 def test_autoencoder_run_writes_a_loadable_partial_bundle(autoencoder_run):
     bundle = load_bundle(autoencoder_run.out / "bundle")
     assert bundle.denoiser is None

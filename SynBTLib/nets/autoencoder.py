@@ -225,6 +225,14 @@ class PatchVolumeAutoencoder(nn.Module):
         self.encoder_halo, self.decoder_halo = receptive_halos(self.config)
         self.max_tile_voxels = DEFAULT_MAX_TILE_VOXELS
 
+    def compile_parts(self) -> None:
+        """torch.compile the encoder and decoder in place (training.compile): training calls
+        ``encode`` / ``decode``, not ``forward``, so compiling the module itself would compile nothing."""
+        # static shapes: a patch and the consistency loss's larger patch each get their own kernels (with
+        # dynamic shapes inductor 2.13 fails on these convolutions)
+        self.net.encoder.compile(dynamic=False)
+        self.net.decoder.compile(dynamic=False)
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The parameters that map an image to its latent (mu, sigma): what fixes the latent space
         (frozen when only the decoder trains, hashed by the latent cache, compared by replace_decoder)."""

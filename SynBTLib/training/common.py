@@ -295,7 +295,7 @@ def warmup_cosine(settings: TrainSettings) -> Callable[[int], float]:
     return factor
 
 
-RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every")
+RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every", "training.compile")
 
 
 def config_differences(saved: dict, current: dict, ignore=(), prefix: str = "") -> list[str]:
@@ -549,6 +549,11 @@ class TrainingRun:
                                    migrate=self.config_class.migrate)
             if self.dist.is_main:  # after the Trainer accepted a resume, so a refused one changes nothing
                 (self.out / "config.json").write_text(json.dumps(self.record(), indent=2) + "\n")
+            if self.settings.compile:
+                # compiles each module's __call__ (or its parts') in place: parameters, state_dict keys and
+                # checkpoints stay those of the plain module (torch.compile(module) would prefix them with _orig_mod)
+                for model in models.values():
+                    model.compile_parts() if hasattr(model, "compile_parts") else model.compile(dynamic=False)
             self.on_train_start()
             losses = self.trainer.run(self.train_step, self.progress)
             result = self.finish(losses)

@@ -167,6 +167,7 @@ class TrainSettings(Section):
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     amp: str = "auto"
+    compile: bool = False  # torch.compile every network's forward (nn.Module.compile): for long GPU runs
     interval_optional = False  # (not a field) train-seg sets checkpoint_every from its epochs
 
     def __post_init__(self):
@@ -181,6 +182,8 @@ class TrainSettings(Section):
         self.weight_decay = number("training.weight_decay", self.weight_decay, minimum=0)
         self.grad_clip = number("training.grad_clip", self.grad_clip, minimum=0)
         choice("training.amp", self.amp, AMP_MODES)
+        if not isinstance(self.compile, bool):
+            raise SynBTError(f"training.compile must be true or false, got {self.compile!r}")
 
 
 def _settings(**defaults):
